@@ -1,0 +1,42 @@
+# make repro : set up everything the offline default needs, then run the whole DVC pipeline
+# make test  : same set-up if missing, then the full test suite
+# make paper : the paper's configuration (Corel-1K, ResNet50 ImageNet, GAP, cosine top-10)
+SHELL := /bin/bash
+PY := .venv/bin/python
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist
+
+.PHONY: setup repro test test-fast paper params .deb.installed
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
+	$(PY) -m pip install --disable-pip-version-check -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+.deb.installed:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+setup: .venv/.installed .deb.installed
+
+params: .venv/.installed
+	$(PY) -m cbir params
+
+repro: setup
+	$(PY) -m dvc repro
+
+paper: setup
+	$(PY) -m dvc exp run -S experiment=paper
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"

@@ -1,0 +1,3 @@
+from cbir.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""Hydra composition of ``conf/`` into ``params.yaml`` (what DVC and every stage read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cbir.errors import CbirError
+from cbir.fileio import write_text
+
+CONF_DIR = "conf"
+PARAMS_FILE = "params.yaml"
+HEADER = (
+    "# Generated from conf/ by `python -m cbir params` (Hydra). Do not edit by hand:\n"
+    "# change conf/ and regenerate, or swap a group with `dvc exp run -S group=option`.\n"
+)
+
+
+def compose_yaml(conf_dir: str | Path, overrides: list[str] | None = None) -> str:
+    """Compose ``conf_dir/config.yaml`` with Hydra overrides into resolved YAML text.
+
+    Same composition as DVC's Hydra integration (``dvc exp run -S``): compose, resolve, dump.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    conf_dir = Path(conf_dir).resolve()
+    try:
+        with initialize_config_dir(str(conf_dir), version_base=None):
+            cfg = compose(config_name="config", overrides=list(overrides or []))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CbirError(f"cannot compose {conf_dir}: {first}") from exc
+    return OmegaConf.to_yaml(cfg)
+
+
+def write_params(root: str | Path, overrides: list[str] | None = None) -> Path:
+    """Regenerate ``root/params.yaml`` from ``root/conf`` (atomically)."""
+    root = Path(root)
+    target = root / PARAMS_FILE
+    write_text(target, HEADER + compose_yaml(root / CONF_DIR, overrides))
+    return target
+
+
+def load_params(root: str | Path = ".") -> dict:
+    """Read ``params.yaml``; a missing or malformed file is one clear error."""
+    path = Path(root) / PARAMS_FILE
+    if not path.exists():
+        raise CbirError(f"{path} not found: run `python -m cbir params` to compose it from conf/")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise CbirError(f"{path} is not valid YAML ({exc.__class__.__name__}): regenerate it") from exc
+    if not isinstance(data, dict):
+        raise CbirError(f"{path} does not hold a mapping: regenerate it with `python -m cbir params`")
+    return data
+
+
+def dataset_name(params: dict) -> str:
+    return str(params["dataset"]["name"])
+
+
+def method_config(params: dict, method: str) -> dict:
+    methods = params.get("methods") or {}
+    if method not in methods:
+        known = ", ".join(sorted(methods)) or "none"
+        raise CbirError(f"method {method!r} is not in params.yaml (known: {known})")
+    return dict(methods[method])

@@ -1,0 +1,1 @@
+"""Feature extraction: deep backbones, poolings and traditional descriptors."""

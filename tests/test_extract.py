@@ -1,0 +1,114 @@
+"""Deep and traditional extraction: shapes, normalisation, determinism, the stage's files and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cbir.errors import CbirError
+from cbir.features.deep import make_loader, resolve_device
+from cbir.features.extract import extract_deep, extract_handcrafted, run_extract
+from cbir.features.weights import run_weights
+from cbir.fileio import sha256_file
+
+
+def _setup(tmp_path, images, weights_file):
+    rows = [{"image_id": f"{'red' if i < 3 else 'blue'}/{p.stem}", "path": p.relative_to(tmp_path).as_posix(),
+             "label": "red" if i < 3 else "blue", "split": "query" if i in (0, 3) else "database",
+             "width": 48, "height": 48, "sha256": sha256_file(p), "protocol": "holdout"}
+            for i, p in enumerate(images)]
+    manifest = pd.DataFrame(rows).sort_values("image_id").reset_index(drop=True)
+    out = tmp_path / "data" / "curated" / "toy"
+    out.mkdir(parents=True)
+    manifest.to_csv(out / "manifest.csv", index=False)
+    params = {
+        "device": "cpu",
+        "dataset": {"name": "toy"},
+        "curate": {"max_pixels": 1_000_000},
+        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights_file),
+                                       "image_size": 64, "batch_size": 4}},
+        "methods": {
+            "mobilenet_v2-gap": {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap"},
+            "mobilenet_v2-gem": {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gem",
+                                 "pooling_params": {"p": 3.0}},
+            "hsv_hist": {"kind": "handcrafted", "descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
+        },
+    }
+    run_weights(params, "mobilenet_v2", tmp_path)
+    return params, manifest
+
+
+@pytest.mark.parametrize("method,dim", [("mobilenet_v2-gap", 1280), ("mobilenet_v2-gem", 1280), ("hsv_hist", 128)])
+def test_run_extract_writes_normalised_rows_aligned_with_manifest(tmp_path, colour_images, random_mobilenet_file,
+                                                                    method, dim):
+    params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
+    run_extract(params, method, tmp_path)
+    feats = np.load(tmp_path / "data" / "features" / "toy" / f"{method}.npy")
+    assert feats.dtype == np.float32 and feats.shape == (len(manifest), dim)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    meta = json.loads((tmp_path / "data" / "features" / "toy" / f"{method}.json").read_text())
+    assert meta["n"] == len(manifest) and meta["dim"] == dim and meta["device"] == "cpu"
+    assert not list((tmp_path / "data" / "features" / "toy").glob(".*")), "temp files left behind"
+
+
+def test_rows_follow_manifest_order_and_batching_does_not_matter(tmp_path, colour_images, random_mobilenet_file):
+    params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
+    paths = [tmp_path / p for p in manifest["path"]]
+    cfg = params["methods"]["mobilenet_v2-gap"]
+    a, _ = extract_deep(paths, params, cfg, tmp_path, num_workers=0, progress=False)
+    single, _ = extract_deep(paths, params, {**cfg, "batch_size": 1}, tmp_path, num_workers=0, progress=False)
+    np.testing.assert_allclose(a, single, atol=1e-5)
+    reversed_rows, _ = extract_deep(paths[::-1], params, cfg, tmp_path, num_workers=0, progress=False)
+    np.testing.assert_allclose(a, reversed_rows[::-1], atol=1e-5)
+
+
+def test_colour_histogram_separates_red_from_blue(tmp_path, colour_images):
+    feats, _ = extract_handcrafted(colour_images, {"descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
+                                   progress=False)
+    sims = feats @ feats.T
+    assert sims[0, 1] > sims[0, 4] and sims[3, 4] > sims[3, 0]
+
+
+def test_missing_weights_stage_output(tmp_path, colour_images, random_mobilenet_file):
+    params, _ = _setup(tmp_path, colour_images, random_mobilenet_file)
+    (tmp_path / "models" / "mobilenet_v2.pt").unlink()
+    with pytest.raises(CbirError, match=r"run `dvc repro weights@mobilenet_v2`"):
+        run_extract(params, "mobilenet_v2-gap", tmp_path)
+    assert not (tmp_path / "data" / "features" / "toy" / "mobilenet_v2-gap.npy").exists()
+
+
+def test_undecodable_image_stops_and_writes_nothing(tmp_path, colour_images, random_mobilenet_file):
+    params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
+    (tmp_path / manifest["path"][2]).write_bytes(b"not an image at all")
+    with pytest.raises(CbirError):
+        run_extract(params, "hsv_hist", tmp_path)
+    assert not (tmp_path / "data" / "features" / "toy" / "hsv_hist.npy").exists()
+    assert not list((tmp_path / "data" / "features" / "toy").glob(".*"))
+
+
+def test_unknown_kind_and_missing_manifest(tmp_path, colour_images, random_mobilenet_file):
+    params, _ = _setup(tmp_path, colour_images, random_mobilenet_file)
+    params["methods"]["odd"] = {"kind": "magic"}
+    with pytest.raises(CbirError, match="kind 'magic'"):
+        run_extract(params, "odd", tmp_path)
+    (tmp_path / "data" / "curated" / "toy" / "manifest.csv").unlink()
+    with pytest.raises(CbirError, match="run the curate stage first"):
+        run_extract(params, "hsv_hist", tmp_path)
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(CbirError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_loader_batches(colour_images):
+    loader = make_loader(colour_images, 32, 4, torch.device("cpu"), num_workers=0)
+    batches = list(loader)
+    assert [b.shape[0] for b in batches] == [4, 2] and batches[0].shape[1:] == (3, 32, 32)
