@@ -112,3 +112,54 @@ def test_loader_batches(colour_images):
     loader = make_loader(colour_images, 32, 4, torch.device("cpu"), num_workers=0)
     batches = list(loader)
     assert [b.shape[0] for b in batches] == [4, 2] and batches[0].shape[1:] == (3, 32, 32)
+
+
+def test_fusion_method_is_weighted_mean_of_member_cosines(tmp_path, colour_images):
+    from cbir.features.extract import describe_image
+    from cbir.data.images import load_rgb
+
+    members = {"hsv_histogram": {"bins": [8, 4, 4]}, "lbp_histogram": {}}
+    cfg = {"descriptor": "fusion", "params": {"members": members, "weights": {"hsv_histogram": 3.0}}}
+    a, b = load_rgb(colour_images[0]), load_rgb(colour_images[4])
+
+    def cos(name, params):
+        single = {"descriptor": name, "params": params}
+        x, y = describe_image(single, a), describe_image(single, b)
+        return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+
+    expected = (3.0 * cos("hsv_histogram", members["hsv_histogram"]) + 1.0 * cos("lbp_histogram", {})) / 4.0
+    fa, fb = describe_image(cfg, a), describe_image(cfg, b)
+    assert float(fa @ fb) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(CbirError, match="params.members"):
+        describe_image({"descriptor": "fusion", "params": {}}, a)
+
+
+def test_multiscale_and_whitening_through_the_stage(tmp_path, colour_images, random_mobilenet_file):
+    params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
+    params["methods"]["ms"] = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap", "scales": [1.0, 0.75]}
+    params["methods"]["w"] = {"kind": "handcrafted", "descriptor": "hsv_histogram", "whiten": {"dim": 3}}
+    run_extract(params, "ms", tmp_path)
+    single_scale = dict(params["methods"]["mobilenet_v2-gap"])
+    paths = [tmp_path / p for p in manifest["path"]]
+    one, _ = extract_deep(paths, params, single_scale, tmp_path, num_workers=0, progress=False)
+    multi = np.load(tmp_path / "data" / "features" / "toy" / "ms.npy")
+    assert multi.shape == one.shape and not np.allclose(multi, one)
+    run_extract(params, "w", tmp_path)
+    whitened = np.load(tmp_path / "data" / "features" / "toy" / "w.npy")
+    assert whitened.shape == (len(manifest), 3)  # 4 database rows -> at most 3 directions
+    np.testing.assert_allclose(np.linalg.norm(whitened, axis=1), 1.0, atol=1e-5)
+    assert (tmp_path / "data" / "features" / "toy" / "w.whitening.npz").exists()
+
+
+def test_embedder_reproduces_the_stage_rows(tmp_path, colour_images, random_mobilenet_file):
+    from cbir.data.images import open_rgb
+    from cbir.features.embedder import Embedder
+
+    params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
+    params["methods"]["w"] = {"kind": "handcrafted", "descriptor": "hsv_histogram", "whiten": {"dim": 2}}
+    for method in ("mobilenet_v2-gap", "hsv_hist", "w"):
+        run_extract(params, method, tmp_path)
+        rows = np.load(tmp_path / "data" / "features" / "toy" / f"{method}.npy")
+        embedder = Embedder.from_params(params, method, tmp_path)
+        images = [open_rgb(tmp_path / p) for p in manifest["path"][:3]]
+        np.testing.assert_allclose(embedder.embed(images), rows[:3], atol=1e-4)

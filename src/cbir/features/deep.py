@@ -59,6 +59,20 @@ def default_workers() -> int:
 
 
 @torch.inference_mode()
+def describe_batch(trunk: nn.Module, pool: Callable, batch: torch.Tensor, scales: Sequence[float] = (1.0,),
+                   use_amp: bool = False) -> torch.Tensor:
+    """L2-normalised descriptors [B, D] of a preprocessed batch, summed over ``scales``."""
+    vec = 0
+    for scale in scales:
+        scaled = batch if scale == 1.0 else torch.nn.functional.interpolate(
+            batch, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
+        with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            fmap = trunk(scaled.contiguous(memory_format=torch.channels_last))
+        vec = vec + torch.nn.functional.normalize(pool(fmap.float()).flatten(1), dim=1)
+    return torch.nn.functional.normalize(vec, dim=1)
+
+
+@torch.inference_mode()
 def embed_batches(
     trunk: nn.Module,
     pool: Callable[[torch.Tensor], torch.Tensor],
@@ -66,21 +80,21 @@ def embed_batches(
     out: np.ndarray,
     device: torch.device,
     progress: bool = True,
+    scales: Sequence[float] = (1.0,),
 ) -> None:
     """Run ``trunk`` then ``pool`` over ``loader`` and write L2-normalised rows into ``out`` (e.g. a memmap).
 
+    Multi-scale: the batch is resized by each factor in ``scales`` and the L2-normalised
+    descriptors are summed before the final normalisation.
     CUDA: bf16 autocast and channels-last.  CPU: fp32 channels-last.
     """
     trunk = trunk.to(device).to(memory_format=torch.channels_last).eval()
     row = 0
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda"  # bf16 autocast on CUDA only
     for batch in tqdm(_reraise_worker_errors(loader), desc="extract", unit="batch", disable=not progress,
                       total=len(loader)):
         batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            fmap = trunk(batch)
-        vec = pool(fmap.float())
-        vec = torch.nn.functional.normalize(vec.flatten(1), dim=1)
+        vec = describe_batch(trunk, pool, batch, scales, use_amp)
         n = vec.shape[0]
         out[row:row + n] = vec.cpu().numpy().astype(np.float32)
         row += n

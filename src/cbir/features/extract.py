@@ -74,33 +74,74 @@ def extract_deep(paths: list[Path], params: dict, method_cfg: dict, root: Path, 
         out = np.empty((len(paths), dim), dtype=np.float32)
     max_pixels = int((params.get("curate") or {}).get("max_pixels", 40_000_000))
     loader = make_loader(paths, size, batch, device, num_workers=num_workers, max_pixels=max_pixels)
-    embed_batches(trunk, pool, loader, out, device, progress=progress)
-    return out, {"device": str(device), "image_size": size, "batch_size": batch,
+    scales = [float(x) for x in (method_cfg.get("scales") or [1.0])]
+    embed_batches(trunk, pool, loader, out, device, progress=progress, scales=scales)
+    return out, {"device": str(device), "image_size": size, "batch_size": batch, "scales": scales,
                  "torch_threads": torch.get_num_threads()}
 
 
-def handcrafted_dim(method_cfg: dict) -> int:
-    from cbir.features.handcrafted import describe
+def describe_image(method_cfg: dict, image: np.ndarray) -> np.ndarray:
+    """One traditional descriptor, or the weighted late fusion of several (``descriptor: fusion``).
 
+    Fusion params: ``members: {descriptor: {params}}`` and ``weights: {descriptor: w}`` (default 1);
+    the cosine of fused vectors is the weighted mean of the members' cosines.
+    """
+    from cbir.features.handcrafted import describe, fuse
+
+    name = method_cfg["descriptor"]
+    params = dict(method_cfg.get("params") or {})
+    if name != "fusion":
+        return np.asarray(describe(name, image, params), dtype=np.float32)
+    members = params.get("members") or {}
+    if not members:
+        raise CbirError("a fusion method needs params.members: {descriptor: {params}, ...}")
+    weights = params.get("weights") or {}
+    blocks = [np.asarray(describe(m, image, dict(p or {})), dtype=np.float32)[None] for m, p in members.items()]
+    return fuse(blocks, [float(weights.get(m, 1.0)) for m in members])[0]
+
+
+def handcrafted_dim(method_cfg: dict) -> int:
     probe = np.full((64, 64, 3), 127, dtype=np.uint8)
-    return int(describe(method_cfg["descriptor"], probe, dict(method_cfg.get("params") or {})).shape[0])
+    return int(describe_image(method_cfg, probe).shape[0])
 
 
 def extract_handcrafted(paths: list[Path], method_cfg: dict, out: np.ndarray | None = None,
                         max_pixels: int = 40_000_000, progress: bool = True) -> tuple[np.ndarray, dict]:
     """Traditional descriptors for ``paths``, L2-normalised rows."""
     from cbir.data.images import load_rgb
-    from cbir.features.handcrafted import describe
 
-    name = method_cfg["descriptor"]
-    kwargs = dict(method_cfg.get("params") or {})
     if out is None:
         out = np.empty((len(paths), handcrafted_dim(method_cfg)), dtype=np.float32)
-    for i, path in enumerate(tqdm(paths, desc=name, unit="img", disable=not progress)):
-        vec = np.asarray(describe(name, load_rgb(path, max_pixels=max_pixels), kwargs), dtype=np.float32)
+    for i, path in enumerate(tqdm(paths, desc=method_cfg["descriptor"], unit="img", disable=not progress)):
+        vec = describe_image(method_cfg, load_rgb(path, max_pixels=max_pixels))
         norm = float(np.linalg.norm(vec))
         out[i] = vec / norm if norm > 0 else vec
     return out, {"device": "cpu"}
+
+
+def whitening_path(features: Path) -> Path:
+    return features.with_suffix(".whitening.npz")
+
+
+def whiten_in_place(target: Path, manifest: pd.DataFrame, whiten_cfg: dict | bool) -> str:
+    """PCA-whiten the features file, learnt on the database rows only (never on queries).
+
+    The learnt mean/components are saved beside the features so a query image can be
+    projected the same way (``cbir query``).
+    """
+    from cbir.features.whitening import apply_whitening, fit_whitening, save_whitening
+
+    dim = whiten_cfg.get("dim") if isinstance(whiten_cfg, dict) else None
+    feats = np.load(target)
+    is_db = (manifest["split"] == "database").to_numpy()
+    fitted = fit_whitening(feats[is_db], None if dim is None else int(dim))
+    whitened = apply_whitening(fitted, feats).astype(np.float32)
+    save_whitening(fitted, whitening_path(target))
+    with atomic_path(target) as tmp:
+        np.save(tmp, whitened)
+    log.info("whitening: learnt on %d database rows, %d -> %d dims", int(is_db.sum()), feats.shape[1],
+             whitened.shape[1])
+    return whitening_path(target).name
 
 
 def run_extract(params: dict, method: str, root: Path) -> None:
@@ -131,11 +172,15 @@ def run_extract(params: dict, method: str, root: Path) -> None:
             _, info = extract_handcrafted(paths, cfg, out=out, max_pixels=max_pixels)
         out.flush()
         del out
+    whitening = None
+    if cfg.get("whiten"):
+        whitening = whiten_in_place(target, manifest, cfg["whiten"])
+        dim = int(np.load(target, mmap_mode="r").shape[1])
     seconds = time.perf_counter() - start
     write_json(target.with_suffix(".json"), {
         "method": method, "n": len(paths), "dim": dim, "seconds": round(seconds, 3),
         "images_per_second": round(len(paths) / seconds, 2) if seconds > 0 else None,
-        **info, "config": cfg,
+        **info, "whitening": whitening, "config": cfg,
     })
     log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%s)", method,
              manifest_path(root, params), len(paths), target, len(paths), dim, seconds, info["device"])
