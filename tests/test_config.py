@@ -34,6 +34,33 @@ def test_every_option_of_every_group_composes(repo_root, group):
                 assert method["requires"] == f"models/{method['backbone']}.pt"
 
 
+def test_every_method_file_composes_and_names_its_dependency(repo_root):
+    """Adding a method is adding a config file: each one composes into an experiment with `+method@...`."""
+    backbones = set(_options(repo_root, "backbone"))
+    paper = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper"]))
+    for option in _options(repo_root, "method"):
+        method = yaml.safe_load((repo_root / "conf" / "method" / f"{option}.yaml").read_text())
+        overrides = ["experiment=paper"]
+        if option not in paper["methods"]:
+            overrides.append(f"+method@methods.{option}={option}")
+        if method["kind"] == "deep":
+            assert method["backbone"] in backbones, f"{option}: no conf/backbone/{method['backbone']}.yaml"
+            assert method["requires"] == f"models/{method['backbone']}.pt"
+            if method["backbone"] not in paper["backbones"]:
+                overrides.append(f"+backbone@backbones.{method['backbone']}={method['backbone']}")
+        else:
+            assert method["requires"] == "src/cbir/features/handcrafted.py"
+        cfg = yaml.safe_load(compose_yaml(repo_root / "conf", overrides))
+        assert cfg["methods"][option] == method
+
+
+def test_default_experiment_has_deep_and_traditional_methods(repo_root):
+    cfg = yaml.safe_load(compose_yaml(repo_root / "conf"))
+    kinds = [m["kind"] for m in cfg["methods"].values()]
+    assert "mobilenet_v2-gap" in cfg["methods"] and kinds.count("handcrafted") >= 4
+    assert cfg["evaluation"]["baseline"] in cfg["methods"]
+
+
 def test_paper_experiment_is_the_papers_setup(repo_root):
     cfg = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper"]))
     assert cfg["dataset"]["name"] == "corel1k"

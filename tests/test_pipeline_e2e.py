@@ -48,6 +48,13 @@ def pipeline_repo(tmp_path_factory, repo_root) -> tuple[Path, dict]:
     curate = yaml.safe_load((work / "conf" / "curate" / "default.yaml").read_text())
     curate["min_per_class"] = 3
     (work / "conf" / "curate" / "default.yaml").write_text(yaml.safe_dump(curate))
+    (work / "conf" / "experiment" / "default.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n"
+        "  - /backbone@backbones.mobilenet_v2: mobilenet_v2\n"
+        "  - /method@methods.mobilenet_v2-gap: mobilenet_v2-gap\n"
+        "  - /method@methods.hsv_hist: hsv_hist\n"
+        "  - /method@methods.fusion: fusion\n")
     evaluation = yaml.safe_load((work / "conf" / "evaluation" / "default.yaml").read_text())
     evaluation.update(n_bootstrap=200, n_permutations=500)
     (work / "conf" / "evaluation" / "default.yaml").write_text(yaml.safe_dump(evaluation))
