@@ -86,3 +86,207 @@ def test_report_and_readme_block(tmp_path):
     assert update_readme(readme, "NEW TABLE")
     assert readme.read_text() == f"intro\n{START}\nNEW TABLE\n{END}\nafter\n"
     assert not update_readme(readme, "NEW TABLE")
+
+
+# --- pure helpers of viz.py ------------------------------------------------------------------
+
+def test_confused_pairs_counts_wrong_results_by_class_pair():
+    from cbir.viz import confused_pairs
+
+    # two "a" queries and one "b" query, top-3 each (k = 3)
+    q = ["a", "a", "a", "a", "a", "a", "b", "b", "b"]
+    r = ["a", "b", "c", "b", "b", "a", "a", "b", "c"]
+    pairs = confused_pairs(q, r, {"a": 2, "b": 1}, k=3)
+    assert pairs[["query_label", "result_label", "count"]].values.tolist() == [
+        ["a", "b", 3], ["a", "c", 1], ["b", "a", 1], ["b", "c", 1]]
+    np.testing.assert_allclose(pairs["rate"], [3 / 6, 1 / 6, 1 / 3, 1 / 3])
+    assert confused_pairs(["a"], ["a"], {"a": 1}, 1).empty
+
+
+def test_confusion_examples_take_the_most_similar_wrong_result_per_query():
+    from cbir.viz import confusion_examples
+
+    ranking = pd.DataFrame({"query_id": ["q1", "q1", "q2", "q2", "q3"], "rank": [1, 2, 1, 2, 1],
+                            "image_id": ["x", "y", "x", "z", "w"], "score": [0.9, 0.8, 0.7, 0.95, 0.99]})
+    labels = {"q1": "a", "q2": "a", "q3": "b", "x": "b", "y": "b", "z": "a", "w": "a"}
+    ex = confusion_examples(ranking, labels, ("a", "b"), n=5)
+    assert ex[["query_id", "image_id", "rank"]].values.tolist() == [["q1", "x", 1], ["q2", "x", 1]]
+    assert len(confusion_examples(ranking, labels, ("a", "b"), n=1)) == 1
+
+
+def test_best_worst_and_method_ranking():
+    from cbir.viz import best_worst_queries, compared_methods, rank_methods
+
+    assert best_worst_queries(["b", "a", "c", "d"], [0.5, 0.9, np.nan, 0.9]) == ("a", "b")
+    assert best_worst_queries(["a"], [np.nan]) is None
+    metrics = {"m1": {"map": 0.4}, "m2": {"map": 0.7}, "m3": {"map": None}, "m4": {"map": 0.7}}
+    assert rank_methods(metrics) == ["m2", "m4", "m1", "m3"]
+    assert compared_methods(metrics, "m1") == ("m1", "m2", "best")
+    assert compared_methods(metrics, "m2") == ("m2", "m4", "runner-up")
+    assert compared_methods(metrics, None) == ("m1", "m2", "best")
+    assert compared_methods({"only": {"map": 0.1}}, "only") == ("only", None, "runner-up")
+
+
+def test_trial_rows_are_the_seeded_queries_then_best_and_worst():
+    from cbir.viz import trial_rows
+
+    ap = {"q1": 0.2, "q2": 0.9, "q3": 0.5, "q4": 0.1}
+    order, labels = trial_rows(list(ap), ["q1", "q3"], ap)
+    assert order == ["q1", "q3", "q2", "q4"]
+    assert labels == ["seeded\nAP 0.200", "seeded\nAP 0.500", "best AP\nAP 0.900", "worst AP\nAP 0.100"]
+    order, labels = trial_rows(list(ap), ["q2"], ap)  # a seeded query that is also the best
+    assert order == ["q2", "q4"] and labels[0] == "seeded + best AP\nAP 0.900"
+
+
+def test_stratified_subsample_keeps_class_shares_and_is_seeded():
+    from cbir.viz import stratified_subsample
+
+    labels = np.array(["a"] * 60 + ["b"] * 30 + ["c"] * 10)
+    rows = stratified_subsample(labels, 20, seed=1)
+    assert len(rows) == 20 and np.all(np.diff(rows) > 0)
+    assert [int((labels[rows] == c).sum()) for c in "abc"] == [12, 6, 2]
+    np.testing.assert_array_equal(rows, stratified_subsample(labels[::1], 20, seed=1))
+    assert not np.array_equal(rows, stratified_subsample(labels, 20, seed=2))
+    np.testing.assert_array_equal(stratified_subsample(labels, 500, 0), np.arange(100))
+
+
+def test_embed_2d_is_deterministic_and_separates_clusters():
+    from cbir.viz import embed_2d
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.05, (15, 80)), rng.normal(1, 0.05, (15, 80))])
+    xy = embed_2d(x, seed=3, perplexity=5, pca_dims=10)
+    assert xy.shape == (30, 2)
+    np.testing.assert_array_equal(xy, embed_2d(x, seed=3, perplexity=5, pca_dims=10))
+    a, b = xy[:15].mean(axis=0), xy[15:].mean(axis=0)
+    spread = max(xy[:15].std(axis=0).max(), xy[15:].std(axis=0).max())
+    assert np.linalg.norm(a - b) > 3 * spread
+    with pytest.raises(Exception, match="at least 4 images"):
+        embed_2d(x[:3])
+
+
+def test_curve_with_band_matches_the_mean_and_brackets_it():
+    from cbir.viz import curve_with_band
+
+    values = np.array([[1.0, 0.5], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
+    mean, lo, hi = curve_with_band(values, n_bootstrap=200, seed=0)
+    np.testing.assert_allclose(mean, [0.625, 0.5])
+    assert np.all(lo <= mean) and np.all(mean <= hi)
+    mean2, lo2, hi2 = curve_with_band(values, n_bootstrap=200, seed=0)
+    np.testing.assert_array_equal(np.r_[lo, hi], np.r_[lo2, hi2])
+
+
+def test_figure_settings_defaults_and_errors():
+    from cbir.errors import CbirError
+    from cbir.viz import DEFAULTS, figure_settings
+
+    assert figure_settings({}) == DEFAULTS
+    assert figure_settings({"figures": {"n_queries": "4", "seed": None}})["n_queries"] == 4
+    with pytest.raises(CbirError, match="figures.thumb_size must be >= 1, got 0"):
+        figure_settings({"figures": {"thumb_size": 0}})
+    with pytest.raises(CbirError, match="params figures: .*whole numbers"):
+        figure_settings({"figures": {"dpi": "high"}})
+
+
+def test_framed_and_side_by_side():
+    from cbir.viz import framed, side_by_side
+
+    image = np.full((10, 8, 3), 200, np.uint8)
+    out = framed(image, "#ff0000", width=2)
+    assert out[0, 0].tolist() == [255, 0, 0] and out[5, 4].tolist() == [200, 200, 200]
+    assert image[0, 0].tolist() == [200, 200, 200]  # the input is not modified
+    assert side_by_side(image, image, gap=3).shape == (10, 19, 3)
+
+
+def test_charts_have_the_expected_panels():
+    from cbir.viz import curves_figure, drawn_panels, embedding_figure, per_class_heatmap
+
+    curves = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "k": [1, 2, 3] * 2,
+                           "precision": [1, 0.5, 0.3, 0.9, 0.6, 0.4], "lo": 0.1, "hi": 1.0})
+    fig = curves_figure(curves, "k", "k", "P@k", "t")
+    assert drawn_panels(fig) == 1 and len(fig.axes[0].lines) == 2 and len(fig.axes[0].collections) == 2
+    per_class = pd.DataFrame({"method": ["a", "a", "b", "b"], "label": ["x", "y", "x", "y"],
+                              "p@10": [0.1, 0.2, 0.3, 0.4]})
+    fig = per_class_heatmap(per_class)
+    assert drawn_panels(fig) == 1 and len(fig.axes) == 2  # the map and its colour bar
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), [[0.1, 0.2], [0.3, 0.4]])
+    xy = np.arange(8.0).reshape(4, 2)
+    fig = embedding_figure([("a", xy, list("xxyy")), ("b", xy, list("xyxy"))])
+    assert drawn_panels(fig) == 2 and len(fig.axes[0].collections) == 2
+
+
+def test_comparison_figure_tolerates_missing_values_and_hatches_the_baseline():
+    metrics = {"a": {"p@10": 0.5, "map": None, "ci95": {"p@10": [None, None]}}, "b": {"p@10": 0.4, "map": 0.3}}
+    fig = comparison_figure(metrics, baseline="b")
+    assert [p.get_height() for p in fig.axes[1].patches] == [0.0, 0.3]
+    assert fig.axes[0].patches[1].get_hatch() == "///" and not fig.axes[0].patches[0].get_hatch()
+
+
+def test_save_figure_is_byte_for_byte_deterministic(tmp_path):
+    written_a = save_figure(comparison_figure(METRICS), tmp_path / "a" / "fig", dpi=50)
+    written_b = save_figure(comparison_figure(METRICS), tmp_path / "b" / "fig", dpi=50)
+    for a, b in zip(written_a, written_b):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["fig.pdf", "fig.png"]
+
+
+# --- report.py -------------------------------------------------------------------------------
+
+def test_metrics_table_handles_missing_values_and_intervals():
+    metrics = {"m": {"p@1": None, "p@5": 0.5, "map": 0.25, "ci95": {"p@5": [None, None], "map": [0.2, 0.3]},
+                     "n_queries": 3}}
+    lines = metrics_table(metrics).splitlines()
+    assert lines[0] == "| method | P@1 | P@5 | mAP | queries | database |"
+    assert lines[2] == "| m | – | 0.500 | 0.250 [0.200, 0.300] | 3 | – |"
+
+
+def test_significance_and_per_class_tables():
+    from cbir.report import per_class_table, significance_table
+
+    sig = pd.DataFrame({"method": ["b"], "baseline": ["a"], "n": [12], "mean_diff_ap": [0.0192130473],
+                        "p_permutation": [0.5], "p_wilcoxon": [float("nan")]})
+    lines = significance_table(sig).splitlines()
+    assert lines[0] == ("| method | baseline | queries | mean AP difference (method − baseline) | "
+                        "p (paired permutation) | p (Wilcoxon signed-rank) |")
+    assert lines[2] == "| b | a | 12 | 0.01921 | 0.5 | – |"
+    assert significance_table(pd.DataFrame()).startswith("_No comparison")
+    per_class = pd.DataFrame({"method": ["a", "b", "a", "b"], "label": ["y", "y", "x", "x"],
+                              "n_queries": [2, 2, 3, 3], "p@10": [0.25, 0.5, 1.0, None], "ap": 0.0})
+    assert per_class_table(per_class, methods=["b", "a"]).splitlines() == [
+        "| class | queries | b | a |", "|---|---|---|---|", "| x | 3 | – | 1.000 |", "| y | 2 | 0.500 | 0.250 |"]
+
+
+def test_curation_summary_of_the_real_schema():
+    from cbir.report import curation_summary
+
+    curation = {"n_candidates": 12, "n_kept": 10, "n_dropped": 2, "drop_counts": {"duplicate": 1, "too_small": 1},
+                "conversions": {"grey": 2, "alpha": 0}, "classes": {"cat": {"images": 6, "query": 2, "database": 4},
+                                                                    "dog": {"images": 4, "query": 2, "database": 2}},
+                "classes_dropped": {"emu": {"reason": "class_too_small", "images": 1}},
+                "split": {"protocol": "holdout", "n_query": 4, "n_database": 6, "seed": 0}}
+    text = curation_summary(curation)
+    for line in ("- files found: 12", "- images kept: 10", "- dropped by reason: duplicate 1, too_small 1",
+                 "- converted on load: grey 2", "- classes dropped: emu (class_too_small, 1 images)",
+                 "- split: holdout, 4 queries, 6 database images (seed 0)", "| cat | 6 | 2 | 4 |"):
+        assert line in text.splitlines()
+    assert curation_summary({}).startswith("_No curation summary")
+
+
+def test_methods_table_flattens_settings_and_shows_extraction_info():
+    from cbir.report import methods_table
+
+    methods = {"h": {"kind": "handcrafted", "descriptor": "hsv", "params": {"bins": [8, 4]}, "requires": "x"}}
+    lines = methods_table(methods, {"h": {"dim": 32, "device": "cpu", "images_per_second": 90.5}}).splitlines()
+    assert lines[2] == "| `h` | handcrafted | descriptor=hsv, params.bins=[8, 4] | 32 | cpu | 90.5 |"
+    assert methods_table({"d": {"kind": "deep"}}).splitlines()[2] == "| `d` | deep | – | – | – | – |"
+
+
+def test_update_readme_keeps_permissions(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    readme.chmod(0o664)
+    assert update_readme(readme, "T")
+    assert readme.stat().st_mode & 0o777 == 0o664
+    assert not update_readme(tmp_path / "missing.md", "T")
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert not update_readme(tmp_path / "plain.md", "T")

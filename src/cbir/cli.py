@@ -77,6 +77,13 @@ def cmd_report(args):
     run_report(_params(args.root), args.root)
 
 
+def cmd_plots_html(args):
+    from cbir.plots_html import render_plots_html
+
+    path = render_plots_html(args.root, out_dir=args.out)
+    log.info("offline DVC plots page: %s", path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cbir", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
@@ -99,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="metrics, confidence intervals and plots").set_defaults(func=cmd_evaluate)
     sub.add_parser("figures", help="sample-trial figures and charts").set_defaults(func=cmd_figures)
     sub.add_parser("report", help="reports/report.md from metrics and figures").set_defaults(func=cmd_report)
+    p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
+    p.set_defaults(func=cmd_plots_html)
     return parser
 
 

@@ -1,0 +1,225 @@
+"""The figures and report stages on a small generated run built with the real stage functions.
+
+``small_run(root)`` (also used by the notebook and plots-page tests) generates 4 classes of
+seeded synthetic images, curates them, extracts two handcrafted descriptors, retrieves and
+evaluates, so every input of ``figures`` and ``report`` is what the pipeline really writes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cbir.errors import CbirError
+from cbir.fileio import read_json
+
+SMALL_PARAMS = {
+    "seed": 0,
+    "dataset": {"name": "syn", "source": "synthetic", "n_classes": 4, "per_class": 8, "size": 32, "seed": 0},
+    "curate": {"min_side": 8, "max_pixels": 40_000_000, "min_per_class": 3, "dedupe": True},
+    "split": {"protocol": "holdout", "queries_per_class": 2, "query_fraction": None, "seed": 0},
+    "methods": {"hsv_hist": {"kind": "handcrafted", "descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
+                "color_moments": {"kind": "handcrafted", "descriptor": "color_moments", "params": {}}},
+    "retrieval": {"k": 5, "block_size": 1024, "index": "exact"},
+    "evaluation": {"ks": [1, 5, 10], "n_bootstrap": 100, "seed": 0, "n_permutations": 200, "baseline": "hsv_hist"},
+    "figures": {"n_queries": 2, "seed": 0, "thumb_size": 24, "dpi": 40, "n_pairs": 3, "n_examples": 2,
+                "tsne_max_points": 32},
+}
+
+
+def small_run(root: Path, params: dict | None = None, figures: bool = True) -> dict:
+    """Write a complete small pipeline run under ``root``; returns its params."""
+    from cbir.data.stages import run_curate, run_download
+    from cbir.features.extract import run_extract
+    from cbir.report import run_report
+    from cbir.stages_eval import run_evaluate, run_retrieve
+    from cbir.viz import run_figures
+
+    params = params or {k: (dict(v) if isinstance(v, dict) else v) for k, v in SMALL_PARAMS.items()}
+    run_download(params, root)
+    run_curate(params, root)
+    for method in params["methods"]:
+        run_extract(params, method, root)
+        run_retrieve(params, method, root)
+    run_evaluate(params, root)
+    if figures:
+        run_figures(params, root)
+        run_report(params, root)
+    return params
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("small_run")
+    (root / "README.md").write_text("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n")
+    stale = root / "reports" / "figures" / "old_figure.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")  # the figures stage replaces the folder as a whole
+    return root, small_run(root)
+
+
+def test_every_figure_exists_as_png_and_pdf_and_is_not_blank(run):
+    root, params = run
+    fig_dir = root / "reports" / "figures"
+    index = read_json(fig_dir / "figures.json")
+    names = [f["name"] for f in index]
+    methods = list(params["methods"])
+    assert names == ["comparison", "pk_curves", "pr_curves", "per_class_p10",
+                     *[f"trials_{m}" for m in methods], "trials_baseline_vs_best", "embedding_tsne",
+                     *[f"confusions_{m}" for m in methods]]
+    for entry in index:
+        pixels = np.asarray(Image.open(fig_dir / entry["png"]).convert("L"), dtype=float)
+        assert pixels.std() > 5, f"{entry['png']} is blank"
+        assert (fig_dir / entry["pdf"]).read_bytes()[:5] == b"%PDF-"
+        assert entry["caption"] and entry["title"]
+    # nothing else is in the folder: no temporary files, no stale figure, and all that dvc.yaml plots
+    from cbir.viz import ALWAYS_PRESENT
+    assert set(ALWAYS_PRESENT) <= set(names)
+    expected = {FIG for e in index for FIG in (e["png"], e["pdf"])} | {"figures.json"}
+    assert {p.name for p in fig_dir.iterdir()} == expected
+
+
+def test_panel_counts(run):
+    from cbir.viz import pick_queries, trial_rows
+
+    root, params = run
+    index = {f["name"]: f["panels"] for f in read_json(root / "reports/figures/figures.json")}
+    k = params["retrieval"]["k"]
+    per_query = pd.read_csv(root / "reports/plots/per_query.csv", dtype={"query_id": str})
+    queries = sorted(per_query["query_id"].unique())
+    assert index["comparison"] == 2
+    assert index["pk_curves"] == index["pr_curves"] == index["per_class_p10"] == 1
+    assert index["embedding_tsne"] == 2  # baseline and best method
+    n = params["figures"]["n_queries"]
+    assert index["trials_baseline_vs_best"] == 2 * n * (1 + k)
+    for method in params["methods"]:
+        part = per_query[per_query["method"] == method]
+        rows, _ = trial_rows(queries, pick_queries(queries, n, 0), dict(zip(part["query_id"], part["ap"])))
+        assert n <= len(rows) <= n + 2
+        assert index[f"trials_{method}"] == len(rows) * (1 + k)
+        assert 1 <= index[f"confusions_{method}"] <= params["figures"]["n_pairs"] * params["figures"]["n_examples"]
+
+
+def test_trials_show_retrieval_order_and_scores_from_the_csv(run):
+    from cbir.features.extract import read_manifest
+    from cbir.viz import build_trials, sample_trials_figure
+
+    root, params = run
+    manifest = read_manifest(root / "data/curated/syn/manifest.csv")
+    k = params["retrieval"]["k"]
+    for method in params["methods"]:
+        csv = pd.read_csv(root / f"data/retrieval/syn/{method}.csv", dtype={"query_id": str, "image_id": str})
+        qid = sorted(csv["query_id"].unique())[1]
+        expected = csv[csv["query_id"] == qid].sort_values("rank")
+        shuffled = csv.sample(frac=1.0, random_state=3)  # the figure must sort by rank itself
+        fig = sample_trials_figure(build_trials(shuffled, manifest, [qid], root, k, 16))
+        titles = [ax.get_title() for ax in fig.axes if ax.images][1:]
+        assert [t.split("\n")[0] for t in titles] == [f"#{r}  {s:.3f}"
+                                                     for r, s in zip(expected["rank"], expected["score"])]
+        labels = dict(zip(manifest["image_id"], manifest["label"]))
+        assert [t.split("\n")[1] for t in titles] == [labels[i][:15] + "…" if len(labels[i]) > 16 else labels[i]
+                                                     for i in expected["image_id"]]
+
+
+def test_pr_band_means_match_the_evaluate_stage(run):
+    from cbir.viz import pr_curves_with_band
+
+    root, params = run
+    pr = pd.read_csv(root / "reports/plots/pr.csv")
+    band = pr_curves_with_band(params, root, list(params["methods"]), pr[["method", "recall", "precision"]])
+    merged = band.merge(pr, on=["method", "recall"], suffixes=("", "_evaluate"))
+    assert len(merged) == len(pr) == 11 * len(params["methods"])
+    np.testing.assert_allclose(merged["precision"], merged["precision_evaluate"], atol=1e-12)
+    assert (merged["lo"] <= merged["precision"] + 1e-12).all() and (merged["precision"] <= merged["hi"] + 1e-12).all()
+
+
+def _table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return header, rows
+
+
+def test_report_table_matches_metrics_exactly(run):
+    root, params = run
+    metrics = read_json(root / "metrics/syn.json")
+    text = (root / "reports/report.md").read_text()
+    header, rows = _table_rows(text, "| method | P@1")
+    assert header == ["method", "P@1", "P@5", "P@10", "R@10", "mAP", "mAP@10", "queries", "database"]
+    keys = ["p@1", "p@5", "p@10", "r@10", "map", "map@10"]
+    assert [r[0] for r in rows] == list(params["methods"])
+    for row in rows:
+        entry = metrics[row[0]]
+        for key, cell in zip(keys, row[1:7]):
+            lo, hi = entry["ci95"][key]
+            assert cell == f"{entry[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+            match = re.fullmatch(r"(\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]", cell)
+            shown = np.array([float(g) for g in match.groups()])
+            assert np.all(np.abs(shown - [entry[key], lo, hi]) <= 5e-4 + 1e-9)  # half a unit in the last place
+        assert row[7:] == [str(entry["n_queries"]), str(entry["n_database"])]
+    # the README block carries the same table
+    readme = (root / "README.md").read_text()
+    assert "\n".join(f"| {' | '.join(r)} |" for r in rows) in readme and "\nold\n" not in readme
+
+
+def test_report_significance_curation_and_figures(run):
+    root, params = run
+    text = (root / "reports/report.md").read_text()
+    sig = pd.read_csv(root / "reports/plots/significance.csv")
+    header, rows = _table_rows(text, "| method | baseline")
+    assert len(rows) == len(sig) == 1
+    assert rows[0][:3] == [sig["method"][0], "hsv_hist", str(sig["n"][0])]
+    assert float(rows[0][3]) == pytest.approx(sig["mean_diff_ap"][0], rel=1e-3)
+    curation = read_json(root / "data/curated/syn/curation.json")
+    assert f"- images kept: {curation['n_kept']}" in text
+    for entry in read_json(root / "reports/figures/figures.json"):
+        assert f"![{entry['name']}](figures/{entry['png']})" in text
+        assert (root / "reports" / "figures" / entry["png"]).is_file()
+
+
+def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_path):
+    from cbir.viz import run_figures
+
+    root, params = run
+    shutil.copytree(root, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    (copy / "reports/plots/per_query.csv").unlink()
+    with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro evaluate` first"):
+        run_figures(params, copy)
+    (copy / "data/retrieval/syn/hsv_hist.csv").unlink()
+    (copy / "metrics/syn.json").unlink()
+    with pytest.raises(CbirError, match=r"syn.json not found: run the evaluate stage first"):
+        run_figures(params, copy)
+    with pytest.raises(CbirError, match=r"figures.n_queries must be >= 1, got 0"):
+        run_figures({**params, "figures": {"n_queries": 0}}, copy)
+    assert sorted(p.name for p in (copy / "reports/figures").iterdir()) == \
+        sorted(p.name for p in (root / "reports/figures").iterdir())
+
+
+def test_one_method_and_too_few_images_still_give_every_always_present_figure(run, tmp_path):
+    from cbir.viz import ALWAYS_PRESENT, run_figures
+
+    root, params = run
+    shutil.copytree(root, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    stale = copy / "reports/figures/old_figure.png"
+    stale.write_bytes(b"x")
+    params = {**params, "methods": {"hsv_hist": params["methods"]["hsv_hist"]},
+              "figures": {**params["figures"], "tsne_max_points": 3}}
+    run_figures(params, copy)
+    assert not stale.exists()
+    index = {f["name"]: f for f in read_json(copy / "reports/figures/figures.json")}
+    assert set(ALWAYS_PRESENT) <= set(index)
+    assert index["embedding_tsne"]["panels"] == 0 and "too few" in index["embedding_tsne"]["caption"]
+    assert index["trials_baseline_vs_best"]["caption"].endswith("nothing to compare with.")
