@@ -163,10 +163,18 @@ def run_extract(params: dict, method: str, root: Path) -> None:
         dim = handcrafted_dim(cfg)
     else:
         raise CbirError(f"method {method} has kind {kind!r}: use deep or handcrafted")
+    engine = (params.get("extract") or {}).get("engine", "local")
+    if engine not in ("local", "ray"):
+        raise CbirError(f"extract.engine is {engine!r}: use local or ray")
     with atomic_path(target) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), dim))
-        if kind == "deep":
-            _, info = extract_deep(paths, params, cfg, root, out=out)
+        if engine == "ray":
+            from cbir.features.ray_engine import extract_with_ray
+
+            info = extract_with_ray(paths, params, cfg, root, out)
+        elif kind == "deep":
+            workers = (params.get("extract") or {}).get("num_workers")
+            _, info = extract_deep(paths, params, cfg, root, out=out, num_workers=workers)
         else:
             max_pixels = int((params.get("curate") or {}).get("max_pixels", 40_000_000))
             _, info = extract_handcrafted(paths, cfg, out=out, max_pixels=max_pixels)
