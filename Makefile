@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
-DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist
+DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-driver
 
 .PHONY: setup repro test test-fast paper params .deb.installed
 

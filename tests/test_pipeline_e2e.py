@@ -120,3 +120,46 @@ def test_exp_run_swaps_a_config_group(pipeline_repo):
     assert all(m["n_queries"] == 80 and m["n_database"] == 79 for m in metrics.values())
     diff = _run([sys.executable, "-m", "dvc", "metrics", "diff"], work, env)
     assert "p@10" in diff.stdout
+
+
+def _tiny_jpeg(path: Path, colour: tuple[int, int, int], seed: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.integers(-40, 40, (48, 64, 3)), 0, 255).astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+@pytest.mark.parametrize("source", ["corel1k", "folder"])
+def test_local_sources_curate_through_dvc(tmp_path, pipeline_repo, source):
+    """Corel-1K from a local archive and a folder of your own: `dvc repro curate` with `-S dataset=...`."""
+    import tarfile
+
+    work, state = pipeline_repo
+    env = state["env"]
+    if source == "corel1k":
+        images = tmp_path / "image.orig"
+        for i in [*range(0, 12), *range(100, 112), *range(900, 912)]:
+            _tiny_jpeg(images / f"{i}.jpg", (200, 40, 40) if i < 100 else (40, 40, 200) if i < 900 else (40, 200, 40), i)
+        archive = tmp_path / "test1.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(images, arcname="image.orig")
+        overrides = ["dataset=corel1k", f"dataset.archive={archive}"]
+        expected = {"africa", "beach", "food"}
+    else:
+        for label, colour in (("cats", (200, 120, 40)), ("sea", (30, 90, 200))):
+            for i in range(11):
+                _tiny_jpeg(tmp_path / "mine" / label / f"{i}.jpg", colour, i)
+        overrides = ["dataset=folder", f"dataset.folder={tmp_path / 'mine'}"]
+        expected = {"cats", "sea"}
+    _run([sys.executable, "-m", "cbir", "params", *overrides], work, env)
+    _run([sys.executable, "-m", "dvc", "repro", "curate"], work, env)
+    name = "corel1k" if source == "corel1k" else "folder"
+    import pandas as pd
+
+    manifest = pd.read_csv(work / "data" / "curated" / name / "manifest.csv", keep_default_na=False)
+    assert set(manifest["label"]) == expected
+    assert (manifest["split"] == "query").sum() == 5 * len(expected)
+    _run(["git", "checkout", "params.yaml"], work, env)

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="metrics, confidence intervals and plots").set_defaults(func=cmd_evaluate)
     sub.add_parser("figures", help="sample-trial figures and charts").set_defaults(func=cmd_figures)
     sub.add_parser("report", help="reports/report.md from metrics and figures").set_defaults(func=cmd_report)
+    from cbir.query import add_query_parsers
+
+    add_query_parsers(sub)
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.set_defaults(func=cmd_plots_html)
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting is chatty
     try:
         args.func(args)
     except CbirError as exc:

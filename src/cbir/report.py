@@ -246,6 +246,12 @@ Paired tests over the per-query average precision of the same queries.
 """
 
 
+def readme_table(params: dict, metrics: dict) -> str:
+    """The README's results block: one line of context and the metrics table."""
+    return (f"Dataset `{dataset_name(params)}`, {(params.get('split') or {}).get('protocol')} protocol, cosine top-"
+            f"{(params.get('retrieval') or {}).get('k')} (mean [95% CI]):\n\n" + metrics_table(metrics))
+
+
 def update_readme(readme: Path, table: str) -> bool:
     """Replace the text between the results markers; returns whether README changed."""
     if not readme.exists():
@@ -297,9 +303,7 @@ def run_report(params: dict, root: Path) -> None:
     text = build_report(params, metrics, significance, curation, figures, features_info, per_class)
     write_text(root / "reports" / "report.md", text)
     (root / "reports" / "report.md").chmod(0o644)
-    table = (f"Dataset `{ds}`, {(params.get('split') or {}).get('protocol')} protocol, cosine top-"
-             f"{(params.get('retrieval') or {}).get('k')} (mean [95% CI]):\n\n" + metrics_table(metrics))
-    changed = update_readme(root / "README.md", table)
+    changed = update_readme(root / "README.md", readme_table(params, metrics))
     log.info("report: read %s, %s and %d figures; wrote %s%s in %.1fs", metrics_file, plots, len(figures),
              root / "reports" / "report.md", " and the README results table" if changed else "",
              time.perf_counter() - start)
