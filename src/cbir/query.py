@@ -1,0 +1,386 @@
+"""Query any image: embed it with a pipeline method and rank the database by cosine similarity.
+
+Pure logic shared by ``cbir query`` (command line) and ``cbir serve`` (web page):
+:func:`load_database` reads one method's features and the manifest once,
+:class:`QueryEngine` adds the method's model (loaded once) and answers queries by
+image or by image id, and :func:`result_records` turns a ranking into plain dicts
+(``rank, image_id, label, score, path, relevant``) that the table, the JSON output,
+the figure and the web page all print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from cbir.errors import CbirError
+from cbir.fileio import sha256_bytes, sha256_file
+
+log = logging.getLogger("cbir")
+
+DEFAULT_K = 10
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+# --------------------------------------------------------------------------- params
+
+
+def default_method(params: dict) -> str:
+    """The first method listed in ``params.yaml``."""
+    methods = list(params.get("methods") or {})
+    if not methods:
+        raise CbirError("params.yaml lists no methods: add one under conf/method and regenerate params.yaml")
+    return methods[0]
+
+
+def query_settings(params: dict) -> dict:
+    """``k``, ``block_size`` and ``max_pixels`` for queries, from ``retrieval`` and ``curate`` in params."""
+    retrieval = params.get("retrieval") or {}
+    curate = params.get("curate") or {}
+    return {"k": int(retrieval.get("k") or DEFAULT_K),
+            "block_size": int(retrieval.get("block_size") or 1024),
+            "max_pixels": int(curate.get("max_pixels") or DEFAULT_MAX_PIXELS)}
+
+
+# --------------------------------------------------------------------------- database
+
+
+@dataclass
+class Database:
+    """One method's searchable state: the manifest, its features, and which rows are the database.
+
+    ``features`` holds every manifest row (aligned with ``manifest``); ``rows`` are the
+    manifest rows searched (``split == "database"``, or all rows under ``leave_one_out``);
+    ``vectors = features[rows]``.
+    """
+
+    method: str
+    manifest: pd.DataFrame
+    features: np.ndarray
+    rows: np.ndarray
+    vectors: np.ndarray
+
+    def __post_init__(self):
+        self._row_of = {image_id: i for i, image_id in enumerate(self.manifest["image_id"])}
+        self._row_of_sha = {}
+        if "sha256" in self.manifest.columns:
+            for i, digest in enumerate(self.manifest["sha256"].astype(str)):
+                self._row_of_sha.setdefault(digest, i)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def row_of(self, image_id: str) -> int:
+        """Manifest row of ``image_id``; an unknown id is a :class:`CbirError`."""
+        try:
+            return self._row_of[str(image_id)]
+        except KeyError:
+            raise CbirError(f"image id {image_id!r} is not in the manifest: pick an image id listed in "
+                            "data/curated/<dataset>/manifest.csv") from None
+
+    def has_id(self, image_id: str) -> bool:
+        return str(image_id) in self._row_of
+
+    def row_of_sha256(self, digest: str) -> int | None:
+        """Manifest row whose file has this sha256 (the query is a dataset image), else ``None``."""
+        return self._row_of_sha.get(digest)
+
+
+def database_rows(manifest: pd.DataFrame) -> np.ndarray:
+    """Manifest rows searched by a query: ``split == "database"``; every row under ``leave_one_out``."""
+    for column in ("split", "protocol"):
+        if column not in manifest.columns:
+            raise CbirError(f"manifest has no '{column}' column: re-run the curate stage")
+    protocols = set(manifest["protocol"].astype(str))
+    if protocols == {"leave_one_out"}:
+        return np.arange(len(manifest), dtype=np.int64)
+    rows = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "database").astype(np.int64)
+    if len(rows) == 0:
+        raise CbirError("the manifest has no database rows (split == 'database'): check the split settings "
+                        "and re-run the curate stage")
+    return rows
+
+
+def load_database(params: dict, method: str, root: Path) -> Database:
+    """Read the manifest and ``data/features/<ds>/<method>.npy`` of a method the pipeline has built."""
+    from cbir.config import method_config
+    from cbir.features.extract import features_path, manifest_path, read_manifest
+
+    method_config(params, method)  # an unknown method is one clear error
+    root = Path(root)
+    manifest = read_manifest(manifest_path(root, params)).reset_index(drop=True)
+    path = features_path(root, params, method)
+    if not path.exists():
+        raise CbirError(f"features for method {method!r} not found at {path}: build them with "
+                        f"`dvc repro extract@{method}`")
+    try:
+        features = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise CbirError(f"cannot read features {path} ({exc}): rebuild them with "
+                        f"`dvc repro -f extract@{method}`") from None
+    if features.ndim != 2 or features.shape[0] != len(manifest):
+        raise CbirError(f"features {path} have shape {features.shape} but the manifest has {len(manifest)} rows: "
+                        f"they are stale, rebuild them with `dvc repro extract@{method}`")
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    rows = database_rows(manifest)
+    return Database(method=method, manifest=manifest, features=features, rows=rows,
+                    vectors=np.ascontiguousarray(features[rows]))
+
+
+# --------------------------------------------------------------------------- search
+
+
+def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-``k`` of each query vector among the database rows.
+
+    Returns manifest row numbers (int64 ``[Q, k']``) and scores (float32 ``[Q, k']``),
+    ties broken by the lower image id (see :func:`cbir.retrieval.exact_topk`).
+    """
+    from cbir.retrieval import exact_topk
+
+    if k < 1:
+        raise CbirError(f"k must be at least 1, got {k}")
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    if vectors.shape[1] != db.dim:
+        raise CbirError(f"the query has {vectors.shape[1]} dimensions but the {db.method} features have {db.dim}: "
+                        f"the features are stale, rebuild them with `dvc repro extract@{db.method}`")
+    idx, scores = exact_topk(vectors, db.vectors, k, block_size=block_size)
+    return db.rows[idx], scores
+
+
+def result_records(db: Database, rows: np.ndarray, scores: np.ndarray, query_label: str | None = None) -> list[dict]:
+    """One dict per hit, best first: ``rank`` (1-based), ``image_id``, ``label``, ``score``, ``path``,
+    ``relevant`` (same label as the query; ``None`` when the query's label is unknown)."""
+    manifest = db.manifest
+    records = []
+    for rank, (row, score) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(scores).tolist()), start=1):
+        label = str(manifest.at[row, "label"])
+        records.append({"rank": rank, "image_id": str(manifest.at[row, "image_id"]), "label": label,
+                        "score": float(score), "path": str(manifest.at[row, "path"]),
+                        "relevant": None if query_label is None else label == query_label})
+    return records
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a query image file safely (see :func:`cbir.data.images.open_rgb`)."""
+    from cbir.data.images import open_rgb
+
+    path = Path(path)
+    if not path.exists():
+        raise CbirError(f"query image {path} not found: give the path of an image file")
+    if path.is_dir():
+        raise CbirError(f"query image {path} is a folder: give the path of an image file")
+    return open_rgb(path, max_pixels=max_pixels)
+
+
+def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode uploaded bytes with the same safe decoder as files; errors name ``name``, not a temp file."""
+    from cbir.data.images import ImageError, open_rgb
+
+    if not data:
+        raise ImageError(name, "empty", "zero-byte file")
+    with tempfile.TemporaryDirectory(prefix="cbir-query-") as tmp:
+        path = Path(tmp) / "upload"
+        path.write_bytes(data)
+        try:
+            return open_rgb(path, max_pixels=max_pixels)
+        except ImageError as exc:
+            raise ImageError(name, exc.reason, exc.detail) from None
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class QueryEngine:
+    """A method's model and database, loaded once; answers queries (thread-safe, one at a time)."""
+
+    def __init__(self, db: Database, embedder, k: int = DEFAULT_K, block_size: int = 1024,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.db, self.embedder = db, embedder
+        self.k, self.block_size, self.max_pixels = int(k), int(block_size), int(max_pixels)
+        self._lock = threading.Lock()
+
+    @property
+    def method(self) -> str:
+        return self.db.method
+
+    @classmethod
+    def from_params(cls, params: dict, method: str, root: Path, db: Database | None = None) -> "QueryEngine":
+        from cbir.features.embedder import Embedder
+
+        db = db if db is not None else load_database(params, method, root)
+        embedder = Embedder.from_params(params, method, Path(root))
+        return cls(db, embedder, **query_settings(params))
+
+    def embed(self, image: Image.Image) -> np.ndarray:
+        """The image's L2-normalised descriptor ``[1, D]``."""
+        with self._lock:
+            return self.embedder.embed([image])
+
+    def _answer(self, vector: np.ndarray, k: int | None, query: dict, timings: dict) -> dict:
+        start = time.perf_counter()
+        rows, scores = search(self.db, vector, int(k or self.k), self.block_size)
+        timings["search_ms"] = (time.perf_counter() - start) * 1e3
+        return {"method": self.method, "k": int(k or self.k), "query": query,
+                "results": result_records(self.db, rows[0], scores[0], query.get("label")),
+                "timings_ms": {key.removesuffix("_ms"): round(val, 3) for key, val in timings.items()}}
+
+    def describe_query(self, digest: str | None, source: str) -> dict:
+        """``{image_id, label, source}`` of a query; ``image_id``/``label`` set when it is a dataset image."""
+        row = self.db.row_of_sha256(digest) if digest else None
+        if row is None:
+            return {"image_id": None, "label": None, "source": source}
+        return {"image_id": str(self.db.manifest.at[row, "image_id"]),
+                "label": str(self.db.manifest.at[row, "label"]), "source": source}
+
+    def query_image(self, image: Image.Image, k: int | None = None, query: dict | None = None) -> dict:
+        """Rank the database for a decoded image; ``query`` describes it (see :meth:`describe_query`)."""
+        start = time.perf_counter()
+        vector = self.embed(image)
+        timings = {"embed_ms": (time.perf_counter() - start) * 1e3}
+        return self._answer(vector, k, dict(query or {"image_id": None, "label": None, "source": None}), timings)
+
+    def query_bytes(self, data: bytes, name: str = "upload", k: int | None = None) -> tuple[dict, Image.Image]:
+        """Decode uploaded bytes and rank the database; returns (answer, decoded image)."""
+        start = time.perf_counter()
+        image = decode_image_bytes(data, name, self.max_pixels)
+        decode_ms = (time.perf_counter() - start) * 1e3
+        answer = self.query_image(image, k, self.describe_query(sha256_bytes(data), name))
+        answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
+        return answer, image
+
+    def query_path(self, path: str | os.PathLike, k: int | None = None) -> tuple[dict, Image.Image]:
+        """Decode an image file and rank the database; returns (answer, decoded image)."""
+        start = time.perf_counter()
+        image = open_query_image(path, self.max_pixels)
+        decode_ms = (time.perf_counter() - start) * 1e3
+        answer = self.query_image(image, k, self.describe_query(sha256_file(path), str(path)))
+        answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
+        return answer, image
+
+    def query_id(self, image_id: str, k: int | None = None) -> dict:
+        """Rank the database for a dataset image by id, using its stored features (no decoding)."""
+        row = self.db.row_of(image_id)
+        query = {"image_id": str(image_id), "label": str(self.db.manifest.at[row, "label"]),
+                 "source": str(self.db.manifest.at[row, "path"])}
+        return self._answer(self.db.features[row:row + 1], k, query, {})
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_table(answer: dict) -> str:
+    """A ranked text table: rank, image id, label, cosine similarity, path."""
+    header = ("rank", "image_id", "label", "cosine", "path")
+    rows = [(str(r["rank"]), r["image_id"], r["label"], f"{r['score']:.4f}", r["path"]) for r in answer["results"]]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    right = (True, False, False, True, False)
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    q = answer["query"]
+    known = f"{q['image_id']} (label {q['label']})" if q.get("image_id") else "not in the dataset"
+    title = f"query {q.get('source')}: {known}; method {answer['method']}, top-{answer['k']} by cosine similarity"
+    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def answer_json(answer: dict) -> str:
+    return json.dumps(answer, indent=2)
+
+
+def save_query_figure(answer: dict, image: Image.Image, root: Path, target: Path,
+                      thumb_size: int = 128) -> list[Path]:
+    """The paper's sample-trial figure for one query (PNG + PDF beside it)."""
+    from cbir.viz import sample_trials_figure, save_figure, thumbnail
+
+    query_image = ImageOps.pad(image.convert("RGB"), (thumb_size, thumb_size), color=(255, 255, 255))
+    q = answer["query"]
+    trial = {"query": {"image": np.asarray(query_image), "label": q.get("label") or "(not in dataset)",
+                       "image_id": q.get("image_id")},
+             "results": [{**r, "relevant": bool(r["relevant"]),
+                          "image": thumbnail(Path(root) / r["path"], thumb_size)} for r in answer["results"]]}
+    colour = " (green: same class)" if q.get("label") else ""
+    fig = sample_trials_figure([trial], thumb_size=thumb_size,
+                               title=f"{answer['method']}: cosine top-{answer['k']}{colour}")
+    if not q.get("label"):  # relevance is unknown: neutral frames instead of red "irrelevant" ones
+        for ax in fig.axes[1:]:
+            for spine in ax.spines.values():
+                spine.set_color("#777777")
+            ax.title.set_color("#222222")
+    return save_figure(fig, Path(target))
+
+
+def run_query(params: dict, root: Path, image: str | os.PathLike, method: str | None = None, k: int | None = None,
+              figure: str | os.PathLike | None = None, as_json: bool = False) -> dict:
+    """``cbir query``: check the inputs (cheap) before loading the model, then print the ranking."""
+    root = Path(root)
+    method = method or default_method(params)
+    settings = query_settings(params)
+    k = int(k if k is not None else settings["k"])
+    if k < 1:
+        raise CbirError(f"--k must be at least 1, got {k}")
+    db = load_database(params, method, root)
+    start = time.perf_counter()
+    decoded = open_query_image(image, settings["max_pixels"])  # a bad image fails before the model loads
+    decode_ms = (time.perf_counter() - start) * 1e3
+    engine = QueryEngine.from_params(params, method, root, db=db)
+    answer = engine.query_image(decoded, k, engine.describe_query(sha256_file(image), str(image)))
+    answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
+    if figure is not None:
+        written = save_query_figure(answer, decoded, root, Path(figure))
+        answer["figure"] = [str(p) for p in written]
+    print(answer_json(answer) if as_json else format_table(answer))
+    if figure is not None and not as_json:
+        print("figure: " + ", ".join(answer["figure"]))
+    return answer
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    from cbir.config import load_params
+
+    run_query(load_params(args.root), args.root, args.image, method=args.method, k=args.k,
+              figure=args.figure, as_json=args.json)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from cbir.config import load_params
+    from cbir.serve import run_server
+
+    run_server(load_params(args.root), args.root, host=args.host, port=args.port, methods=args.method or None)
+
+
+def add_query_parsers(subparsers) -> None:
+    """Add the ``query`` and ``serve`` sub-commands to an argparse subparsers object."""
+    p = subparsers.add_parser("query", help="rank the database for any image (top-k by cosine similarity)")
+    p.add_argument("image", help="path of the query image (need not be in the dataset)")
+    p.add_argument("--method", default=None, help="pipeline method (default: the first in params.yaml)")
+    p.add_argument("--k", type=int, default=None, help="number of results (default: retrieval.k, 10)")
+    p.add_argument("--figure", type=Path, default=None, help="also save a sample-trial figure (PNG + PDF)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_query)
+
+    p = subparsers.add_parser("serve", help="a local web page to query the database by upload or by image id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--method", action="append", default=None,
+                   help="method to offer (repeatable; default: every method whose features are built)")
+    p.set_defaults(func=cmd_serve)
