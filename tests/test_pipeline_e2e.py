@@ -33,6 +33,9 @@ def pipeline_repo(tmp_path_factory, repo_root) -> tuple[Path, dict]:
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(repo_root / name, work / name)
     shutil.copytree(repo_root / "conf", work / "conf")
+    (work / "reports").mkdir()
+    shutil.copy(repo_root / "reports" / "dvc_plots_template.html", work / "reports")
+    shutil.copytree(repo_root / "reports" / "vega", work / "reports" / "vega")
     shutil.copytree(repo_root / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (work / "data").mkdir()
     (work / "data" / ".gitkeep").touch()
@@ -120,6 +123,8 @@ def test_exp_run_swaps_a_config_group(pipeline_repo):
     assert all(m["n_queries"] == 80 and m["n_database"] == 79 for m in metrics.values())
     diff = _run([sys.executable, "-m", "dvc", "metrics", "diff"], work, env)
     assert "p@10" in diff.stdout
+    plots = _run([sys.executable, "-m", "dvc", "plots", "diff", "--json"], work, env)
+    assert "reports/plots/pk.csv" in plots.stdout
 
 
 def _tiny_jpeg(path: Path, colour: tuple[int, int, int], seed: int) -> None:
