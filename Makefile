@@ -16,6 +16,11 @@ DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
 	touch $@
 
+# the test suite also covers the optional Ray engine
+.venv/.installed-ray: .venv/.installed
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,ray]'
+	touch $@
+
 .deb.installed:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -35,7 +40,7 @@ repro: setup
 paper: setup
 	$(PY) -m dvc exp run -S experiment=paper
 
-test: setup
+test: setup .venv/.installed-ray
 	$(PY) -m pytest
 
 test-fast: setup

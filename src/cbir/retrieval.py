@@ -5,6 +5,11 @@ row numbers, ``scores`` float32 ``[Q, k']`` the cosine similarities, each row or
 score descending with ties broken by the lower database row (which is the lower
 ``image_id``, because the manifest is sorted by ``image_id``). ``k' = min(k, available)``.
 Pure numpy / FAISS: no files are read or written here.
+
+FAISS indexes (:data:`FAISS_INDEXES`; the short names of :data:`INDEX_ALIASES` still work):
+``faiss-flat`` (exact), ``faiss-ivf`` (inverted lists, full vectors), ``faiss-ivfpq``
+(inverted lists, product-quantised codes: ``m`` bytes per vector at ``nbits = 8``) and
+``faiss-hnsw`` (graph, full vectors).
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from cbir.errors import CbirError
 #: (2**23 float32 = 32 MiB), so memory stays bounded whatever ``block_size`` says.
 MAX_BLOCK_ELEMENTS = 1 << 23
 
-FAISS_INDEXES = ("flat", "ivf", "hnsw")
+#: Canonical FAISS index names (``retrieval.index``).
+FAISS_INDEXES = ("faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
+#: Older and short names, kept working.
+INDEX_ALIASES = {"flat": "faiss-flat", "ivf": "faiss-ivf", "ivfpq": "faiss-ivfpq", "hnsw": "faiss-hnsw"}
+#: Indexes whose scores are approximate (compressed vectors), re-scored exactly when the
+#: database is at hand (``faiss_topk``).
+COMPRESSED_INDEXES = ("faiss-ivfpq",)
 
 
 def l2_normalize(x: np.ndarray, atol: float = 1e-4) -> np.ndarray:
@@ -205,40 +216,106 @@ def _import_faiss():
     return faiss
 
 
-def build_faiss_index(database: np.ndarray, index: str = "flat", seed: int = 0,
+def canonical_index(name: str) -> str:
+    """The canonical FAISS index name for ``name`` (an alias such as ``hnsw`` or the name itself)."""
+    name = str(name)
+    if name in FAISS_INDEXES:
+        return name
+    if name in INDEX_ALIASES:
+        return INDEX_ALIASES[name]
+    raise ValueError(f"unknown FAISS index '{name}'; expected one of "
+                     f"{', '.join(FAISS_INDEXES + tuple(INDEX_ALIASES))}")
+
+
+def default_nlist(n: int) -> int:
+    """``4*sqrt(N)`` inverted lists, at most ``N // 39`` so that k-means has 39 points per centroid."""
+    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+
+
+def pq_subquantizers(dim: int, m: int | None = None) -> int:
+    """Number of PQ sub-quantizers: ``m`` when it divides ``dim``, by default the largest
+    divisor of ``dim`` that is at most ``dim // 8`` (sub-vectors of 8 or more dimensions)."""
+    if m is None:
+        cap = max(1, dim // 8)
+        return max(x for x in range(1, cap + 1) if dim % x == 0)
+    m = int(m)
+    if m < 1 or dim % m:
+        near = [x for x in range(1, dim + 1) if dim % x == 0 and x <= 4 * max(m, 1)][-4:]
+        raise ValueError(f"faiss m={m} PQ sub-quantizers must divide the dimension {dim}; "
+                         f"try one of {near}")
+    return m
+
+
+def pq_bits(n: int, nbits: int = 8) -> int:
+    """Bits per PQ code: ``nbits``, lowered for small databases so that each of the ``2**nbits``
+    centroids of a sub-quantizer has 39 training points (FAISS's rule of thumb, as for ``nlist``)."""
+    nbits = int(nbits)
+    if not 1 <= nbits <= 16:
+        raise ValueError(f"faiss nbits must lie in 1..16, got {nbits}")
+    return max(1, min(nbits, int(math.floor(math.log2(max(n // 39, 2))))))
+
+
+def gpu_resources(index: str):
+    """FAISS GPU resources for ``index``, or a ValueError saying why it cannot run on a GPU."""
+    faiss = _import_faiss()
+    if index == "faiss-hnsw":
+        raise ValueError("faiss-hnsw has no GPU version in FAISS: use faiss-flat, faiss-ivf or faiss-ivfpq "
+                         "with gpu: true, or gpu: false")
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        raise ValueError("gpu is true but this FAISS has no GPU support or sees no GPU: on a CUDA machine "
+                         "pip install faiss-gpu-cu12 in place of faiss-cpu, or set gpu: false")
+    return faiss.StandardGpuResources()
+
+
+def build_faiss_index(database: np.ndarray, index: str = "faiss-flat", seed: int = 0,
                       nlist: int | None = None, nprobe: int = 8, M: int = 32,
-                      efSearch: int = 64, efConstruction: int = 40):
+                      efSearch: int = 64, efConstruction: int = 40, m: int | None = None,
+                      nbits: int = 8, gpu: bool = False):
     """A FAISS inner-product index over the L2-normalised database rows.
 
-    ``flat``: IndexFlatIP (exact). ``ivf``: IndexIVFFlat, ``nlist`` cells (default
-    ``4*sqrt(N)``, at most ``N // 39`` so k-means has enough points) of which ``nprobe``
-    are visited; k-means is seeded with ``seed``. ``hnsw``: IndexHNSWFlat with ``M``
-    links per node, ``efConstruction`` and ``efSearch``; its level generator is seeded
-    with ``seed`` (multi-threaded insertion may still vary the graph slightly).
+    ``faiss-flat``: IndexFlatIP (exact). ``faiss-ivf``: IndexIVFFlat, ``nlist`` cells (default
+    :func:`default_nlist`) of which ``nprobe`` are visited; k-means is seeded with ``seed``.
+    ``faiss-ivfpq``: IndexIVFPQ, the same cells, residuals encoded with ``m`` sub-quantizers
+    (default :func:`pq_subquantizers`) of ``nbits`` bits (lowered by :func:`pq_bits` for tiny
+    databases). ``faiss-hnsw``: IndexHNSWFlat with ``M`` links per node, ``efConstruction`` and
+    ``efSearch``; its level generator is seeded with ``seed`` (multi-threaded insertion may
+    still vary the graph slightly). Aliases: :data:`INDEX_ALIASES`. ``gpu``: train, add and
+    search on GPU 0 (faiss-gpu; not for HNSW; IVF-PQ with float16 lookup tables).
     """
     faiss = _import_faiss()
+    kind = canonical_index(index)
     db = l2_normalize(database)
     n, d = db.shape
     if n == 0:
         raise ValueError("cannot index an empty database")
-    if index == "flat":
+    resources = gpu_resources(kind) if gpu else None
+    if kind == "faiss-flat":
         idx = faiss.IndexFlatIP(d)
-    elif index == "ivf":
-        if nlist is None:
-            nlist = max(1, min(int(round(4 * math.sqrt(n))), n // 39))
-        nlist = int(max(1, min(nlist, n)))
+    elif kind in ("faiss-ivf", "faiss-ivfpq"):
+        nlist = int(max(1, min(default_nlist(n) if nlist is None else int(nlist), n)))
         quantizer = faiss.IndexFlatIP(d)
-        idx = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        if kind == "faiss-ivf":
+            idx = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            idx = faiss.IndexIVFPQ(quantizer, d, nlist, pq_subquantizers(d, m), pq_bits(n, nbits),
+                                   faiss.METRIC_INNER_PRODUCT)
+            idx.pq.cp.seed = int(seed)
         idx.cp.seed = int(seed)
+        if resources is not None:
+            options = faiss.GpuClonerOptions()
+            options.useFloat16 = kind == "faiss-ivfpq"  # needed by codes of 56 bytes and more
+            idx = faiss.index_cpu_to_gpu(resources, 0, idx, options)
+            idx.referenced_objects = [resources]  # keep the GPU memory manager alive with the index
         idx.train(db)
         idx.nprobe = int(max(1, min(nprobe, nlist)))
-    elif index == "hnsw":
+    else:
         idx = faiss.IndexHNSWFlat(d, int(M), faiss.METRIC_INNER_PRODUCT)
         idx.hnsw.efConstruction = int(efConstruction)
         idx.hnsw.efSearch = int(efSearch)
         idx.hnsw.rng = faiss.RandomGenerator(int(seed))
-    else:
-        raise ValueError(f"unknown FAISS index '{index}'; expected one of {FAISS_INDEXES}")
+    if resources is not None and kind == "faiss-flat":
+        idx = faiss.index_cpu_to_gpu(resources, 0, idx)
+        idx.referenced_objects = [resources]
     idx.add(db)
     return idx
 
@@ -273,18 +350,65 @@ def search_faiss_index(idx, queries: np.ndarray, k: int,
     return indices, scores
 
 
-def faiss_topk(queries: np.ndarray, database: np.ndarray, k: int, index: str = "flat",
-               exclude: np.ndarray | None = None, seed: int = 0,
-               **params) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine top-``k`` with a FAISS index (``flat`` | ``ivf`` | ``hnsw``).
+def rescore(queries: np.ndarray, database: np.ndarray, indices: np.ndarray, k: int,
+            block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine scores of candidate lists ``indices`` ``[Q, c]`` (``-1`` = none); the best
+    ``min(k, c)`` of each row by exact score, ties by lower row. Rows run in query blocks so the
+    gathered candidates stay small."""
+    q = l2_normalize(queries)
+    db = l2_normalize(database)
+    indices = np.asarray(indices, dtype=np.int64)
+    kk = min(k, indices.shape[1])
+    out_idx = np.empty((len(indices), kk), dtype=np.int64)
+    out_sc = np.empty((len(indices), kk), dtype=np.float32)
+    step = max(1, min(block_size, MAX_BLOCK_ELEMENTS // max(1, indices.shape[1] * db.shape[1])))
+    for start in range(0, len(indices), step):
+        blk = slice(start, min(len(indices), start + step))
+        cand = indices[blk]
+        valid = cand >= 0
+        sims = np.einsum("qd,qcd->qc", q[blk], db[np.where(valid, cand, 0)]).astype(np.float32)
+        sims[~valid] = -np.inf
+        keyed = np.where(valid, cand, np.iinfo(np.int64).max)
+        order = np.lexsort((keyed, -sims), axis=1)[:, :kk]
+        out_idx[blk] = np.take_along_axis(cand, order, axis=1)
+        out_sc[blk] = np.take_along_axis(sims, order, axis=1)
+    out_idx[~np.isfinite(out_sc)] = -1
+    return out_idx, out_sc
 
-    ``params`` go to ``build_faiss_index`` (``nlist``, ``nprobe``, ``M``, ``efSearch``,
-    ``efConstruction``). Same return convention as ``exact_topk``; ties in the returned
-    lists are re-ordered by lower database row.
+
+def faiss_topk(queries: np.ndarray, database: np.ndarray, k: int, index: str = "faiss-flat",
+               exclude: np.ndarray | None = None, seed: int = 0, refine: int = 1,
+               **params) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-``k`` with a FAISS index (see :func:`build_faiss_index`).
+
+    ``params`` go to ``build_faiss_index`` (``nlist``, ``nprobe``, ``m``, ``nbits``, ``M``,
+    ``efSearch``, ``efConstruction``, ``gpu``). Same return convention as ``exact_topk``; ties in the
+    returned lists are re-ordered by lower database row. For compressed indexes
+    (``faiss-ivfpq``) the index proposes ``refine * k`` candidates whose exact cosines choose
+    and order the top ``k``, so the scores are always true cosines (``refine = 1`` keeps the
+    index's own top-k set: its recall is the index's).
     """
+    if int(refine) < 1:
+        raise ValueError(f"refine must be >= 1, got {refine}")
     q, db = _check_pair(queries, database)
-    idx = build_faiss_index(db, index=index, seed=seed, **params)
-    return search_faiss_index(idx, q, k, exclude=exclude)
+    kind = canonical_index(index)
+    idx = build_faiss_index(db, index=kind, seed=seed, **params)
+    if kind not in COMPRESSED_INDEXES:
+        return search_faiss_index(idx, q, k, exclude=exclude)
+    exclude = _check_exclude(exclude, q.shape[0], db.shape[0])
+    kk = available_k(k, db.shape[0], exclude)
+    cand, _ = search_faiss_index(idx, q, kk * int(refine), exclude=exclude)
+    return rescore(q, db, cand, kk)
+
+
+def approximate_recall(queries: np.ndarray, database: np.ndarray, k: int, index: str,
+                       exclude: np.ndarray | None = None, seed: int = 0, block_size: int = 1024,
+                       **params) -> float:
+    """recall@``k`` of a FAISS index against exact search (see :func:`recall_at_k`)."""
+    exact_idx, _ = exact_topk(queries, database, k, block_size=block_size, exclude=exclude)
+    approx_idx, _ = faiss_topk(queries, database, k, index=index, exclude=exclude, seed=seed,
+                               **params)
+    return recall_at_k(approx_idx, exact_idx)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

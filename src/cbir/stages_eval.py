@@ -15,13 +15,15 @@ from cbir import evaluation as ev
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path, write_json
 from cbir.rerank import apply_rerank, rerank_config
-from cbir.retrieval import (FAISS_INDEXES, exact_topk, faiss_topk, ranking_frame, recall_at_k,
-                            split_indices)
+from cbir.retrieval import (FAISS_INDEXES, INDEX_ALIASES, canonical_index, exact_topk, faiss_topk,
+                            ranking_frame, recall_at_k, split_indices)
 
 log = logging.getLogger("cbir")
 
-RETRIEVAL_INDEXES = ("exact",) + FAISS_INDEXES
-FAISS_PARAM_KEYS = ("nlist", "nprobe", "M", "efSearch", "efConstruction")
+RETRIEVAL_INDEXES = ("exact",) + FAISS_INDEXES + tuple(INDEX_ALIASES)
+#: ``retrieval.faiss`` keys: IVF cells and probes, PQ sub-quantizers and bits, HNSW links and
+#: beam widths, the candidate factor re-scored exactly for compressed indexes, and ``gpu`` (bool).
+FAISS_PARAM_KEYS = ("nlist", "nprobe", "m", "nbits", "M", "efSearch", "efConstruction", "refine", "gpu")
 
 
 def _dataset(params: Mapping) -> str:
@@ -75,11 +77,24 @@ def read_features(root: Path, dataset: str, method: str, n_rows: int) -> np.ndar
         raise CbirError(f"features {path} have {features.shape[0]} rows but the manifest has {n_rows}: "
                         f"re-run `dvc repro extract@{method}` after curate")
     features = np.asarray(features, dtype=np.float32)
-    if not np.isfinite(features).all():
+    if not all_finite(features):
         raise CbirError(f"features {path} contain NaN or infinite values: "
                         f"re-run `dvc repro extract@{method}`")
     log.info("read %s %s", path, features.shape)
     return features
+
+
+def all_finite(x: np.ndarray, rows: int = 65536) -> bool:
+    """``np.isfinite(x).all()`` a block of rows at a time (no full-size boolean copy of a large memmap)."""
+    return all(np.isfinite(x[i:i + rows]).all() for i in range(0, x.shape[0], rows))
+
+
+def select_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]``; a view (no copy of a memory-mapped file) when ``rows`` is one ascending run."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+        return features[rows[0]:rows[-1] + 1]
+    return features[rows]
 
 
 def prepare(params: Mapping, method: str, root: Path) -> dict:
@@ -100,7 +115,8 @@ def prepare(params: Mapping, method: str, root: Path) -> dict:
         # leave-one-out: every row is both a query and a database item; no copies
         query_features = database_features = features
     else:
-        query_features, database_features = features[query_rows], features[database_rows]
+        query_features = select_rows(features, query_rows)
+        database_features = select_rows(features, database_rows)
     queries, database = apply_rerank(query_features, database_features, rerank,
                                      exclude=exclude, block_size=block_size)
     log.info("%s: %d queries x %d database rows, dim %d, protocol %s%s", method, len(query_rows),
@@ -117,14 +133,49 @@ def _faiss_params(retrieval: Mapping) -> dict:
     unknown = sorted(set(extra) - set(FAISS_PARAM_KEYS))
     if unknown:
         raise CbirError(f"unknown retrieval.faiss keys {unknown}; allowed: {', '.join(FAISS_PARAM_KEYS)}")
-    return {k: v for k, v in extra.items() if v is not None}
+    options = {k: v for k, v in extra.items() if v is not None}
+    for key, value in options.items():
+        if key == "gpu":
+            if not isinstance(value, bool):
+                raise CbirError(f"retrieval.faiss.gpu must be true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CbirError(f"retrieval.faiss.{key} must be a positive integer (or null), got {value!r}")
+    return options
+
+
+def _index_name(retrieval: Mapping) -> str:
+    """``retrieval.index`` checked: ``exact`` or a FAISS index name (canonical or alias)."""
+    index = str(retrieval.get("index", "exact"))
+    if index not in RETRIEVAL_INDEXES:
+        raise CbirError(f"unknown retrieval.index '{index}'; expected one of {', '.join(RETRIEVAL_INDEXES)}")
+    return index
+
+
+def approximate_search(data: Mapping, retrieval: Mapping, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``prepare``'s queries with the FAISS index of ``retrieval``; a bad setting is one line."""
+    options = _faiss_params(retrieval)
+    try:
+        return faiss_topk(data["queries"], data["database"], k, index=_index_name(retrieval),
+                          exclude=data["exclude"], seed=seed, **options)
+    except ValueError as exc:
+        raise CbirError(f"retrieval.faiss: {exc}") from None
+
+
+def index_summary(data: Mapping, retrieval: Mapping, k: int, seed: int, block_size: int) -> dict:
+    """``{"name": canonical index, "recall@k": ...}``: the FAISS index's top-``k`` against exact search."""
+    exact_idx, _ = exact_topk(data["queries"], data["database"], k, block_size=block_size,
+                              exclude=data["exclude"])
+    approx_idx, _ = approximate_search(data, retrieval, k, seed)
+    return {"name": canonical_index(_index_name(retrieval)),
+            f"recall@{k}": round(recall_at_k(approx_idx, exact_idx), 6)}
 
 
 def run_retrieve(params: dict, method: str, root: Path) -> None:
     """Top-k rankings of ``method`` to ``data/retrieval/<ds>/<method>.csv`` (+ ``.json`` info).
 
-    ``retrieval.index`` is ``exact`` or a FAISS index (``flat``/``ivf``/``hnsw``, options in
-    ``retrieval.faiss``); with FAISS the JSON also records recall@k against exact search.
+    ``retrieval.index`` is ``exact`` or a FAISS index (``faiss-flat``/``faiss-ivf``/``faiss-ivfpq``/
+    ``faiss-hnsw`` or the aliases ``flat``/``ivf``/``ivfpq``/``hnsw``, options in ``retrieval.faiss``);
+    with FAISS the JSON also records recall@k against exact search.
     """
     start = time.perf_counter()
     root = Path(root)
@@ -132,11 +183,10 @@ def run_retrieve(params: dict, method: str, root: Path) -> None:
     retrieval = _section(params, "retrieval")
     k = int(retrieval.get("k", 10))
     block_size = int(retrieval.get("block_size", 1024))
-    index = str(retrieval.get("index", "exact"))
-    if index not in RETRIEVAL_INDEXES:
-        raise CbirError(f"unknown retrieval.index '{index}'; expected one of {', '.join(RETRIEVAL_INDEXES)}")
+    index = _index_name(retrieval)
     if k < 1:
         raise CbirError(f"retrieval.k must be >= 1, got {k}")
+    options = _faiss_params(retrieval) if index != "exact" else {}
     data = prepare(params, method, root)
     t0 = time.perf_counter()
     exact_idx, exact_scores = exact_topk(data["queries"], data["database"], k,
@@ -148,12 +198,10 @@ def run_retrieve(params: dict, method: str, root: Path) -> None:
                   "exact_search_s": round(exact_s, 4)}
     indices, scores = exact_idx, exact_scores
     if index != "exact":
-        options = _faiss_params(retrieval)
         t0 = time.perf_counter()
-        indices, scores = faiss_topk(data["queries"], data["database"], k, index=index,
-                                     exclude=data["exclude"], seed=int(params.get("seed", 0)),
-                                     **options)
-        info.update(faiss=options, faiss_search_s=round(time.perf_counter() - t0, 4),
+        indices, scores = approximate_search(data, retrieval, k, int(params.get("seed", 0)))
+        info.update(index_name=canonical_index(index), faiss=options,
+                    faiss_search_s=round(time.perf_counter() - t0, 4),
                     recall_at_k=round(recall_at_k(indices, exact_idx), 6))
         log.info("%s: FAISS %s recall@%d vs exact = %.4f", method, index, k, info["recall_at_k"])
     manifest = data["manifest"]
@@ -180,7 +228,10 @@ def run_evaluate(params: dict, root: Path) -> None:
     precision), ``per_class.csv`` (method, label, n_queries, p@10, ap), ``per_query.csv``
     (method, query_id, label, n_relevant, p@k…, r@k…, ap, ap@10) and ``significance.csv``
     (method, baseline, n, mean_diff_ap, p_permutation, p_wilcoxon) against
-    ``evaluation.baseline`` (skipped when it is null).
+    ``evaluation.baseline`` (skipped when it is null). With an approximate ``retrieval.index``
+    each method's entry also gets ``index: {name, recall@k}`` (k = ``retrieval.k``): how much of
+    the exact top-k the FAISS index finds, the same search the retrieve stage runs. The metrics
+    themselves always rank the full database exactly.
     """
     start = time.perf_counter()
     root = Path(root)
@@ -198,7 +249,12 @@ def run_evaluate(params: dict, root: Path) -> None:
     if baseline is not None and baseline not in methods:
         raise CbirError(f"evaluation.baseline '{baseline}' is not one of the methods "
                         f"({', '.join(methods)}): set it to one of them, or to null")
-    block_size = int(_section(params, "retrieval").get("block_size", 1024))
+    retrieval = _section(params, "retrieval")
+    block_size = int(retrieval.get("block_size", 1024))
+    index = _index_name(retrieval)
+    if index != "exact":
+        _faiss_params(retrieval)
+    k = int(retrieval.get("k", 10))
 
     summaries: dict = {}
     per_query: dict[str, pd.DataFrame] = {}
@@ -214,6 +270,12 @@ def run_evaluate(params: dict, root: Path) -> None:
             query_ids=manifest["image_id"].to_numpy()[data["query_rows"]],
             exclude=data["exclude"], curve_k=curve_k, block_size=block_size)
         summaries[method] = ev.summarize(result.per_query, result.n_database, n_bootstrap, seed)
+        if index != "exact":
+            t1 = time.perf_counter()
+            summaries[method]["index"] = index_summary(data, retrieval, k, int(params.get("seed", 0)),
+                                                       block_size)
+            log.info("evaluate %s: %s in %.2fs", method, summaries[method]["index"],
+                     time.perf_counter() - t1)
         per_query[method] = result.per_query
         pk.append(ev.pk_curve(result.precision_at, n_bootstrap, seed).assign(method=method))
         pr.append(ev.pr_curve(result.interpolated).assign(method=method))
@@ -255,4 +317,5 @@ def run_evaluate(params: dict, root: Path) -> None:
     log.info("evaluate: %d methods on %s in %.2fs", len(methods), dataset, time.perf_counter() - start)
 
 
-__all__ = ["prepare", "read_features", "read_manifest", "run_evaluate", "run_retrieve"]
+__all__ = ["approximate_search", "index_summary", "prepare", "read_features", "read_manifest", "run_evaluate",
+           "run_retrieve"]
