@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
+import yaml
 
 from cbir.config import dataset_name
 from cbir.errors import CbirError
@@ -246,6 +247,19 @@ Paired tests over the per-query average precision of the same queries.
 """
 
 
+def is_default_experiment(params: dict, root: Path) -> bool:
+    """Whether ``params`` is the committed composition of ``conf/`` (the README shows only that run)."""
+    from cbir.config import compose_yaml
+
+    conf = Path(root) / "conf"
+    if not conf.is_dir():
+        return False
+    try:
+        return yaml.safe_load(compose_yaml(conf)) == params
+    except CbirError:
+        return False
+
+
 def readme_table(params: dict, metrics: dict) -> str:
     """The README's results block: one line of context and the metrics table."""
     return (f"Dataset `{dataset_name(params)}`, {(params.get('split') or {}).get('protocol')} protocol, cosine top-"
@@ -303,7 +317,7 @@ def run_report(params: dict, root: Path) -> None:
     text = build_report(params, metrics, significance, curation, figures, features_info, per_class)
     write_text(root / "reports" / "report.md", text)
     (root / "reports" / "report.md").chmod(0o644)
-    changed = update_readme(root / "README.md", readme_table(params, metrics))
+    changed = is_default_experiment(params, root) and update_readme(root / "README.md", readme_table(params, metrics))
     log.info("report: read %s, %s and %d figures; wrote %s%s in %.1fs", metrics_file, plots, len(figures),
              root / "reports" / "report.md", " and the README results table" if changed else "",
              time.perf_counter() - start)
