@@ -168,9 +168,13 @@ def test_report_table_matches_metrics_exactly(run):
             shown = np.array([float(g) for g in match.groups()])
             assert np.all(np.abs(shown - [entry[key], lo, hi]) <= 5e-4 + 1e-9)  # half a unit in the last place
         assert row[7:] == [str(entry["n_queries"]), str(entry["n_database"])]
-    # the README block carries the same table
-    readme = (root / "README.md").read_text()
-    assert "\n".join(f"| {' | '.join(r)} |" for r in rows) in readme and "\nold\n" not in readme
+    # the README block carries the same table (written only for the default experiment of conf/)
+    from cbir.report import readme_table, update_readme
+
+    readme = root / "README.md"
+    assert "\nold\n" in readme.read_text(), "a run that is not conf/'s default must leave README alone"
+    assert update_readme(readme, readme_table(params, metrics))
+    assert "\n".join(f"| {' | '.join(r)} |" for r in rows) in readme.read_text()
 
 
 def test_report_significance_curation_and_figures(run):
