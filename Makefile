@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
-DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-driver
+# g++: TorchInductor compiles the CPU extraction graph (extract.compile=auto)
+DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-driver g++
 
 .PHONY: setup repro test test-fast paper params .deb.installed
 

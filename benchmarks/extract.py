@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/extract.py                 # CPU, defaults sized for a 2-core machine
     .venv/bin/python benchmarks/extract.py --device cuda   # on a GPU machine
 
-Speed: images/second end to end (decode + preprocess + forward + pool + write) for ResNet50 and
+Speed: median images/second over interleaved rounds, end to end (decode + preprocess + forward + pool + write) for ResNet50 and
 MobileNetV2 (random weights: speed does not depend on their values), pipeline (batched
-DataLoader with workers, channels-last, bf16 autocast on CUDA, memmap output) vs naive (one
-image at a time, fp32, no workers, contiguous).  Memory: peak RSS of the extract code path at
+DataLoader with workers, channels-last, ``torch.compile`` with frozen weights where
+``extract.compile=auto`` turns it on, bf16 autocast on CUDA, memmap output) vs naive (one image
+at a time, fp32, eager, no workers, contiguous).  The pipeline's one-off first call (compilation
+included) is timed separately and reported as ``warmup_s``.  Memory: peak RSS of the extract code path at
 two dataset sizes, each in a fresh process.  Results: a Markdown table and
 ``benchmarks/results/extract.json``.  Ratios, not absolute times, are the targets.
 """
@@ -33,7 +35,8 @@ sys.path.insert(0, str(REPO / "src"))
 from cbir.data.images import open_rgb  # noqa: E402
 from cbir.data.synthetic import generate  # noqa: E402
 from cbir.features.backbones import build_classifier, trunk_of  # noqa: E402
-from cbir.features.deep import embed_batches, make_loader, make_transform, resolve_device  # noqa: E402
+from cbir.features.deep import (  # noqa: E402
+    default_workers, embed_batches, make_loader, make_transform, resolve_device, should_compile)
 from cbir.features.pooling import pool  # noqa: E402
 
 
@@ -65,25 +68,25 @@ def trunk_out_dim(trunk, image_size) -> int:
         return int(trunk(torch.zeros(1, 3, image_size, image_size, device=p.device)).shape[1])
 
 
-def pipeline(trunk, paths, image_size, device, batch_size, workers, out_dir: Path) -> float:
+def pipeline(trunk, paths, image_size, device, batch_size, workers, out_dir: Path, compile: bool = False) -> float:
     """The extract stage's code path, writing into a memory-mapped .npy."""
     dim = trunk_out_dim(trunk.to(device), image_size)
     loader = make_loader(paths, image_size, batch_size, device, num_workers=workers)
     start = time.perf_counter()
     out = np.lib.format.open_memmap(out_dir / "features.npy", mode="w+", dtype=np.float32, shape=(len(paths), dim))
-    embed_batches(trunk, lambda f: pool("gap", f), loader, out, device, progress=False)
+    embed_batches(trunk, lambda f: pool("gap", f), loader, out, device, progress=False, compile=compile)
     out.flush()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(paths) / (time.perf_counter() - start)
 
 
-def rss_child(n: int, image_size: int, workers: int, folder: str) -> None:
+def rss_child(n: int, image_size: int, workers: int, folder: str, compile: bool) -> None:
     """Run in a fresh process: extract ``n`` images with MobileNetV2, print peak RSS (MiB) as JSON."""
     paths = sorted(Path(folder).rglob("*.jpg"))[:n]
     trunk = trunk_of(build_classifier("mobilenet_v2")).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        rate = pipeline(trunk, paths, image_size, torch.device("cpu"), 64, workers, Path(tmp))
+        rate = pipeline(trunk, paths, image_size, torch.device("cpu"), 64, workers, Path(tmp), compile)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"n": n, "peak_rss_mib": round(peak, 1), "worker_peak_rss_mib": round(children, 1),
@@ -95,23 +98,27 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-speed", type=int, default=192, help="images per speed measurement")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved pipeline/naive rounds (medians reported)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--compile", default="auto", help="extract.compile for the pipeline: auto, true or false")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"])
     parser.add_argument("--rss-sizes", nargs="*", type=int, default=[1000, 10000])
     parser.add_argument("--rss-image-size", type=int, default=64, help="input size for the memory runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "extract.json")
-    parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        n, size, workers, folder = args.rss_child
-        return rss_child(int(n), int(size), int(workers), folder)
+        n, size, workers, folder, compile = args.rss_child
+        return rss_child(int(n), int(size), int(workers), folder, compile == "True")
 
     device = resolve_device(args.device)
-    workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    compile = should_compile(args.compile, device)
+    workers = args.workers if args.workers is not None else default_workers(device)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(), "device": str(device),
-               "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
+               "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+               "workers": workers, "batch_size": args.batch_size, "compiled": compile}
     results = {"machine": machine, "speed": [], "memory": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -121,16 +128,24 @@ def main() -> None:
             torch.manual_seed(0)
             trunk = trunk_of(build_classifier(arch)).eval()
             speed_paths = paths[:args.n_speed]
-            pipeline(trunk, speed_paths[: args.batch_size * 2], args.image_size, device, args.batch_size, 0, tmp)
-            fast = pipeline(trunk, speed_paths, args.image_size, device, args.batch_size, workers, tmp)
-            slow = naive(trunk, speed_paths[: max(32, args.n_speed // 4)], args.image_size, device)
-            row = {"model": arch, "pipeline_ips": round(fast, 1), "naive_ips": round(slow, 1),
-                   "speedup": round(fast / slow, 2)}
+            start = time.perf_counter()
+            pipeline(trunk, speed_paths[: args.batch_size * 2], args.image_size, device, args.batch_size, 0, tmp,
+                     compile)
+            warmup = time.perf_counter() - start
+            fast, slow = [], []
+            for _ in range(args.rounds):  # interleaved, so a busy spell on a shared machine hits both sides
+                fast.append(pipeline(trunk, speed_paths, args.image_size, device, args.batch_size, workers, tmp,
+                                     compile))
+                slow.append(naive(trunk, speed_paths[: max(32, args.n_speed // 4)], args.image_size, device))
+            ratios = [f / s for f, s in zip(fast, slow)]
+            row = {"model": arch, "pipeline_ips": round(float(np.median(fast)), 1),
+                   "naive_ips": round(float(np.median(slow)), 1), "speedup": round(float(np.median(ratios)), 2),
+                   "speedup_range": [round(min(ratios), 2), round(max(ratios), 2)], "warmup_s": round(warmup, 1)}
             results["speed"].append(row)
             print(json.dumps(row), flush=True)
         for n in args.rss_sizes:
             proc = subprocess.run([sys.executable, __file__, "--rss-child", str(n), str(args.rss_image_size),
-                                   str(workers), str(tmp / "imgs")], capture_output=True, text=True, check=True)
+                                   str(workers), str(tmp / "imgs"), str(compile)], capture_output=True, text=True, check=True)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             results["memory"].append(row)
             print(json.dumps(row), flush=True)
@@ -140,9 +155,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nmachine: {machine}\n")
-    print("| model | pipeline img/s | naive img/s | speed-up |\n|---|---|---|---|")
+    print("| model | pipeline img/s | naive img/s | speed-up (median, range) | first call (s) |\n|---|---|---|---|---|")
     for r in results["speed"]:
-        print(f"| {r['model']} | {r['pipeline_ips']} | {r['naive_ips']} | {r['speedup']}x |")
+        lo, hi = r["speedup_range"]
+        print(f"| {r['model']} | {r['pipeline_ips']} | {r['naive_ips']} | {r['speedup']}x ({lo}–{hi}) | {r['warmup_s']} |")
     if results["memory"]:
         print("\n| images | peak RSS (MiB) | worker peak RSS (MiB) |\n|---|---|---|")
         for r in results["memory"]:

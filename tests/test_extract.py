@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from cbir.errors import CbirError
-from cbir.features.deep import make_loader, resolve_device
+from cbir.features import deep
+from cbir.features.deep import default_workers, make_loader, resolve_device, should_compile
 from cbir.features.extract import extract_deep, extract_handcrafted, run_extract
 from cbir.features.weights import run_weights
 from cbir.fileio import sha256_file
@@ -29,6 +30,7 @@ def _setup(tmp_path, images, weights_file):
         "device": "cpu",
         "dataset": {"name": "toy"},
         "curate": {"max_pixels": 1_000_000},
+        "extract": {"compile": False},  # eager here; the compiled path has its own test below
         "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights_file),
                                        "image_size": 64, "batch_size": 4}},
         "methods": {
@@ -163,3 +165,49 @@ def test_embedder_reproduces_the_stage_rows(tmp_path, colour_images, random_mobi
         embedder = Embedder.from_params(params, method, tmp_path)
         images = [open_rgb(tmp_path / p) for p in manifest["path"][:3]]
         np.testing.assert_allclose(embedder.embed(images), rows[:3], atol=1e-4)
+
+
+def test_compiled_extraction_matches_eager_including_the_padded_last_batch(tmp_path, colour_images,
+                                                                          random_mobilenet_file):
+    """6 images in batches of 4: the short last batch is zero-padded for the static-shape graph."""
+    params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
+    paths = [tmp_path / p for p in manifest["path"]]
+    cfg = params["methods"]["mobilenet_v2-gem"]
+    eager, info = extract_deep(paths, params, cfg, tmp_path, num_workers=0, progress=False)
+    assert info["compiled"] is False
+    params["extract"]["compile"] = True
+    compiled, info = extract_deep(paths, params, cfg, tmp_path, num_workers=0, progress=False)
+    assert info["compiled"] is True and compiled.shape == eager.shape == (6, 1280)
+    np.testing.assert_allclose(compiled, eager, atol=1e-4)
+
+
+def test_compile_setting(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(deep, "cpp_compiler", lambda: "g++")
+    assert should_compile("auto", cpu) and should_compile(None, cpu) and should_compile("true", cpu)
+    assert not should_compile("auto", cuda) and should_compile(True, cuda)
+    assert not should_compile(False, cpu) and not should_compile("false", cpu)
+    with pytest.raises(CbirError, match="use auto, true or false"):
+        should_compile("fast", cpu)
+    monkeypatch.setattr(deep, "cpp_compiler", lambda: None)
+    assert not should_compile("auto", cpu)
+    with pytest.raises(CbirError, match="needs a C\\+\\+ compiler"):
+        should_compile(True, cpu)
+
+
+def test_cpp_compiler_follows_cxx(monkeypatch, tmp_path):
+    fake = tmp_path / "my-cxx"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CXX", "my-cxx")
+    assert deep.cpp_compiler() == "my-cxx"
+    monkeypatch.delenv("CXX")
+    assert deep.cpp_compiler() is None
+
+
+@pytest.mark.parametrize("cpus,device,expected", [(2, "cpu", 0), (1, "cpu", 0), (8, "cpu", 4), (3, "cpu", 2),
+                                                  (2, "cuda", 1), (16, "cuda", 4)])
+def test_default_workers(monkeypatch, cpus, device, expected):
+    monkeypatch.setattr(deep.os, "cpu_count", lambda: cpus)
+    assert default_workers(torch.device(device)) == expected

@@ -64,6 +64,7 @@ def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdou
         "curate": {"min_side": 8, "max_pixels": 1_000_000},
         "split": {"protocol": protocol},
         "retrieval": {"k": 10, "block_size": 4, "index": "exact"},
+        "extract": {"compile": False},
         "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights_file),
                                        "image_size": 64, "batch_size": 8}},
         "methods": {"hsv_hist": hsv,

@@ -65,7 +65,7 @@ def workspace(tmp_path_factory, random_mobilenet_file):
         "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(random_mobilenet_file),
                                        "image_size": 64, "batch_size": 4}},
         "methods": {"mnv2-gem": DEEP, "hog": HOG},
-        "extract": {"engine": "ray", "ray": {"num_actors": None, "batch_size": 3}},
+        "extract": {"engine": "ray", "compile": False, "ray": {"num_actors": None, "batch_size": 3}},
     }
     run_weights(params, "mobilenet_v2", root)
     return root, params, [root / r["path"] for r in rows]

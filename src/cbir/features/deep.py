@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -54,8 +55,56 @@ class ImageFiles(Dataset):
         return self.transform(open_rgb(self.paths[i], max_pixels=self.max_pixels))
 
 
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+COMPILE_CHOICES = ("auto", True, False)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler TorchInductor would use on CPU ($CXX, g++ or clang++), if one is on PATH."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def should_compile(setting: str | bool | None, device: torch.device) -> bool:
+    """``extract.compile``: ``auto`` compiles on CPU when a C++ compiler is present; true/false force it.
+
+    On CUDA ``auto`` stays eager (bf16 autocast); ``true`` compiles there too (Triton).
+    """
+    if setting is None:
+        setting = "auto"
+    if isinstance(setting, str) and setting.lower() in ("true", "false"):
+        setting = setting.lower() == "true"
+    if setting not in COMPILE_CHOICES:
+        raise CbirError(f"extract.compile is {setting!r}: use auto, true or false")
+    if setting == "auto":
+        return device.type == "cpu" and cpp_compiler() is not None
+    if setting and device.type == "cpu" and cpp_compiler() is None:
+        raise CbirError("extract.compile=true needs a C++ compiler on PATH for TorchInductor "
+                        "(apt-get install g++, or set CXX): or use extract.compile=auto/false")
+    return bool(setting)
+
+
+def compile_trunk(trunk: nn.Module) -> nn.Module:
+    """``torch.compile`` for inference with static shapes and frozen weights.
+
+    Freezing folds batch-norm into the convolutions and pre-packs the weights for oneDNN; the
+    outputs match eager fp32 up to float rounding (tested).  Freezing is an inference-only
+    process-wide Inductor setting, so it is switched on here and nowhere else.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(trunk, dynamic=False)
+
+
+def default_workers(device: torch.device | None = None) -> int:
+    """Decoding worker processes: up to 4 and one core left free, but none on a CPU run with at most
+    two cores, where a worker only takes a core from the model (measured: benchmarks/extract.py)."""
+    cpus = os.cpu_count() or 1
+    if (device is None or device.type == "cpu") and cpus <= 2:
+        return 0
+    return max(0, min(4, cpus - 1))
 
 
 @torch.inference_mode()
@@ -81,21 +130,29 @@ def embed_batches(
     device: torch.device,
     progress: bool = True,
     scales: Sequence[float] = (1.0,),
+    compile: bool = False,
 ) -> None:
     """Run ``trunk`` then ``pool`` over ``loader`` and write L2-normalised rows into ``out`` (e.g. a memmap).
 
     Multi-scale: the batch is resized by each factor in ``scales`` and the L2-normalised
     descriptors are summed before the final normalisation.
     CUDA: bf16 autocast and channels-last.  CPU: fp32 channels-last.
+    ``compile``: run a :func:`compile_trunk` graph; a short last batch is zero-padded to the
+    loader's batch size so one static-shape graph serves every batch (rows are independent).
     """
     trunk = trunk.to(device).to(memory_format=torch.channels_last).eval()
+    if compile:
+        trunk = compile_trunk(trunk)
+    full = loader.batch_size
     row = 0
     use_amp = device.type == "cuda"  # bf16 autocast on CUDA only
     for batch in tqdm(_reraise_worker_errors(loader), desc="extract", unit="batch", disable=not progress,
                       total=len(loader)):
+        n = batch.shape[0]
+        if compile and full and n < full:
+            batch = torch.cat([batch, batch.new_zeros((full - n, *batch.shape[1:]))])
         batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        vec = describe_batch(trunk, pool, batch, scales, use_amp)
-        n = vec.shape[0]
+        vec = describe_batch(trunk, pool, batch, scales, use_amp)[:n]
         out[row:row + n] = vec.cpu().numpy().astype(np.float32)
         row += n
     if row != out.shape[0]:
@@ -136,7 +193,7 @@ def feature_dim(trunk: nn.Module, pool: Callable, image_size: int) -> int:
 
 def make_loader(paths: Sequence, image_size: int, batch_size: int, device: torch.device,
                 num_workers: int | None = None, max_pixels: int = 40_000_000) -> DataLoader:
-    workers = default_workers() if num_workers is None else num_workers
+    workers = default_workers(device) if num_workers is None else num_workers
     return DataLoader(
         ImageFiles(paths, make_transform(image_size), max_pixels=max_pixels),
         batch_size=batch_size, shuffle=False, num_workers=workers,

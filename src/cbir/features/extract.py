@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -59,25 +61,54 @@ def make_pool(method_cfg: dict):
     return lambda fmap: pool(name, fmap, **kwargs)
 
 
-def extract_deep(paths: list[Path], params: dict, method_cfg: dict, root: Path, out: np.ndarray | None = None,
-                 num_workers: int | None = None, progress: bool = True) -> tuple[np.ndarray, dict]:
-    """Deep descriptors for ``paths`` (rows in order). Returns (array, run info)."""
-    from cbir.features.deep import embed_batches, feature_dim, make_loader, resolve_device
+@dataclass
+class DeepSetup:
+    """A deep method ready to run: trunk (weights loaded once), pooling, device and sizes."""
+
+    trunk: torch.nn.Module
+    pool: Callable
+    device: torch.device
+    image_size: int
+    batch_size: int
+    scales: list[float]
+    dim: int
+    max_pixels: int
+    compile: bool
+
+
+def prepare_deep(params: dict, method_cfg: dict, root: Path) -> DeepSetup:
+    """Load the method's backbone once and work out everything ``extract_deep`` needs, dim included."""
+    from cbir.features.deep import feature_dim, resolve_device, should_compile
 
     trunk, bcfg = load_backbone(params, method_cfg["backbone"], root)
     pool = make_pool(method_cfg)
     device = resolve_device(params.get("device", "auto"))
     size = int(method_cfg.get("image_size") or bcfg.get("image_size", 224))
-    batch = int(method_cfg.get("batch_size") or bcfg.get("batch_size", 32))
-    dim = feature_dim(trunk, pool, size)
+    return DeepSetup(
+        trunk=trunk, pool=pool, device=device, image_size=size,
+        batch_size=int(method_cfg.get("batch_size") or bcfg.get("batch_size", 32)),
+        scales=[float(x) for x in (method_cfg.get("scales") or [1.0])],
+        dim=feature_dim(trunk, pool, size),
+        max_pixels=int((params.get("curate") or {}).get("max_pixels", 40_000_000)),
+        compile=should_compile((params.get("extract") or {}).get("compile", "auto"), device),
+    )
+
+
+def extract_deep(paths: list[Path], params: dict, method_cfg: dict, root: Path, out: np.ndarray | None = None,
+                 num_workers: int | None = None, progress: bool = True,
+                 setup: DeepSetup | None = None) -> tuple[np.ndarray, dict]:
+    """Deep descriptors for ``paths`` (rows in order). Returns (array, run info)."""
+    from cbir.features.deep import embed_batches, make_loader
+
+    s = setup or prepare_deep(params, method_cfg, root)
     if out is None:
-        out = np.empty((len(paths), dim), dtype=np.float32)
-    max_pixels = int((params.get("curate") or {}).get("max_pixels", 40_000_000))
-    loader = make_loader(paths, size, batch, device, num_workers=num_workers, max_pixels=max_pixels)
-    scales = [float(x) for x in (method_cfg.get("scales") or [1.0])]
-    embed_batches(trunk, pool, loader, out, device, progress=progress, scales=scales)
-    return out, {"device": str(device), "image_size": size, "batch_size": batch, "scales": scales,
-                 "torch_threads": torch.get_num_threads()}
+        out = np.empty((len(paths), s.dim), dtype=np.float32)
+    loader = make_loader(paths, s.image_size, s.batch_size, s.device, num_workers=num_workers,
+                         max_pixels=s.max_pixels)
+    embed_batches(s.trunk, s.pool, loader, out, s.device, progress=progress, scales=s.scales, compile=s.compile)
+    return out, {"device": str(s.device), "image_size": s.image_size, "batch_size": s.batch_size,
+                 "scales": s.scales, "torch_threads": torch.get_num_threads(), "compiled": s.compile,
+                 "num_workers": loader.num_workers}
 
 
 def describe_image(method_cfg: dict, image: np.ndarray) -> np.ndarray:
@@ -153,28 +184,27 @@ def run_extract(params: dict, method: str, root: Path) -> None:
     target = features_path(root, params, method)
     kind = cfg.get("kind")
     start = time.perf_counter()
+    engine = (params.get("extract") or {}).get("engine", "local")
+    if engine not in ("local", "ray"):
+        raise CbirError(f"extract.engine is {engine!r}: use local or ray")
+    setup = None
     if kind == "deep":
-        from cbir.features.deep import feature_dim
-
-        trunk, bcfg = load_backbone(params, cfg["backbone"], root)
-        dim = feature_dim(trunk, make_pool(cfg), int(cfg.get("image_size") or bcfg.get("image_size", 224)))
-        del trunk
+        setup = prepare_deep(params, cfg, root)
+        dim = setup.dim
     elif kind == "handcrafted":
         dim = handcrafted_dim(cfg)
     else:
         raise CbirError(f"method {method} has kind {kind!r}: use deep or handcrafted")
-    engine = (params.get("extract") or {}).get("engine", "local")
-    if engine not in ("local", "ray"):
-        raise CbirError(f"extract.engine is {engine!r}: use local or ray")
     with atomic_path(target) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), dim))
         if engine == "ray":
             from cbir.features.ray_engine import extract_with_ray
 
+            del setup  # Ray actors load their own copy of the backbone
             info = extract_with_ray(paths, params, cfg, root, out)
         elif kind == "deep":
             workers = (params.get("extract") or {}).get("num_workers")
-            _, info = extract_deep(paths, params, cfg, root, out=out, num_workers=workers)
+            _, info = extract_deep(paths, params, cfg, root, out=out, num_workers=workers, setup=setup)
         else:
             max_pixels = int((params.get("curate") or {}).get("max_pixels", 40_000_000))
             _, info = extract_handcrafted(paths, cfg, out=out, max_pixels=max_pixels)
