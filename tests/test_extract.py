@@ -186,6 +186,9 @@ def test_compile_setting(monkeypatch):
     monkeypatch.setattr(deep, "cpp_compiler", lambda: "g++")
     assert should_compile("auto", cpu) and should_compile(None, cpu) and should_compile("true", cpu)
     assert not should_compile("auto", cuda) and should_compile(True, cuda)
+    small = deep.AUTO_COMPILE_MIN_IMAGES - 1
+    assert not should_compile("auto", cpu, n_images=small) and should_compile("auto", cpu, n_images=small + 1)
+    assert should_compile(True, cpu, n_images=3)
     assert not should_compile(False, cpu) and not should_compile("false", cpu)
     with pytest.raises(CbirError, match="use auto, true or false"):
         should_compile("fast", cpu)

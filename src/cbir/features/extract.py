@@ -76,7 +76,7 @@ class DeepSetup:
     compile: bool
 
 
-def prepare_deep(params: dict, method_cfg: dict, root: Path) -> DeepSetup:
+def prepare_deep(params: dict, method_cfg: dict, root: Path, n_images: int | None = None) -> DeepSetup:
     """Load the method's backbone once and work out everything ``extract_deep`` needs, dim included."""
     from cbir.features.deep import feature_dim, resolve_device, should_compile
 
@@ -90,7 +90,7 @@ def prepare_deep(params: dict, method_cfg: dict, root: Path) -> DeepSetup:
         scales=[float(x) for x in (method_cfg.get("scales") or [1.0])],
         dim=feature_dim(trunk, pool, size),
         max_pixels=int((params.get("curate") or {}).get("max_pixels", 40_000_000)),
-        compile=should_compile((params.get("extract") or {}).get("compile", "auto"), device),
+        compile=should_compile((params.get("extract") or {}).get("compile", "auto"), device, n_images),
     )
 
 
@@ -100,7 +100,7 @@ def extract_deep(paths: list[Path], params: dict, method_cfg: dict, root: Path, 
     """Deep descriptors for ``paths`` (rows in order). Returns (array, run info)."""
     from cbir.features.deep import embed_batches, make_loader
 
-    s = setup or prepare_deep(params, method_cfg, root)
+    s = setup or prepare_deep(params, method_cfg, root, n_images=len(paths))
     if out is None:
         out = np.empty((len(paths), s.dim), dtype=np.float32)
     loader = make_loader(paths, s.image_size, s.batch_size, s.device, num_workers=num_workers,
@@ -189,7 +189,7 @@ def run_extract(params: dict, method: str, root: Path) -> None:
         raise CbirError(f"extract.engine is {engine!r}: use local or ray")
     setup = None
     if kind == "deep":
-        setup = prepare_deep(params, cfg, root)
+        setup = prepare_deep(params, cfg, root, n_images=len(paths))
         dim = setup.dim
     elif kind == "handcrafted":
         dim = handcrafted_dim(cfg)
