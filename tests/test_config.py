@@ -94,3 +94,14 @@ def test_missing_params_file(tmp_path):
 def test_unknown_method(repo_root):
     with pytest.raises(CbirError, match="not in params.yaml"):
         method_config(load_params(repo_root), "nope")
+
+
+def test_every_faiss_option_can_be_set_without_a_plus(repo_root):
+    """All retrieval.faiss keys are in conf/, null = the library default, so `-S retrieval.faiss.X=...` works."""
+    from cbir.stages_eval import FAISS_PARAM_KEYS, _faiss_params
+
+    base = yaml.safe_load(compose_yaml(repo_root / "conf"))["retrieval"]
+    assert set(base["faiss"]) == set(FAISS_PARAM_KEYS)
+    assert _faiss_params(base) == {"gpu": False}
+    tuned = yaml.safe_load(compose_yaml(repo_root / "conf", ["retrieval.index=ivf", "retrieval.faiss.nprobe=32"]))
+    assert _faiss_params(tuned["retrieval"]) == {"nprobe": 32, "gpu": False}
