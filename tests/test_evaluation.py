@@ -116,6 +116,10 @@ def test_ranking_statistics_curves_and_block_invariance():
     pr = pr_curve(a.interpolated)
     assert pr["recall"].tolist() == pytest.approx(list(RECALL_LEVELS))
     assert np.all(np.diff(pr["precision"]) <= 1e-12)  # interpolated precision never rises
+    assert pr[["lo", "hi"]].isna().all().all()  # no bootstrap asked for
+    banded = pr_curve(np.vstack([a.interpolated, np.full((1, len(RECALL_LEVELS)), np.nan)]), 200, 0)
+    np.testing.assert_allclose(banded["precision"], pr["precision"])  # a query with no relevant item is left out
+    assert ((banded["lo"] <= banded["precision"] + 1e-12) & (banded["precision"] <= banded["hi"] + 1e-12)).all()
 
 
 def test_interpolated_precision_hand_example():

@@ -137,6 +137,9 @@ def test_pr_band_means_match_the_evaluate_stage(run):
     assert len(merged) == len(pr) == 11 * len(params["methods"])
     np.testing.assert_allclose(merged["precision"], merged["precision_evaluate"], atol=1e-12)
     assert (merged["lo"] <= merged["precision"] + 1e-12).all() and (merged["precision"] <= merged["hi"] + 1e-12).all()
+    # the band evaluate wrote is the one recomputed from the features, so figures need not recompute it
+    np.testing.assert_allclose(merged[["lo", "hi"]].to_numpy(), merged[["lo_evaluate", "hi_evaluate"]].to_numpy(),
+                               atol=1e-12)
 
 
 def _table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:

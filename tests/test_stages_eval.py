@@ -139,7 +139,8 @@ def test_run_evaluate_writes_metrics_and_plots(tmp_path):
     assert pk.groupby("method")["k"].max().tolist() == [12, 12]  # curve stops at n_database
     assert pk.query("method == 'good' and k == 5")["precision"].item() == pytest.approx(0.8)
     pr = pd.read_csv(plots / "pr.csv")
-    assert list(pr.columns) == ["method", "recall", "precision"] and len(pr) == 22
+    assert list(pr.columns) == ["method", "recall", "precision", "lo", "hi"] and len(pr) == 22
+    assert (pr["lo"] <= pr["precision"] + 1e-12).all() and (pr["precision"] <= pr["hi"] + 1e-12).all()
     per_class = pd.read_csv(plots / "per_class.csv")
     assert list(per_class.columns) == ["method", "label", "n_queries", "p@10", "ap"]
     assert per_class.query("method == 'good'")["label"].tolist() == LABELS

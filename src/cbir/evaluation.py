@@ -325,13 +325,14 @@ def pk_curve(precision_at: np.ndarray, n_bootstrap: int = 0, seed: int = 0) -> p
     return pd.DataFrame({"k": np.arange(1, n_k + 1), "precision": mean, "lo": lo, "hi": hi})
 
 
-def pr_curve(interpolated: np.ndarray) -> pd.DataFrame:
-    """11-point interpolated precision-recall curve, averaged over queries with a relevant item."""
-    interpolated = np.asarray(interpolated, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(interpolated, axis=0) if len(interpolated) else np.full(len(RECALL_LEVELS), np.nan)
-    return pd.DataFrame({"recall": RECALL_LEVELS, "precision": mean})
+def pr_curve(interpolated: np.ndarray, n_bootstrap: int = 0, seed: int = 0) -> pd.DataFrame:
+    """11-point interpolated precision-recall curve, averaged over queries with a relevant item, with a
+    percentile bootstrap ``lo``/``hi`` over those queries (NaN if ``n_bootstrap`` is 0)."""
+    interpolated = np.asarray(interpolated, dtype=np.float64).reshape(-1, len(RECALL_LEVELS))
+    rows = interpolated[np.isfinite(interpolated).all(axis=1)]  # queries with no relevant item are NaN rows
+    mean = rows.mean(axis=0) if len(rows) else np.full(len(RECALL_LEVELS), np.nan)
+    lo, hi = bootstrap_ci(rows, n_bootstrap, seed)
+    return pd.DataFrame({"recall": RECALL_LEVELS, "precision": mean, "lo": lo, "hi": hi})
 
 
 def per_class(per_query: pd.DataFrame) -> pd.DataFrame:

@@ -225,7 +225,7 @@ def run_evaluate(params: dict, root: Path) -> None:
     """Metrics of every method: ``metrics/<ds>.json`` and the plot tables in ``reports/plots/``.
 
     Writes ``pk.csv`` (method, k, precision, lo, hi), ``pr.csv`` (method, recall,
-    precision), ``per_class.csv`` (method, label, n_queries, p@10, ap), ``per_query.csv``
+    precision, lo, hi), ``per_class.csv`` (method, label, n_queries, p@10, ap), ``per_query.csv``
     (method, query_id, label, n_relevant, p@k…, r@k…, ap, ap@10) and ``significance.csv``
     (method, baseline, n, mean_diff_ap, p_permutation, p_wilcoxon) against
     ``evaluation.baseline`` (skipped when it is null). With an approximate ``retrieval.index``
@@ -278,7 +278,7 @@ def run_evaluate(params: dict, root: Path) -> None:
                      time.perf_counter() - t1)
         per_query[method] = result.per_query
         pk.append(ev.pk_curve(result.precision_at, n_bootstrap, seed).assign(method=method))
-        pr.append(ev.pr_curve(result.interpolated).assign(method=method))
+        pr.append(ev.pr_curve(result.interpolated, n_bootstrap, seed).assign(method=method))
         per_cls = ev.per_class(result.per_query)
         if "p@10" not in per_cls.columns:
             per_cls["p@10"] = np.nan
