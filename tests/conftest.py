@@ -16,10 +16,30 @@ def repo_root() -> Path:
     return REPO
 
 
+def _gpu_missing() -> str | None:
+    """Why ``gpu``-marked tests cannot run here, or None when a CUDA device and faiss-gpu are present."""
+    if not torch.cuda.is_available():
+        return "marker gpu: no CUDA device on this machine (CI has none; run on a GPU machine)"
+    import faiss
+
+    if faiss.get_num_gpus() == 0:
+        return "marker gpu: faiss has no GPU support here (pip install faiss-gpu-cu12 in place of faiss-cpu)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests are skipped, with the reason, where there is no GPU to run them on."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    reason = _gpu_missing() if gpu_tests else None
+    for item in gpu_tests if reason else []:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(autouse=True)
-def _cpu_only_small_threads(monkeypatch):
-    """Tests run on the CPU with a fixed thread count, whatever the machine has."""
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+def _cpu_only_small_threads(request, monkeypatch):
+    """Tests run on the CPU with a fixed thread count, whatever the machine has (``gpu`` tests keep CUDA)."""
+    if not request.node.get_closest_marker("gpu"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     torch.set_num_threads(2)
 
 

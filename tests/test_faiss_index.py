@@ -217,8 +217,6 @@ def test_gpu_search_needs_an_index_with_a_gpu_version_and_faiss_gpu(tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_flat_and_ivfpq_match_the_cpu_indexes(vectors):
-    if faiss.get_num_gpus() == 0:
-        pytest.skip("needs faiss-gpu and a CUDA GPU")
     queries, database = vectors
     exact_idx, exact_sc = exact_topk(queries, database, K)
     idx, sc = faiss_topk(queries, database, K, index="faiss-flat", gpu=True)

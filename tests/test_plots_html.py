@@ -152,7 +152,7 @@ def test_plots_page_renders_offline_in_headless_chromium(tmp_path):
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("Chromium not installed (apt-get install -y chromium)")
+        pytest.fail("Chromium is missing: run `make setup` (apt-get install -y chromium)")
     params = small_run(tmp_path)
     dvc_workspace(tmp_path, params)
     page = render_plots_html(tmp_path)
