@@ -37,9 +37,11 @@ params: .venv/.installed
 
 repro: setup
 	$(PY) -m dvc repro
+	$(PY) -m cbir readme
 
 paper: setup
 	$(PY) -m dvc exp run -S experiment=paper
+	$(PY) -m cbir readme
 
 test: setup .venv/.installed-ray
 	$(PY) -m pytest

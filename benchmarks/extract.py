@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from cbir.data.images import open_rgb  # noqa: E402
 from cbir.data.synthetic import generate  # noqa: E402
-from cbir.features.backbones import build_classifier, trunk_of  # noqa: E402
-from cbir.features.deep import (  # noqa: E402
+from cbir.features.cnn.backbones import build_classifier, trunk_of  # noqa: E402
+from cbir.features.cnn.runtime import (  # noqa: E402
     default_workers, embed_batches, make_loader, make_transform, resolve_device, should_compile)
-from cbir.features.pooling import pool  # noqa: E402
+from cbir.features.cnn.pooling import pool  # noqa: E402
 
 
 def images(folder: Path, n: int, size: int) -> list[Path]:

@@ -6,7 +6,7 @@
 #        - "gpu_decode": file bytes read by a thread pool, decoded on the GPU (torchvision.io.decode_jpeg with
 #          device="cuda", nvJPEG, a list per batch), resized / cropped / normalised on the GPU, bf16 autocast,
 #          channels-last, large batches;
-#        - "project_loader": the pipeline's own local engine (cbir.features.deep.make_loader + embed_batches:
+#        - "project_loader": the pipeline's own local engine (cbir.features.cnn.runtime.make_loader + embed_batches:
 #          Pillow decoding in DataLoader workers, then the same trunk), the reference to beat.
 #   2. Top-k search at N = 1,000,000 database vectors: FAISS on the GPU (GpuIndexFlatIP exact, IVF-Flat and
 #      IVF-PQ with recall@k against the flat index) when faiss-gpu is importable or installable; otherwise an
@@ -130,7 +130,7 @@ def resnet50_trunk() -> torch.nn.Module:
     torch.manual_seed(0)
     state = torchvision.models.resnet50().state_dict()
     try:
-        from cbir.features.backbones import load_trunk
+        from cbir.features.cnn.backbones import load_trunk
         return load_trunk("resnet50", state)
     except ImportError:
         model = torchvision.models.resnet50()
@@ -180,7 +180,7 @@ def gpu_decode_pipeline(trunk, paths: list[Path], batch: int, size: int) -> tupl
 
 
 def project_loader_pipeline(trunk, paths: list[Path], batch: int, size: int, workers: int) -> np.ndarray:
-    from cbir.features.deep import embed_batches, make_loader
+    from cbir.features.cnn.runtime import embed_batches, make_loader
     out = np.empty((len(paths), 2048), dtype=np.float32)
     loader = make_loader(paths, size, batch, device, num_workers=workers)
     embed_batches(trunk, lambda f: f.mean(dim=(2, 3), keepdim=True), loader, out, device, progress=False)

@@ -43,7 +43,7 @@ def query_paths(manifest, root: Path, n: int) -> list[Path]:
 
 def time_queries(engine, paths: list[Path], k: int) -> dict[str, np.ndarray]:
     """Per-phase latencies (ms) of decode -> embed -> search -> result records, one query at a time."""
-    from cbir.query import open_query_image, result_records, search
+    from cbir.app.engine import open_query_image, result_records, search
 
     times = {phase: np.empty(len(paths)) for phase in PHASES}
     for i, path in enumerate(paths):
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cbir.config import load_params
     from cbir.errors import CbirError
-    from cbir.features.extract import features_path, manifest_path
+    from cbir.layout import Layout
     from cbir.fileio import write_json
-    from cbir.query import QueryEngine, query_settings
+    from cbir.app.engine import QueryEngine, query_settings
 
     load_start = os.getloadavg()  # other work on the machine skews latencies: recorded with them
     if args.threads:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     try:
         params = load_params(root)
-        needed = [manifest_path(root, params), features_path(root, params, args.method)]
+        needed = [Layout(root, params).manifest, Layout(root, params).features(args.method)]
     except (CbirError, KeyError) as exc:
         print(f"query benchmark not run: {exc}")
         return 1

@@ -4,7 +4,7 @@ For every database size and dimension, on generated L2-normalised vectors (clust
 like real image features, unless ``--clusters 0``), this measures in one run:
 
 * ``matmul``  — one ``Q x N`` matrix multiply, then ``argpartition`` + sort (the naive baseline);
-* ``exact``   — ``cbir.retrieval.exact_topk`` (blocked, bounded memory; the ground truth);
+* ``exact``   — ``cbir.search.exact.exact_topk`` (blocked, bounded memory; the ground truth);
 * ``flat`` / ``ivf`` / ``hnsw`` — FAISS IndexFlatIP, IndexIVFFlat, IndexHNSWFlat.
 
 Each measurement runs in a fresh process so its peak RSS is its own. Reported: build
@@ -62,7 +62,8 @@ def peak_rss_mb() -> float:
 
 def measure(method: str, n: int, dim: int, n_queries: int, k: int, opts: dict) -> dict:
     """Runs in a child process: generate the data, build, search, report time and memory."""
-    from cbir.retrieval import build_faiss_index, exact_topk, search_faiss_index
+    from cbir.search.faiss_index import build_faiss_index, search_faiss_index
+    from cbir.search.exact import exact_topk
 
     database = generate(n, dim, opts["clusters"], opts["seed"])
     queries = generate(n_queries, dim, opts["clusters"], opts["seed"] + 1)
@@ -106,7 +107,7 @@ def run_isolated(*args) -> dict:
 
 
 def recall(approx: np.ndarray, exact: np.ndarray) -> float:
-    from cbir.retrieval import recall_at_k
+    from cbir.search.exact import recall_at_k
 
     return recall_at_k(approx, exact)
 

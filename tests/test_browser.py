@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cbir.serve import create_app, load_engines, make_server
+from cbir.app.server import create_app, load_engines, make_server
 from test_query import build_pipeline_state, colour_png
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def test_upload_bad_upload_and_click_in_chromium(server, browser, tmp_path):
     browser.get(server["url"] + "/")
     assert "Content-based image retrieval" in browser.title + browser.page_source
 
-    # 1. upload an image: ten results, in cbir.query's order, with rank, score and label shown
+    # 1. upload an image: ten results, in the query engine's order, with rank, score and label shown
     _submit(browser, query, "mobilenet_v2-gap")
     wait.until(EC.presence_of_element_located((By.ID, "results")))
     shown = _results(browser)

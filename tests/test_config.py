@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cbir.features.handcrafted import descriptor_module
+
 from cbir.config import compose_yaml, load_params, method_config, write_params
 from cbir.errors import CbirError
 
@@ -31,7 +33,7 @@ def test_every_option_of_every_group_composes(repo_root, group):
             assert method["kind"] in {"deep", "handcrafted"}, name
             if method["kind"] == "deep":
                 assert method["backbone"] in cfg["backbones"], f"{name} uses an undefined backbone"
-                assert method["requires"] == f"models/{method['backbone']}.pt"
+                assert method["requires"] == {"code": "src/cbir/features/cnn", "data": f"models/{method['backbone']}.pt"}
 
 
 def test_every_method_file_composes_and_names_its_dependency(repo_root):
@@ -45,11 +47,14 @@ def test_every_method_file_composes_and_names_its_dependency(repo_root):
             overrides.append(f"+method@methods.{option}={option}")
         if method["kind"] == "deep":
             assert method["backbone"] in backbones, f"{option}: no conf/backbone/{method['backbone']}.yaml"
-            assert method["requires"] == f"models/{method['backbone']}.pt"
+            assert method["requires"] == {"code": "src/cbir/features/cnn", "data": f"models/{method['backbone']}.pt"}
             if method["backbone"] not in paper["backbones"]:
                 overrides.append(f"+backbone@backbones.{method['backbone']}={method['backbone']}")
-        else:
-            assert method["requires"] == "src/cbir/features/handcrafted.py"
+        elif method["descriptor"] == "fusion":
+            assert method["requires"]["code"] == "src/cbir/features/handcrafted"
+        else:  # the descriptor's own module, so editing it reruns only its stages
+            assert method["requires"]["code"] == descriptor_module(method["descriptor"])
+            assert (repo_root / method["requires"]["code"]).is_file()
         cfg = yaml.safe_load(compose_yaml(repo_root / "conf", overrides))
         assert cfg["methods"][option] == method
 
@@ -66,7 +71,7 @@ def test_paper_experiment_is_the_papers_setup(repo_root):
     assert cfg["dataset"]["name"] == "corel1k"
     assert cfg["backbones"]["resnet50"]["arch"] == "resnet50"
     assert cfg["methods"] == {"resnet50-gap": {"kind": "deep", "backbone": "resnet50", "pooling": "gap",
-                                               "requires": "models/resnet50.pt"}}
+                                               "requires": {"code": "src/cbir/features/cnn", "data": "models/resnet50.pt"}}}
     assert cfg["retrieval"]["k"] == 10
     assert cfg["split"]["protocol"] == "holdout"
 
@@ -98,7 +103,7 @@ def test_unknown_method(repo_root):
 
 def test_every_faiss_option_can_be_set_without_a_plus(repo_root):
     """All retrieval.faiss keys are in conf/, null = the library default, so `-S retrieval.faiss.X=...` works."""
-    from cbir.stages_eval import FAISS_PARAM_KEYS, _faiss_params
+    from cbir.search.prepared import FAISS_PARAM_KEYS, faiss_options as _faiss_params
 
     base = yaml.safe_load(compose_yaml(repo_root / "conf"))["retrieval"]
     assert set(base["faiss"]) == set(FAISS_PARAM_KEYS)

@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cbir.data.curate import (MANIFEST_COLUMNS, curate, first_duplicates, holdout_queries, image_ids, is_variant,
-                              n_queries, pixel_hash, read_manifest, split_settings)
+from cbir.data.manifest import MANIFEST_COLUMNS, read_manifest
+from cbir.data.curate import curate, first_duplicates, holdout_queries, image_ids, is_variant, n_queries, pixel_hash, split_settings
 from cbir.data.images import load_rgb
 from cbir.data.sources import fetch, read_idx
-from cbir.data.stages import run_curate, run_download
+from cbir.stages.curate import run as run_curate
+from cbir.stages.download import run as run_download
 from cbir.errors import CbirError
 from cbir.fileio import sha256_file
 

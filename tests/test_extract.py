@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from cbir.errors import CbirError
-from cbir.features import deep
-from cbir.features.deep import default_workers, make_loader, resolve_device, should_compile
-from cbir.features.extract import extract_deep, extract_handcrafted, run_extract
-from cbir.features.weights import run_weights
+from cbir.features.cnn import runtime as deep
+from cbir.features.cnn.runtime import default_workers, make_loader, resolve_device, should_compile
+from cbir.stages.extract import run as run_extract
+from methods_helpers import extract_rows
+from cbir.stages.weights import run as run_weights
 from cbir.fileio import sha256_file
 
 
@@ -61,16 +62,16 @@ def test_rows_follow_manifest_order_and_batching_does_not_matter(tmp_path, colou
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
     paths = [tmp_path / p for p in manifest["path"]]
     cfg = params["methods"]["mobilenet_v2-gap"]
-    a, _ = extract_deep(paths, params, cfg, tmp_path, num_workers=0, progress=False)
-    single, _ = extract_deep(paths, params, {**cfg, "batch_size": 1}, tmp_path, num_workers=0, progress=False)
+    a, _ = extract_rows(paths, cfg, params, tmp_path)
+    single, _ = extract_rows(paths, {**cfg, "batch_size": 1}, params, tmp_path)
     np.testing.assert_allclose(a, single, atol=1e-5)
-    reversed_rows, _ = extract_deep(paths[::-1], params, cfg, tmp_path, num_workers=0, progress=False)
+    reversed_rows, _ = extract_rows(paths[::-1], cfg, params, tmp_path)
     np.testing.assert_allclose(a, reversed_rows[::-1], atol=1e-5)
 
 
 def test_colour_histogram_separates_red_from_blue(tmp_path, colour_images):
-    feats, _ = extract_handcrafted(colour_images, {"descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
-                                   progress=False)
+    feats, _ = extract_rows(colour_images, {"kind": "handcrafted", "descriptor": "hsv_histogram",
+                                            "params": {"bins": [8, 4, 4]}})
     sims = feats @ feats.T
     assert sims[0, 1] > sims[0, 4] and sims[3, 4] > sims[3, 0]
 
@@ -117,7 +118,7 @@ def test_loader_batches(colour_images):
 
 
 def test_fusion_method_is_weighted_mean_of_member_cosines(tmp_path, colour_images):
-    from cbir.features.extract import describe_image
+    from cbir.features.methods import describe_image
     from cbir.data.images import load_rgb
 
     members = {"hsv_histogram": {"bins": [8, 4, 4]}, "lbp_histogram": {}}
@@ -143,7 +144,7 @@ def test_multiscale_and_whitening_through_the_stage(tmp_path, colour_images, ran
     run_extract(params, "ms", tmp_path)
     single_scale = dict(params["methods"]["mobilenet_v2-gap"])
     paths = [tmp_path / p for p in manifest["path"]]
-    one, _ = extract_deep(paths, params, single_scale, tmp_path, num_workers=0, progress=False)
+    one, _ = extract_rows(paths, single_scale, params, tmp_path)
     multi = np.load(tmp_path / "data" / "features" / "toy" / "ms.npy")
     assert multi.shape == one.shape and not np.allclose(multi, one)
     run_extract(params, "w", tmp_path)
@@ -154,15 +155,15 @@ def test_multiscale_and_whitening_through_the_stage(tmp_path, colour_images, ran
 
 
 def test_embedder_reproduces_the_stage_rows(tmp_path, colour_images, random_mobilenet_file):
+    from cbir.app.engine import QueryEmbedder
     from cbir.data.images import open_rgb
-    from cbir.features.embedder import Embedder
 
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
     params["methods"]["w"] = {"kind": "handcrafted", "descriptor": "hsv_histogram", "whiten": {"dim": 2}}
     for method in ("mobilenet_v2-gap", "hsv_hist", "w"):
         run_extract(params, method, tmp_path)
         rows = np.load(tmp_path / "data" / "features" / "toy" / f"{method}.npy")
-        embedder = Embedder.from_params(params, method, tmp_path)
+        embedder = QueryEmbedder.from_params(params, method, tmp_path)
         images = [open_rgb(tmp_path / p) for p in manifest["path"][:3]]
         np.testing.assert_allclose(embedder.embed(images), rows[:3], atol=1e-4)
 
@@ -173,10 +174,10 @@ def test_compiled_extraction_matches_eager_including_the_padded_last_batch(tmp_p
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
     paths = [tmp_path / p for p in manifest["path"]]
     cfg = params["methods"]["mobilenet_v2-gem"]
-    eager, info = extract_deep(paths, params, cfg, tmp_path, num_workers=0, progress=False)
+    eager, info = extract_rows(paths, cfg, params, tmp_path)
     assert info["compiled"] is False
     params["extract"]["compile"] = True
-    compiled, info = extract_deep(paths, params, cfg, tmp_path, num_workers=0, progress=False)
+    compiled, info = extract_rows(paths, cfg, params, tmp_path)
     assert info["compiled"] is True and compiled.shape == eager.shape == (6, 1280)
     np.testing.assert_allclose(compiled, eager, atol=1e-4)
 

@@ -24,9 +24,10 @@ import pandas as pd
 import pytest
 
 from cbir.errors import CbirError
-from cbir.retrieval import (build_faiss_index, canonical_index, default_nlist, exact_topk, faiss_topk,
-                            l2_normalize, pq_bits, pq_subquantizers, recall_at_k)
-from cbir.stages_eval import run_evaluate, run_retrieve
+from cbir.search.faiss_index import build_faiss_index, canonical_index, default_nlist, faiss_topk, pq_bits, pq_subquantizers
+from cbir.search.exact import exact_topk, l2_normalize, recall_at_k
+from cbir.stages.evaluate import run as run_evaluate
+from cbir.stages.retrieve import run as run_retrieve
 
 K = 10
 
@@ -227,7 +228,7 @@ def test_gpu_flat_and_ivfpq_match_the_cpu_indexes(vectors):
 
 
 def test_large_feature_files_are_not_copied_when_the_split_is_one_run():
-    from cbir.stages_eval import all_finite, select_rows
+    from cbir.features.store import all_finite, select_rows
 
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     view = select_rows(x, np.arange(5, 20))

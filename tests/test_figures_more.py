@@ -35,11 +35,13 @@ SMALL_PARAMS = {
 
 def small_run(root: Path, params: dict | None = None, figures: bool = True) -> dict:
     """Write a complete small pipeline run under ``root``; returns its params."""
-    from cbir.data.stages import run_curate, run_download
-    from cbir.features.extract import run_extract
-    from cbir.report import run_report
-    from cbir.stages_eval import run_evaluate, run_retrieve
-    from cbir.viz import run_figures
+    from cbir.stages.curate import run as run_curate
+    from cbir.stages.download import run as run_download
+    from cbir.stages.extract import run as run_extract
+    from cbir.stages.report import run as run_report
+    from cbir.stages.evaluate import run as run_evaluate
+    from cbir.stages.retrieve import run as run_retrieve
+    from cbir.stages.figures import run as run_figures
 
     params = params or {k: (dict(v) if isinstance(v, dict) else v) for k, v in SMALL_PARAMS.items()}
     run_download(params, root)
@@ -58,7 +60,7 @@ def small_run(root: Path, params: dict | None = None, figures: bool = True) -> d
 def run(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("small_run")
     (root / "README.md").write_text("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n")
-    stale = root / "reports" / "figures" / "old_figure.png"
+    stale = root / "reports" / "syn" / "figures" / "old_figure.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"stale")  # the figures stage replaces the folder as a whole
     return root, small_run(root)
@@ -66,7 +68,7 @@ def run(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_every_figure_exists_as_png_and_pdf_and_is_not_blank(run):
     root, params = run
-    fig_dir = root / "reports" / "figures"
+    fig_dir = root / "reports" / "syn" / "figures"
     index = read_json(fig_dir / "figures.json")
     names = [f["name"] for f in index]
     methods = list(params["methods"])
@@ -79,19 +81,19 @@ def test_every_figure_exists_as_png_and_pdf_and_is_not_blank(run):
         assert (fig_dir / entry["pdf"]).read_bytes()[:5] == b"%PDF-"
         assert entry["caption"] and entry["title"]
     # nothing else is in the folder: no temporary files, no stale figure, and all that dvc.yaml plots
-    from cbir.viz import ALWAYS_PRESENT
+    from cbir.figures.style import ALWAYS_PRESENT
     assert set(ALWAYS_PRESENT) <= set(names)
     expected = {FIG for e in index for FIG in (e["png"], e["pdf"])} | {"figures.json"}
     assert {p.name for p in fig_dir.iterdir()} == expected
 
 
 def test_panel_counts(run):
-    from cbir.viz import pick_queries, trial_rows
+    from cbir.figures.select import pick_queries, trial_rows
 
     root, params = run
-    index = {f["name"]: f["panels"] for f in read_json(root / "reports/figures/figures.json")}
+    index = {f["name"]: f["panels"] for f in read_json(root / "reports/syn/figures/figures.json")}
     k = params["retrieval"]["k"]
-    per_query = pd.read_csv(root / "reports/plots/per_query.csv", dtype={"query_id": str})
+    per_query = pd.read_csv(root / "reports/syn/plots/per_query.csv", dtype={"query_id": str})
     queries = sorted(per_query["query_id"].unique())
     assert index["comparison"] == 2
     assert index["pk_curves"] == index["pr_curves"] == index["per_class_p10"] == 1
@@ -107,8 +109,8 @@ def test_panel_counts(run):
 
 
 def test_trials_show_retrieval_order_and_scores_from_the_csv(run):
-    from cbir.features.extract import read_manifest
-    from cbir.viz import build_trials, sample_trials_figure
+    from cbir.data.manifest import read_manifest
+    from cbir.figures.trials import build_trials, sample_trials_figure
 
     root, params = run
     manifest = read_manifest(root / "data/curated/syn/manifest.csv")
@@ -127,19 +129,11 @@ def test_trials_show_retrieval_order_and_scores_from_the_csv(run):
                                                      for i in expected["image_id"]]
 
 
-def test_pr_band_means_match_the_evaluate_stage(run):
-    from cbir.viz import pr_curves_with_band
-
+def test_pr_band_from_the_evaluate_stage_brackets_the_mean(run):
     root, params = run
-    pr = pd.read_csv(root / "reports/plots/pr.csv")
-    band = pr_curves_with_band(params, root, list(params["methods"]), pr[["method", "recall", "precision"]])
-    merged = band.merge(pr, on=["method", "recall"], suffixes=("", "_evaluate"))
-    assert len(merged) == len(pr) == 11 * len(params["methods"])
-    np.testing.assert_allclose(merged["precision"], merged["precision_evaluate"], atol=1e-12)
-    assert (merged["lo"] <= merged["precision"] + 1e-12).all() and (merged["precision"] <= merged["hi"] + 1e-12).all()
-    # the band evaluate wrote is the one recomputed from the features, so figures need not recompute it
-    np.testing.assert_allclose(merged[["lo", "hi"]].to_numpy(), merged[["lo_evaluate", "hi_evaluate"]].to_numpy(),
-                               atol=1e-12)
+    pr = pd.read_csv(root / "reports/syn/plots/pr.csv")
+    assert len(pr) == 11 * len(params["methods"]) and {"lo", "hi"} <= set(pr.columns)
+    assert (pr["lo"] <= pr["precision"] + 1e-12).all() and (pr["precision"] <= pr["hi"] + 1e-12).all()
 
 
 def _table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
@@ -157,7 +151,7 @@ def _table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]
 def test_report_table_matches_metrics_exactly(run):
     root, params = run
     metrics = read_json(root / "metrics/syn.json")
-    text = (root / "reports/report.md").read_text()
+    text = (root / "reports/syn/report.md").read_text()
     header, rows = _table_rows(text, "| method | P@1")
     assert header == ["method", "P@1", "P@5", "P@10", "R@10", "mAP", "mAP@10", "queries", "database"]
     keys = ["p@1", "p@5", "p@10", "r@10", "map", "map@10"]
@@ -171,37 +165,37 @@ def test_report_table_matches_metrics_exactly(run):
             shown = np.array([float(g) for g in match.groups()])
             assert np.all(np.abs(shown - [entry[key], lo, hi]) <= 5e-4 + 1e-9)  # half a unit in the last place
         assert row[7:] == [str(entry["n_queries"]), str(entry["n_database"])]
-    # the README block carries the same table (written only for the default experiment of conf/)
-    from cbir.report import readme_table, update_readme
+    # no stage writes README.md; `cbir readme` puts the same table in its results block
+    from cbir.report.readme import write_readme_results
 
     readme = root / "README.md"
-    assert "\nold\n" in readme.read_text(), "a run that is not conf/'s default must leave README alone"
-    assert update_readme(readme, readme_table(params, metrics))
+    assert "\nold\n" in readme.read_text(), "a pipeline stage wrote README.md, an undeclared output"
+    assert write_readme_results(root)
     assert "\n".join(f"| {' | '.join(r)} |" for r in rows) in readme.read_text()
 
 
 def test_report_significance_curation_and_figures(run):
     root, params = run
-    text = (root / "reports/report.md").read_text()
-    sig = pd.read_csv(root / "reports/plots/significance.csv")
+    text = (root / "reports/syn/report.md").read_text()
+    sig = pd.read_csv(root / "reports/syn/plots/significance.csv")
     header, rows = _table_rows(text, "| method | baseline")
     assert len(rows) == len(sig) == 1
     assert rows[0][:3] == [sig["method"][0], "hsv_hist", str(sig["n"][0])]
     assert float(rows[0][3]) == pytest.approx(sig["mean_diff_ap"][0], rel=1e-3)
     curation = read_json(root / "data/curated/syn/curation.json")
     assert f"- images kept: {curation['n_kept']}" in text
-    for entry in read_json(root / "reports/figures/figures.json"):
+    for entry in read_json(root / "reports/syn/figures/figures.json"):
         assert f"![{entry['name']}](figures/{entry['png']})" in text
-        assert (root / "reports" / "figures" / entry["png"]).is_file()
+        assert (root / "reports" / "syn" / "figures" / entry["png"]).is_file()
 
 
 def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_path):
-    from cbir.viz import run_figures
+    from cbir.stages.figures import run as run_figures
 
     root, params = run
     shutil.copytree(root, tmp_path / "copy")
     copy = tmp_path / "copy"
-    (copy / "reports/plots/per_query.csv").unlink()
+    (copy / "reports/syn/plots/per_query.csv").unlink()
     with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro evaluate` first"):
         run_figures(params, copy)
     (copy / "data/retrieval/syn/hsv_hist.csv").unlink()
@@ -210,23 +204,24 @@ def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_p
         run_figures(params, copy)
     with pytest.raises(CbirError, match=r"figures.n_queries must be >= 1, got 0"):
         run_figures({**params, "figures": {"n_queries": 0}}, copy)
-    assert sorted(p.name for p in (copy / "reports/figures").iterdir()) == \
-        sorted(p.name for p in (root / "reports/figures").iterdir())
+    assert sorted(p.name for p in (copy / "reports/syn/figures").iterdir()) == \
+        sorted(p.name for p in (root / "reports/syn/figures").iterdir())
 
 
 def test_one_method_and_too_few_images_still_give_every_always_present_figure(run, tmp_path):
-    from cbir.viz import ALWAYS_PRESENT, run_figures
+    from cbir.figures.style import ALWAYS_PRESENT
+    from cbir.stages.figures import run as run_figures
 
     root, params = run
     shutil.copytree(root, tmp_path / "copy")
     copy = tmp_path / "copy"
-    stale = copy / "reports/figures/old_figure.png"
+    stale = copy / "reports/syn/figures/old_figure.png"
     stale.write_bytes(b"x")
     params = {**params, "methods": {"hsv_hist": params["methods"]["hsv_hist"]},
               "figures": {**params["figures"], "tsne_max_points": 3}}
     run_figures(params, copy)
     assert not stale.exists()
-    index = {f["name"]: f for f in read_json(copy / "reports/figures/figures.json")}
+    index = {f["name"]: f for f in read_json(copy / "reports/syn/figures/figures.json")}
     assert set(ALWAYS_PRESENT) <= set(index)
     assert index["embedding_tsne"]["panels"] == 0 and "too few" in index["embedding_tsne"]["caption"]
     assert index["trials_baseline_vs_best"]["caption"].endswith("nothing to compare with.")

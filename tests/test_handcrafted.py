@@ -8,6 +8,7 @@ from skimage.filters import gabor
 
 from cbir.errors import CbirError
 from cbir.features import handcrafted as hc
+from cbir.features.handcrafted import colour_histogram, colour_moments, common, correlogram, glcm, hog
 from cbir.features.handcrafted import DESCRIPTORS, describe, fuse
 
 ALL = sorted(DESCRIPTORS)
@@ -98,10 +99,10 @@ def test_separates_two_visual_classes(name, two_classes):
 
 def test_large_images_are_shrunk_to_the_working_size():
     big = np.random.default_rng(4).integers(0, 256, (600, 400, 3), dtype=np.uint8)
-    small = hc.fit_working_size(big, 256)
+    small = common.fit_working_size(big, 256)
     assert small.shape == (256, 171, 3) and small.dtype == np.uint8
-    assert hc.fit_working_size(big, None) is big
-    assert hc.fit_working_size(big, 600) is big
+    assert common.fit_working_size(big, None) is big
+    assert common.fit_working_size(big, 600) is big
 
 
 # --------------------------------------------------------------------------- known answers
@@ -125,7 +126,7 @@ def test_hsv_histogram_of_solid_colour_is_one_bin(rgb, hsv_bin):
 def test_hsv_histogram_splits_mass_by_area():
     img = solid((255, 0, 0), (20, 20))
     img[:, 15:] = (0, 0, 255)  # a quarter blue
-    hist = hc.hsv_histogram(img, bins=[8, 4, 4], max_side=None)
+    hist = colour_histogram.hsv_histogram(img, bins=[8, 4, 4], max_side=None)
     assert hist[15] == pytest.approx(0.75) and hist[95] == pytest.approx(0.25)
     assert hist.sum() == pytest.approx(1.0)
 
@@ -142,7 +143,7 @@ def test_color_moments_of_two_level_channel():
     # red channel is Bernoulli(p = 1/4) on {0, 1}: mean p, std sqrt(p q), skew (q - p) / sqrt(p q)
     img = np.zeros((8, 8, 3), np.uint8)
     img[:2, :, 0] = 255
-    m = hc.color_moments(img, space="rgb", max_side=None)
+    m = colour_moments.color_moments(img, space="rgb", max_side=None)
     p, q = 0.25, 0.75
     np.testing.assert_allclose(m[[0, 3, 6]], [p, np.sqrt(p * q), (q - p) / np.sqrt(p * q)], rtol=1e-6)
     np.testing.assert_allclose(m[[1, 2, 4, 5, 7, 8]], 0, atol=1e-7)
@@ -170,7 +171,7 @@ def test_autocorrelogram_matches_pixel_by_pixel_definition():
     levels = np.array([0, 200])  # 2 levels per channel with bins [2, 2, 2]
     img = levels[rng.integers(0, 2, (9, 11, 3))].astype(np.uint8)
     img[:4, :5] = (200, 0, 0)  # a uniform patch so same-colour pairs are common
-    got = hc.color_autocorrelogram(img, distances=[1, 2, 4], bins=[2, 2, 2], space="rgb", max_side=None)
+    got = correlogram.color_autocorrelogram(img, distances=[1, 2, 4], bins=[2, 2, 2], space="rgb", max_side=None)
     q = np.ravel_multi_index([img[..., c] // 128 for c in range(3)], (2, 2, 2))
     np.testing.assert_allclose(got, naive_autocorrelogram(q, 8, [1, 2, 4]), atol=1e-6)
 
@@ -195,7 +196,7 @@ def test_lbp_histogram_of_constant_image():
 def test_glcm_of_constant_image():
     props = describe("glcm_stats", solid((77, 77, 77)), {"distances": [1, 3], "angles": [0, 90]})
     assert props.shape == (6 * 2 * 2,)
-    by_prop = dict(zip(hc.GLCM_PROPS, props.reshape(6, 4)))
+    by_prop = dict(zip(glcm.GLCM_PROPS, props.reshape(6, 4)))
     for name, value in {"contrast": 0, "dissimilarity": 0, "homogeneity": 1, "energy": 1, "ASM": 1}.items():
         np.testing.assert_allclose(by_prop[name], value, atol=1e-7, err_msg=name)
 
@@ -205,7 +206,7 @@ def test_glcm_of_vertical_stripes():
     # every vertical pair is equal (contrast 0)
     img = np.zeros((10, 10, 3), np.uint8)
     img[:, 1::2] = 255
-    props = hc.glcm_stats(img, distances=[1], angles=[0, 90], levels=2).reshape(6, 2)
+    props = glcm.glcm_stats(img, distances=[1], angles=[0, 90], levels=2).reshape(6, 2)
     contrast, homogeneity = props[0], props[2]
     np.testing.assert_allclose(contrast, [1.0, 0.0], atol=1e-7)
     np.testing.assert_allclose(homogeneity, [0.5, 1.0], atol=1e-7)
@@ -216,7 +217,7 @@ def test_hog_dimension_follows_params_not_image_size():
     for shape in [(30, 50, 3), (200, 120, 3)]:
         img = rng.integers(0, 256, shape, dtype=np.uint8)
         # 128 / 16 = 8 cells -> 7 blocks per axis, 2 x 2 cells of 9 bins each
-        assert hc.hog_descriptor(img).shape == (7 * 7 * 2 * 2 * 9,)
+        assert hog.hog_descriptor(img).shape == (7 * 7 * 2 * 2 * 9,)
         # [64, 96] / 8 = 8 x 12 cells -> 6 x 10 blocks of 3 x 3 cells, 6 bins
         out = describe("hog_descriptor", img, {"size": [64, 96], "pixels_per_cell": 8,
                                                "cells_per_block": 3, "orientations": 6})

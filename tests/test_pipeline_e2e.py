@@ -37,6 +37,7 @@ def pipeline_repo(tmp_path_factory, repo_root) -> tuple[Path, dict]:
     shutil.copy(repo_root / "reports" / "dvc_plots_template.html", work / "reports")
     shutil.copytree(repo_root / "reports" / "vega", work / "reports" / "vega")
     shutil.copytree(repo_root / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(repo_root / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "data").mkdir()
     (work / "data" / ".gitkeep").touch()
 
@@ -88,7 +89,7 @@ def test_repro_writes_every_output(pipeline_repo):
         ranking = (work / "data" / "retrieval" / "synthetic" / f"{method}.csv").read_text().splitlines()
         assert ranking[0] == "query_id,rank,image_id,score"
         assert len(ranking) - 1 == 20 * 10  # 4 classes x 5 queries, top-10 each
-        assert (work / "reports" / "figures" / f"trials_{method}.png").stat().st_size > 10_000
+        assert (work / "reports" / "synthetic" / "figures" / f"trials_{method}.png").stat().st_size > 10_000
     metrics = json.loads((work / "metrics" / "synthetic.json").read_text())
     assert set(metrics) == set(methods)
     for entry in metrics.values():
@@ -99,7 +100,7 @@ def test_repro_writes_every_output(pipeline_repo):
         assert lo <= entry["map"] <= hi
     # the colour histogram must find same-class images on this data far above chance (0.25)
     assert metrics["hsv_hist"]["p@10"] > 0.45
-    report = (work / "reports" / "report.md").read_text()
+    report = (work / "reports" / "synthetic" / "report.md").read_text()
     for method in methods:
         assert f"| {method} |" in report
 
@@ -124,7 +125,45 @@ def test_exp_run_swaps_a_config_group(pipeline_repo):
     diff = _run([sys.executable, "-m", "dvc", "metrics", "diff"], work, env)
     assert "p@10" in diff.stdout
     plots = _run([sys.executable, "-m", "dvc", "plots", "diff", "--json"], work, env)
-    assert "reports/plots/pk.csv" in plots.stdout
+    assert "reports/synthetic/plots/pk.csv" in plots.stdout
+
+
+def _stale_stages(work: Path, env: dict) -> set[str]:
+    status = _run([sys.executable, "-m", "dvc", "status", "--json"], work, env)
+    return set(json.loads(status.stdout or "{}"))
+
+
+def test_editing_one_descriptor_reruns_only_its_own_stages(pipeline_repo):
+    work, state = pipeline_repo
+    env = state["env"]
+    before = _stale_stages(work, env)
+    module = work / "src" / "cbir" / "features" / "handcrafted" / "colour_histogram.py"
+    original = module.read_text()
+    try:
+        module.write_text(original + "\n# an edit\n")
+        stale = _stale_stages(work, env) - before
+    finally:
+        module.write_text(original)
+    # the HSV histogram's own stages and the fusion that uses it; never the deep method's
+    assert {"extract@hsv_hist", "extract@fusion"} <= stale
+    assert not {s for s in stale if s.endswith("@mobilenet_v2-gap")}
+    assert _stale_stages(work, env) == before
+
+
+def test_your_own_descriptor_from_outside_src_runs_against_every_baseline(pipeline_repo):
+    """examples/my_descriptor: a Python file and a method config, found through hydra.searchpath."""
+    work, state = pipeline_repo
+    env = state["env"]
+    _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "hydra.searchpath=[file://examples/my_descriptor/conf]",
+          "-S", "+method@methods.colour_layout=colour_layout"], work, env)
+    metrics = json.loads((work / "metrics" / "synthetic.json").read_text())
+    assert {"colour_layout", "hsv_hist", "mobilenet_v2-gap", "fusion"} <= set(metrics)
+    assert metrics["colour_layout"]["p@10"] > 0.4  # mean colours separate these colour classes well above 0.25
+    features = json.loads((work / "data" / "features" / "synthetic" / "colour_layout.json").read_text())
+    assert features["dim"] == 48
+    significance = (work / "reports" / "synthetic" / "plots" / "significance.csv").read_text()
+    assert "colour_layout," in significance
+    _run(["git", "checkout", "params.yaml"], work, env)
 
 
 def _tiny_jpeg(path: Path, colour: tuple[int, int, int], seed: int) -> None:

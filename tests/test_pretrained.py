@@ -15,9 +15,10 @@ import yaml
 from PIL import Image
 from skimage import data
 
-from cbir.features.backbones import build_classifier, load_trunk
-from cbir.features.deep import make_transform
-from cbir.features.weights import cache_dir, read_pypi_member, run_weights
+from cbir.features.cnn.backbones import build_classifier, load_trunk
+from cbir.features.cnn.runtime import make_transform
+from cbir.features.weights import cache_dir, read_pypi_member
+from cbir.stages.weights import run as run_weights
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -18,12 +18,14 @@ from PIL import Image
 
 from cbir.data.images import ImageError
 from cbir.errors import CbirError
-from cbir.features.extract import run_extract
+from cbir.stages.extract import run as run_extract
 from cbir.features.handcrafted import describe
-from cbir.features.weights import run_weights
+from cbir.stages.weights import run as run_weights
 from cbir.fileio import sha256_file
-from cbir.query import (QueryEngine, add_query_parsers, database_rows, decode_image_bytes, format_table,
-                        load_database, result_records, search)
+from cbir.app.engine import QueryEngine, decode_image_bytes, load_database, result_records, search
+from cbir.cli import add_query_parsers
+from cbir.data.manifest import database_rows
+from cbir.app.output import format_table
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 40, 200)}
 PER_CLASS = 6
@@ -251,7 +253,7 @@ def test_database_rows_by_protocol():
     np.testing.assert_array_equal(database_rows(holdout), [1, 2])
     loo = pd.DataFrame({"split": ["database"] * 3, "protocol": ["leave_one_out"] * 3})
     np.testing.assert_array_equal(database_rows(loo), [0, 1, 2])
-    with pytest.raises(CbirError, match="no database rows"):
+    with pytest.raises(CbirError, match="0 database rows"):
         database_rows(holdout.assign(split="query"))
 
 
@@ -260,7 +262,7 @@ def test_search_and_records_by_hand():
                              "label": ["x", "y", "x", "y"], "split": ["database", "query", "database", "database"],
                              "protocol": ["holdout"] * 4, "sha256": ["1", "2", "3", "4"]})
     feats = np.array([[1, 0], [0, 1], [0.6, 0.8], [0.6, 0.8]], dtype=np.float32)
-    from cbir.query import Database
+    from cbir.app.engine import Database
 
     rows = database_rows(manifest)
     db = Database("m", manifest, feats, rows, feats[rows])

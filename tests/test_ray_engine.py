@@ -15,10 +15,12 @@ import torch
 from PIL import Image
 
 from cbir.errors import CbirError
-from cbir.features.extract import extract_deep, extract_handcrafted, run_extract
+from cbir.stages.extract import run as run_extract
+from methods_helpers import extract_rows
 from cbir.features.ray_engine import (collect, describe_dataset, extract_with_ray, import_ray, plan_actors,
-                                      run_pipeline, unit_rows, user_error)
-from cbir.features.weights import run_weights
+                                      run_pipeline, user_error)
+from cbir.features.methods import unit_rows
+from cbir.stages.weights import run as run_weights
 from cbir.fileio import sha256_file
 
 # Ray Data's own configuration warns about its deprecated options on first use.
@@ -139,7 +141,7 @@ def test_missing_ray_is_one_clear_error(monkeypatch):
     with pytest.raises(CbirError, match=r"needs Ray Data, which is not installed: pip install -e '\.\[ray\]'"):
         import_ray()
     with pytest.raises(CbirError, match="not installed"):
-        extract_with_ray([], {}, HOG, ".", np.zeros((0, 4), np.float32))
+        extract_with_ray([], {"methods": {"hog": HOG}}, "hog", ".", np.zeros((0, 4), np.float32))
 
 
 # ---------------------------------------------------------------- on Ray (local)
@@ -148,16 +150,16 @@ def test_missing_ray_is_one_clear_error(monkeypatch):
 @pytest.mark.slow
 def test_deep_features_equal_the_local_engine(ray_local, workspace):
     root, params, paths = workspace
-    local, _ = extract_deep(paths, params, DEEP, root, num_workers=0, progress=False)
+    local, _ = extract_rows(paths, DEEP, params, root)
     out = np.full_like(local, np.nan)
-    info = extract_with_ray(paths, params, DEEP, root, out)
+    info = extract_with_ray(paths, params, "mnv2-gem", root, out)
     np.testing.assert_allclose(out, local, atol=1e-5)
     assert info["engine"] == "ray" and info["device"] == "cpu" and info["num_actors"] == 2
     assert info["image_size"] == 64 and info["batch_size"] == 3 and not info["decode_tasks"]
     # the GPU layout (decoding in separate tasks, then the model actors) gives the same rows
     plan = {"num_actors": 1, "num_gpus": 0, "num_cpus": 1, "device": "cpu", "decode_tasks": True}
     split = np.full_like(local, np.nan)
-    run_pipeline(ray_local, describe_dataset(ray_local, paths, params, DEEP, root, plan, 4), split)
+    run_pipeline(ray_local, describe_dataset(ray_local, paths, params, "mnv2-gem", root, plan, 4), split)
     np.testing.assert_allclose(split, local, atol=1e-5)
 
 
@@ -166,7 +168,7 @@ def test_stage_with_ray_engine_writes_the_local_engines_handcrafted_rows(ray_loc
     root, params, paths = workspace
     run_extract(params, "hog", root)
     feats = np.load(root / "data" / "features" / "toy" / "hog.npy")
-    local, _ = extract_handcrafted(paths, HOG, max_pixels=1_000_000, progress=False)
+    local, _ = extract_rows(paths, HOG, {"curate": {"max_pixels": 1_000_000}})
     assert feats.shape == local.shape == (11, 9 * 3 * 3 * 2 * 2)
     np.testing.assert_allclose(feats, local, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
@@ -181,7 +183,7 @@ def test_an_undecodable_image_is_one_clear_line(ray_local, workspace, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"no image data")
     with pytest.raises(CbirError) as caught:
-        extract_with_ray(paths[:2] + [bad], params, HOG, root, np.zeros((3, 324), np.float32))
+        extract_with_ray(paths[:2] + [bad], params, "hog", root, np.zeros((3, 324), np.float32))
     message = str(caught.value)
     assert message.startswith(f"cannot use image {bad}: ") and "\n" not in message
     torch.set_num_threads(2)

@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from cbir.report import END, START, readme_table
+from cbir.report.readme import END, START, results_block
 
 
 def test_readme_results_table_matches_committed_metrics(repo_root):
@@ -18,7 +18,7 @@ def test_readme_results_table_matches_committed_metrics(repo_root):
     assert set(metrics) == set(params["methods"]), "metrics/ is stale: run `make repro`"
     readme = (repo_root / "README.md").read_text()
     block = readme.split(START, 1)[1].split(END, 1)[0].strip()
-    assert block == readme_table(params, metrics).strip()
+    assert block == results_block(repo_root).strip(), "README is stale: run `python -m cbir readme`"
 
 
 def test_readme_shows_the_two_commands_first(repo_root):

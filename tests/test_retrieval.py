@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cbir import retrieval
+from cbir.search import exact as retrieval
 from cbir.errors import CbirError
-from cbir.retrieval import (exact_topk, faiss_topk, l2_normalize, ranking_frame, recall_at_k,
-                            split_indices)
+from cbir.search.exact import exact_topk, l2_normalize, ranking_frame, recall_at_k
+from cbir.search.faiss_index import faiss_topk
+from cbir.data.manifest import split_indices
 
 
 def unit(*rows) -> np.ndarray:

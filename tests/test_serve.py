@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cbir.errors import CbirError
-from cbir.query import QueryEngine
-from cbir.serve import create_app, is_loopback, load_engines, make_server
+from cbir.app.engine import QueryEngine
+from cbir.app.server import create_app, is_loopback, load_engines, make_server
 from test_query import build_pipeline_state, colour_png
 
 

@@ -38,7 +38,7 @@ SERVER_SCRIPT = """
 import sys
 from pathlib import Path
 from cbir.config import load_params
-from cbir.serve import create_app, make_server
+from cbir.app.server import create_app, make_server
 root = Path(sys.argv[1])
 server = make_server(create_app(load_params(root), root), "127.0.0.1", 0)
 print(server.server_port, flush=True)

@@ -11,8 +11,9 @@ import pytest
 
 from cbir.errors import CbirError
 from cbir.evaluation import per_query_metrics
-from cbir.retrieval import exact_topk
-from cbir.stages_eval import run_evaluate, run_retrieve
+from cbir.search.exact import exact_topk
+from cbir.stages.evaluate import run as run_evaluate
+from cbir.stages.retrieve import run as run_retrieve
 
 LABELS = ["cat", "dog", "fox"]
 PER_CLASS = 6
@@ -133,7 +134,7 @@ def test_run_evaluate_writes_metrics_and_plots(tmp_path):
     lo, hi = metrics["noisy"]["ci95"]["map"]
     assert lo <= metrics["noisy"]["map"] <= hi
 
-    plots = tmp_path / "reports/plots"
+    plots = tmp_path / "reports/toy/plots"
     pk = pd.read_csv(plots / "pk.csv")
     assert list(pk.columns) == ["method", "k", "precision", "lo", "hi"]
     assert pk.groupby("method")["k"].max().tolist() == [12, 12]  # curve stops at n_database
@@ -163,7 +164,7 @@ def test_run_evaluate_leave_one_out_without_baseline(tmp_path):
     metrics = json.loads((tmp_path / "metrics/toy.json").read_text())
     assert metrics["good"]["n_queries"] == 18 and metrics["good"]["n_database"] == 17
     assert metrics["good"]["map"] == 1.0 and metrics["good"]["p@5"] == 1.0
-    assert pd.read_csv(tmp_path / "reports/plots/significance.csv").empty
+    assert pd.read_csv(tmp_path / "reports/toy/plots/significance.csv").empty
 
 
 def test_mismatched_row_count_raises(tmp_path):
@@ -178,7 +179,7 @@ def test_mismatched_row_count_raises(tmp_path):
 
 
 @pytest.mark.parametrize("params, method, message", [
-    (make_params(), "missing", "method 'missing' is not in params methods"),
+    (make_params(), "missing", "method 'missing' is not in params.yaml"),
     (make_params(methods={"absent": {}}), "absent", r"features not found .*extract@absent"),
     (make_params(retrieval={"k": 3, "index": "annoy"}), "good", "unknown retrieval.index 'annoy'"),
     (make_params(retrieval={"k": 3, "index": "ivf", "faiss": {"nprobes": 3}}), "good",

@@ -7,8 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir.report import START, END, build_report, metrics_table, update_readme
-from cbir.viz import build_trials, comparison_figure, pick_queries, sample_trials_figure, save_figure
+from cbir.report.readme import END, START, update_readme
+from cbir.report.markdown import build_report, metrics_table
+from cbir.figures.trials import build_trials, sample_trials_figure
+from cbir.figures.charts import comparison_figure
+from cbir.figures.select import pick_queries
+from cbir.figures.style import save_figure
 
 METRICS = {
     "a": {"p@1": 1.0, "p@5": 0.8, "p@10": 0.7, "p@20": 0.5, "r@10": 0.35, "map": 0.61, "map@10": 0.66,
@@ -91,7 +95,7 @@ def test_report_and_readme_block(tmp_path):
 # --- pure helpers of viz.py ------------------------------------------------------------------
 
 def test_confused_pairs_counts_wrong_results_by_class_pair():
-    from cbir.viz import confused_pairs
+    from cbir.figures.select import confused_pairs
 
     # two "a" queries and one "b" query, top-3 each (k = 3)
     q = ["a", "a", "a", "a", "a", "a", "b", "b", "b"]
@@ -104,7 +108,7 @@ def test_confused_pairs_counts_wrong_results_by_class_pair():
 
 
 def test_confusion_examples_take_the_most_similar_wrong_result_per_query():
-    from cbir.viz import confusion_examples
+    from cbir.figures.select import confusion_examples
 
     ranking = pd.DataFrame({"query_id": ["q1", "q1", "q2", "q2", "q3"], "rank": [1, 2, 1, 2, 1],
                             "image_id": ["x", "y", "x", "z", "w"], "score": [0.9, 0.8, 0.7, 0.95, 0.99]})
@@ -115,7 +119,7 @@ def test_confusion_examples_take_the_most_similar_wrong_result_per_query():
 
 
 def test_best_worst_and_method_ranking():
-    from cbir.viz import best_worst_queries, compared_methods, rank_methods
+    from cbir.figures.select import best_worst_queries, compared_methods, rank_methods
 
     assert best_worst_queries(["b", "a", "c", "d"], [0.5, 0.9, np.nan, 0.9]) == ("a", "b")
     assert best_worst_queries(["a"], [np.nan]) is None
@@ -128,7 +132,7 @@ def test_best_worst_and_method_ranking():
 
 
 def test_trial_rows_are_the_seeded_queries_then_best_and_worst():
-    from cbir.viz import trial_rows
+    from cbir.figures.select import trial_rows
 
     ap = {"q1": 0.2, "q2": 0.9, "q3": 0.5, "q4": 0.1}
     order, labels = trial_rows(list(ap), ["q1", "q3"], ap)
@@ -139,7 +143,7 @@ def test_trial_rows_are_the_seeded_queries_then_best_and_worst():
 
 
 def test_stratified_subsample_keeps_class_shares_and_is_seeded():
-    from cbir.viz import stratified_subsample
+    from cbir.figures.select import stratified_subsample
 
     labels = np.array(["a"] * 60 + ["b"] * 30 + ["c"] * 10)
     rows = stratified_subsample(labels, 20, seed=1)
@@ -151,7 +155,7 @@ def test_stratified_subsample_keeps_class_shares_and_is_seeded():
 
 
 def test_embed_2d_is_deterministic_and_separates_clusters():
-    from cbir.viz import embed_2d
+    from cbir.figures.select import embed_2d
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 0.05, (15, 80)), rng.normal(1, 0.05, (15, 80))])
@@ -166,7 +170,7 @@ def test_embed_2d_is_deterministic_and_separates_clusters():
 
 
 def test_curve_with_band_matches_the_mean_and_brackets_it():
-    from cbir.viz import curve_with_band
+    from cbir.figures.select import curve_with_band
 
     values = np.array([[1.0, 0.5], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
     mean, lo, hi = curve_with_band(values, n_bootstrap=200, seed=0)
@@ -178,7 +182,7 @@ def test_curve_with_band_matches_the_mean_and_brackets_it():
 
 def test_figure_settings_defaults_and_errors():
     from cbir.errors import CbirError
-    from cbir.viz import DEFAULTS, figure_settings
+    from cbir.figures.style import DEFAULTS, figure_settings
 
     assert figure_settings({}) == DEFAULTS
     assert figure_settings({"figures": {"n_queries": "4", "seed": None}})["n_queries"] == 4
@@ -189,7 +193,7 @@ def test_figure_settings_defaults_and_errors():
 
 
 def test_framed_and_side_by_side():
-    from cbir.viz import framed, side_by_side
+    from cbir.figures.thumbnails import framed, side_by_side
 
     image = np.full((10, 8, 3), 200, np.uint8)
     out = framed(image, "#ff0000", width=2)
@@ -199,7 +203,8 @@ def test_framed_and_side_by_side():
 
 
 def test_charts_have_the_expected_panels():
-    from cbir.viz import curves_figure, drawn_panels, embedding_figure, per_class_heatmap
+    from cbir.figures.charts import curves_figure, embedding_figure, per_class_heatmap
+    from cbir.figures.style import drawn_panels
 
     curves = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "k": [1, 2, 3] * 2,
                            "precision": [1, 0.5, 0.3, 0.9, 0.6, 0.4], "lo": 0.1, "hi": 1.0})
@@ -241,7 +246,7 @@ def test_metrics_table_handles_missing_values_and_intervals():
 
 
 def test_significance_and_per_class_tables():
-    from cbir.report import per_class_table, significance_table
+    from cbir.report.markdown import per_class_table, significance_table
 
     sig = pd.DataFrame({"method": ["b"], "baseline": ["a"], "n": [12], "mean_diff_ap": [0.0192130473],
                         "p_permutation": [0.5], "p_wilcoxon": [float("nan")]})
@@ -257,7 +262,7 @@ def test_significance_and_per_class_tables():
 
 
 def test_curation_summary_of_the_real_schema():
-    from cbir.report import curation_summary
+    from cbir.report.markdown import curation_summary
 
     curation = {"n_candidates": 12, "n_kept": 10, "n_dropped": 2, "drop_counts": {"duplicate": 1, "too_small": 1},
                 "conversions": {"grey": 2, "alpha": 0}, "classes": {"cat": {"images": 6, "query": 2, "database": 4},
@@ -273,7 +278,7 @@ def test_curation_summary_of_the_real_schema():
 
 
 def test_methods_table_flattens_settings_and_shows_extraction_info():
-    from cbir.report import methods_table
+    from cbir.report.markdown import methods_table
 
     methods = {"h": {"kind": "handcrafted", "descriptor": "hsv", "params": {"bins": [8, 4]}, "requires": "x"}}
     lines = methods_table(methods, {"h": {"dim": 32, "device": "cpu", "images_per_second": 90.5}}).splitlines()

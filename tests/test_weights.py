@@ -10,8 +10,9 @@ import torch
 import torchvision
 
 from cbir.errors import CbirError
-from cbir.features.backbones import load_trunk, rename_by_order, to_torchvision_layout
-from cbir.features.weights import fetch_weight_bytes, prepare_weights, run_weights
+from cbir.features.cnn.backbones import load_trunk, rename_by_order, to_torchvision_layout
+from cbir.features.weights import fetch_weight_bytes, prepare_weights
+from cbir.stages.weights import run as run_weights
 from cbir.fileio import sha256_file
 
 

@@ -1,7 +1,10 @@
-"""Command line: ``python -m cbir <stage> [...]``, one thin shell per DVC stage.
+"""Command line: ``python -m cbir <command> [...]``, the project's only argument parser.
 
-Every stage reads ``params.yaml`` in the current directory (the repo root).  A problem the
-user can fix is printed as one line, ``error: ...``, with exit status 2 — never a traceback.
+Pipeline stages (one thin shell each in :mod:`cbir.stages`, run by ``dvc repro``), ``params``
+(compose ``conf/`` into ``params.yaml``), ``readme`` (the README results block), ``query`` and
+``serve`` (any image against the database) and ``plots-html`` (the offline DVC plots page).
+Every command reads ``params.yaml`` in ``--root``.  A problem the user can fix is printed as one
+line, ``error: ...``, with exit status 2 — never a traceback.
 """
 
 from __future__ import annotations
@@ -11,77 +14,83 @@ import logging
 import sys
 from pathlib import Path
 
+from cbir.config import load_params, write_params
 from cbir.errors import CbirError
+from cbir.features.resolve import resolve_callable
+from cbir.report.plots_page import PACKAGES, TEMPLATE
 
 log = logging.getLogger("cbir")
 
+#: what each command runs, imported only when that command runs (a stage never loads another's code)
+HANDLERS = {
+    "download": "cbir.stages.download:run", "weights": "cbir.stages.weights:run",
+    "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
+    "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.evaluate:run",
+    "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run",
+    "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
+    "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
+    "update-template": "cbir.report.plots_page:update_template",
+}
 
-def _params(root: Path) -> dict:
-    from cbir.config import load_params
 
-    return load_params(root)
+def handler(name: str):
+    """The function behind command ``name`` (its module imported now)."""
+    return resolve_callable(HANDLERS[name], f"command {name}")
 
 
 def cmd_params(args: argparse.Namespace) -> None:
-    from cbir.config import write_params
-
     path = write_params(args.root, args.overrides)
     log.info("wrote %s from %s/conf", path, args.root)
 
 
-def cmd_download(args):
-    from cbir.data.stages import run_download
-
-    run_download(_params(args.root), args.root)
-
-
-def cmd_weights(args):
-    from cbir.features.weights import run_weights
-
-    run_weights(_params(args.root), args.backbone, args.root)
+def cmd_plots_html(args: argparse.Namespace) -> None:
+    if args.update_template:
+        handler("update-template")(args.root / TEMPLATE, args.tarballs, args.root / "data" / "downloads" / "npm")
+        return
+    log.info("offline DVC plots page: %s", handler("plots-html")(args.root, out_dir=args.out))
 
 
-def cmd_curate(args):
-    from cbir.data.stages import run_curate
-
-    run_curate(_params(args.root), args.root)
-
-
-def cmd_extract(args):
-    from cbir.features.extract import run_extract
-
-    run_extract(_params(args.root), args.method, args.root)
-
-
-def cmd_retrieve(args):
-    from cbir.stages_eval import run_retrieve
-
-    run_retrieve(_params(args.root), args.method, args.root)
+STAGES = {
+    "download": (None, "fetch the dataset into data/raw/<dataset>/"),
+    "weights": ("backbone", "fetch and verify a backbone's weights into models/"),
+    "curate": (None, "decode, clean and split the dataset into a manifest"),
+    "extract": ("method", "compute one method's features"),
+    "retrieve": ("method", "cosine top-k for every query"),
+    "evaluate": (None, "metrics, confidence intervals and plot tables"),
+    "figures": (None, "sample-trial figures and charts"),
+    "report": (None, "reports/<dataset>/report.md from metrics and figures"),
+}
 
 
-def cmd_evaluate(args):
-    from cbir.stages_eval import run_evaluate
+def add_stage_parsers(sub) -> None:
+    for name, (operand, what) in STAGES.items():
+        p = sub.add_parser(name, help=what)
+        if operand:
+            p.add_argument(operand)
 
-    run_evaluate(_params(args.root), args.root)
-
-
-def cmd_figures(args):
-    from cbir.viz import run_figures
-
-    run_figures(_params(args.root), args.root)
-
-
-def cmd_report(args):
-    from cbir.report import run_report
-
-    run_report(_params(args.root), args.root)
+        def call(args, name=name, operand=operand):
+            extra = [getattr(args, operand)] if operand else []
+            handler(name)(load_params(args.root), *extra, args.root)
+        p.set_defaults(func=call)
 
 
-def cmd_plots_html(args):
-    from cbir.plots_html import render_plots_html
+def add_query_parsers(sub) -> None:
+    p = sub.add_parser("query", help="rank the database for any image (top-k by cosine similarity)")
+    p.add_argument("image", help="path of the query image (need not be in the dataset)")
+    p.add_argument("--method", default=None, help="pipeline method (default: the first in params.yaml)")
+    p.add_argument("--k", type=int, default=None, help="number of results (default: retrieval.k, 10)")
+    p.add_argument("--figure", type=Path, default=None, help="also save a sample-trial figure (PNG + PDF)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=lambda a: handler("query")(load_params(a.root), a.root, a.image, method=a.method, k=a.k,
+                                            figure=a.figure, as_json=a.json))
 
-    path = render_plots_html(args.root, out_dir=args.out)
-    log.info("offline DVC plots page: %s", path)
+    p = sub.add_parser("serve", help="a local web page to query the database by upload or by image id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--method", action="append", default=None,
+                   help="method to offer (repeatable; default: every method whose features are built)")
+    p.set_defaults(func=lambda a: handler("serve")(load_params(a.root), a.root, host=a.host, port=a.port,
+                                             methods=a.method or None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,24 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="compose conf/ with Hydra into params.yaml")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=synthetic")
     p.set_defaults(func=cmd_params)
-    sub.add_parser("download", help="fetch the dataset into data/raw/<dataset>/").set_defaults(func=cmd_download)
-    p = sub.add_parser("weights", help="fetch and verify a backbone's weights into models/")
-    p.add_argument("backbone")
-    p.set_defaults(func=cmd_weights)
-    sub.add_parser("curate", help="decode, clean and split the dataset into a manifest").set_defaults(func=cmd_curate)
-    for name, func, what in (("extract", cmd_extract, "compute one method's features"),
-                             ("retrieve", cmd_retrieve, "cosine top-k for every query")):
-        p = sub.add_parser(name, help=what)
-        p.add_argument("method")
-        p.set_defaults(func=func)
-    sub.add_parser("evaluate", help="metrics, confidence intervals and plots").set_defaults(func=cmd_evaluate)
-    sub.add_parser("figures", help="sample-trial figures and charts").set_defaults(func=cmd_figures)
-    sub.add_parser("report", help="reports/report.md from metrics and figures").set_defaults(func=cmd_report)
-    from cbir.query import add_query_parsers
-
+    add_stage_parsers(sub)
+    sub.add_parser("readme", help="rewrite README.md's results block from metrics/ (one table per dataset)"
+                   ).set_defaults(func=lambda a: handler("readme")(a.root))
     add_query_parsers(sub)
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
+    p.add_argument("--update-template", action="store_true",
+                   help=f"rebuild {TEMPLATE} from the npm packages {' '.join(PACKAGES)} instead")
+    p.add_argument("--tarballs", type=Path, nargs="*", help="use these npm pack .tgz files (no download)")
     p.set_defaults(func=cmd_plots_html)
     return parser
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cbir.errors import CbirError
 from cbir.fileio import write_text
@@ -22,10 +27,6 @@ def compose_yaml(conf_dir: str | Path, overrides: list[str] | None = None) -> st
 
     Same composition as DVC's Hydra integration (``dvc exp run -S``): compose, resolve, dump.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     conf_dir = Path(conf_dir).resolve()
     try:
@@ -60,13 +61,32 @@ def load_params(root: str | Path = ".") -> dict:
     return data
 
 
-def dataset_name(params: dict) -> str:
-    return str(params["dataset"]["name"])
+def section(params: Mapping, name: str) -> Mapping:
+    """``params[name]`` as a mapping (missing = empty); anything else is one clear error."""
+    value = params.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise CbirError(f"params.yaml: '{name}' must be a mapping, got {value!r}: regenerate params.yaml "
+                        "with `python -m cbir params`")
+    return value
 
 
-def method_config(params: dict, method: str) -> dict:
+def dataset_config(params: Mapping) -> dict:
+    """The ``dataset`` section, with ``name`` and ``source`` required."""
+    dataset = dict(section(params, "dataset"))
+    if not dataset.get("name") or not dataset.get("source"):
+        raise CbirError("params.yaml: dataset.name and dataset.source are required (pick one of conf/dataset/*.yaml)")
+    return dataset
+
+
+def method_config(params: Mapping, name: str) -> dict:
+    """``params['methods'][name]`` as a dict; an unknown name lists the known ones."""
     methods = params.get("methods") or {}
-    if method not in methods:
+    if not isinstance(methods, Mapping):
+        raise CbirError(f"params.yaml: methods must be a mapping of name -> method config, got {methods!r}")
+    if name not in methods:
         known = ", ".join(sorted(methods)) or "none"
-        raise CbirError(f"method {method!r} is not in params.yaml (known: {known})")
-    return dict(methods[method])
+        raise CbirError(f"method {name!r} is not in params.yaml (known: {known})")
+    cfg = methods[name]
+    if not isinstance(cfg, Mapping):
+        raise CbirError(f"params.yaml: methods.{name} must be a mapping (kind, ...), got {cfg!r}")
+    return dict(cfg)

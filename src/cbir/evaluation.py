@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cbir.retrieval import l2_normalize, query_blocks
+from cbir.search.exact import l2_normalize, query_blocks
 
 #: Elements of one block of the query-by-database ranking: about 25 bytes each
 #: (scores, sort order, labels, relevance, hit counts), so about 200 MiB at most.

@@ -40,14 +40,21 @@ from PIL import Image
 from tqdm import tqdm
 
 from cbir.data.images import IMAGE_EXTENSIONS, ImageError, decode_rgb
-from cbir.data.sources import (COREL1K_LABELS, FASHION_MNIST_FILES, FASHION_MNIST_LABELS, PROVENANCE_FILE,
-                               corel1k_label, list_files, read_idx)
+from cbir.data.manifest import MANIFEST_COLUMNS
+from cbir.data.sources import (
+    COREL1K_LABELS,
+    FASHION_MNIST_FILES,
+    FASHION_MNIST_LABELS,
+    PROVENANCE_FILE,
+    corel1k_label,
+    list_files,
+    read_idx,
+)
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, sha256_file
 
 log = logging.getLogger("cbir")
 
-MANIFEST_COLUMNS = ["image_id", "path", "label", "split", "width", "height", "sha256", "protocol"]
 DEFAULT_CURATE = {"min_side": 32, "max_pixels": 40_000_000, "min_per_class": 10, "dedupe": True}
 PROTOCOLS = ("holdout", "leave_one_out", "predefined")
 CONVERSIONS = ("cmyk", "palette", "grey", "16bit", "alpha", "exif", "colorspace", "float")
@@ -357,17 +364,3 @@ def curate(raw_dir: str | os.PathLike, dataset_cfg: dict, curate_cfg: dict | Non
     log.info("curated %s: kept %d of %d candidates in %d classes (%s)", name, len(manifest), n_candidates,
              len(per_class), ", ".join(f"{k}={v}" for k, v in drop_counts.items()) or "nothing dropped")
     return manifest, report
-
-
-def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest written by the curate stage with the right types (ids and labels stay strings)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CbirError(f"manifest not found: {path}; run the curate stage first (python -m cbir curate)")
-    text_columns = {c: str for c in ("image_id", "path", "label", "split", "sha256", "protocol")}
-    manifest = pd.read_csv(path, dtype={**text_columns, "width": "int64", "height": "int64"},
-                           keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise CbirError(f"{path} lacks column(s) {', '.join(missing)}; run the curate stage again")
-    return manifest

@@ -3,10 +3,9 @@
 ``extract.engine: ray`` sends the manifest's image paths through ``ray.data.from_items`` and
 ``map_batches`` with a callable class that holds the model, one per actor (``num_gpus=1`` per
 actor when the cluster has GPUs). Each actor decodes with :func:`cbir.data.images.open_rgb`,
-preprocesses with :func:`cbir.features.deep.make_transform`, loads the trunk with
-:func:`cbir.features.extract.load_backbone` and describes with
-:func:`cbir.features.deep.describe_batch` (traditional methods:
-:func:`cbir.features.extract.describe_image`), so the rows equal the ``local`` engine's.
+preprocesses with :func:`cbir.features.cnn.runtime.make_transform`, loads the trunk with
+:func:`cbir.features.methods.build_method`, exactly as the ``local`` engine does, so the rows
+equal the ``local`` engine's.
 
 Where Ray runs: ``ray.init()`` joins the cluster named by ``RAY_ADDRESS`` (or
 ``extract.ray.address``) and otherwise starts a private instance on this machine, which is
@@ -28,8 +27,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
+from cbir.config import method_config
+from cbir.data.images import load_rgb, open_rgb
 from cbir.errors import CbirError
+from cbir.features.cnn.runtime import make_transform
+from cbir.features.methods import build_method, max_pixels
 
 log = logging.getLogger("cbir")
 
@@ -86,20 +90,8 @@ def portable_errors():
         raise CbirError(str(exc)) from None
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero), float32; as the local engine does."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.where(norms > 0, vectors / np.where(norms > 0, norms, 1), vectors).astype(np.float32)
-
-
 def preprocess_batch(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> dict[str, np.ndarray]:
     """Decode and preprocess a batch of paths: ``{"row", "image": float32 [B, 3, size, size]}``."""
-    import torch
-
-    from cbir.data.images import open_rgb
-    from cbir.features.deep import make_transform
-
     transform = make_transform(size)
     with portable_errors():
         images = torch.stack([transform(open_rgb(p, max_pixels=max_pixels)) for p in batch["path"]])
@@ -107,64 +99,41 @@ def preprocess_batch(batch: dict[str, np.ndarray], size: int, max_pixels: int) -
 
 
 class DeepDescriber:
-    """Ray Data callable class for deep methods: one instance per actor, holding the trunk.
+    """Ray Data callable class for deep methods: one instance per actor, holding the method's trunk.
 
     A batch holds either ``path`` (the actor decodes) or ``image`` (preprocessed by
     :func:`preprocess_batch` in Ray tasks); it returns ``{"row", "vector"}``.
     """
 
-    def __init__(self, params: dict, method_cfg: dict, root: str, device: str, num_threads: int = 1):
-        import torch
-
-        from cbir.features.extract import load_backbone, make_pool
-
+    def __init__(self, params: dict, method: str, root: str, device: str, num_threads: int = 1):
         if device == "cpu":
             torch.set_num_threads(max(1, int(num_threads)))
-        trunk, bcfg = load_backbone(params, method_cfg["backbone"], Path(root))
-        self.device = torch.device(device)
-        self.trunk = trunk.to(self.device).to(memory_format=torch.channels_last).eval()
-        self.pool = make_pool(method_cfg)
-        self.size = image_size(method_cfg, bcfg)
-        self.scales = [float(x) for x in (method_cfg.get("scales") or [1.0])]
-        self.max_pixels = max_pixels(params)
+        self.method = build_method(method, params, Path(root), device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        from cbir.features.deep import describe_batch
-
         if "image" not in batch:
-            batch = preprocess_batch(batch, self.size, self.max_pixels)
+            batch = preprocess_batch(batch, self.method.image_size, self.method.max_pixels)
         images = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32))
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        vectors = describe_batch(self.trunk, self.pool, images, self.scales, self.device.type == "cuda")
-        return {"row": np.asarray(batch["row"], dtype=np.int64),
-                "vector": vectors.cpu().numpy().astype(np.float32)}
+        images = images.to(self.method.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return {"row": np.asarray(batch["row"], dtype=np.int64), "vector": self.method.describe_tensors(images)}
 
 
 class HandcraftedDescriber:
     """Ray Data callable class for traditional descriptors (and their fusion)."""
 
-    def __init__(self, method_cfg: dict, max_pixels: int):
-        self.method_cfg = dict(method_cfg)
-        self.max_pixels = int(max_pixels)
+    def __init__(self, params: dict, method: str, root: str):
+        self.method = build_method(method, params, Path(root))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cbir.data.images import load_rgb
-        from cbir.features.extract import describe_image
-
         with portable_errors():
-            vectors = np.stack([describe_image(self.method_cfg, load_rgb(p, max_pixels=self.max_pixels))
+            vectors = np.stack([self.method.describe_array(load_rgb(p, max_pixels=self.method.max_pixels))
                                 for p in batch["path"]])
-        return {"row": np.asarray(batch["row"], dtype=np.int64), "vector": unit_rows(vectors)}
+        return {"row": np.asarray(batch["row"], dtype=np.int64), "vector": vectors.astype(np.float32)}
 
 
-def image_size(method_cfg: Mapping, backbone_cfg: Mapping) -> int:
-    return int(method_cfg.get("image_size") or backbone_cfg.get("image_size", 224))
-
-
-def max_pixels(params: Mapping) -> int:
-    return int((params.get("curate") or {}).get("max_pixels", 40_000_000))
+def image_size(params: Mapping, method_cfg: Mapping) -> int:
+    bcfg = (params.get("backbones") or {}).get(method_cfg.get("backbone")) or {}
+    return int(method_cfg.get("image_size") or bcfg.get("image_size", 224))
 
 
 #: The last line of a remote traceback that names a project error: ``cbir.errors.CbirError: message``.
@@ -211,23 +180,23 @@ def collect(batches, out: np.ndarray) -> int:
     return int(seen.sum())
 
 
-def describe_dataset(ray, paths: Sequence[Path], params: dict, method_cfg: dict, root: Path, plan: dict,
+def describe_dataset(ray, paths: Sequence[Path], params: dict, method: str, root: Path, plan: dict,
                      batch_size: int):
     """The Ray Data pipeline (lazy): rows ``{"row", "vector"}`` for ``paths`` under ``plan``."""
     items = [{"row": i, "path": str(p)} for i, p in enumerate(paths)]
     dataset = ray.data.from_items(items)
     pool = ray.data.ActorPoolStrategy(size=plan["num_actors"])
+    method_cfg = method_config(params, method)
     if method_cfg.get("kind") == "handcrafted":
         return dataset.map_batches(HandcraftedDescriber, fn_constructor_kwargs={
-            "method_cfg": dict(method_cfg), "max_pixels": max_pixels(params)},
+            "params": params, "method": method, "root": str(root)},
             batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=plan["num_cpus"])
     if plan["decode_tasks"]:
-        bcfg = (params.get("backbones") or {}).get(method_cfg["backbone"]) or {}
         dataset = dataset.map_batches(preprocess_batch, fn_kwargs={
-            "size": image_size(method_cfg, bcfg), "max_pixels": max_pixels(params)},
+            "size": image_size(params, method_cfg), "max_pixels": max_pixels(params)},
             batch_size=batch_size, batch_format="numpy", num_cpus=1)
     return dataset.map_batches(DeepDescriber, fn_constructor_kwargs={
-        "params": params, "method_cfg": dict(method_cfg), "root": str(root), "device": plan["device"],
+        "params": params, "method": method, "root": str(root), "device": plan["device"],
         "num_threads": plan["num_cpus"]},
         batch_size=batch_size, batch_format="numpy", compute=pool, num_gpus=plan["num_gpus"],
         num_cpus=plan["num_cpus"])
@@ -246,11 +215,12 @@ def run_pipeline(ray, dataset, out: np.ndarray) -> int:
         raise
 
 
-def extract_with_ray(paths: Sequence[Path], params: dict, method_cfg: dict, root: Path,
+def extract_with_ray(paths: Sequence[Path], params: dict, method: str, root: Path,
                      out: np.ndarray) -> dict:
     """Fill ``out`` (float32 ``[N, D]``, e.g. a memmap) with L2-normalised descriptors of ``paths``,
     row ``i`` for ``paths[i]``, computed by Ray Data actors. Returns the run info for ``<method>.json``."""
     ray = import_ray()
+    method_cfg = method_config(params, method)
     kind = method_cfg.get("kind")
     if kind not in ("deep", "handcrafted"):
         raise CbirError(f"method kind {kind!r} cannot run on Ray: use deep or handcrafted")
@@ -274,16 +244,14 @@ def extract_with_ray(paths: Sequence[Path], params: dict, method_cfg: dict, root
                  ", decoding in tasks" if plan["decode_tasks"] else "", cluster.get("CPU", 0),
                  cluster.get("GPU", 0), batch_size)
         start = time.perf_counter()
-        n = run_pipeline(ray, describe_dataset(ray, paths, params, method_cfg, root, plan, batch_size), out)
+        n = run_pipeline(ray, describe_dataset(ray, paths, params, method, root, plan, batch_size), out)
         seconds = time.perf_counter() - start
         info = {"device": plan["device"], "engine": "ray", "num_actors": plan["num_actors"],
                 "batch_size": batch_size, "decode_tasks": plan["decode_tasks"],
                 "ray_nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
-                "ray_cpus": float(cluster.get("CPU", 0)), "ray_gpus": float(cluster.get("GPU", 0)),
-                "ray_seconds": round(seconds, 3)}
+                "ray_cpus": float(cluster.get("CPU", 0)), "ray_gpus": float(cluster.get("GPU", 0))}
         if kind == "deep":
-            bcfg = (params.get("backbones") or {}).get(method_cfg["backbone"]) or {}
-            info.update(image_size=image_size(method_cfg, bcfg),
+            info.update(image_size=image_size(params, method_cfg),
                         scales=[float(x) for x in (method_cfg.get("scales") or [1.0])])
         log.info("ray: %d rows in %.1fs", n, seconds)
         return info

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import io
 import logging
-import pickle
 import os
+import pickle
 import re
 import subprocess
 import sys
 import tarfile
-import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import torch
 
+from cbir.data.download import download
 from cbir.errors import CbirError
-from cbir.features.backbones import flax_vgg16_to_torchvision, to_torchvision_layout
-from cbir.fileio import atomic_path, sha256_bytes, sha256_file, write_json
+from cbir.features.cnn.backbones import flax_vgg16_to_torchvision, to_torchvision_layout
+from cbir.fileio import sha256_bytes
 
 log = logging.getLogger("cbir")
 
@@ -80,7 +79,6 @@ def _torchvision_hash_prefix(url: str) -> str | None:
 
 def read_torchvision_url(name: str, url: str, sha256: str | None, cache: Path) -> bytes:
     """Weights from torchvision's URL (cached); offline, one line naming both ways to supply them."""
-    from cbir.data.download import download
 
     dest = cache / "torchvision" / url.rsplit("/", 1)[-1]
     if not dest.exists():
@@ -172,17 +170,9 @@ def prepare_weights(name: str, cfg: dict, cache: Path | None = None) -> tuple[di
     return state, provenance
 
 
-def run_weights(params: dict, name: str, root: Path) -> None:
-    """Stage shell: write ``models/<name>.pt`` and ``models/<name>.json`` atomically."""
-    backbones = params.get("backbones") or {}
-    if name not in backbones:
-        raise CbirError(f"backbone {name!r} is not in params.yaml (known: {', '.join(sorted(backbones)) or 'none'})")
-    start = time.perf_counter()
-    state, provenance = prepare_weights(name, dict(backbones[name]))
-    out = Path(root) / "models" / f"{name}.pt"
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
-    provenance["file_sha256"] = sha256_file(out)
-    write_json(out.with_suffix(".json"), provenance)
-    log.info("weights %s: %s -> %s (%d tensors, sha256 %s) in %.1fs", name, provenance["source"], out,
-             len(state), provenance["sha256"][:12], time.perf_counter() - start)
+def save_state_dict(state: dict[str, torch.Tensor], target: str | os.PathLike) -> None:
+    """``torch.save`` through memory, so the bytes do not depend on the file name (torch names the
+    archive's folder after it): the same weights always give the same file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Path(target).write_bytes(buffer.getvalue())

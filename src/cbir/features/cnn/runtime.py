@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from cbir.data.images import open_rgb
 from cbir.errors import CbirError
-from cbir.features.backbones import IMAGENET_MEAN, IMAGENET_STD
+from cbir.features.cnn.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -50,7 +51,6 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from cbir.data.images import open_rgb
 
         return self.transform(open_rgb(self.paths[i], max_pixels=self.max_pixels))
 

@@ -2,17 +2,14 @@
 
 Pure logic shared by ``cbir query`` (command line) and ``cbir serve`` (web page):
 :func:`load_database` reads one method's features and the manifest once,
-:class:`QueryEngine` adds the method's model (loaded once) and answers queries by
-image or by image id, and :func:`result_records` turns a ranking into plain dicts
-(``rank, image_id, label, score, path, relevant``) that the table, the JSON output,
-the figure and the web page all print.
+:class:`QueryEngine` adds the method's model (built once by :func:`cbir.features.methods.build_method`)
+and answers queries by image or by image id, and :func:`result_records` turns a ranking into plain
+dicts (``rank, image_id, label, score, path, relevant``) that the table, the JSON output, the figure
+and the web page all print.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import tempfile
 import threading
@@ -22,18 +19,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
+from cbir.config import method_config
+from cbir.data.images import ImageError, open_rgb
+from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
+from cbir.features.methods import build_method
+from cbir.features.whitening import apply_whitening, load_whitening
 from cbir.fileio import sha256_bytes, sha256_file
-
-log = logging.getLogger("cbir")
+from cbir.layout import Layout
+from cbir.search.exact import exact_topk
 
 DEFAULT_K = 10
+
+
 DEFAULT_MAX_PIXELS = 40_000_000
-
-
-# --------------------------------------------------------------------------- params
 
 
 def default_method(params: dict) -> str:
@@ -51,9 +52,6 @@ def query_settings(params: dict) -> dict:
     return {"k": int(retrieval.get("k") or DEFAULT_K),
             "block_size": int(retrieval.get("block_size") or 1024),
             "max_pixels": int(curate.get("max_pixels") or DEFAULT_MAX_PIXELS)}
-
-
-# --------------------------------------------------------------------------- database
 
 
 @dataclass
@@ -98,30 +96,13 @@ class Database:
         return self._row_of_sha.get(digest)
 
 
-def database_rows(manifest: pd.DataFrame) -> np.ndarray:
-    """Manifest rows searched by a query: ``split == "database"``; every row under ``leave_one_out``."""
-    for column in ("split", "protocol"):
-        if column not in manifest.columns:
-            raise CbirError(f"manifest has no '{column}' column: re-run the curate stage")
-    protocols = set(manifest["protocol"].astype(str))
-    if protocols == {"leave_one_out"}:
-        return np.arange(len(manifest), dtype=np.int64)
-    rows = np.flatnonzero(manifest["split"].astype(str).to_numpy() == "database").astype(np.int64)
-    if len(rows) == 0:
-        raise CbirError("the manifest has no database rows (split == 'database'): check the split settings "
-                        "and re-run the curate stage")
-    return rows
-
-
 def load_database(params: dict, method: str, root: Path) -> Database:
     """Read the manifest and ``data/features/<ds>/<method>.npy`` of a method the pipeline has built."""
-    from cbir.config import method_config
-    from cbir.features.extract import features_path, manifest_path, read_manifest
 
     method_config(params, method)  # an unknown method is one clear error
-    root = Path(root)
-    manifest = read_manifest(manifest_path(root, params)).reset_index(drop=True)
-    path = features_path(root, params, method)
+    paths = Layout(root, params)
+    manifest = read_manifest(paths.manifest).reset_index(drop=True)
+    path = paths.features(method)
     if not path.exists():
         raise CbirError(f"features for method {method!r} not found at {path}: build them with "
                         f"`dvc repro extract@{method}`")
@@ -139,16 +120,12 @@ def load_database(params: dict, method: str, root: Path) -> Database:
                     vectors=np.ascontiguousarray(features[rows]))
 
 
-# --------------------------------------------------------------------------- search
-
-
 def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-``k`` of each query vector among the database rows.
 
     Returns manifest row numbers (int64 ``[Q, k']``) and scores (float32 ``[Q, k']``),
-    ties broken by the lower image id (see :func:`cbir.retrieval.exact_topk`).
+    ties broken by the lower image id (see :func:`cbir.search.exact.exact_topk`).
     """
-    from cbir.retrieval import exact_topk
 
     if k < 1:
         raise CbirError(f"k must be at least 1, got {k}")
@@ -173,12 +150,8 @@ def result_records(db: Database, rows: np.ndarray, scores: np.ndarray, query_lab
     return records
 
 
-# --------------------------------------------------------------------------- decoding
-
-
 def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode a query image file safely (see :func:`cbir.data.images.open_rgb`)."""
-    from cbir.data.images import open_rgb
 
     path = Path(path)
     if not path.exists():
@@ -190,7 +163,6 @@ def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXE
 
 def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode uploaded bytes with the same safe decoder as files; errors name ``name``, not a temp file."""
-    from cbir.data.images import ImageError, open_rgb
 
     if not data:
         raise ImageError(name, "empty", "zero-byte file")
@@ -203,7 +175,29 @@ def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFA
             raise ImageError(name, exc.reason, exc.detail) from None
 
 
-# --------------------------------------------------------------------------- engine
+class QueryEmbedder:
+    """A method's model for query images, plus the PCA-whitening its extract stage learnt (if any)."""
+
+    def __init__(self, method, whitening=None):
+        self.method, self.whitening = method, whitening
+
+    @classmethod
+    def from_params(cls, params: dict, name: str, root: Path) -> "QueryEmbedder":
+        method = build_method(name, params, root)
+        whitening = None
+        if method.config.get("whiten"):
+            path = Layout(root, params).whitening(name)
+            if not path.exists():
+                raise CbirError(f"{path} is missing: run `dvc repro extract@{name}` first")
+            whitening = load_whitening(path)
+        return cls(method, whitening)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalised descriptors ``[n, D]`` in the space of the stored features."""
+        out = self.method.embed(images)
+        if self.whitening is not None:
+            out = apply_whitening(self.whitening, out).astype(np.float32)
+        return out
 
 
 class QueryEngine:
@@ -221,11 +215,9 @@ class QueryEngine:
 
     @classmethod
     def from_params(cls, params: dict, method: str, root: Path, db: Database | None = None) -> "QueryEngine":
-        from cbir.features.embedder import Embedder
 
         db = db if db is not None else load_database(params, method, root)
-        embedder = Embedder.from_params(params, method, Path(root))
-        return cls(db, embedder, **query_settings(params))
+        return cls(db, QueryEmbedder.from_params(params, method, Path(root)), **query_settings(params))
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """The image's L2-normalised descriptor ``[1, D]``."""
@@ -279,108 +271,3 @@ class QueryEngine:
         query = {"image_id": str(image_id), "label": str(self.db.manifest.at[row, "label"]),
                  "source": str(self.db.manifest.at[row, "path"])}
         return self._answer(self.db.features[row:row + 1], k, query, {})
-
-
-# --------------------------------------------------------------------------- output
-
-
-def format_table(answer: dict) -> str:
-    """A ranked text table: rank, image id, label, cosine similarity, path."""
-    header = ("rank", "image_id", "label", "cosine", "path")
-    rows = [(str(r["rank"]), r["image_id"], r["label"], f"{r['score']:.4f}", r["path"]) for r in answer["results"]]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    right = (True, False, False, True, False)
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
-
-    q = answer["query"]
-    known = f"{q['image_id']} (label {q['label']})" if q.get("image_id") else "not in the dataset"
-    title = f"query {q.get('source')}: {known}; method {answer['method']}, top-{answer['k']} by cosine similarity"
-    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def answer_json(answer: dict) -> str:
-    return json.dumps(answer, indent=2)
-
-
-def save_query_figure(answer: dict, image: Image.Image, root: Path, target: Path,
-                      thumb_size: int = 128) -> list[Path]:
-    """The paper's sample-trial figure for one query (PNG + PDF beside it)."""
-    from cbir.viz import sample_trials_figure, save_figure, thumbnail
-
-    query_image = ImageOps.pad(image.convert("RGB"), (thumb_size, thumb_size), color=(255, 255, 255))
-    q = answer["query"]
-    trial = {"query": {"image": np.asarray(query_image), "label": q.get("label") or "(not in dataset)",
-                       "image_id": q.get("image_id")},
-             "results": [{**r, "relevant": bool(r["relevant"]),
-                          "image": thumbnail(Path(root) / r["path"], thumb_size)} for r in answer["results"]]}
-    colour = " (green: same class)" if q.get("label") else ""
-    fig = sample_trials_figure([trial], thumb_size=thumb_size,
-                               title=f"{answer['method']}: cosine top-{answer['k']}{colour}")
-    if not q.get("label"):  # relevance is unknown: neutral frames instead of red "irrelevant" ones
-        for ax in fig.axes[1:]:
-            for spine in ax.spines.values():
-                spine.set_color("#777777")
-            ax.title.set_color("#222222")
-    return save_figure(fig, Path(target))
-
-
-def run_query(params: dict, root: Path, image: str | os.PathLike, method: str | None = None, k: int | None = None,
-              figure: str | os.PathLike | None = None, as_json: bool = False) -> dict:
-    """``cbir query``: check the inputs (cheap) before loading the model, then print the ranking."""
-    root = Path(root)
-    method = method or default_method(params)
-    settings = query_settings(params)
-    k = int(k if k is not None else settings["k"])
-    if k < 1:
-        raise CbirError(f"--k must be at least 1, got {k}")
-    db = load_database(params, method, root)
-    start = time.perf_counter()
-    decoded = open_query_image(image, settings["max_pixels"])  # a bad image fails before the model loads
-    decode_ms = (time.perf_counter() - start) * 1e3
-    engine = QueryEngine.from_params(params, method, root, db=db)
-    answer = engine.query_image(decoded, k, engine.describe_query(sha256_file(image), str(image)))
-    answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
-    if figure is not None:
-        written = save_query_figure(answer, decoded, root, Path(figure))
-        answer["figure"] = [str(p) for p in written]
-    print(answer_json(answer) if as_json else format_table(answer))
-    if figure is not None and not as_json:
-        print("figure: " + ", ".join(answer["figure"]))
-    return answer
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def cmd_query(args: argparse.Namespace) -> None:
-    from cbir.config import load_params
-
-    run_query(load_params(args.root), args.root, args.image, method=args.method, k=args.k,
-              figure=args.figure, as_json=args.json)
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    from cbir.config import load_params
-    from cbir.serve import run_server
-
-    run_server(load_params(args.root), args.root, host=args.host, port=args.port, methods=args.method or None)
-
-
-def add_query_parsers(subparsers) -> None:
-    """Add the ``query`` and ``serve`` sub-commands to an argparse subparsers object."""
-    p = subparsers.add_parser("query", help="rank the database for any image (top-k by cosine similarity)")
-    p.add_argument("image", help="path of the query image (need not be in the dataset)")
-    p.add_argument("--method", default=None, help="pipeline method (default: the first in params.yaml)")
-    p.add_argument("--k", type=int, default=None, help="number of results (default: retrieval.k, 10)")
-    p.add_argument("--figure", type=Path, default=None, help="also save a sample-trial figure (PNG + PDF)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_query)
-
-    p = subparsers.add_parser("serve", help="a local web page to query the database by upload or by image id")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--method", action="append", default=None,
-                   help="method to offer (repeatable; default: every method whose features are built)")
-    p.set_defaults(func=cmd_serve)

@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.retrieval import exact_topk, l2_normalize
+from cbir.search.exact import exact_topk, l2_normalize
 
 RERANK_KINDS = ("aqe", "dba", "dba+aqe")
 

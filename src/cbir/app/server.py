@@ -1,7 +1,7 @@
 """``cbir serve``: a local web page to query the database by upload (or drop) or by image id.
 
 :func:`create_app` loads every method's model and features once, at start-up; each request
-then only decodes, embeds and searches (:mod:`cbir.query` holds that logic). Uploads are
+then only decodes, embeds and searches (:mod:`cbir.app.engine` holds that logic). Uploads are
 size-limited (``MAX_CONTENT_LENGTH``) and decoded with the project's safe decoder; a bad
 upload is a readable message on the page. Thumbnails are served by image id only, from
 the manifest, never by a path taken from the request.
@@ -20,9 +20,12 @@ from pathlib import Path
 from flask import Flask, Response, abort, jsonify, render_template, request, url_for
 from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.serving import make_server as werkzeug_server
 
+from cbir.app.engine import QueryEngine, load_database
+from cbir.data.images import open_rgb
 from cbir.errors import CbirError
-from cbir.query import QueryEngine, load_database
+from cbir.layout import Layout
 
 log = logging.getLogger("cbir")
 
@@ -45,11 +48,10 @@ def load_engines(params: dict, root: Path, methods: list[str] | None = None) -> 
     ``methods=None``: every method in params whose features file exists (at least one must).
     A method named explicitly must have its features built.
     """
-    from cbir.features.extract import features_path
 
     root = Path(root)
     names = list(methods) if methods else [m for m in (params.get("methods") or {})
-                                           if features_path(root, params, m).exists()]
+                                           if Layout(root, params).features(m).exists()]
     if not names:
         listed = ", ".join(params.get("methods") or {}) or "none"
         raise CbirError(f"no method has its features built (methods in params.yaml: {listed}): "
@@ -79,7 +81,6 @@ def jpeg_thumbnail(image: Image.Image, size: int) -> bytes:
 def create_app(params: dict, root: Path, methods: list[str] | None = None,
                engines: dict[str, QueryEngine] | None = None) -> Flask:
     """The Flask app; models and features load here, once (or pass ready ``engines``)."""
-    from cbir.data.images import open_rgb
 
     root = Path(root)
     engines = engines if engines is not None else load_engines(params, root, methods)
@@ -180,7 +181,6 @@ def is_loopback(host: str) -> bool:
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000):
     """A threaded WSGI server for ``app`` (``port=0`` picks a free port: read ``server.server_port``)."""
-    from werkzeug.serving import make_server as werkzeug_server
 
     def refuse(reason) -> CbirError:
         return CbirError(f"cannot listen on {host}:{port} ({reason}): pick another port with --port, "

@@ -1,7 +1,7 @@
 """ImageNet backbones as convolutional trunks, and their weights in torchvision layout.
 
 A trunk maps an image batch [B, 3, H, W] to a feature map [B, C, h, w]; pooling
-(``cbir.features.pooling``) turns that into a descriptor.  Weights are always stored as a
+(``cbir.features.cnn.pooling``) turns that into a descriptor.  Weights are always stored as a
 state_dict of the *torchvision* classification model (``models/<backbone>.pt``), whatever
 shape they were delivered in.
 """
@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import torch
 import torchvision
+from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from cbir.errors import CbirError
@@ -42,7 +43,6 @@ def build_classifier(arch: str) -> nn.Module:
     (not in torchvision; stored in that package's own layout).
     """
     if arch in LITE_ARCHS:
-        from efficientnet_lite_pytorch import EfficientNet
 
         return EfficientNet.from_name(arch.replace("_", "-"))
     try:

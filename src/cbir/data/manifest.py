@@ -1,0 +1,78 @@
+"""The manifest, the one contract every stage after curate trusts: its columns, the one reader, and
+the protocol rules that turn it into query and database rows.
+
+Columns: ``image_id`` (stable string), ``path`` (relative to the repo root), ``label`` (always a
+string: a class named ``NA``, ``null`` or ``None`` stays that string), ``split`` (``query`` or
+``database``), ``width``, ``height``, ``sha256``, ``protocol``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cbir.errors import CbirError
+
+MANIFEST_COLUMNS = ["image_id", "path", "label", "split", "width", "height", "sha256", "protocol"]
+TEXT_COLUMNS = ("image_id", "path", "label", "split", "sha256", "protocol")
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest written by the curate stage with the right types (ids and labels stay strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CbirError(f"manifest not found: {path}; run the curate stage first (python -m cbir curate)")
+    text_columns = {c: str for c in TEXT_COLUMNS}
+    manifest = pd.read_csv(path, dtype={**text_columns, "width": "int64", "height": "int64"},
+                           keep_default_na=False, na_filter=False)
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise CbirError(f"{path} lacks column(s) {', '.join(missing)}; run the curate stage again")
+    return manifest
+    if manifest.empty:
+        raise CbirError(f"{path} has no images: check curation.json beside it for why they were dropped")
+    return manifest
+
+
+def split_indices(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Query rows, database rows and the per-query excluded database position.
+
+    ``holdout`` / ``predefined``: queries are the ``split == "query"`` rows, the database
+    the ``split == "database"`` rows, nothing excluded (``None``). ``leave_one_out``:
+    every row queries every row and ``exclude[i] = i`` drops the query itself.
+    ``exclude`` holds positions in the database rows (what ``exact_topk`` expects).
+    """
+    for column in ("split", "protocol"):
+        if column not in manifest.columns:
+            raise CbirError(f"manifest has no '{column}' column: re-run the curate stage")
+    protocols = sorted(set(manifest["protocol"].astype(str)))
+    if len(protocols) != 1:
+        raise CbirError(f"manifest mixes protocols {protocols}: re-run the curate stage")
+    protocol = protocols[0]
+    split = manifest["split"].astype(str).to_numpy()
+    if protocol == "leave_one_out":
+        rows = np.arange(len(manifest), dtype=np.int64)
+        if len(rows) < 2:
+            raise CbirError("leave_one_out needs at least 2 images in the manifest")
+        return rows, rows.copy(), rows.copy()
+    if protocol in ("holdout", "predefined"):
+        unknown = sorted(set(split) - {"query", "database"})
+        if unknown:
+            raise CbirError(f"manifest split has values {unknown}; expected 'query' or 'database'")
+        query_rows = np.flatnonzero(split == "query").astype(np.int64)
+        database_rows = np.flatnonzero(split == "database").astype(np.int64)
+        if len(query_rows) == 0 or len(database_rows) == 0:
+            raise CbirError(
+                f"manifest ({protocol}) has {len(query_rows)} query and {len(database_rows)} "
+                "database rows; both must be non-empty: check the split settings and re-run curate")
+        return query_rows, database_rows, None
+    raise CbirError(f"unknown protocol '{protocol}' in the manifest; expected holdout, "
+                    "predefined or leave_one_out")
+
+
+def database_rows(manifest: pd.DataFrame) -> np.ndarray:
+    """Manifest rows a query searches: ``split == "database"``, or every row under ``leave_one_out``."""
+    return split_indices(manifest)[1]

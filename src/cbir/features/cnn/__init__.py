@@ -1,0 +1,1 @@
+"""CNN descriptors: backbones in torchvision layout, poolings, and the batched extraction runtime."""

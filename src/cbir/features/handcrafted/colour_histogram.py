@@ -1,0 +1,31 @@
+"""Colour: the joint HSV histogram."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from skimage.color import rgb2hsv
+
+from cbir.features.handcrafted.common import (
+    as_rgb,
+    fit_working_size,
+    int_list_param,
+    l1_normalise,
+    max_side_param,
+)
+
+
+def hsv_histogram(image: np.ndarray, bins: Sequence[int] = (8, 4, 4),
+                  max_side: int | None = 256) -> np.ndarray:
+    """Joint HSV histogram with ``bins = [h, s, v]`` uniform bins, summing to 1.
+
+    Layout: C order over (hue, saturation, value), so the bin of a pixel is
+    ``(h_bin * s + s_bin) * v + v_bin``. D = h * s * v.
+    """
+    where = "hsv_histogram"
+    bins = int_list_param(where, "bins", bins, 1, length=3)
+    image = fit_working_size(as_rgb(image, where), max_side_param(where, max_side))
+    hsv = rgb2hsv(image).reshape(-1, 3)
+    hist, _ = np.histogramdd(hsv, bins=bins, range=[(0.0, 1.0)] * 3)
+    return l1_normalise(hist.ravel())

@@ -1,0 +1,276 @@
+"""Build a retrieval method from its config: the one place that dispatches on ``kind``.
+
+A method knows its descriptor length (``dim``), fills a features array for a list of image files
+(``extract``, what the extract stage runs) and describes decoded images (``embed``, what a query
+runs), with the same decoding, preprocessing, weights and pooling, so a query lands in the same
+space as the database.  Every row is L2-normalised.
+
+Kinds (``methods.<name>.kind``):
+
+* ``deep``: a CNN trunk and a pooling. The trunk is ``backbone: <name>`` (weights from the
+  ``weights`` stage) or your own factory, ``_target_: module:function`` returning a
+  ``torch.nn.Module`` that maps ``[B, 3, H, W]`` to a feature map ``[B, C, h, w]``;
+* ``handcrafted``: a traditional descriptor ``image -> vector``: a built-in ``descriptor`` name,
+  ``descriptor: fusion`` of several, or your own ``_target_: module:function``;
+* ``precomputed``: a ``.npy`` file (``file:``), one row per manifest row, computed elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from cbir.config import method_config
+from cbir.data.images import load_rgb
+from cbir.errors import CbirError
+from cbir.features.cnn.backbones import load_trunk
+from cbir.features.cnn.pooling import pool
+from cbir.features.cnn.runtime import (
+    describe_batch,
+    embed_batches,
+    feature_dim,
+    make_loader,
+    make_transform,
+    resolve_device,
+    should_compile,
+)
+from cbir.features.handcrafted import describe, fuse
+from cbir.features.resolve import resolve_callable
+from cbir.layout import weights_file
+
+KINDS = ("deep", "handcrafted", "precomputed")
+
+
+def max_pixels(params: Mapping) -> int:
+    """The decoding pixel budget (``curate.max_pixels``) every method decodes images under."""
+    return int((params.get("curate") or {}).get("max_pixels", 40_000_000))
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm (all-zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- deep
+
+
+def load_backbone(params: Mapping, name: str, root: Path) -> tuple[torch.nn.Module, dict]:
+    """The trunk of backbone ``name`` with the weights the ``weights`` stage wrote, and its config."""
+    cfg = (params.get("backbones") or {}).get(name)
+    if cfg is None:
+        raise CbirError(f"backbone {name!r} is used by a method but not defined under backbones: in params.yaml")
+    path = weights_file(root, name)
+    if not path.exists():
+        raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return load_trunk(cfg["arch"], state), dict(cfg)
+
+
+def make_pool(method_cfg: Mapping) -> Callable:
+    """The method's pooling as ``fmap -> [B, C]``; a bad name or parameter fails here, once."""
+    name = method_cfg.get("pooling", "gap")
+    kwargs = dict(method_cfg.get("pooling_params") or {})
+    pool(name, torch.zeros(1, 4, 3, 3), **kwargs)
+    return lambda fmap: pool(name, fmap, **kwargs)
+
+
+@dataclass
+class DeepMethod:
+    """A CNN trunk (weights loaded once), a pooling, and the sizes and device to run them."""
+
+    name: str
+    config: dict
+    trunk: torch.nn.Module
+    pool: Callable
+    device: torch.device
+    image_size: int
+    batch_size: int
+    scales: list[float]
+    max_pixels: int
+    compile: bool = False
+    dim: int = field(init=False)
+    kind = "deep"
+
+    def __post_init__(self):
+        self.dim = feature_dim(self.trunk, self.pool, self.image_size)
+
+    def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
+                num_workers: int | None = None) -> dict:
+        """Fill ``out`` (``[N, dim]``, e.g. a memmap) with the descriptors of ``paths``; returns run info."""
+        loader = make_loader(paths, self.image_size, self.batch_size, self.device, num_workers=num_workers,
+                             max_pixels=self.max_pixels)
+        embed_batches(self.trunk, self.pool, loader, out, self.device, progress=progress, scales=self.scales,
+                      compile=self.compile)
+        return {"device": str(self.device), "image_size": self.image_size, "batch_size": self.batch_size,
+                "scales": self.scales, "compiled": self.compile, "num_workers": loader.num_workers}
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return make_transform(self.image_size)(image.convert("RGB"))
+
+    def describe_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """Unit descriptors of a preprocessed batch ``[B, 3, S, S]``."""
+        trunk = self.trunk.to(self.device).to(memory_format=torch.channels_last).eval()
+        out = describe_batch(trunk, self.pool, batch.to(self.device), self.scales, self.device.type == "cuda")
+        return out.cpu().numpy().astype(np.float32)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Unit descriptors ``[n, dim]`` of decoded images (a query)."""
+        if not images:
+            raise CbirError("no images to embed")
+        return unit_rows(self.describe_tensors(torch.stack([self.preprocess(im) for im in images])))
+
+
+def deep_trunk(params: Mapping, cfg: Mapping, root: Path) -> tuple[torch.nn.Module, dict]:
+    """The trunk of a deep method: a configured backbone, or the model your ``_target_`` factory returns."""
+    if cfg.get("_target_"):
+        trunk = resolve_callable(cfg["_target_"], "backbone factory")()
+        if not isinstance(trunk, torch.nn.Module):
+            raise CbirError(f"backbone factory {cfg['_target_']!r} returned {type(trunk).__name__}, "
+                            "not a torch.nn.Module")
+        return trunk.eval(), {}
+    if not cfg.get("backbone"):
+        raise CbirError("a deep method needs backbone: <name under backbones> or _target_: module:function")
+    return load_backbone(params, cfg["backbone"], root)
+
+
+def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int | None,
+               device: str | None) -> DeepMethod:
+    trunk, bcfg = deep_trunk(params, cfg, root)
+    torch_device = resolve_device(device or params.get("device", "auto"))
+    return DeepMethod(
+        name=name, config=cfg, trunk=trunk, pool=make_pool(cfg), device=torch_device,
+        image_size=int(cfg.get("image_size") or bcfg.get("image_size", 224)),
+        batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
+        scales=[float(x) for x in (cfg.get("scales") or [1.0])], max_pixels=max_pixels(params),
+        compile=should_compile((params.get("extract") or {}).get("compile", "auto"), torch_device, n_images),
+    )
+
+
+# --------------------------------------------------------------------------- handcrafted
+
+
+def describe_image(method_cfg: Mapping, image: np.ndarray) -> np.ndarray:
+    """One traditional descriptor, or the weighted late fusion of several (``descriptor: fusion``).
+
+    Fusion params: ``members: {descriptor: {params}}`` and ``weights: {descriptor: w}`` (default 1);
+    the cosine of fused vectors is the weighted mean of the members' cosines.
+    """
+    name = method_cfg.get("_target_") or method_cfg.get("descriptor")
+    if not name:
+        raise CbirError("a handcrafted method needs descriptor: <name> or _target_: module:function")
+    params = dict(method_cfg.get("params") or {})
+    if name != "fusion":
+        return np.asarray(describe(name, image, params), dtype=np.float32)
+    members = params.get("members") or {}
+    if not members:
+        raise CbirError("a fusion method needs params.members: {descriptor: {params}, ...}")
+    weights = params.get("weights") or {}
+    blocks = [np.asarray(describe(m, image, dict(p or {})), dtype=np.float32)[None] for m, p in members.items()]
+    return fuse(blocks, [float(weights.get(m, 1.0)) for m in members])[0]
+
+
+@dataclass
+class HandcraftedMethod:
+    """A traditional descriptor ``image -> vector`` (or a fusion of several), on the CPU."""
+
+    name: str
+    config: dict
+    max_pixels: int
+    dim: int = field(init=False)
+    kind = "handcrafted"
+
+    def __post_init__(self):
+        probe = np.full((64, 64, 3), 127, dtype=np.uint8)
+        self.dim = int(describe_image(self.config, probe).shape[0])
+
+    def describe_array(self, image: np.ndarray) -> np.ndarray:
+        vec = describe_image(self.config, image)
+        norm = float(np.linalg.norm(vec))
+        return vec / norm if norm > 0 else vec
+
+    def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
+                num_workers: int | None = None) -> dict:
+        label = self.config.get("_target_") or self.config.get("descriptor")
+        for i, path in enumerate(tqdm(paths, desc=str(label), unit="img", disable=not progress)):
+            out[i] = self.describe_array(load_rgb(path, max_pixels=self.max_pixels))
+        return {"device": "cpu"}
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            raise CbirError("no images to embed")
+        return unit_rows(np.stack([describe_image(self.config, np.asarray(im.convert("RGB"))) for im in images]))
+
+
+# --------------------------------------------------------------------------- precomputed
+
+
+@dataclass
+class PrecomputedMethod:
+    """Features computed elsewhere: a float ``.npy`` ``[N, D]``, row ``i`` for manifest row ``i``."""
+
+    name: str
+    config: dict
+    file: Path
+    dim: int = field(init=False)
+    kind = "precomputed"
+
+    def __post_init__(self):
+        self._array = self._load()
+        self.dim = int(self._array.shape[1])
+
+    def _load(self) -> np.ndarray:
+        if not self.file.is_file():
+            raise CbirError(f"precomputed features {self.file} not found: fix methods.{self.name}.file")
+        try:
+            array = np.load(self.file, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise CbirError(f"cannot read precomputed features {self.file} ({exc}): save them with numpy.save")
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise CbirError(f"precomputed features {self.file} have shape {array.shape} and dtype {array.dtype}: "
+                            "expected a numeric [N, D] array, one row per manifest row")
+        return array
+
+    def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
+                num_workers: int | None = None) -> dict:
+        if self._array.shape[0] != len(paths):
+            raise CbirError(f"precomputed features {self.file} have {self._array.shape[0]} rows but the manifest "
+                            f"has {len(paths)}: give one row per manifest row, in manifest order")
+        rows = unit_rows(np.asarray(self._array, dtype=np.float32))
+        if not np.isfinite(rows).all():
+            raise CbirError(f"precomputed features {self.file} contain NaN or infinite values")
+        out[:] = rows
+        return {"device": "none", "file": str(self.config.get("file"))}
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        raise CbirError(f"method {self.name} uses precomputed features: it cannot describe a new image "
+                        "(query by image id instead)")
+
+
+# --------------------------------------------------------------------------- the builder
+
+Method = DeepMethod | HandcraftedMethod | PrecomputedMethod
+
+
+def build_method(name: str, params: Mapping, root: str | Path, n_images: int | None = None,
+                 device: str | None = None) -> Method:
+    """The method ``name`` of ``params``, ready to extract or embed (models loaded once, here)."""
+    cfg = method_config(params, name)
+    kind = cfg.get("kind")
+    if kind == "deep":
+        return build_deep(name, params, cfg, Path(root), n_images, device)
+    if kind == "handcrafted":
+        return HandcraftedMethod(name=name, config=cfg, max_pixels=max_pixels(params))
+    if kind == "precomputed":
+        if not cfg.get("file"):
+            raise CbirError(f"method {name} has kind precomputed but no file: set methods.{name}.file=/path/x.npy")
+        file = Path(str(cfg["file"])).expanduser()
+        return PrecomputedMethod(name=name, config=cfg, file=file if file.is_absolute() else Path(root) / file)
+    raise CbirError(f"method {name} has kind {kind!r}: use one of {', '.join(KINDS)}")

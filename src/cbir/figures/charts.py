@@ -1,0 +1,178 @@
+"""Charts of the metrics: method comparison, P@k and PR curves with bands, per-class heat map,
+t-SNE maps and the confused-classes gallery.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cbir.figures.style import (
+    IRRELEVANT,
+    QUERY,
+    STYLE,
+    class_colours,
+    message_figure,
+    method_colours,
+)
+from cbir.figures.thumbnails import framed, shorten, side_by_side
+
+
+def _ci_errors(values: Sequence[float], cis: Sequence[Sequence[float | None] | None]) -> np.ndarray:
+    """``[2, M]`` non-negative error-bar lengths from values and ``[lo, hi]`` (missing: 0)."""
+    err = np.zeros((2, len(values)))
+    for i, (v, ci) in enumerate(zip(values, cis)):
+        if ci and ci[0] is not None and ci[1] is not None and np.isfinite(v):
+            err[:, i] = max(v - ci[0], 0.0), max(ci[1] - v, 0.0)
+    return err
+
+
+def comparison_figure(metrics: dict, baseline: str | None = None):
+    """P@10 and mAP per method with 95% bootstrap confidence intervals (error bars)."""
+    methods = list(metrics)
+    colours = method_colours(methods)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(max(5.0, 0.9 * len(methods) + 2.4), 2.8))
+        axes = fig.subplots(1, 2, squeeze=False)
+        for ax, key, name in zip(axes[0], ("p@10", "map"), ("P@10", "mAP")):
+            values = [np.nan if metrics[m].get(key) is None else float(metrics[m][key]) for m in methods]
+            cis = [(metrics[m].get("ci95") or {}).get(key) for m in methods]
+            ax.bar(range(len(methods)), np.nan_to_num(values), yerr=_ci_errors(values, cis), capsize=3,
+                   color=[colours[m] for m in methods], edgecolor="black", linewidth=0.5,
+                   hatch=None, error_kw={"elinewidth": 0.8})
+            if baseline in methods:
+                ax.patches[methods.index(baseline)].set_hatch("///")
+            ax.set_xticks(range(len(methods)), [shorten(m, 22) for m in methods], rotation=30, ha="right")
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel(name)
+            ax.set_title(f"{name} (95% CI)")
+            tops = np.nan_to_num(values) + _ci_errors(values, cis)[1]
+            for i, v in enumerate(values):
+                if np.isfinite(v):
+                    ax.text(i, min(tops[i] + 0.02, 0.98), f"{v:.3f}", ha="center", va="bottom", fontsize=6)
+        fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: pd.DataFrame, x: str, xlabel: str, ylabel: str, title: str,
+                  methods: Sequence[str] | None = None, xlim: tuple | None = None):
+    """One line per ``method`` of ``curves`` (columns ``method, <x>, precision[, lo, hi]``) with its band."""
+    methods = list(methods) if methods is not None else list(dict.fromkeys(curves["method"]))
+    colours = method_colours(methods)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(3.6, 2.8))
+        ax = fig.subplots()
+        for method in methods:
+            part = curves[curves["method"] == method].sort_values(x)
+            if part.empty:
+                continue
+            ax.plot(part[x], part["precision"], color=colours[method], label=method,
+                    marker="o" if len(part) <= 12 else None, markersize=2.5)
+            if {"lo", "hi"} <= set(part.columns) and part[["lo", "hi"]].notna().any().any():
+                ax.fill_between(part[x], part["lo"], part["hi"], color=colours[method], alpha=0.18, linewidth=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        if xlim is not None:
+            ax.set_xlim(*xlim)
+        if pd.api.types.is_integer_dtype(curves[x]):
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.grid(True, linewidth=0.3, alpha=0.5)
+        ax.legend(loc="best")
+        fig.tight_layout()
+    return fig
+
+
+def per_class_heatmap(per_class: pd.DataFrame, value: str = "p@10", methods: Sequence[str] | None = None,
+                      title: str = "P@10 per class"):
+    """Methods (rows) x classes (columns) heat map of ``value`` from ``per_class.csv``."""
+    methods = list(methods) if methods is not None else list(dict.fromkeys(per_class["method"]))
+    table = per_class.pivot_table(index="method", columns="label", values=value, aggfunc="first", dropna=False)
+    table = table.reindex(index=methods, columns=sorted(table.columns))
+    n_m, n_c = table.shape
+    with matplotlib.rc_context(STYLE):
+        longest = max([len(shorten(c, 20)) for c in table.columns] + [1])
+        fig = Figure(figsize=(min(18.0, 2.2 + 0.42 * n_c), 1.0 + 0.32 * n_m + 0.05 * longest))
+        ax = fig.subplots()
+        image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(n_c), [shorten(c, 20) for c in table.columns], rotation=45, ha="right")
+        ax.set_yticks(range(n_m), [shorten(m, 22) for m in table.index])
+        ax.set_xlabel("class")
+        ax.set_title(title)
+        if n_c * n_m <= 600:
+            for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
+                            color="black" if v > 0.6 else "white")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=value.upper().replace("MAP", "mAP"))
+        fig.tight_layout()
+    return fig
+
+
+def embedding_figure(panels: Sequence[tuple[str, np.ndarray, Sequence[str]]], title: str = ""):
+    """Side-by-side 2-D maps: ``(title, xy [N, 2], labels [N])`` per panel, coloured by class."""
+    all_labels = sorted({str(lab) for _, _, labels in panels for lab in labels})
+    colours = class_colours(all_labels)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(3.3 * len(panels) + 1.6, 3.4))
+        axes = fig.subplots(1, len(panels), squeeze=False)
+        for ax, (name, xy, labels) in zip(axes[0], panels):
+            labels = np.asarray([str(lab) for lab in labels], dtype=object)
+            size = float(np.clip(4000.0 / max(len(labels), 1), 3.0, 24.0))
+            for label in all_labels:
+                rows = labels == label
+                if rows.any():
+                    ax.scatter(xy[rows, 0], xy[rows, 1], s=size, color=colours[label], label=label,
+                               linewidths=0, alpha=0.85)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name)
+            ax.set_xlabel("t-SNE 1")
+            ax.set_ylabel("t-SNE 2")
+        if len(all_labels) <= 20:
+            handles, names = axes[0][0].get_legend_handles_labels()
+            fig.legend(handles, [shorten(n, 22) for n in names], loc="center right", markerscale=2,
+                       title="class", fontsize=6)
+            fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 0.95 if title else 1))
+        else:
+            fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def confusion_gallery(rows: Sequence[dict], title: str = ""):
+    """One row per confused pair: its counts, then (query | wrong result) example thumbnails.
+
+    ``rows``: dicts with ``query_label, result_label, count, rate`` and ``examples``: a list of
+    {query_image, result_image, rank, score}.
+    """
+    if not rows:
+        return message_figure("no wrong result in the top-k: nothing confused", title)
+    with matplotlib.rc_context(STYLE):
+        ncols = 1 + max(1, max(len(r["examples"]) for r in rows))
+        fig = Figure(figsize=(1.9 + 2.3 * (ncols - 1), 1.45 * len(rows) + 0.4))
+        axes = fig.subplots(len(rows), ncols, squeeze=False,
+                            gridspec_kw={"width_ratios": [0.8] + [1.0] * (ncols - 1)})
+        for axrow, row in zip(axes, rows):
+            for ax in axrow:
+                ax.axis("off")
+            axrow[0].text(0.0, 0.5, f"{shorten(row['query_label'], 22)}\n→ {shorten(row['result_label'], 22)}\n"
+                          f"{row['count']} results ({row['rate']:.1%} of top-k)", ha="left", va="center",
+                          fontsize=7, transform=axrow[0].transAxes)
+            for ax, ex in zip(axrow[1:], row["examples"]):
+                ax.imshow(side_by_side(framed(ex["query_image"], QUERY), framed(ex["result_image"], IRRELEVANT)))
+                ax.set_title(f"query | #{ex['rank']}  {ex['score']:.3f}", fontsize=6)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig

@@ -1,0 +1,132 @@
+"""Figure style and output: colours, the publication rc style, settings, saving PNG + PDF.
+
+Every figure is built on ``matplotlib.figure.Figure`` directly (no pyplot, no global backend), so the
+same functions draw inline in a notebook.  Files carry no timestamps.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
+
+from cbir.errors import CbirError
+from cbir.fileio import atomic_path
+
+RELEVANT = "#1a9850"
+
+
+IRRELEVANT = "#d73027"
+
+
+QUERY = "#2166ac"
+
+
+#: Okabe-Ito colours (colour-blind safe) for methods; more methods fall back to tab20.
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+
+
+#: Publication style: small sans-serif fonts, TrueType (Type 42) text in PDFs, no top/right spines.
+STYLE = {
+    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
+    "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
+    "figure.dpi": 100, "axes.grid": False, "lines.linewidth": 1.4,
+}
+
+
+DEFAULTS = {"n_queries": 3, "seed": 0, "thumb_size": 128, "n_pairs": 5, "n_examples": 3,
+            "tsne_max_points": 2000, "tsne_perplexity": 30.0, "pca_dims": 50, "dpi": 150}
+
+
+FIGURES_INDEX = "figures.json"
+
+
+#: written on every run whatever the methods and data (dvc.yaml's top-level ``plots`` lists them)
+ALWAYS_PRESENT = ("comparison", "pk_curves", "pr_curves", "per_class_p10", "trials_baseline_vs_best",
+                  "embedding_tsne")
+
+
+MIN_TSNE_POINTS = 4
+
+
+def figure_settings(params: Mapping) -> dict:
+    """``params['figures']`` over :data:`DEFAULTS`, with types checked (one clear error)."""
+    cfg = dict(DEFAULTS)
+    cfg.update({k: v for k, v in (params.get("figures") or {}).items() if v is not None})
+    try:
+        for key in ("n_queries", "seed", "thumb_size", "n_pairs", "n_examples", "tsne_max_points", "pca_dims",
+                    "dpi"):
+            cfg[key] = int(cfg[key])
+        cfg["tsne_perplexity"] = float(cfg["tsne_perplexity"])
+    except (TypeError, ValueError) as exc:
+        raise CbirError(f"params figures: {exc}; use whole numbers for counts and sizes") from exc
+    for key in ("n_queries", "thumb_size", "n_pairs", "n_examples", "tsne_max_points", "pca_dims", "dpi"):
+        if cfg[key] < 1:
+            raise CbirError(f"params figures.{key} must be >= 1, got {cfg[key]}")
+    if cfg["tsne_perplexity"] <= 0:
+        raise CbirError(f"params figures.tsne_perplexity must be > 0, got {cfg['tsne_perplexity']}")
+    return cfg
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a method name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
+
+
+def method_colours(methods: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per method (in the given order): Okabe-Ito, then tab20."""
+    if len(methods) <= len(OKABE_ITO):
+        return {m: OKABE_ITO[i] for i, m in enumerate(methods)}
+    cmap = matplotlib.colormaps.get_cmap("tab20")
+    return {m: matplotlib.colors.to_hex(cmap(i % 20)) for i, m in enumerate(methods)}
+
+
+def class_colours(labels: Sequence[str]) -> dict[str, tuple]:
+    """A colour per class (sorted): tab10 up to 10 classes, tab20 up to 20, then a hue wheel."""
+    labels = sorted(set(labels))
+    n = len(labels)
+    if n <= 10:
+        cmap, values = matplotlib.colormaps.get_cmap("tab10"), range(n)
+    elif n <= 20:
+        cmap, values = matplotlib.colormaps.get_cmap("tab20"), range(n)
+    else:
+        cmap, values = matplotlib.colormaps.get_cmap("hsv"), np.linspace(0, 1, n, endpoint=False)
+    return {label: tuple(cmap(v)) for label, v in zip(labels, values)}
+
+
+def message_figure(text: str, title: str = ""):
+    """A small figure that only says ``text`` (when there is nothing to draw)."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(4.5, 1.2))
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, text, ha="center", va="center")
+        if title:
+            ax.set_title(title)
+    return fig
+
+
+def save_figure(fig, target: Path, dpi: int = 150) -> list[Path]:
+    """PNG (``dpi``) and a vector PDF beside it, each written atomically and without timestamps."""
+    written = []
+    with matplotlib.rc_context(STYLE):
+        for suffix, kwargs in ((".png", {"dpi": dpi, "metadata": {"Software": None}}),
+                               (".pdf", {"metadata": {"CreationDate": None, "Creator": None, "Producer": None}})):
+            path = Path(target).with_suffix(suffix)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=suffix[1:], facecolor="white", **kwargs)
+            written.append(path)
+    return written
+
+
+def drawn_panels(fig) -> int:
+    """Axes that show something (an image, a line, a patch or a collection), colour bars excluded."""
+    return sum(1 for ax in fig.axes if ax.get_label() != "<colorbar>"
+               and (ax.images or ax.lines or ax.patches or ax.collections))

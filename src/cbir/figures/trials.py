@@ -1,0 +1,106 @@
+"""The paper's sample-trial figures: a query beside its top-k with rank, cosine similarity and label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cbir.errors import CbirError
+from cbir.figures.style import IRRELEVANT, QUERY, RELEVANT, STYLE
+from cbir.figures.thumbnails import Thumbnails, shorten
+
+
+def build_trials(ranking: pd.DataFrame, manifest: pd.DataFrame, query_ids: list[str], root: Path,
+                 k: int, thumb_size: int, thumbs: Thumbnails | None = None) -> list[dict]:
+    """Assemble the data of ``sample_trials_figure`` from a retrieval CSV and the manifest.
+
+    Results keep the retrieval file's order (sorted by ``rank``) and its scores.
+    """
+    rows = manifest.assign(image_id=manifest["image_id"].astype(str)).set_index("image_id")
+    thumbs = thumbs or Thumbnails(manifest, root, thumb_size)
+    ranking = ranking.assign(query_id=ranking["query_id"].astype(str), image_id=ranking["image_id"].astype(str))
+    trials = []
+    for qid in query_ids:
+        if qid not in rows.index:
+            raise CbirError(f"query {qid!r} is not in the manifest: re-run `dvc repro` so retrieval and curation agree")
+        hits = ranking[ranking["query_id"] == qid].sort_values("rank", kind="stable").head(k)
+        qlabel = rows.at[qid, "label"]
+        trials.append({
+            "query": {"image_id": qid, "label": qlabel, "image": thumbs(qid)},
+            "results": [{
+                "image_id": h.image_id, "rank": int(h.rank), "score": float(h.score),
+                "label": rows.at[h.image_id, "label"], "relevant": rows.at[h.image_id, "label"] == qlabel,
+                "image": thumbs(h.image_id),
+            } for h in hits.itertuples()],
+        })
+    return trials
+
+
+def sample_trials_figure(trials: list[dict], thumb_size: int = 128, title: str = "",
+                         row_labels: Sequence[str] | None = None):
+    """One row per query: the query image, then its ranked results.
+
+    ``trials``: dicts with ``query`` ({image, label, image_id}) and ``results`` (a list of
+    {image, label, image_id, rank, score, relevant}) in retrieval order.  Each result is titled
+    ``#rank  cosine`` and its label, framed green (same class as the query) or red.
+    ``row_labels`` (one per trial) are written beside the query, e.g. why it was chosen.
+    """
+    if not trials:
+        raise CbirError("no queries to draw: the retrieval file has no query; re-run `dvc repro retrieve`")
+    if row_labels is not None and len(row_labels) != len(trials):
+        raise ValueError("row_labels must have one entry per trial")
+    ncols = 1 + max(1, max(len(t["results"]) for t in trials))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(1.2 * ncols + 0.4, 1.5 * len(trials) + 0.5))
+        axes = fig.subplots(len(trials), ncols, squeeze=False)
+        for i, (row, trial) in enumerate(zip(axes, trials)):
+            for ax in row:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.axis("off")
+            q = trial["query"]
+            row[0].axis("on")
+            row[0].imshow(q["image"])
+            row[0].set_title(f"query\n{shorten(q['label'], 18)}", fontsize=7, fontweight="bold", color=QUERY)
+            if row_labels is not None:
+                row[0].set_ylabel(row_labels[i], fontsize=7, rotation=90, labelpad=4)
+            for spine in row[0].spines.values():
+                spine.set_visible(True)
+                spine.set_color(QUERY)
+                spine.set_linewidth(2.5)
+            for ax, res in zip(row[1:], trial["results"]):
+                ax.axis("on")
+                ax.imshow(res["image"])
+                colour = RELEVANT if res["relevant"] else IRRELEVANT
+                for spine in ax.spines.values():
+                    spine.set_visible(True)
+                    spine.set_color(colour)
+                    spine.set_linewidth(2.5)
+                ax.set_title(f"#{res['rank']}  {res['score']:.3f}\n{shorten(res['label'])}", fontsize=6,
+                             color=colour)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def comparison_trials_figure(trials_a: list[dict], trials_b: list[dict], method_a: str, method_b: str,
+                             ap_a: Mapping[str, float], ap_b: Mapping[str, float], title: str = ""):
+    """The same queries under two methods: for each query a row of ``method_a`` then of ``method_b``."""
+    if [t["query"]["image_id"] for t in trials_a] != [t["query"]["image_id"] for t in trials_b]:
+        raise ValueError("both methods must show the same queries in the same order")
+    trials, labels = [], []
+    for ta, tb in zip(trials_a, trials_b):
+        qid = ta["query"]["image_id"]
+        for method, trial, ap in ((method_a, ta, ap_a), (method_b, tb, ap_b)):
+            value = ap.get(qid, np.nan)
+            trials.append(trial)
+            labels.append(f"{shorten(method, 20)}\nAP {value:.3f}" if np.isfinite(value) else shorten(method, 20))
+    return sample_trials_figure(trials, title=title, row_labels=labels)

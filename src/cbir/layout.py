@@ -1,0 +1,132 @@
+"""Every on-disk location of the pipeline, as a function of the repository root and params.
+
+``dvc.yaml`` mirrors this map (``tests/test_layout.py`` resolves ``dvc.yaml`` with DVC itself and
+checks every ``outs``/``deps`` path against it).  Results are namespaced by dataset, so running
+one experiment never overwrites another dataset's outputs::
+
+    data/raw/<ds>/                      the collection as delivered (+ _source.json)
+    data/downloads/                     resumable download cache
+    data/curated/<ds>/manifest.csv      + curation.json (Fashion-MNIST also images/)
+    models/<backbone>.pt                + .json provenance
+    data/features/<ds>/<method>.npy     + .json (+ .whitening.npz)
+    data/retrieval/<ds>/<method>.csv    + .json
+    metrics/<ds>.json                   DVC metrics: every method's metrics with intervals
+    reports/<ds>/plots/<name>.csv       DVC plots: pk, pr, per_class, per_query, significance
+    reports/<ds>/figures/               PNG + PDF + figures.json
+    reports/<ds>/report.md
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from cbir.errors import CbirError
+
+#: the plot tables the evaluate stage writes into ``reports/<ds>/plots/``
+PLOT_TABLES = ("pk", "pr", "per_class", "per_query", "significance")
+
+
+def dataset_name(params: Mapping) -> str:
+    """``params['dataset']['name']``, checked to be a plain folder name."""
+    dataset = params.get("dataset") if isinstance(params, Mapping) else None
+    name = dataset.get("name") if isinstance(dataset, Mapping) else None
+    if not name or not isinstance(name, str):
+        raise CbirError("params.yaml: dataset.name is missing: pick a dataset (conf/dataset/*.yaml) "
+                        "and regenerate params.yaml with `python -m cbir params`")
+    if "/" in name or "\\" in name or name.startswith(".") or "\n" in name:
+        raise CbirError(f"params.yaml: dataset.name={name!r} must be a plain folder name")
+    return name
+
+
+def weights_file(root: str | Path, backbone: str) -> Path:
+    """``models/<backbone>.pt``: weights are shared by every dataset."""
+    return Path(root) / "models" / f"{backbone}.pt"
+
+
+class Layout:
+    """Paths of one dataset's pipeline under ``root`` (``Layout(root, params)``)."""
+
+    def __init__(self, root: str | Path, params: Mapping):
+        self.root = Path(root)
+        self.dataset = dataset_name(params)
+
+    # data ---------------------------------------------------------------------------------
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw" / self.dataset
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.root / "data" / "downloads"
+
+    @property
+    def curated_dir(self) -> Path:
+        return self.root / "data" / "curated" / self.dataset
+
+    @property
+    def manifest(self) -> Path:
+        return self.curated_dir / "manifest.csv"
+
+    @property
+    def curation(self) -> Path:
+        return self.curated_dir / "curation.json"
+
+    # weights ------------------------------------------------------------------------------
+    def weights(self, backbone: str) -> Path:
+        return weights_file(self.root, backbone)
+
+    # features and retrieval ---------------------------------------------------------------
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "data" / "features" / self.dataset
+
+    def features(self, method: str) -> Path:
+        return self.features_dir / f"{method}.npy"
+
+    def features_info(self, method: str) -> Path:
+        return self.features_dir / f"{method}.json"
+
+    def whitening(self, method: str) -> Path:
+        return self.features_dir / f"{method}.whitening.npz"
+
+    @property
+    def retrieval_dir(self) -> Path:
+        return self.root / "data" / "retrieval" / self.dataset
+
+    def retrieval(self, method: str) -> Path:
+        return self.retrieval_dir / f"{method}.csv"
+
+    def retrieval_info(self, method: str) -> Path:
+        return self.retrieval_dir / f"{method}.json"
+
+    # evaluation and reports ---------------------------------------------------------------
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / f"{self.dataset}.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports" / self.dataset
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.reports_dir / "plots"
+
+    def plot(self, name: str) -> Path:
+        if name not in PLOT_TABLES:
+            raise ValueError(f"unknown plot table {name!r}; expected one of {PLOT_TABLES}")
+        return self.plots_dir / f"{name}.csv"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.reports_dir / "figures"
+
+    @property
+    def report(self) -> Path:
+        return self.reports_dir / "report.md"
+
+
+def metrics_files(root: str | Path) -> list[Path]:
+    """Every dataset's metrics file present under ``root/metrics`` (sorted by dataset)."""
+    return sorted((Path(root) / "metrics").glob("*.json"))

@@ -1,0 +1,1 @@
+"""The per-dataset Markdown report, the README results block and the offline DVC plots page."""

@@ -1,0 +1,1 @@
+"""Exact and FAISS cosine search, query expansion and database augmentation."""

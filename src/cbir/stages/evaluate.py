@@ -1,0 +1,129 @@
+"""Stage ``evaluate``: every method's metrics with bootstrap intervals (``metrics/<ds>.json``) and the
+plot tables of ``reports/<ds>/plots/`` (P@k, PR, per class, per query, paired tests)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cbir import evaluation as ev
+from cbir.config import section
+from cbir.data.manifest import read_manifest
+from cbir.errors import CbirError
+from cbir.fileio import atomic_path, write_json
+from cbir.layout import Layout
+from cbir.search.prepared import (
+    faiss_options,
+    index_name,
+    index_summary,
+    load_prepared,
+)
+
+log = logging.getLogger("cbir")
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    log.info("wrote %s (%d rows)", path, len(frame))
+
+
+def run(params: dict, root: str | Path) -> None:
+    """Metrics of every method: ``metrics/<ds>.json`` and the plot tables in ``reports/<ds>/plots/``.
+
+    Writes ``pk.csv`` (method, k, precision, lo, hi), ``pr.csv`` (method, recall,
+    precision, lo, hi), ``per_class.csv`` (method, label, n_queries, p@10, ap), ``per_query.csv``
+    (method, query_id, label, n_relevant, p@k…, r@k…, ap, ap@10) and ``significance.csv``
+    (method, baseline, n, mean_diff_ap, p_permutation, p_wilcoxon) against
+    ``evaluation.baseline`` (skipped when it is null). With an approximate ``retrieval.index``
+    each method's entry also gets ``index: {name, recall@k}`` (k = ``retrieval.k``): how much of
+    the exact top-k the FAISS index finds, the same search the retrieve stage runs. The metrics
+    themselves always rank the full database exactly.
+    """
+    start = time.perf_counter()
+    root = Path(root)
+    paths = Layout(root, params)
+    dataset = paths.dataset
+    methods = list(section(params, "methods"))
+    if not methods:
+        raise CbirError("params has no methods to evaluate: add at least one under methods")
+    cfg = section(params, "evaluation")
+    ks = [int(k) for k in cfg.get("ks", [1, 5, 10, 20, 50])]
+    n_bootstrap = int(cfg.get("n_bootstrap", 1000))
+    seed = int(cfg.get("seed", params.get("seed", 0)))
+    n_permutations = int(cfg.get("n_permutations", 10000))
+    curve_k = int(cfg.get("curve_k") or max(ks))
+    baseline = cfg.get("baseline")
+    if baseline is not None and baseline not in methods:
+        raise CbirError(f"evaluation.baseline '{baseline}' is not one of the methods "
+                        f"({', '.join(methods)}): set it to one of them, or to null")
+    retrieval = section(params, "retrieval")
+    block_size = int(retrieval.get("block_size", 1024))
+    index = index_name(retrieval)
+    if index != "exact":
+        faiss_options(retrieval)
+    k = int(retrieval.get("k", 10))
+
+    summaries: dict = {}
+    per_query: dict[str, pd.DataFrame] = {}
+    pk, pr, classes = [], [], []
+    manifest = read_manifest(paths.manifest)
+    for method in methods:
+        t0 = time.perf_counter()
+        data = load_prepared(params, method, root, manifest)
+        manifest = data["manifest"]
+        labels = manifest["label"].to_numpy()
+        result = ev.ranking_statistics(
+            data["queries"], data["database"], labels[data["query_rows"]],
+            labels[data["database_rows"]], ks=ks,
+            query_ids=manifest["image_id"].to_numpy()[data["query_rows"]],
+            exclude=data["exclude"], curve_k=curve_k, block_size=block_size)
+        summaries[method] = ev.summarize(result.per_query, result.n_database, n_bootstrap, seed)
+        if index != "exact":
+            t1 = time.perf_counter()
+            summaries[method]["index"] = index_summary(data, retrieval, k, int(params.get("seed", 0)),
+                                                       block_size)
+            log.info("evaluate %s: %s in %.2fs", method, summaries[method]["index"],
+                     time.perf_counter() - t1)
+        per_query[method] = result.per_query
+        pk.append(ev.pk_curve(result.precision_at, n_bootstrap, seed).assign(method=method))
+        pr.append(ev.pr_curve(result.interpolated, n_bootstrap, seed).assign(method=method))
+        per_cls = ev.per_class(result.per_query)
+        if "p@10" not in per_cls.columns:
+            per_cls["p@10"] = np.nan
+        classes.append(per_cls[["label", "n_queries", "p@10", "ap"]].assign(method=method))
+        log.info("evaluate %s: mAP %s, P@10 %s over %d queries (%.2fs)", method,
+                 summaries[method].get("map"), summaries[method].get("p@10"),
+                 len(result.per_query), time.perf_counter() - t0)
+
+    significance = []
+    if baseline is not None:
+        base = per_query[baseline].set_index("query_id")["ap"]
+        for method in methods:
+            if method == baseline:
+                continue
+            other = per_query[method].set_index("query_id")["ap"].reindex(base.index)
+            test = ev.paired_test(other.to_numpy(), base.to_numpy(), n_permutations, seed)
+            significance.append({"method": method, "baseline": baseline, "n": test["n"],
+                                 "mean_diff_ap": test["mean_diff"],
+                                 "p_permutation": test["p_permutation"],
+                                 "p_wilcoxon": test["p_wilcoxon"]})
+
+    def first(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[["method"] + [c for c in frame.columns if c != "method"]]
+
+    write_json(paths.metrics, summaries)
+    log.info("wrote %s", paths.metrics)
+    _write_csv(first(pd.concat(pk, ignore_index=True)), paths.plot("pk"))
+    _write_csv(first(pd.concat(pr, ignore_index=True)), paths.plot("pr"))
+    _write_csv(first(pd.concat(classes, ignore_index=True)), paths.plot("per_class"))
+    _write_csv(pd.concat([first(f.assign(method=m)) for m, f in per_query.items()],
+                         ignore_index=True), paths.plot("per_query"))
+    _write_csv(pd.DataFrame(significance, columns=["method", "baseline", "n", "mean_diff_ap",
+                                                   "p_permutation", "p_wilcoxon"]),
+               paths.plot("significance"))
+    log.info("evaluate: %d methods on %s in %.2fs", len(methods), dataset, time.perf_counter() - start)

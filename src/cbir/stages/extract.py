@@ -1,0 +1,81 @@
+"""Stage ``extract``: one method's descriptors for every manifest row, L2-normalised float32 ``[N, D]``.
+
+Writes ``data/features/<ds>/<method>.npy`` (streamed into a memmap, renamed into place when complete)
+and ``<method>.json`` (dimension, device, settings; no timings, so reruns give the same bytes).
+With ``whiten:`` the features are PCA-whitened, learnt on the database rows only, and the learnt
+projection is saved beside them for queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cbir.config import method_config
+from cbir.data.manifest import read_manifest
+from cbir.errors import CbirError
+from cbir.features.methods import build_method
+from cbir.features.whitening import apply_whitening, fit_whitening, save_whitening
+from cbir.fileio import atomic_path, write_json
+from cbir.layout import Layout
+
+log = logging.getLogger("cbir")
+
+ENGINES = ("local", "ray")
+
+
+def whiten_file(target: Path, is_database: np.ndarray, whiten_cfg: dict | bool, whitening: Path) -> int:
+    """PCA-whiten the features file in place, learnt on the database rows; save the projection."""
+    dim = whiten_cfg.get("dim") if isinstance(whiten_cfg, dict) else None
+    feats = np.load(target)
+    fitted = fit_whitening(feats[is_database], None if dim is None else int(dim))
+    whitened = apply_whitening(fitted, feats).astype(np.float32)
+    save_whitening(fitted, whitening)
+    with atomic_path(target) as tmp:
+        np.save(tmp, whitened)
+    log.info("whitening: learnt on %d database rows, %d -> %d dims", int(is_database.sum()), feats.shape[1],
+             whitened.shape[1])
+    return int(whitened.shape[1])
+
+
+def run(params: dict, name: str, root: str | Path) -> None:
+    """Extract method ``name`` for every manifest row."""
+    root = Path(root)
+    paths = Layout(root, params)
+    cfg = method_config(params, name)
+    manifest = read_manifest(paths.manifest)
+    images = [root / p for p in manifest["path"]]
+    target = paths.features(name)
+    settings = params.get("extract") or {}
+    engine = settings.get("engine", "local")
+    if engine not in ENGINES:
+        raise CbirError(f"extract.engine is {engine!r}: use local or ray")
+    start = time.perf_counter()
+    method = build_method(name, params, root, n_images=len(images))
+    with atomic_path(target) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), method.dim))
+        if engine == "ray":
+            from cbir.features.ray_engine import (
+                extract_with_ray,  # optional extra: imported on use
+            )
+
+            info = extract_with_ray(images, params, name, root, out)
+        else:
+            info = method.extract(images, out, num_workers=settings.get("num_workers"))
+        out.flush()
+        del out
+    dim = method.dim
+    whitening = None
+    if cfg.get("whiten"):
+        is_database = (manifest["split"] == "database").to_numpy()
+        dim = whiten_file(target, is_database, cfg["whiten"], paths.whitening(name))
+        whitening = paths.whitening(name).name
+    write_json(paths.features_info(name), {"method": name, "n": len(images), "dim": dim, **info,
+                                           "whitening": whitening, "config": cfg})
+    seconds = time.perf_counter() - start
+    log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%.1f images/s, %s)", name,
+             paths.manifest, len(images), target, len(images), dim, seconds, len(images) / max(seconds, 1e-9),
+             info.get("device"))

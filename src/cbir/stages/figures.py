@@ -1,0 +1,217 @@
+"""Stage ``figures``: a paper's figures from the retrievals, the metrics and the features.
+
+Every figure is a PNG (``figures.dpi``, 150 by default) with a vector PDF beside it in
+``reports/<ds>/figures/``, plus ``figures.json`` (file, title, caption, panel count, in reading order)
+for the report:
+
+* ``trials_<method>``: the paper's Figures 3-6 — seeded queries plus the method's best and worst
+  query (by AP), each beside its top-k with rank, cosine similarity and label (green frame: same
+  class as the query, red: another class); the seeded queries are the same for every method;
+* ``trials_baseline_vs_best``: the same seeded queries under the baseline (the paper's) method and
+  the best method by mAP (the runner-up when the baseline is best);
+* ``pk_curves`` / ``pr_curves``: P@k and interpolated precision-recall of every method on one
+  axis, with the evaluate stage's 95% bootstrap bands over queries;
+* ``per_class_p10``: P@10 heat map, methods x classes;
+* ``comparison``: P@10 and mAP per method with 95% CI error bars;
+* ``embedding_tsne``: 2-D t-SNE maps (PCA to 50 dimensions first, seeded) of the baseline and
+  the best method's features, coloured by class;
+* ``confusions_<method>``: the most confused (query class, retrieved class) pairs in the top-k,
+  with example thumbnails.
+
+Figures are deterministic: seeded choices, stable sorting, one-thread t-SNE, no timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cbir.data.manifest import read_manifest
+from cbir.errors import CbirError
+from cbir.features.store import read_features
+from cbir.figures.charts import (
+    comparison_figure,
+    confusion_gallery,
+    curves_figure,
+    embedding_figure,
+    per_class_heatmap,
+)
+from cbir.figures.select import (
+    compared_methods,
+    confused_pairs,
+    confusion_examples,
+    embed_2d,
+    pick_queries,
+    stratified_subsample,
+    trial_rows,
+)
+from cbir.figures.style import (
+    FIGURES_INDEX,
+    MIN_TSNE_POINTS,
+    drawn_panels,
+    figure_settings,
+    message_figure,
+    safe_name,
+    save_figure,
+)
+from cbir.figures.thumbnails import Thumbnails, shorten
+from cbir.figures.trials import (
+    build_trials,
+    comparison_trials_figure,
+    sample_trials_figure,
+)
+from cbir.fileio import atomic_dir, read_json, write_json
+from cbir.layout import Layout
+
+log = logging.getLogger("cbir")
+
+
+def _read_csv(path: Path, what: str, columns: set[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise CbirError(f"{path} not found: run `dvc repro {what}` first")
+    frame = pd.read_csv(path, dtype={"method": str, "query_id": str, "image_id": str, "label": str},
+                        keep_default_na=False, na_values=[""])  # a class named NA stays "NA"
+    missing = columns - set(frame.columns)
+    if missing:
+        raise CbirError(f"{path} lacks columns {sorted(missing)}: re-run `dvc repro {what}`")
+    return frame
+
+
+def _fmt(value) -> str:
+    """A metric for a caption: three decimals, or n/a."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{float(value):.3f}"
+
+
+def run(params: dict, root: str | Path) -> None:
+    """Write ``reports/<ds>/figures/`` (PNG + PDF + ``figures.json``), replaced as a whole."""
+    root = Path(root)
+    paths = Layout(root, params)
+    start = time.perf_counter()
+    ds = paths.dataset
+    cfg = figure_settings(params)
+    methods = list(params.get("methods") or {})
+    if not methods:
+        raise CbirError("params has no methods: add at least one under methods")
+    manifest = read_manifest(paths.manifest)
+    manifest["image_id"] = manifest["image_id"].astype(str)
+    labels = dict(zip(manifest["image_id"], manifest["label"].astype(str)))
+    metrics_file = paths.metrics
+    if not metrics_file.exists():
+        raise CbirError(f"{metrics_file} not found: run the evaluate stage first")
+    metrics = read_json(metrics_file)
+    missing = [m for m in methods if m not in metrics]
+    if missing:
+        raise CbirError(f"{metrics_file} has no entry for {', '.join(missing)}: re-run `dvc repro evaluate`")
+    metrics = {m: metrics[m] for m in methods}
+    per_query = _read_csv(paths.plot("per_query"), "evaluate", {"method", "query_id", "ap"})
+    pk = _read_csv(paths.plot("pk"), "evaluate", {"method", "k", "precision"})
+    pr = _read_csv(paths.plot("pr"), "evaluate", {"method", "recall", "precision", "lo", "hi"})
+    per_class = _read_csv(paths.plot("per_class"), "evaluate", {"method", "label", "p@10"})
+    k = int((params.get("retrieval") or {}).get("k", 10))
+    baseline, other, role = compared_methods(metrics, (params.get("evaluation") or {}).get("baseline"))
+    thumbs = Thumbnails(manifest, root, cfg["thumb_size"])
+
+    rankings, ap = {}, {}
+    for method in methods:
+        csv = paths.retrieval(method)
+        rankings[method] = _read_csv(csv, f"retrieve@{method}", {"query_id", "rank", "image_id", "score"})
+        part = per_query[per_query["method"] == method]
+        ap[method] = dict(zip(part["query_id"], part["ap"].astype(float)))
+    query_ids = sorted(rankings[methods[0]]["query_id"].unique().tolist())
+    seeded = pick_queries(query_ids, cfg["n_queries"], cfg["seed"])
+    index: list[dict] = []
+    out_dir = paths.figures_dir
+
+    with atomic_dir(out_dir) as tmp:
+        def emit(fig, name: str, title: str, caption: str) -> None:
+            panels = drawn_panels(fig)
+            save_figure(fig, tmp / name, cfg["dpi"])
+            index.append({"name": name, "png": f"{name}.png", "pdf": f"{name}.pdf", "title": title,
+                          "caption": caption, "panels": panels})
+
+        emit(comparison_figure(metrics, baseline), "comparison", "Method comparison",
+             f"P@10 and mAP per method with 95% bootstrap confidence intervals; the baseline `{baseline}` is hatched.")
+        ks = pk["k"].max()
+        emit(curves_figure(pk, "k", "k (results inspected)", "P@k", f"Precision at k, {ds}", methods,
+                           xlim=(1, ks) if ks > 1 else None),
+             "pk_curves", "Precision at k",
+             f"Mean P@k over queries for k = 1..{ks}, with the 95% percentile bootstrap band over queries "
+             f"(evaluation seed {(params.get('evaluation') or {}).get('seed', 0)}).")
+        emit(curves_figure(pr, "recall", "recall", "interpolated precision", f"Precision-recall, {ds}",
+                         methods, xlim=(0, 1)),
+             "pr_curves", "Precision-recall",
+             "11-point interpolated precision-recall, mean over queries with a relevant item, with the 95% "
+             "percentile bootstrap band over queries.")
+        emit(per_class_heatmap(per_class, "p@10", methods, title=f"P@10 per class, {ds}"), "per_class_p10",
+             "P@10 per class", "Mean P@10 of each class's queries, per method.")
+
+        for method in methods:
+            order, row_labels = trial_rows(query_ids, seeded, ap[method])
+            trials = build_trials(rankings[method], manifest, order, root, k, cfg["thumb_size"], thumbs)
+            fig = sample_trials_figure(trials, title=f"{ds}: {method}, cosine top-{k} "
+                                       "(green frame: same class as the query, red: another class)",
+                                       row_labels=row_labels)
+            emit(fig, f"trials_{safe_name(method)}", f"Sample trials: {method}",
+                 f"Query (blue) beside its top-{k} under `{method}`, each with rank, cosine similarity and "
+                 f"label; {len(seeded)} seeded queries (seed {cfg['seed']}, the same for every method) and the "
+                 f"method's best and worst query by AP.")
+        ta = build_trials(rankings[baseline], manifest, seeded, root, k, cfg["thumb_size"], thumbs)
+        if other is not None:
+            tb = build_trials(rankings[other], manifest, seeded, root, k, cfg["thumb_size"], thumbs)
+            fig = comparison_trials_figure(ta, tb, baseline, other, ap[baseline], ap[other],
+                                           title=f"{ds}: baseline {baseline} vs {role} {other} (by mAP), top-{k}")
+            emit(fig, "trials_baseline_vs_best", f"Baseline `{baseline}` against the {role} method `{other}`",
+                 f"The same seeded queries under the baseline `{baseline}` (mAP {_fmt(metrics[baseline].get('map'))}) "
+                 f"and the {role} method by mAP, `{other}` (mAP {_fmt(metrics[other].get('map'))}).")
+        else:
+            fig = sample_trials_figure(ta, title=f"{ds}: {baseline} (the only method), top-{k}",
+                                       row_labels=[shorten(baseline, 20)] * len(ta))
+            emit(fig, "trials_baseline_vs_best", f"Baseline `{baseline}` (the only method)",
+                 f"The seeded queries under `{baseline}`, the only method configured: nothing to compare with.")
+
+        n_rows = len(manifest)
+        sample = stratified_subsample(manifest["label"].to_numpy(), cfg["tsne_max_points"], cfg["seed"])
+        caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, seed {cfg['seed']}) of {len(sample)} of "
+                   f"{n_rows} images, coloured by class.")
+        if len(sample) >= MIN_TSNE_POINTS:
+            panels = []
+            for method, role_name in ((baseline, "baseline"), (other, role)):
+                if method is None:
+                    continue
+                xy = embed_2d(read_features(paths.features(method), method, n_rows)[sample], cfg["seed"], cfg["tsne_perplexity"],
+                              cfg["pca_dims"])
+                panels.append((f"{method} ({role_name})", xy, manifest["label"].to_numpy()[sample]))
+            fig = embedding_figure(panels, title=f"t-SNE of the embeddings, {ds}")
+        else:
+            log.warning("figures: only %d images, too few for a t-SNE map", len(sample))
+            fig = message_figure(f"{len(sample)} images: too few for a t-SNE map (needs {MIN_TSNE_POINTS})",
+                                 f"t-SNE of the embeddings, {ds}")
+            caption = f"No map: {len(sample)} images are too few for t-SNE."
+        emit(fig, "embedding_tsne", "Embedding maps (t-SNE)", caption)
+
+        per_label = manifest[manifest["image_id"].isin(query_ids)]["label"].value_counts().to_dict()
+        for method in methods:
+            top = rankings[method][rankings[method]["rank"] <= k]
+            pairs = confused_pairs(top["query_id"].map(labels), top["image_id"].map(labels), per_label, k)
+            rows = []
+            for pair in pairs.head(cfg["n_pairs"]).to_dict("records"):
+                examples = confusion_examples(top, labels, (pair["query_label"], pair["result_label"]),
+                                              cfg["n_examples"])
+                rows.append({"query_label": pair["query_label"], "result_label": pair["result_label"],
+                             "count": int(pair["count"]), "rate": float(pair["rate"]),
+                             "examples": [{"query_image": thumbs(e.query_id), "result_image": thumbs(e.image_id),
+                                           "rank": int(e.rank), "score": float(e.score)}
+                                          for e in examples.itertuples()]})
+            emit(confusion_gallery(rows, title=f"{ds}: most confused class pairs, {method}, top-{k}"),
+                 f"confusions_{safe_name(method)}", f"Confused classes: {method}",
+                 f"The {len(rows)} (query class → retrieved class) pairs most often wrong in the top-{k} of "
+                 f"`{method}`, with the most similar wrong results (query framed blue, result red).")
+        write_json(tmp / FIGURES_INDEX, index)
+        for path in (tmp, *tmp.iterdir()):  # temporary files are private; published ones are not
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    log.info("figures: read %s, %d retrieval files and %s; wrote %d figures (PNG + PDF) to %s in %.1fs",
+             paths.manifest, len(methods), paths.plots_dir, len(index), out_dir, time.perf_counter() - start)
