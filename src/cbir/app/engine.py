@@ -11,7 +11,6 @@ and the web page all print.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cbir.app.decode import DEFAULT_MAX_PIXELS, decode_image_bytes, open_query_image
 from cbir.config import method_config
-from cbir.data.images import ImageError, open_rgb
 from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
 from cbir.features.methods import build_method
@@ -32,9 +31,6 @@ from cbir.layout import Layout
 from cbir.search.exact import exact_topk
 
 DEFAULT_K = 10
-
-
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def default_method(params: dict) -> str:
@@ -148,31 +144,6 @@ def result_records(db: Database, rows: np.ndarray, scores: np.ndarray, query_lab
                         "score": float(score), "path": str(manifest.at[row, "path"]),
                         "relevant": None if query_label is None else label == query_label})
     return records
-
-
-def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode a query image file safely (see :func:`cbir.data.images.open_rgb`)."""
-
-    path = Path(path)
-    if not path.exists():
-        raise CbirError(f"query image {path} not found: give the path of an image file")
-    if path.is_dir():
-        raise CbirError(f"query image {path} is a folder: give the path of an image file")
-    return open_rgb(path, max_pixels=max_pixels)
-
-
-def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode uploaded bytes with the same safe decoder as files; errors name ``name``, not a temp file."""
-
-    if not data:
-        raise ImageError(name, "empty", "zero-byte file")
-    with tempfile.TemporaryDirectory(prefix="cbir-query-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(data)
-        try:
-            return open_rgb(path, max_pixels=max_pixels)
-        except ImageError as exc:
-            raise ImageError(name, exc.reason, exc.detail) from None
 
 
 class QueryEmbedder:
