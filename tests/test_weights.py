@@ -10,10 +10,19 @@ import torch
 import torchvision
 
 from cbir.errors import CbirError
-from cbir.features.cnn.backbones import load_trunk, rename_by_order, to_torchvision_layout
-from cbir.features.weights import fetch_weight_bytes, prepare_weights
-from cbir.stages.weights import run as run_weights
+from cbir.features.cnn.backbones import (
+    load_trunk,
+    rename_by_order,
+    to_torchvision_layout,
+)
+from cbir.features.weights import (
+    expected_hash,
+    fetch_weight_bytes,
+    prepare_weights,
+    torchvision_url,
+)
 from cbir.fileio import sha256_file
+from cbir.stages.weights import run as run_weights
 
 
 def _renamed(state: dict) -> OrderedDict:
@@ -93,7 +102,8 @@ def test_not_a_weight_file(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_text("hello")
     with pytest.raises(CbirError, match="not a readable PyTorch weight file"):
-        prepare_weights("m", {"arch": "mobilenet_v2", "source": "file", "file": str(bad)}, tmp_path)
+        prepare_weights("m", {"arch": "mobilenet_v2", "source": "file", "file": str(bad), "allow_unverified": True},
+                        tmp_path)
 
 
 def test_offline_torchvision_url_says_both_ways(tmp_path):
@@ -104,3 +114,72 @@ def test_offline_torchvision_url_says_both_ways(tmp_path):
     assert "resnet50 ImageNet weights are missing" in message
     assert "backbones.resnet50.url" in message and "backbones.resnet50.file=" in message
     assert "\n" not in message
+
+
+def _random_resnet50(path):
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fake_v1(tmp_path_factory):
+    """A randomly initialised ResNet50 saved under the name of torchvision's IMAGENET1K_V1 file."""
+    return _random_resnet50(tmp_path_factory.mktemp("w") / "resnet50-0676ba61.pth")
+
+
+def test_a_local_file_is_verified_like_a_download(fake_v1, tmp_path):
+    cfg = {"arch": "resnet50", "source": "torchvision", "weights": "IMAGENET1K_V1", "file": str(fake_v1)}
+    with pytest.raises(CbirError) as info:
+        prepare_weights("resnet50", cfg, tmp_path)
+    message = str(info.value)
+    assert "sha256 mismatch for the resnet50 weights (resnet50-0676ba61.pth)" in message
+    assert "expected 0676ba61..." in message and f"got {sha256_file(fake_v1)}" in message
+    assert "IMAGENET1K_V1" in message and "\n" not in message
+
+
+def test_a_pinned_sha256_accepts_the_file_it_names(fake_v1, tmp_path):
+    cfg = {"arch": "resnet50", "source": "torchvision", "weights": "IMAGENET1K_V1", "file": str(fake_v1),
+           "sha256": sha256_file(fake_v1)}
+    state, provenance = prepare_weights("resnet50", cfg, tmp_path)
+    assert provenance["verified"] is True and provenance["check"].startswith("pinned sha256")
+    assert provenance["file"] == "resnet50-0676ba61.pth" and len(state) == 320
+    with pytest.raises(CbirError, match=r"expected 0{64} \(pinned sha256"):
+        prepare_weights("resnet50", {**cfg, "sha256": "0" * 64}, tmp_path)
+
+
+def test_unverifiable_weights_need_the_explicit_opt_out(fake_v1, tmp_path):
+    cfg = {"arch": "resnet50", "source": "file", "file": str(fake_v1)}
+    with pytest.raises(CbirError, match="cannot be verified.*allow_unverified=true"):
+        prepare_weights("resnet50", cfg, tmp_path)
+    _, provenance = prepare_weights("resnet50", {**cfg, "allow_unverified": True}, tmp_path)
+    assert provenance["verified"] is False and "allow_unverified" in provenance["check"]
+
+
+def test_imagenet_v2_can_be_selected_and_names_are_checked():
+    v2 = {"arch": "resnet50", "source": "torchvision", "weights": "IMAGENET1K_V2"}
+    assert torchvision_url("resnet50", v2).endswith("/resnet50-11ad3fa6.pth")
+    assert expected_hash("resnet50", v2) == ("11ad3fa6", "torchvision hash prefix 11ad3fa6 of IMAGENET1K_V2")
+    assert expected_hash("resnet50", {**v2, "weights": "IMAGENET1K_V1"})[0] == "0676ba61"
+    with pytest.raises(CbirError, match="not one of torchvision's resnet50 weights"):
+        torchvision_url("resnet50", {**v2, "weights": "V3"})
+
+
+def test_every_configured_backbone_can_be_verified(repo_root):
+    """Each conf/backbone file names a pinned sha256 or a torchvision hash prefix: none relies on the opt-out."""
+    import yaml
+
+    for path in sorted((repo_root / "conf" / "backbone").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        expected, how = expected_hash(path.stem, cfg)
+        assert expected and cfg.get("allow_unverified") is False, f"{path.name}: {how}"
+
+
+def test_weight_files_are_written_deterministically(tmp_path, random_mobilenet_file):
+    cfg = {"arch": "mobilenet_v2", "source": "file", "file": str(random_mobilenet_file),
+           "sha256": sha256_file(random_mobilenet_file)}
+    digests = []
+    for run in ("a", "b"):
+        run_weights(_params(cfg), "mobilenet_v2", tmp_path / run)
+        digests.append(sha256_file(tmp_path / run / "models" / "mobilenet_v2.pt"))
+    assert digests[0] == digests[1]

