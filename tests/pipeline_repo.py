@@ -21,7 +21,7 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 1200) -> subprocess
     return proc
 
 
-def test_env() -> dict:
+def pipeline_env() -> dict:
     """The environment the pipeline runs under: this Python first on PATH, DVC analytics off, a git identity."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",

@@ -14,7 +14,7 @@ import torch
 import torchvision
 import yaml
 from PIL import Image
-from pipeline_repo import copy_repo, init_repo, run, test_env
+from pipeline_repo import copy_repo, init_repo, run, pipeline_env
 
 from cbir.fileio import sha256_file
 
@@ -49,7 +49,7 @@ def paper_run(tmp_path_factory, repo_root):
     torch.save(torchvision.models.resnet50().state_dict(), weights)
     work = tmp_path_factory.mktemp("paper") / "repo"
     copy_repo(repo_root, work, committed_results=True)
-    env = test_env()
+    env = pipeline_env()
     init_repo(work, repo_root, env)
     before = {p.relative_to(work): p.read_bytes() for p in [*(work / "metrics").glob("*.json"),
                                                               *(work / "reports").rglob("*")] if p.is_file()}

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from pipeline_repo import copy_repo, init_repo, run, test_env, use_random_mobilenet
+from pipeline_repo import copy_repo, init_repo, run, pipeline_env, use_random_mobilenet
 
 from cbir.fileio import sha256_file
 
@@ -35,7 +35,7 @@ def two_runs(tmp_path_factory, repo_root):
     torch.manual_seed(0)
     weights = shared / "mobilenet_v2_random.pt"
     torch.save(torchvision.models.mobilenet_v2().features.state_dict(), weights)
-    env = test_env()
+    env = pipeline_env()
     works = []
     for name in ("first", "second"):
         work = tmp_path_factory.mktemp(name) / "repo"
