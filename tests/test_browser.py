@@ -12,9 +12,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_query import build_pipeline_state, colour_png
 
 from cbir.app.server import create_app, load_engines, make_server
-from test_query import build_pipeline_state, colour_png
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cbir.features.handcrafted import descriptor_module
-
 from cbir.config import compose_yaml, load_params, method_config, write_params
 from cbir.errors import CbirError
+from cbir.features.handcrafted import descriptor_module
 
 
 def test_params_yaml_matches_conf(repo_root):
@@ -103,7 +102,8 @@ def test_unknown_method(repo_root):
 
 def test_every_faiss_option_can_be_set_without_a_plus(repo_root):
     """All retrieval.faiss keys are in conf/, null = the library default, so `-S retrieval.faiss.X=...` works."""
-    from cbir.search.prepared import FAISS_PARAM_KEYS, faiss_options as _faiss_params
+    from cbir.search.prepared import FAISS_PARAM_KEYS
+    from cbir.search.prepared import faiss_options as _faiss_params
 
     base = yaml.safe_load(compose_yaml(repo_root / "conf"))["retrieval"]
     assert set(base["faiss"]) == set(FAISS_PARAM_KEYS)

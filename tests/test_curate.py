@@ -6,8 +6,8 @@ import gzip
 import io
 import json
 import shutil
-import tarfile
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -18,15 +18,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cbir.data.manifest import MANIFEST_COLUMNS, read_manifest
-from cbir.data.curate import curate, first_duplicates, holdout_queries, image_ids, is_variant, n_queries, pixel_hash, split_settings
+from cbir.data.curate import (
+    curate,
+    first_duplicates,
+    holdout_queries,
+    image_ids,
+    is_variant,
+    n_queries,
+    pixel_hash,
+    split_settings,
+)
 from cbir.data.images import load_rgb
+from cbir.data.manifest import MANIFEST_COLUMNS, read_manifest
 from cbir.data.sources import fetch, read_idx
-from cbir.stages.curate import run as run_curate
-from cbir.stages.download import run as run_download
 from cbir.errors import CbirError
 from cbir.fileio import sha256_file
-
+from cbir.stages.curate import run as run_curate
+from cbir.stages.download import run as run_download
 
 CURATE = {"min_side": 16, "max_pixels": 40_000_000, "min_per_class": 3, "dedupe": True}
 HOLDOUT = {"protocol": "holdout", "queries_per_class": 1, "query_fraction": None, "seed": 0}

@@ -9,9 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from cbir.evaluation import (RECALL_LEVELS, bootstrap_ci, full_order, paired_test, per_class,
-                             per_query_metrics, pk_curve, pr_curve, ranking_statistics,
-                             relevance_metrics, summarize)
+from cbir.evaluation import (
+    RECALL_LEVELS,
+    bootstrap_ci,
+    full_order,
+    paired_test,
+    per_class,
+    per_query_metrics,
+    pk_curve,
+    pr_curve,
+    ranking_statistics,
+    relevance_metrics,
+    summarize,
+)
 
 
 def metrics(rows, ks=(1, 2, 5, 10), curve_k=0):

@@ -8,14 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from methods_helpers import extract_rows
 
 from cbir.errors import CbirError
 from cbir.features.cnn import runtime as deep
-from cbir.features.cnn.runtime import default_workers, make_loader, resolve_device, should_compile
-from cbir.stages.extract import run as run_extract
-from methods_helpers import extract_rows
-from cbir.stages.weights import run as run_weights
+from cbir.features.cnn.runtime import (
+    default_workers,
+    make_loader,
+    resolve_device,
+    should_compile,
+)
 from cbir.fileio import sha256_file
+from cbir.stages.extract import run as run_extract
+from cbir.stages.weights import run as run_weights
 
 
 def _setup(tmp_path, images, weights_file):
@@ -118,8 +123,8 @@ def test_loader_batches(colour_images):
 
 
 def test_fusion_method_is_weighted_mean_of_member_cosines(tmp_path, colour_images):
-    from cbir.features.methods import describe_image
     from cbir.data.images import load_rgb
+    from cbir.features.methods import describe_image
 
     members = {"hsv_histogram": {"bins": [8, 4, 4]}, "lbp_histogram": {}}
     cfg = {"descriptor": "fusion", "params": {"members": members, "weights": {"hsv_histogram": 3.0}}}

@@ -24,8 +24,15 @@ import pandas as pd
 import pytest
 
 from cbir.errors import CbirError
-from cbir.search.faiss_index import build_faiss_index, canonical_index, default_nlist, faiss_topk, pq_bits, pq_subquantizers
 from cbir.search.exact import exact_topk, l2_normalize, recall_at_k
+from cbir.search.faiss_index import (
+    build_faiss_index,
+    canonical_index,
+    default_nlist,
+    faiss_topk,
+    pq_bits,
+    pq_subquantizers,
+)
 from cbir.stages.evaluate import run as run_evaluate
 from cbir.stages.retrieve import run as run_retrieve
 

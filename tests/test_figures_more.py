@@ -37,11 +37,11 @@ def small_run(root: Path, params: dict | None = None, figures: bool = True) -> d
     """Write a complete small pipeline run under ``root``; returns its params."""
     from cbir.stages.curate import run as run_curate
     from cbir.stages.download import run as run_download
-    from cbir.stages.extract import run as run_extract
-    from cbir.stages.report import run as run_report
     from cbir.stages.evaluate import run as run_evaluate
-    from cbir.stages.retrieve import run as run_retrieve
+    from cbir.stages.extract import run as run_extract
     from cbir.stages.figures import run as run_figures
+    from cbir.stages.report import run as run_report
+    from cbir.stages.retrieve import run as run_retrieve
 
     params = params or {k: (dict(v) if isinstance(v, dict) else v) for k, v in SMALL_PARAMS.items()}
     run_download(params, root)

@@ -8,8 +8,17 @@ from skimage.filters import gabor
 
 from cbir.errors import CbirError
 from cbir.features import handcrafted as hc
-from cbir.features.handcrafted import colour_histogram, colour_moments, common, correlogram, glcm, hog
-from cbir.features.handcrafted import DESCRIPTORS, describe, fuse
+from cbir.features.handcrafted import (
+    DESCRIPTORS,
+    colour_histogram,
+    colour_moments,
+    common,
+    correlogram,
+    describe,
+    fuse,
+    glcm,
+    hog,
+)
 
 ALL = sorted(DESCRIPTORS)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_figures_more import small_run
 
 nbclient = pytest.importorskip("nbclient")

@@ -14,7 +14,7 @@ import torch
 import torchvision
 import yaml
 from PIL import Image
-from pipeline_repo import copy_repo, init_repo, run, pipeline_env
+from pipeline_repo import copy_repo, init_repo, pipeline_env, run
 
 from cbir.fileio import sha256_file
 

@@ -3,77 +3,61 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_repo import copy_repo, init_repo, pipeline_env, use_random_mobilenet
+from pipeline_repo import run as _run
 
 from cbir.fileio import sha256_file
 
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
+EXPERIMENT = ("# @package _global_\ndefaults:\n  - /backbone@backbones.mobilenet_v2: mobilenet_v2\n"
+              "  - /method@methods.mobilenet_v2-gap: mobilenet_v2-gap\n  - /method@methods.hsv_hist: hsv_hist\n"
+              "  - /method@methods.fusion: fusion\n")
+
+
+def build_pipeline(work: Path, repo_root: Path, weights: Path, env: dict) -> subprocess.CompletedProcess:
+    """A copy of the repo on the synthetic dataset with three methods, committed, then `dvc repro`."""
+    copy_repo(repo_root, work)
+    use_random_mobilenet(work, weights, sha256_file(weights))
+    config = (work / "conf" / "config.yaml").read_text().replace("- dataset: tuxpaint", "- dataset: synthetic")
+    (work / "conf" / "config.yaml").write_text(config)
+    (work / "conf" / "experiment" / "default.yaml").write_text(EXPERIMENT)
+    init_repo(work, repo_root, env)
+    return _run([sys.executable, "-m", "dvc", "repro"], work, env)
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory, repo_root) -> tuple[Path, dict]:
+def random_weights(tmp_path_factory) -> Path:
     import torch
     import torchvision
 
-    work = tmp_path_factory.mktemp("e2e") / "repo"
-    work.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(repo_root / name, work / name)
-    shutil.copytree(repo_root / "conf", work / "conf")
-    (work / "reports").mkdir()
-    shutil.copy(repo_root / "reports" / "dvc_plots_template.html", work / "reports")
-    shutil.copytree(repo_root / "reports" / "vega", work / "reports" / "vega")
-    shutil.copytree(repo_root / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(repo_root / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__"))
-    (work / "data").mkdir()
-    (work / "data" / ".gitkeep").touch()
-
     torch.manual_seed(0)
-    weights = work.parent / "mobilenet_v2_random.pt"
+    weights = tmp_path_factory.mktemp("weights") / "mobilenet_v2_random.pt"
     torch.save(torchvision.models.mobilenet_v2().features.state_dict(), weights)
-    backbone = yaml.safe_load((work / "conf" / "backbone" / "mobilenet_v2.yaml").read_text())
-    backbone.update(source="file", file=str(weights), sha256=sha256_file(weights), image_size=64, batch_size=16)
-    (work / "conf" / "backbone" / "mobilenet_v2.yaml").write_text(yaml.safe_dump(backbone))
-    config = (work / "conf" / "config.yaml").read_text().replace("- dataset: tuxpaint", "- dataset: synthetic")
-    (work / "conf" / "config.yaml").write_text(config)
-    curate = yaml.safe_load((work / "conf" / "curate" / "default.yaml").read_text())
-    curate["min_per_class"] = 3
-    (work / "conf" / "curate" / "default.yaml").write_text(yaml.safe_dump(curate))
-    (work / "conf" / "experiment" / "default.yaml").write_text(
-        "# @package _global_\n"
-        "defaults:\n"
-        "  - /backbone@backbones.mobilenet_v2: mobilenet_v2\n"
-        "  - /method@methods.mobilenet_v2-gap: mobilenet_v2-gap\n"
-        "  - /method@methods.hsv_hist: hsv_hist\n"
-        "  - /method@methods.fusion: fusion\n")
-    evaluation = yaml.safe_load((work / "conf" / "evaluation" / "default.yaml").read_text())
-    evaluation.update(n_bootstrap=200, n_permutations=500)
-    (work / "conf" / "evaluation" / "default.yaml").write_text(yaml.safe_dump(evaluation))
+    return weights
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
-    _run(["git", "init", "-q"], work, env)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], work, env)
-    shutil.copy(repo_root / ".dvc" / "config", work / ".dvc" / "config")
-    _run([sys.executable, "-m", "cbir", "params"], work, env)
-    _run(["git", "add", "-A"], work, env)
-    _run(["git", "commit", "-qm", "pipeline"], work, env)
-    first = _run([sys.executable, "-m", "dvc", "repro"], work, env)
-    return work, {"env": env, "first": first}
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory, repo_root, random_weights) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    env = pipeline_env()
+    first = build_pipeline(work, repo_root, random_weights, env)
+    return work, {"env": env, "first": first, "outs": dvc_outs(work)}
+
+
+def dvc_outs(work: Path) -> dict[str, str]:
+    """``{stage: {out path: md5}}`` from dvc.lock, directories included (their md5 covers every file)."""
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    return {f"{stage}:{out['path']}": out["md5"] for stage, entry in lock["stages"].items()
+            for out in entry.get("outs", [])}
 
 
 def test_repro_writes_every_output(pipeline_repo):
@@ -110,6 +94,33 @@ def test_second_repro_reruns_nothing(pipeline_repo):
     again = _run([sys.executable, "-m", "dvc", "repro"], work, state["env"])
     assert "Running stage" not in again.stdout
     assert "Data and pipelines are up to date." in again.stdout
+
+
+def test_a_rerun_in_another_directory_gives_the_same_bytes(pipeline_repo, tmp_path, repo_root, random_weights):
+    """Every DVC output (dvc.lock's md5s, folders included) is the same when the same code runs elsewhere."""
+    _, state = pipeline_repo
+    second = tmp_path / "repo"
+    build_pipeline(second, repo_root, random_weights, state["env"])
+    first, again = state["outs"], dvc_outs(second)
+    assert len(first) >= 12 and first.keys() == again.keys()
+    differ = sorted(k for k in first if first[k] != again[k])
+    assert not differ, f"outputs differ between two runs of the same code: {differ}"
+    for work in (pipeline_repo[0], second):
+        assert_no_volatile_values(work)
+
+
+def assert_no_volatile_values(work: Path) -> None:
+    """No output holds a timing, a date, the host name or the run's own temporary path."""
+    texts = [p for p in (*(work / "data").rglob("*.json"), *(work / "models").glob("*.json"),
+                         *(work / "metrics").glob("*.json"), *(work / "reports").rglob("*.md"),
+                         *(work / "reports").rglob("*.csv"))]
+    assert texts
+    for path in texts:
+        text = path.read_text(errors="replace")
+        assert str(work) not in text and str(work.parent.parent) not in text, f"{path} holds a temporary path"
+        assert socket.gethostname() not in text or len(socket.gethostname()) < 4, f"{path} holds the host name"
+        for key in ('"seconds"', '"images_per_second"', "_s\":", '"timestamp"', '"date"'):
+            assert key not in text, f"{path} holds a timing or date ({key})"
 
 
 def test_exp_run_swaps_a_config_group(pipeline_repo):

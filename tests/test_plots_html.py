@@ -15,7 +15,16 @@ import pytest
 import yaml
 
 from cbir.errors import CbirError
-from cbir.report.plots_page import BUILD_FILES, TEMPLATE, build_template, check_offline, clean_script, read_package, render_plots_html, sri_sha512
+from cbir.report.plots_page import (
+    BUILD_FILES,
+    TEMPLATE,
+    build_template,
+    check_offline,
+    clean_script,
+    read_package,
+    render_plots_html,
+    sri_sha512,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from cbir.errors import CbirError
-from cbir.features.cnn.pooling import POOLINGS, Pool, gap, gem, mac, pool, rmac, rmac_regions, spoc
+from cbir.features.cnn.pooling import (
+    POOLINGS,
+    Pool,
+    gap,
+    gem,
+    mac,
+    pool,
+    rmac,
+    rmac_regions,
+    spoc,
+)
 
 
 @pytest.fixture

@@ -16,16 +16,22 @@ import pytest
 import yaml
 from PIL import Image
 
-from cbir.data.images import ImageError
-from cbir.errors import CbirError
-from cbir.stages.extract import run as run_extract
-from cbir.features.handcrafted import describe
-from cbir.stages.weights import run as run_weights
-from cbir.fileio import sha256_file
-from cbir.app.engine import QueryEngine, decode_image_bytes, load_database, result_records, search
-from cbir.cli import add_query_parsers
-from cbir.data.manifest import database_rows
+from cbir.app.engine import (
+    QueryEngine,
+    decode_image_bytes,
+    load_database,
+    result_records,
+    search,
+)
 from cbir.app.output import format_table
+from cbir.cli import add_query_parsers
+from cbir.data.images import ImageError
+from cbir.data.manifest import database_rows
+from cbir.errors import CbirError
+from cbir.features.handcrafted import describe
+from cbir.fileio import sha256_file
+from cbir.stages.extract import run as run_extract
+from cbir.stages.weights import run as run_weights
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 40, 200)}
 PER_CLASS = 6

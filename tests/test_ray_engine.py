@@ -12,16 +12,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from methods_helpers import extract_rows
 from PIL import Image
 
 from cbir.errors import CbirError
-from cbir.stages.extract import run as run_extract
-from methods_helpers import extract_rows
-from cbir.features.ray_engine import (collect, describe_dataset, extract_with_ray, import_ray, plan_actors,
-                                      run_pipeline, user_error)
 from cbir.features.methods import unit_rows
-from cbir.stages.weights import run as run_weights
+from cbir.features.ray_engine import (
+    collect,
+    describe_dataset,
+    extract_with_ray,
+    import_ray,
+    plan_actors,
+    run_pipeline,
+    user_error,
+)
 from cbir.fileio import sha256_file
+from cbir.stages.extract import run as run_extract
+from cbir.stages.weights import run as run_weights
 
 # Ray Data's own configuration warns about its deprecated options on first use.
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning")

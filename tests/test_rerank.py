@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from cbir.errors import CbirError
-from cbir.search.rerank import alpha_query_expansion, apply_rerank, database_augmentation, rerank_config
+from cbir.search.rerank import (
+    alpha_query_expansion,
+    apply_rerank,
+    database_augmentation,
+    rerank_config,
+)
 
 S3 = np.sqrt(3.0)
 # d0 = (1, 0), d1 = (0, 1), d2 = (cos 30°, sin 30°): cos(d0, d2) = √3/2, cos(d1, d2) = 1/2

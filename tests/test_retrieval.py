@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cbir.search import exact as retrieval
+from cbir.data.manifest import split_indices
 from cbir.errors import CbirError
+from cbir.search import exact as retrieval
 from cbir.search.exact import exact_topk, l2_normalize, ranking_frame, recall_at_k
 from cbir.search.faiss_index import faiss_topk
-from cbir.data.manifest import split_indices
 
 
 def unit(*rows) -> np.ndarray:

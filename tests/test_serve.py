@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from PIL import Image
+from test_query import build_pipeline_state, colour_png
 
-from cbir.errors import CbirError
 from cbir.app.engine import QueryEngine
 from cbir.app.server import create_app, is_loopback, load_engines, make_server
-from test_query import build_pipeline_state, colour_png
+from cbir.errors import CbirError
 
 
 class PageParser(HTMLParser):

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_query import build_pipeline_state
 
 pytestmark = pytest.mark.slow

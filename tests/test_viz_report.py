@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir.report.readme import END, START, update_readme
-from cbir.report.markdown import build_report, metrics_table
-from cbir.figures.trials import build_trials, sample_trials_figure
 from cbir.figures.charts import comparison_figure
 from cbir.figures.select import pick_queries
 from cbir.figures.style import save_figure
+from cbir.figures.trials import build_trials, sample_trials_figure
+from cbir.report.markdown import build_report, metrics_table
+from cbir.report.readme import END, START, update_readme
 
 METRICS = {
     "a": {"p@1": 1.0, "p@5": 0.8, "p@10": 0.7, "p@20": 0.5, "r@10": 0.35, "map": 0.61, "map@10": 0.66,

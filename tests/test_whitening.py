@@ -11,7 +11,12 @@ from sklearn.decomposition import PCA
 
 from cbir.errors import CbirError
 from cbir.features.whitening import (
-    Whitening, apply_whitening, fit_whitening, load_whitening, save_whitening, whiten_features,
+    Whitening,
+    apply_whitening,
+    fit_whitening,
+    load_whitening,
+    save_whitening,
+    whiten_features,
 )
 
 
