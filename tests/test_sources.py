@@ -223,7 +223,7 @@ def test_folder_source_copies_class_folders(tmp_path):
 def test_folder_source_errors(tmp_path):
     with pytest.raises(CbirError, match="needs dataset.folder="):
         fetch({"source": "folder"}, tmp_path / "raw")
-    with pytest.raises(CbirError, match="dataset folder not found"):
+    with pytest.raises(CbirError, match="dataset.folder=.* does not exist"):
         fetch({"source": "folder", "folder": str(tmp_path / "nope")}, tmp_path / "raw")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat/a.png").write_bytes(b"x")

@@ -47,11 +47,12 @@ from cbir.data.sources import (
     FASHION_MNIST_LABELS,
     PROVENANCE_FILE,
     corel1k_label,
-    list_files,
+    display_name,
     read_idx,
+    scan_tree,
 )
 from cbir.errors import CbirError
-from cbir.fileio import atomic_dir, sha256_file
+from cbir.fileio import atomic_dir, read_json, sha256_file
 
 log = logging.getLogger("cbir")
 
@@ -60,6 +61,7 @@ PROTOCOLS = ("holdout", "leave_one_out", "predefined")
 CONVERSIONS = ("cmyk", "palette", "grey", "16bit", "alpha", "exif", "colorspace", "float")
 FASHION_MNIST_SIDE = 28
 _VARIANT = re.compile(r"_(mirror|flip)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -75,10 +77,36 @@ class Candidate:
 # ---------------------------------------------------------------- small pure helpers
 
 def image_ids(rel_paths: list[str]) -> list[str]:
-    """Stable ids: the relative path without extension, or with it where two paths would collide."""
-    stems = [PurePosixPath(p).with_suffix("").as_posix() for p in rel_paths]
-    counts = Counter(stems)
-    return [stem if counts[stem] == 1 else rel for stem, rel in zip(stems, rel_paths)]
+    """Stable, unique ids: the relative path without extension, or with it where ids would collide.
+
+    (``a/x.png`` and ``a/x.jpg`` both keep their extension; so does ``a/x.jpg.png`` when its stem
+    ``a/x.jpg`` would equal another file's full path.) Relative paths are unique, so this terminates.
+    """
+    ids = [PurePosixPath(p).with_suffix("").as_posix() for p in rel_paths]
+    while True:
+        counts = Counter(ids)
+        clashing = [i for i, (image_id, rel) in enumerate(zip(ids, rel_paths)) if counts[image_id] > 1 and image_id != rel]
+        if not clashing:
+            return ids
+        for i in clashing:
+            ids[i] = rel_paths[i]
+
+
+def name_problem(rel_path: str) -> tuple[str, str] | None:
+    """Why a relative path cannot be an ``image_id`` (``(reason, detail)``), or ``None`` when it can.
+
+    ``undecodable_name``: bytes that are not UTF-8 (old cameras, other operating systems), which no
+    UTF-8 manifest, CSV or JSON file can hold; ``control_character_name``: a newline, tab or other
+    control character, which would break the CSV rows, Markdown tables and logs people read.
+    Leading dashes, spaces and long names are kept.
+    """
+    try:
+        rel_path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "undecodable_name", "file or folder name is not valid UTF-8: rename it"
+    if _CONTROL.search(rel_path):
+        return "control_character_name", "file or folder name holds a control character (newline, tab, ...): rename it"
+    return None
 
 
 def is_variant(rel_path: str) -> bool:
@@ -160,19 +188,42 @@ def split_settings(split_cfg: dict | None) -> dict:
 
 
 def _relative(path: Path, root: Path) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
+    """``path`` relative to ``root``, as printable UTF-8 (undecodable bytes escaped as ``\\xNN``)."""
+    return display_name(Path(os.path.relpath(path, root)).as_posix())
+
+
+def _source_skips(raw_dir: Path, root: Path) -> list[dict]:
+    """Entries the download stage skipped (``_source.json`` ``skipped``), as drop records under ``raw_dir``."""
+    try:
+        provenance = read_json(raw_dir / PROVENANCE_FILE)
+    except (OSError, ValueError):
+        return []
+    skipped = provenance.get("skipped") if isinstance(provenance, dict) else None
+    prefix = _relative(raw_dir, root)
+    return [{"path": f"{prefix}/{d['path']}", "reason": str(d["reason"]), "detail": str(d.get("detail", "")),
+             "stage": "download"} for d in (skipped or []) if isinstance(d, dict) and "path" in d and "reason" in d]
 
 
 # ---------------------------------------------------------------- candidates per source
 
 def _folder_candidates(raw_dir: Path, source: str, dataset_cfg: dict, drop) -> tuple[list[Candidate], list[str]]:
     """Candidates of class-folder sources (and Corel-1K); returns them and the expected class names."""
-    files = [f for f in list_files(raw_dir) if f != PROVENANCE_FILE]
+    scan = scan_tree(raw_dir)
+    for entry in scan.skipped:
+        drop(raw_dir / entry["path"], entry["reason"], entry["detail"])
+    files = []
+    for rel in scan.files:
+        problem = name_problem(rel)
+        if problem:
+            drop(raw_dir / rel, *problem)
+        elif rel != PROVENANCE_FILE:
+            files.append(rel)
     drop_variants = bool(dataset_cfg.get("drop_variants", source == "tuxpaint"))
     if source == "corel1k":
         classes = list(COREL1K_LABELS)
     else:
-        classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                         and name_problem(p.name) is None)
     candidates = []
     for rel, image_id in zip(files, image_ids(files)):
         path = raw_dir / rel
@@ -254,7 +305,7 @@ def curate(raw_dir: str | os.PathLike, dataset_cfg: dict, curate_cfg: dict | Non
     if not raw_dir.is_dir():
         raise CbirError(f"raw data folder {raw_dir} not found; run the download stage first (python -m cbir download)")
 
-    dropped: list[dict] = []
+    dropped: list[dict] = _source_skips(raw_dir, root)
 
     def drop(path: Path, reason: str, detail: str, image_id: str | None = None, **extra) -> None:
         entry = {"path": _relative(path, root), "reason": reason, "detail": detail}

@@ -26,12 +26,15 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise CbirError(f"manifest not found: {path}; run the curate stage first (python -m cbir curate)")
     text_columns = {c: str for c in TEXT_COLUMNS}
-    manifest = pd.read_csv(path, dtype={**text_columns, "width": "int64", "height": "int64"},
-                           keep_default_na=False, na_filter=False)
+    try:
+        manifest = pd.read_csv(path, dtype={**text_columns, "width": "int64", "height": "int64"},
+                               keep_default_na=False, na_filter=False, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CbirError(f"{path} is not a readable manifest ({first}); run the curate stage again") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise CbirError(f"{path} lacks column(s) {', '.join(missing)}; run the curate stage again")
-    return manifest
     if manifest.empty:
         raise CbirError(f"{path} has no images: check curation.json beside it for why they were dropped")
     return manifest
