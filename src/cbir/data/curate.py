@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cbir.data.images import IMAGE_EXTENSIONS, ImageError, decode_rgb
-from cbir.data.manifest import MANIFEST_COLUMNS
+from cbir.data.manifest import MANIFEST_COLUMNS, image_ids, name_problem  # noqa: F401 (re-exported)
 from cbir.data.sources import (
     COREL1K_LABELS,
     FASHION_MNIST_FILES,
@@ -61,7 +61,6 @@ PROTOCOLS = ("holdout", "leave_one_out", "predefined")
 CONVERSIONS = ("cmyk", "palette", "grey", "16bit", "alpha", "exif", "colorspace", "float")
 FASHION_MNIST_SIDE = 28
 _VARIANT = re.compile(r"_(mirror|flip)$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -75,39 +74,6 @@ class Candidate:
 
 
 # ---------------------------------------------------------------- small pure helpers
-
-def image_ids(rel_paths: list[str]) -> list[str]:
-    """Stable, unique ids: the relative path without extension, or with it where ids would collide.
-
-    (``a/x.png`` and ``a/x.jpg`` both keep their extension; so does ``a/x.jpg.png`` when its stem
-    ``a/x.jpg`` would equal another file's full path.) Relative paths are unique, so this terminates.
-    """
-    ids = [PurePosixPath(p).with_suffix("").as_posix() for p in rel_paths]
-    while True:
-        counts = Counter(ids)
-        clashing = [i for i, (image_id, rel) in enumerate(zip(ids, rel_paths)) if counts[image_id] > 1 and image_id != rel]
-        if not clashing:
-            return ids
-        for i in clashing:
-            ids[i] = rel_paths[i]
-
-
-def name_problem(rel_path: str) -> tuple[str, str] | None:
-    """Why a relative path cannot be an ``image_id`` (``(reason, detail)``), or ``None`` when it can.
-
-    ``undecodable_name``: bytes that are not UTF-8 (old cameras, other operating systems), which no
-    UTF-8 manifest, CSV or JSON file can hold; ``control_character_name``: a newline, tab or other
-    control character, which would break the CSV rows, Markdown tables and logs people read.
-    Leading dashes, spaces and long names are kept.
-    """
-    try:
-        rel_path.encode("utf-8")
-    except UnicodeEncodeError:
-        return "undecodable_name", "file or folder name is not valid UTF-8: rename it"
-    if _CONTROL.search(rel_path):
-        return "control_character_name", "file or folder name holds a control character (newline, tab, ...): rename it"
-    return None
-
 
 def is_variant(rel_path: str) -> bool:
     """Tux Paint ``*_mirror`` / ``*_flip`` stamp variants."""
