@@ -68,7 +68,8 @@ def load_params(root: str | Path = ".") -> dict:
         raise CbirError(f"cannot read {path} ({exc.strerror or exc}): check it, or regenerate it with "
                         "`python -m cbir params`") from None
     except yaml.YAMLError as exc:
-        raise CbirError(f"{path} is not valid YAML ({exc.__class__.__name__}): regenerate it") from None
+        raise CbirError(f"{path} is not valid YAML ({exc.__class__.__name__}): regenerate it with "
+                        "`python -m cbir params`") from None
     if not isinstance(data, dict):
         raise CbirError(f"{path} does not hold a mapping: regenerate it with `python -m cbir params`")
     validate(data, source=str(path))
