@@ -193,6 +193,10 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         if request.method == "POST":
             upload = request.files.get("image")
             data = upload.read() if upload is not None else b""
+            if upload is None and not request.form and (request.content_length or 0) > 0 and \
+                    request.mimetype == "multipart/form-data":  # werkzeug drops a form whose headers are not UTF-8
+                raise CbirError("the upload could not be read: its file name is not UTF-8 text (or the form is "
+                                "malformed); rename the file, then upload it again")
             if upload is None or (not upload.filename and not data):
                 raise CbirError("no image was chosen: pick or drop an image file, then search")
             name = upload_name(upload.filename)
