@@ -6,7 +6,9 @@ A query image's cost is capped before the full decode, from its header:
   1/4 or 1/8, keeping both sides at least :data:`DRAFT_SIDE` pixels: the methods see 224-512 px
   anyway); the header's size may be up to :data:`DEFAULT_MAX_PIXELS`, and the *reduced* size must
   fit the pixel budget.
-* Every other format is decoded in full, so its header's size must fit the pixel budget.
+* Every other format is decoded in full, so its header's size must fit the pixel budget; then, like
+  a drafted JPEG, it is reduced by an integer factor (box filter, at most 8) while both sides stay at
+  least :data:`DRAFT_SIDE`, so the methods' own resizing works on a bounded image.
 
 The budget is ``max_pixels`` (the web server passes ``serve.max_query_pixels``, smaller than
 curation's ``curate.max_pixels``). Failures are :class:`cbir.data.images.ImageError` (reason
@@ -15,6 +17,7 @@ curation's ``curate.max_pixels``). Failures are :class:`cbir.data.images.ImageEr
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
@@ -34,8 +37,8 @@ _DRAFT_FORMATS = ("JPEG", "MPO")
 _EXIF_ORIENTATION = 0x0112
 
 
-def _open_header(path: Path, name: str) -> Image.Image:
-    """Open ``path`` lazily (header only) with the project's safe formats."""
+def _open_header(path: Path | io.BytesIO, name: str) -> Image.Image:
+    """Open ``path`` (or an in-memory file) lazily, header only, with the project's safe formats."""
     Image.init()
     formats = [f for f in SAFE_FORMATS if f in Image.OPEN]
     try:
@@ -59,13 +62,15 @@ def draft_size(size: tuple[int, int], side: int = DRAFT_SIDE) -> tuple[int, int]
     return -(-width // factor), -(-height // factor)
 
 
-def check_budget(path: str | os.PathLike, name: str, max_pixels: int,
+def check_budget(path: str | os.PathLike | bytes, name: str, max_pixels: int,
                  max_declared: int = DEFAULT_MAX_PIXELS) -> tuple[str, tuple[int, int], bool]:
-    """Read the header only; return ``(format, declared size, drafted)`` or raise ``too_large``.
-
-    ``drafted`` is true for a JPEG large enough to be decoded at reduced size.
+    """Read the header only (of a file, or of bytes); return ``(format, declared size, drafted)`` or raise
+    ``too_large`` (or the reason the header cannot be read). ``drafted``: a JPEG decoded at reduced size.
     """
-    with _open_header(Path(path), name) as image:
+    if isinstance(path, bytes) and not path:
+        raise ImageError(name, "empty", "zero-byte file")
+    source = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
+    with _open_header(source, name) as image:
         fmt, (width, height) = image.format or "", image.size
     declared = width * height
     if fmt in _DRAFT_FORMATS:
@@ -114,9 +119,11 @@ def decode_query(path: str | os.PathLike, name: str, max_pixels: int = DEFAULT_Q
     if drafted:
         return _decode_drafted(path, name)
     try:
-        return open_rgb(path, max_pixels=max_pixels)
+        image = open_rgb(path, max_pixels=max_pixels)
     except ImageError as exc:
         raise ImageError(name, exc.reason, exc.detail) from None
+    factor = min(8, min(image.size) // DRAFT_SIDE)
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

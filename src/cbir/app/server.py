@@ -37,7 +37,7 @@ from werkzeug.routing import PathConverter
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server as werkzeug_server
 
-from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, decode_query
+from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, check_budget, decode_query
 from cbir.app.engine import QueryEngine, load_database
 from cbir.errors import CbirError
 from cbir.layout import Layout
@@ -200,6 +200,7 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
             if upload is None or (not upload.filename and not data):
                 raise CbirError("no image was chosen: pick or drop an image file, then search")
             name = upload_name(upload.filename)
+            check_budget(data, name, engine.max_pixels)  # the header only, before waiting for a slot
 
             def work():
                 answer, image = engine.query_bytes(data, name=name)
