@@ -110,3 +110,77 @@ def test_every_faiss_option_can_be_set_without_a_plus(repo_root):
     assert _faiss_params(base) == {"gpu": False}
     tuned = yaml.safe_load(compose_yaml(repo_root / "conf", ["retrieval.index=ivf", "retrieval.faiss.nprobe=32"]))
     assert _faiss_params(tuned["retrieval"]) == {"nprobe": 32, "gpu": False}
+
+
+# ---------------------------------------------------------------- the one schema (cbir.schema)
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("retrieval.block_size=0", "retrieval.block_size=0", "an integer from 1"),
+    ("retrieval.k=-3", "retrieval.k=-3", "an integer from 1"),
+    ("split.queries_per_class=abc", "split.queries_per_class='abc'", "an integer >= 1 or null"),
+    ("split.query_fraction=1.5", "split.query_fraction=1.5", "a number > 0 and <= 1 or null"),
+    ("curate.max_pixels=abc", "curate.max_pixels='abc'", "an integer from 1"),
+    ("curate.dedupe=maybe", "curate.dedupe='maybe'", "true or false"),
+    ("evaluation.ks=[0,5]", "evaluation.ks=[0, 5]", "a list of at least 1 distinct values"),
+    ("evaluation.ks=[5,5]", "evaluation.ks=[5, 5]", "distinct"),
+    ("evaluation.n_bootstrap=-1", "evaluation.n_bootstrap=-1", "an integer from 0"),
+    ("serve.max_concurrent=0", "serve.max_concurrent=0", "an integer from 1 to 64"),
+    ("split.protocol=random", "split.protocol='random'", "one of holdout, leave_one_out, predefined"),
+    ("device=gpu", "device='gpu'", "auto, cpu, cuda"),
+])
+def test_composing_a_wrongly_typed_value_is_one_line_naming_key_value_and_expectation(repo_root, override, key,
+                                                                                    expected):
+    with pytest.raises(CbirError) as info:
+        compose_yaml(repo_root / "conf", [override])
+    message = str(info.value)
+    assert "\n" not in message and f"{key}: expected" in message and expected in message
+
+
+def write_raw(tmp_path: Path, text: str | bytes) -> Path:
+    target = tmp_path / "params.yaml"
+    target.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return tmp_path
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("dataset: 5\n", "dataset=5: expected a mapping"),
+    ("split: hello\n", "split='hello': expected a mapping"),
+    ("retrieval: hello\n", "retrieval='hello': expected a mapping"),
+    ("methods: hello\n", "methods='hello': expected a mapping of name -> settings"),
+    ("methods: {m: 3}\n", "methods.m=3: expected a mapping of settings"),
+    ("methods: {m: {kind: magic}}\n", "methods.m.kind='magic': expected one of deep, handcrafted, precomputed"),
+    ("backbones: {b: {image_size: big}}\n", "backbones.b.image_size='big'"),
+    ("retrieval: {blocksize: 4}\n", "retrieval.blocksize is not a known key (known here: block_size, faiss"),
+    ("dataset: {name: ../etc, source: folder}\n", "dataset.name='../etc'"),
+    ("evaluation: {ks: [1, 5.5]}\n", "evaluation.ks=[1, 5.5]"),
+    ("retrieval: {k: true}\n", "retrieval.k=True: expected an integer"),
+    ("[1, 2]\n", "does not hold a mapping"),
+    ("a: [\n", "is not valid YAML"),
+    (b"\xff\xfe\x00binary\x89PNG\r\n", "is not UTF-8 text"),
+])
+def test_loading_a_bad_params_file_is_one_clear_line(tmp_path, text, needle):
+    with pytest.raises(CbirError) as info:
+        load_params(write_raw(tmp_path, text))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert "python -m cbir params" in str(info.value)
+
+
+def test_keys_other_parts_add_are_accepted_and_params_stay_free_form(tmp_path):
+    params = {
+        "extract": {"runtime": "openvino", "precision": "bf16", "compile": "auto", "engine": "local"},
+        "figures": {"methods": ["a", "b"], "width": 7.5, "font_size": None},
+        "backbones": {"b": {"arch": "resnet50", "source": "file", "file": "x.pt", "allow_unverified": True,
+                            "weights": None}},
+        "methods": {"mine": {"kind": "handcrafted", "_target_": "pkg.mod:fn", "params": {"anything": [1, {"x": 2}]},
+                             "search": {"rerank": "aqe"}, "requires": {"code": "src/x.py", "data": None}},
+                    "pre": {"kind": "precomputed", "file": "features.npy"}},
+        "serve": {"max_query_pixels": 1000, "max_concurrent": 1, "queue_timeout_s": 0, "request_timeout_s": 2.5},
+    }
+    loaded = load_params(write_raw(tmp_path, yaml.safe_dump(params)))
+    assert loaded == params
+
+
+def test_unknown_method_with_a_non_mapping_methods_lists_no_letters():
+    with pytest.raises(CbirError) as info:
+        method_config({"methods": "hello"}, "x")
+    assert "e, h, l" not in str(info.value) and "must be a mapping" in str(info.value)

@@ -333,3 +333,40 @@ def test_stages_write_manifest_and_report(tmp_path):
     assert ((out / "manifest.csv").read_bytes(), (out / "curation.json").read_bytes()) == first
     with pytest.raises(CbirError, match="dataset.name and dataset.source are required"):
         run_curate({"dataset": {}}, tmp_path)
+
+
+# ---------------------------------------------------------------- names
+
+def test_image_ids_stay_unique_when_a_stem_equals_another_files_path():
+    rels = ["a/x.png", "a/x.jpg", "a/x.jpg.png", "a/y.png"]
+    assert image_ids(rels) == ["a/x.png", "a/x.jpg", "a/x.jpg.png", "a/y"]
+    assert image_ids(["a/b.c/d.png", "a/b.c.png"]) == ["a/b.c/d", "a/b.c"]
+
+
+@pytest.mark.parametrize("rel, reason", [
+    ("a/caf\udce9.png", "undecodable_name"), ("a/new\nline.png", "control_character_name"),
+    ("a/tab\t.png", "control_character_name"), ("a/\x7f.png", "control_character_name"),
+    ("a/-rf.png", None), ("a/ünï 雪.png", None), ("a/" + "l" * 251 + ".png", None),
+])
+def test_name_problem(rel, reason):
+    from cbir.data.manifest import name_problem
+
+    problem = name_problem(rel)
+    assert (problem[0] if problem else None) == reason
+
+
+def test_download_skips_are_counted_by_curation(tmp_path):
+    src = tmp_path / "photos"
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((40, 40, 3), 60 * i + (c == "b") * 7, np.uint8)).save(src / c / f"{i}.png")
+    (src / "a" / "out.png").symlink_to("/etc/hostname")
+    (src / "empty").mkdir()
+    fetch({"source": "folder", "name": "p", "folder": str(src)}, tmp_path / "raw")
+    manifest, report = curate(tmp_path / "raw", {"source": "folder", "name": "p"}, {"min_side": 8, "min_per_class": 1},
+                              {"protocol": "leave_one_out"}, tmp_path)
+    assert len(manifest) == 4 and report["drop_counts"] == {"empty_class_folder": 1, "outside_dataset": 1}
+    assert {(d["path"], d["reason"], d["stage"]) for d in report["dropped"]} == {
+        ("raw/a/out.png", "outside_dataset", "download"), ("raw/empty", "empty_class_folder", "download")}
+    assert report["n_candidates"] == 6

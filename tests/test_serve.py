@@ -234,3 +234,54 @@ def test_loopback_and_busy_port(client, state):
         port = busy.getsockname()[1]
         with pytest.raises(CbirError, match=rf"cannot listen on 127.0.0.1:{port} .*pick another port with --port"):
             make_server(app, "127.0.0.1", port)
+
+
+# ---------------------------------------------------------------- bounded work
+
+def test_gate_bounds_concurrent_work_and_time():
+    import threading
+
+    from cbir.app.server import Busy, Gate
+
+    release = threading.Event()
+    gate = Gate(1, queue_timeout_s=0, request_timeout_s=0.2)
+    with pytest.raises(Busy, match="took longer than the 0.2 s limit") as slow:
+        gate.run(release.wait)
+    assert slow.value.retry_after == 1
+    with pytest.raises(Busy, match="the server is busy"):  # the overrunning job still holds the only slot
+        gate.run(lambda: "never")
+    release.set()
+    gate.pool.submit(lambda: None).result()  # the first job has ended and released its slot
+    assert Gate(1, 0, 5).run(lambda x: x + 1, 41) == 42
+    assert gate.run(lambda: "ok") == "ok"
+
+
+def test_busy_server_answers_503_with_retry_after(state):
+    params = {**state["params"], "serve": {"queue_timeout_s": 0, "max_concurrent": 1}}
+    app = create_app(params, state["root"], engines=state["engines"])
+    gate = app.extensions["cbir"]["gate"]
+    assert gate.slots.acquire(timeout=1)
+    try:
+        client = app.test_client()
+        api = client.get("/api/search?id=red/1")
+        assert api.status_code == 503 and api.headers["Retry-After"] == "1" and "busy" in api.get_json()["error"]
+        page = upload(client, state["outside"].read_bytes())
+        assert page.status_code == 503 and page.headers["Retry-After"] == "1" and "busy" in parse(page).error
+    finally:
+        gate.slots.release()
+    assert app.test_client().get("/api/search?id=red/1").status_code == 200
+
+
+def test_query_budget_is_capped_by_curation_and_configurable(state):
+    from cbir.app.server import serve_settings
+
+    assert serve_settings({"curate": {"max_pixels": 1000}})["max_query_pixels"] == 1000
+    assert serve_settings({})["max_query_pixels"] == 12_000_000
+    settings = serve_settings({"serve": {"max_query_pixels": 500, "max_concurrent": 3, "request_timeout_s": 5}})
+    assert (settings["max_query_pixels"], settings["max_concurrent"], settings["request_timeout_s"]) == (500, 3, 5.0)
+
+
+@pytest.mark.parametrize("port", [99999, -1, 65536])
+def test_port_outside_the_tcp_range_is_refused(client, port):
+    with pytest.raises(CbirError, match=f"--port {port} is not a TCP port: give a number from 1 to 65535"):
+        make_server(client.application, "127.0.0.1", port)

@@ -142,3 +142,106 @@ def test_sequential_and_concurrent_queries_without_errors_or_leaks(server):
     with pytest.raises(urllib.error.HTTPError) as info:
         OPENER.open(f"{url}/thumb/..%2Fparams.yaml", timeout=REQUEST_TIMEOUT_S)
     assert info.value.code == 404
+
+
+# ---------------------------------------------------------------- bounded work under hostile load
+
+RSS_CEILING = int(1.5 * 2 ** 30)
+NEAR_LIMIT_SIDE = 3460  # 3460 x 3460 = 11.97 MP, just under the default query budget (serve.max_query_pixels 12 MP)
+
+
+def near_limit_png(seed: int, side: int = NEAR_LIMIT_SIDE) -> bytes:
+    """A compressible (well under the 16 MB upload cap) PNG of ``side x side`` pixels: gradients and a tint."""
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    tint = np.random.default_rng(seed).integers(0, 256, size=3)
+    pixels = np.empty((side, side, 3), dtype=np.uint8)
+    pixels[..., 0] = ((ramp[None, :] + tint[0]) % 256).astype(np.uint8)
+    pixels[..., 1] = ((ramp[:, None] + tint[1]) % 256).astype(np.uint8)
+    pixels[..., 2] = tint[2]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bounded_server(tmp_path_factory, random_mobilenet_file):
+    """A server with the default serve limits and curation's default 40 MP cap (so the query budget binds)."""
+    import psutil
+    import yaml
+
+    root = tmp_path_factory.mktemp("bounded_root")
+    build_pipeline_state(root, random_mobilenet_file)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["curate"]["max_pixels"] = 40_000_000
+    params["serve"] = {"max_upload_mb": 16, "thumb_size": 160, "max_query_pixels": 12_000_000, "max_concurrent": 2,
+                       "queue_timeout_s": 10, "request_timeout_s": 30}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(proc.stdout.readline().strip() or 0)
+        assert port > 0, "the server did not start"
+        yield {"url": f"http://127.0.0.1:{port}", "process": psutil.Process(proc.pid)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+def post_upload(url: str, method: str, name: str, data: bytes) -> tuple[int, dict, dict]:
+    """POST an upload to the JSON API; ``(status, headers, body)`` for any status."""
+    body, ctype = multipart({"method": method}, name, data)
+    request = urllib.request.Request(url + "/api/search", data=body, headers={"Content-Type": ctype}, method="POST")
+    try:
+        with OPENER.open(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
+
+
+def test_eight_concurrent_near_limit_images_keep_the_server_bounded_and_standing(bounded_server):
+    """Eight 12 MP uploads at once (plus eight 6300 x 6300 PNG bombs of ~100 KB): every reply is a ranking, a
+    one-line refusal or a 503 with Retry-After; peak RSS stays under 1.5 GB; a normal query works afterwards."""
+    import threading
+
+    url, process = bounded_server["url"], bounded_server["process"]
+    images = [near_limit_png(seed) for seed in range(8)]
+    bomb = io.BytesIO()
+    Image.new("L", (6300, 6300), 7).save(bomb, format="PNG", optimize=True)
+    assert max(len(b) for b in images) < 16 * 2 ** 20 and len(bomb.getvalue()) < 200 * 2 ** 10
+    post_upload(url, "hsv_hist", "warm.png", noise_png(0))  # load lazily imported code before measuring
+    peak, done = [process.memory_info().rss], threading.Event()
+
+    def watch():
+        while not done.wait(0.05):
+            peak.append(process.memory_info().rss)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    jobs = [("mobilenet_v2-gap" if i % 2 else "hsv_hist", f"near{i}.png", data) for i, data in enumerate(images)]
+    jobs += [("hsv_hist", f"bomb{i}.png", bomb.getvalue()) for i in range(8)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        replies = list(pool.map(lambda job: (job[1], *post_upload(url, *job), time.perf_counter() - start), jobs))
+    done.set()
+    watcher.join()
+    statuses = {}
+    for name, status, headers, body, _ in replies:
+        statuses[name] = status
+        if name.startswith("bomb"):
+            assert status == 400 and "too_large (6300x6300 = 39690000 pixels > max_pixels 12000000)" in body["error"]
+        elif status == 503:
+            assert int(headers["Retry-After"]) >= 1 and "busy" in body["error"]
+        else:
+            assert status == 200 and len(body["results"]) == 10, body
+    assert sum(s == 200 for n, s in statuses.items() if n.startswith("near")) >= 2
+    print(f"\n8 near-limit (12 MP) uploads + 8 bombs at once: statuses {sorted(statuses.values())}; "
+          f"slowest reply {max(r[-1] for r in replies):.1f} s; peak server RSS {max(peak) / 2 ** 20:.0f} MiB")
+    assert max(peak) < RSS_CEILING
+    status, _, body = post_upload(url, "hsv_hist", "after.png", noise_png(1))
+    assert status == 200 and len(body["results"]) == 10
+    with OPENER.open(f"{url}/api/search?id=blue/1", timeout=REQUEST_TIMEOUT_S) as response:
+        assert json.loads(response.read())["results"][0]["image_id"] == "blue/1"

@@ -223,7 +223,7 @@ def test_folder_source_copies_class_folders(tmp_path):
 def test_folder_source_errors(tmp_path):
     with pytest.raises(CbirError, match="needs dataset.folder="):
         fetch({"source": "folder"}, tmp_path / "raw")
-    with pytest.raises(CbirError, match="dataset folder not found"):
+    with pytest.raises(CbirError, match="dataset.folder=.* does not exist"):
         fetch({"source": "folder", "folder": str(tmp_path / "nope")}, tmp_path / "raw")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat/a.png").write_bytes(b"x")
@@ -318,3 +318,36 @@ def test_fashion_mnist_real_package_shapes():
 def test_unknown_source(tmp_path):
     with pytest.raises(CbirError, match="unknown dataset.source 'flickr'"):
         fetch({"source": "flickr"}, tmp_path / "raw")
+
+
+# ---------------------------------------------------------------- never outside the dataset folder
+
+def test_scan_tree_never_leaves_the_folder_and_says_why_it_skips(tmp_path):
+    import os
+
+    root = tmp_path / "ds"
+    (root / "c").mkdir(parents=True)
+    (root / "c" / "a.png").write_bytes(b"a")
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    links = {"c/out.png": "../../secret.png", "c/abs.png": "/etc/passwd", "c/dangling.png": "missing.png",
+             "c/loop.png": "loop.png", "c/in.png": "a.png", "dir": "c", "c/.hidden.png": "a.png"}
+    for rel, target in links.items():
+        os.symlink(target, root / rel)
+    os.mkfifo(root / "c" / "pipe.png")
+    (root / "lonely").mkdir()
+    scan = sources.scan_tree(root, empty_folders=True)
+    assert scan.files == ["c/a.png", "c/in.png"]
+    assert {s["path"]: s["reason"] for s in scan.skipped} == {
+        "c/out.png": "outside_dataset", "c/abs.png": "outside_dataset", "c/dangling.png": "dangling_link",
+        "c/loop.png": "link_loop", "dir": "linked_folder", "c/.hidden.png": "hidden", "c/pipe.png": "fifo",
+        "lonely": "empty_class_folder"}
+    provenance = fetch({"source": "folder", "name": "x", "folder": str(root)}, tmp_path / "raw")
+    assert (tmp_path / "raw/c/in.png").read_bytes() == b"a" and not (tmp_path / "raw/c/out.png").exists()
+    assert len(provenance["skipped"]) == 8
+
+
+def test_display_name_escapes_bytes_that_are_not_utf8():
+    import os
+
+    assert sources.display_name(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert sources.display_name("ünï.png") == "ünï.png"

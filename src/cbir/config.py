@@ -1,4 +1,8 @@
-"""Hydra composition of ``conf/`` into ``params.yaml`` (what DVC and every stage read)."""
+"""Hydra composition of ``conf/`` into ``params.yaml`` (what DVC and every stage read).
+
+Both directions are checked against the one schema (:mod:`cbir.schema`): composing refuses a
+wrongly typed key before writing, and :func:`load_params` refuses a hand-edited or stale file.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cbir.errors import CbirError
 from cbir.fileio import write_text
+from cbir.schema import validate
 
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
@@ -36,7 +41,10 @@ def compose_yaml(conf_dir: str | Path, overrides: list[str] | None = None) -> st
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CbirError(f"cannot compose {conf_dir}: {first}") from exc
-    return OmegaConf.to_yaml(cfg)
+    text = OmegaConf.to_yaml(cfg)
+    validate(yaml.safe_load(text), source=f"composing {conf_dir}",
+             advice="fix that key in conf/ or in the override, then compose again")
+    return text
 
 
 def write_params(root: str | Path, overrides: list[str] | None = None) -> Path:
@@ -54,10 +62,17 @@ def load_params(root: str | Path = ".") -> dict:
         raise CbirError(f"{path} not found: run `python -m cbir params` to compose it from conf/")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CbirError(f"{path} is not UTF-8 text: regenerate it with `python -m cbir params`") from None
+    except OSError as exc:
+        raise CbirError(f"cannot read {path} ({exc.strerror or exc}): check it, or regenerate it with "
+                        "`python -m cbir params`") from None
     except yaml.YAMLError as exc:
-        raise CbirError(f"{path} is not valid YAML ({exc.__class__.__name__}): regenerate it") from exc
+        raise CbirError(f"{path} is not valid YAML ({exc.__class__.__name__}): regenerate it with "
+                        "`python -m cbir params`") from None
     if not isinstance(data, dict):
         raise CbirError(f"{path} does not hold a mapping: regenerate it with `python -m cbir params`")
+    validate(data, source=str(path))
     return data
 
 
@@ -82,7 +97,8 @@ def method_config(params: Mapping, name: str) -> dict:
     """``params['methods'][name]`` as a dict; an unknown name lists the known ones."""
     methods = params.get("methods") or {}
     if not isinstance(methods, Mapping):
-        raise CbirError(f"params.yaml: methods must be a mapping of name -> method config, got {methods!r}")
+        raise CbirError(f"params.yaml: methods must be a mapping of name -> method config, got {methods!r}: "
+                        "regenerate params.yaml with `python -m cbir params`")
     if name not in methods:
         known = ", ".join(sorted(methods)) or "none"
         raise CbirError(f"method {name!r} is not in params.yaml (known: {known})")

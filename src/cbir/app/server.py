@@ -4,7 +4,14 @@
 then only decodes, embeds and searches (:mod:`cbir.app.engine` holds that logic). Uploads are
 size-limited (``MAX_CONTENT_LENGTH``) and decoded with the project's safe decoder; a bad
 upload is a readable message on the page. Thumbnails are served by image id only, from
-the manifest, never by a path taken from the request.
+the manifest, never by a path taken from the request (any id, even one holding a newline).
+
+Work is bounded (``serve:`` in params): a query image's decoded pixels are capped from its header
+before decoding (``max_query_pixels``, at most ``curate.max_pixels``; large JPEGs decoded at reduced
+size, see :mod:`cbir.app.decode`); at most ``max_concurrent`` queries compute at once, others wait up
+to ``queue_timeout_s`` and then get ``503`` with ``Retry-After``; a query that takes longer than
+``request_timeout_s`` is answered ``503`` (its work still holds its slot until done, so the bound
+holds); and a client gets ``request_timeout_s`` per socket read or write.
 """
 
 from __future__ import annotations
@@ -14,16 +21,24 @@ import functools
 import io
 import ipaddress
 import logging
+import math
+import re
 import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from flask import Flask, Response, abort, jsonify, render_template, request, url_for
 from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import PathConverter
+from werkzeug.serving import WSGIRequestHandler
 from werkzeug.serving import make_server as werkzeug_server
 
+from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, check_budget, decode_query
 from cbir.app.engine import QueryEngine, load_database
-from cbir.data.images import open_rgb
 from cbir.errors import CbirError
 from cbir.layout import Layout
 
@@ -33,13 +48,76 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 DEFAULT_MAX_UPLOAD_MB = 16
 DEFAULT_THUMB_SIZE = 160
 THUMB_CACHE_SIZE = 2048
+DEFAULTS = {"max_query_pixels": DEFAULT_QUERY_MAX_PIXELS, "max_concurrent": 2, "queue_timeout_s": 10.0,
+            "request_timeout_s": 30.0}
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class Busy(CbirError):
+    """The server is at its bound: answered ``503`` with ``Retry-After: retry_after``."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ImageIdConverter(PathConverter):
+    """``<image_id:...>``: any id, slashes and newlines included (``path`` stops at a newline)."""
+
+    regex = "[^/](?s:.)*?"
 
 
 def serve_settings(params: dict) -> dict:
-    """``max_upload_bytes`` and ``thumb_size`` from the optional ``serve:`` section of params."""
-    cfg = params.get("serve") or {}
+    """The web server's limits from the optional ``serve:`` section of params (validated by :mod:`cbir.schema`).
+
+    ``max_query_pixels`` is capped at ``curate.max_pixels``: a query never decodes more than curation would.
+    """
+    cfg = {**DEFAULTS, **{k: v for k, v in (params.get("serve") or {}).items() if v is not None}}
+    curate_limit = (params.get("curate") or {}).get("max_pixels")
+    budget = int(cfg["max_query_pixels"])
     return {"max_upload_bytes": int(float(cfg.get("max_upload_mb", DEFAULT_MAX_UPLOAD_MB)) * 1024 * 1024),
-            "thumb_size": int(cfg.get("thumb_size", DEFAULT_THUMB_SIZE))}
+            "thumb_size": int(cfg.get("thumb_size", DEFAULT_THUMB_SIZE)),
+            "max_query_pixels": min(budget, int(curate_limit)) if curate_limit else budget,
+            "max_concurrent": int(cfg["max_concurrent"]), "queue_timeout_s": float(cfg["queue_timeout_s"]),
+            "request_timeout_s": float(cfg["request_timeout_s"])}
+
+
+def upload_name(filename: str | None) -> str:
+    """A printable name for an upload (its base name; control characters replaced; at most 100 characters)."""
+    name = Path(str(filename or "").replace("\\", "/")).name
+    name = _UNPRINTABLE.sub("?", name.encode("utf-8", "replace").decode("utf-8"))[:100]
+    return name or "upload"
+
+
+class Gate:
+    """At most ``slots`` jobs at once; a job waits up to ``queue_timeout_s`` and is awaited ``request_timeout_s``.
+
+    A job that overruns is answered :class:`Busy` but keeps its slot until it really ends.
+    """
+
+    def __init__(self, slots: int, queue_timeout_s: float, request_timeout_s: float):
+        self.slots = threading.BoundedSemaphore(slots)
+        self.pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="cbir-query")
+        self.queue_timeout_s, self.request_timeout_s = queue_timeout_s, request_timeout_s
+        self.retry_after = max(1, math.ceil(min(queue_timeout_s or 1.0, request_timeout_s)))
+
+    def run(self, job, *args):
+        start = time.monotonic()
+        if not self.slots.acquire(timeout=self.queue_timeout_s):
+            raise Busy(f"the server is busy (all query slots in use for {self.queue_timeout_s:g} s): "
+                       f"try again in {self.retry_after} s", self.retry_after)
+        try:
+            future = self.pool.submit(job, *args)
+        except BaseException:
+            self.slots.release()
+            raise
+        future.add_done_callback(lambda _f: self.slots.release())
+        left = max(0.0, self.request_timeout_s - (time.monotonic() - start))
+        try:
+            return future.result(timeout=left)
+        except FutureTimeout:
+            raise Busy(f"the query took longer than the {self.request_timeout_s:g} s limit: try a smaller image "
+                       f"or try again in {self.retry_after} s", self.retry_after) from None
 
 
 def load_engines(params: dict, root: Path, methods: list[str] | None = None) -> dict[str, QueryEngine]:
@@ -90,14 +168,18 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
     manifest = first.db.manifest
     paths = dict(zip(manifest["image_id"].astype(str), manifest["path"].astype(str)))
     max_pixels = first.max_pixels
+    for engine in engines.values():  # the engines decode uploads within the query budget
+        engine.max_pixels = min(int(engine.max_pixels), settings["max_query_pixels"])
+    gate = Gate(settings["max_concurrent"], settings["queue_timeout_s"], settings["request_timeout_s"])
 
     app = Flask(__name__, template_folder=str(WEB_DIR / "templates"), static_folder=str(WEB_DIR / "static"))
+    app.url_map.converters["image_id"] = ImageIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings["max_upload_bytes"]
-    app.extensions["cbir"] = {"engines": engines, "root": root}
+    app.extensions["cbir"] = {"engines": engines, "root": root, "settings": settings, "gate": gate}
 
     @functools.lru_cache(maxsize=THUMB_CACHE_SIZE)
     def thumbnail_bytes(image_id: str) -> bytes:
-        return jpeg_thumbnail(open_rgb(root / paths[image_id], max_pixels=max_pixels), thumb_size)
+        return jpeg_thumbnail(decode_query(root / paths[image_id], image_id, max(max_pixels, 1)), thumb_size)
 
     def pick_engine(name: str | None) -> QueryEngine:
         name = name or next(iter(engines))
@@ -110,15 +192,24 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         engine = pick_engine(request.values.get("method"))
         if request.method == "POST":
             upload = request.files.get("image")
-            if upload is None or not upload.filename:
+            data = upload.read() if upload is not None else b""
+            if upload is None and not request.form and (request.content_length or 0) > 0 and \
+                    request.mimetype == "multipart/form-data":  # werkzeug drops a form whose headers are not UTF-8
+                raise CbirError("the upload could not be read: its file name is not UTF-8 text (or the form is "
+                                "malformed); rename the file, then upload it again")
+            if upload is None or (not upload.filename and not data):
                 raise CbirError("no image was chosen: pick or drop an image file, then search")
-            name = Path(upload.filename).name
-            answer, image = engine.query_bytes(upload.read(), name=name)
-            return answer, image_data_uri(image, 2 * thumb_size)
+            name = upload_name(upload.filename)
+            check_budget(data, name, engine.max_pixels)  # the header only, before waiting for a slot
+
+            def work():
+                answer, image = engine.query_bytes(data, name=name)
+                return answer, image_data_uri(image, 2 * thumb_size)
+            return gate.run(work)
         image_id = request.args.get("id")
         if not image_id:
             raise CbirError("no query: upload an image or give an image id")
-        answer = engine.query_id(image_id)
+        answer = gate.run(engine.query_id, image_id)
         return answer, url_for("thumb", image_id=image_id)
 
     def page(status: int = 200, **context):
@@ -131,10 +222,17 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
     def index():
         return page()
 
+    def busy(response, exc: Busy):
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
     @app.route("/search", methods=["GET", "POST"])
     def search():
         try:
             answer, query_src = run_search()
+        except Busy as exc:
+            body, status = page(503, error=str(exc))
+            return busy(app.make_response((body, status)), exc)
         except CbirError as exc:
             return page(400, error=str(exc))
         return page(answer=answer, query_src=query_src, method=answer["method"])
@@ -143,11 +241,13 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
     def api_search():
         try:
             answer, _ = run_search()
+        except Busy as exc:
+            return busy(app.make_response((jsonify(error=str(exc)), 503)), exc)
         except CbirError as exc:
             return jsonify(error=str(exc)), 400
         return jsonify(answer)
 
-    @app.get("/thumb/<path:image_id>")
+    @app.get("/thumb/<image_id:image_id>")
     def thumb(image_id: str):
         if image_id not in paths:
             abort(404)
@@ -180,11 +280,20 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000):
-    """A threaded WSGI server for ``app`` (``port=0`` picks a free port: read ``server.server_port``)."""
+    """A threaded WSGI server for ``app`` (``port=0`` picks a free port: read ``server.server_port``).
+
+    Each connection gets ``serve.request_timeout_s`` per socket read or write (a stalled client is dropped).
+    """
 
     def refuse(reason) -> CbirError:
         return CbirError(f"cannot listen on {host}:{port} ({reason}): pick another port with --port, "
                          "or another --host")
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise CbirError(f"--port {port} is not a TCP port: give a number from 1 to 65535 (0 picks a free one)")
+    timeout = (app.extensions.get("cbir") or {}).get("settings", {}).get("request_timeout_s",
+                                                                         DEFAULTS["request_timeout_s"])
+    handler = type("TimedRequestHandler", (WSGIRequestHandler,), {"timeout": timeout})
 
     if port:  # werkzeug exits the process on a busy port: find out first
         try:
@@ -195,7 +304,7 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000):
         except OSError as exc:
             raise refuse(exc.strerror or exc) from None
     try:
-        return werkzeug_server(host, port, app, threaded=True)
+        return werkzeug_server(host, port, app, threaded=True, request_handler=handler)
     except (OSError, SystemExit) as exc:
         raise refuse(getattr(exc, "strerror", None) or "address in use") from None
 
@@ -203,6 +312,8 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000):
 def run_server(params: dict, root: Path, host: str = "127.0.0.1", port: int = 8000,
                methods: list[str] | None = None) -> None:
     """``cbir serve``: load everything once, then serve until interrupted."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise CbirError(f"--port {port} is not a TCP port: give a number from 1 to 65535 (0 picks a free one)")
     if not is_loopback(host):
         log.warning("serve: listening on %s, which is reachable from other machines", host)
     app = create_app(params, root, methods)

@@ -40,18 +40,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from cbir.data.images import IMAGE_EXTENSIONS, ImageError, decode_rgb
-from cbir.data.manifest import MANIFEST_COLUMNS
+from cbir.data.manifest import MANIFEST_COLUMNS, image_ids, name_problem  # noqa: F401 (re-exported)
 from cbir.data.sources import (
     COREL1K_LABELS,
     FASHION_MNIST_FILES,
     FASHION_MNIST_LABELS,
     PROVENANCE_FILE,
     corel1k_label,
-    list_files,
+    display_name,
     read_idx,
+    scan_tree,
 )
 from cbir.errors import CbirError
-from cbir.fileio import atomic_dir, sha256_file
+from cbir.fileio import atomic_dir, read_json, sha256_file
 
 log = logging.getLogger("cbir")
 
@@ -73,13 +74,6 @@ class Candidate:
 
 
 # ---------------------------------------------------------------- small pure helpers
-
-def image_ids(rel_paths: list[str]) -> list[str]:
-    """Stable ids: the relative path without extension, or with it where two paths would collide."""
-    stems = [PurePosixPath(p).with_suffix("").as_posix() for p in rel_paths]
-    counts = Counter(stems)
-    return [stem if counts[stem] == 1 else rel for stem, rel in zip(stems, rel_paths)]
-
 
 def is_variant(rel_path: str) -> bool:
     """Tux Paint ``*_mirror`` / ``*_flip`` stamp variants."""
@@ -160,19 +154,42 @@ def split_settings(split_cfg: dict | None) -> dict:
 
 
 def _relative(path: Path, root: Path) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
+    """``path`` relative to ``root``, as printable UTF-8 (undecodable bytes escaped as ``\\xNN``)."""
+    return display_name(Path(os.path.relpath(path, root)).as_posix())
+
+
+def _source_skips(raw_dir: Path, root: Path) -> list[dict]:
+    """Entries the download stage skipped (``_source.json`` ``skipped``), as drop records under ``raw_dir``."""
+    try:
+        provenance = read_json(raw_dir / PROVENANCE_FILE)
+    except (OSError, ValueError):
+        return []
+    skipped = provenance.get("skipped") if isinstance(provenance, dict) else None
+    prefix = _relative(raw_dir, root)
+    return [{"path": f"{prefix}/{d['path']}", "reason": str(d["reason"]), "detail": str(d.get("detail", "")),
+             "stage": "download"} for d in (skipped or []) if isinstance(d, dict) and "path" in d and "reason" in d]
 
 
 # ---------------------------------------------------------------- candidates per source
 
 def _folder_candidates(raw_dir: Path, source: str, dataset_cfg: dict, drop) -> tuple[list[Candidate], list[str]]:
     """Candidates of class-folder sources (and Corel-1K); returns them and the expected class names."""
-    files = [f for f in list_files(raw_dir) if f != PROVENANCE_FILE]
+    scan = scan_tree(raw_dir)
+    for entry in scan.skipped:
+        drop(raw_dir / entry["path"], entry["reason"], entry["detail"])
+    files = []
+    for rel in scan.files:
+        problem = name_problem(rel)
+        if problem:
+            drop(raw_dir / rel, *problem)
+        elif rel != PROVENANCE_FILE:
+            files.append(rel)
     drop_variants = bool(dataset_cfg.get("drop_variants", source == "tuxpaint"))
     if source == "corel1k":
         classes = list(COREL1K_LABELS)
     else:
-        classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                         and name_problem(p.name) is None)
     candidates = []
     for rel, image_id in zip(files, image_ids(files)):
         path = raw_dir / rel
@@ -254,7 +271,7 @@ def curate(raw_dir: str | os.PathLike, dataset_cfg: dict, curate_cfg: dict | Non
     if not raw_dir.is_dir():
         raise CbirError(f"raw data folder {raw_dir} not found; run the download stage first (python -m cbir download)")
 
-    dropped: list[dict] = []
+    dropped: list[dict] = _source_skips(raw_dir, root)
 
     def drop(path: Path, reason: str, detail: str, image_id: str | None = None, **extra) -> None:
         entry = {"path": _relative(path, root), "reason": reason, "detail": detail}

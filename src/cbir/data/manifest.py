@@ -1,5 +1,5 @@
 """The manifest, the one contract every stage after curate trusts: its columns, the one reader, and
-the protocol rules that turn it into query and database rows.
+the rules for a valid ``image_id``, and the protocol rules that turn it into query and database rows.
 
 Columns: ``image_id`` (stable string), ``path`` (relative to the repo root), ``label`` (always a
 string: a class named ``NA``, ``null`` or ``None`` stays that string), ``split`` (``query`` or
@@ -9,7 +9,9 @@ string: a class named ``NA``, ``null`` or ``None`` stays that string), ``split``
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
+from collections import Counter
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,40 @@ from cbir.errors import CbirError
 
 MANIFEST_COLUMNS = ["image_id", "path", "label", "split", "width", "height", "sha256", "protocol"]
 TEXT_COLUMNS = ("image_id", "path", "label", "split", "sha256", "protocol")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def image_ids(rel_paths: list[str]) -> list[str]:
+    """Stable, unique ids: the relative path without extension, or with it where ids would collide.
+
+    (``a/x.png`` and ``a/x.jpg`` both keep their extension; so does ``a/x.jpg.png`` when its stem
+    ``a/x.jpg`` would equal another file's full path.) Relative paths are unique, so this terminates.
+    """
+    ids = [PurePosixPath(p).with_suffix("").as_posix() for p in rel_paths]
+    while True:
+        counts = Counter(ids)
+        clashing = [i for i, (image_id, rel) in enumerate(zip(ids, rel_paths)) if counts[image_id] > 1 and image_id != rel]
+        if not clashing:
+            return ids
+        for i in clashing:
+            ids[i] = rel_paths[i]
+
+
+def name_problem(rel_path: str) -> tuple[str, str] | None:
+    """Why a relative path cannot be an ``image_id`` (``(reason, detail)``), or ``None`` when it can.
+
+    ``undecodable_name``: bytes that are not UTF-8 (old cameras, other operating systems), which no
+    UTF-8 manifest, CSV or JSON file can hold; ``control_character_name``: a newline, tab or other
+    control character, which would break the CSV rows, Markdown tables and logs people read.
+    Leading dashes, spaces and long names are kept.
+    """
+    try:
+        rel_path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "undecodable_name", "file or folder name is not valid UTF-8: rename it"
+    if _CONTROL.search(rel_path):
+        return "control_character_name", "file or folder name holds a control character (newline, tab, ...): rename it"
+    return None
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -26,12 +62,15 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise CbirError(f"manifest not found: {path}; run the curate stage first (python -m cbir curate)")
     text_columns = {c: str for c in TEXT_COLUMNS}
-    manifest = pd.read_csv(path, dtype={**text_columns, "width": "int64", "height": "int64"},
-                           keep_default_na=False, na_filter=False)
+    try:
+        manifest = pd.read_csv(path, dtype={**text_columns, "width": "int64", "height": "int64"},
+                               keep_default_na=False, na_filter=False, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CbirError(f"{path} is not a readable manifest ({first}); run the curate stage again") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise CbirError(f"{path} lacks column(s) {', '.join(missing)}; run the curate stage again")
-    return manifest
     if manifest.empty:
         raise CbirError(f"{path} has no images: check curation.json beside it for why they were dropped")
     return manifest
