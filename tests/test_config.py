@@ -69,10 +69,21 @@ def test_paper_experiment_is_the_papers_setup(repo_root):
     cfg = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper"]))
     assert cfg["dataset"]["name"] == "corel1k"
     assert cfg["backbones"]["resnet50"]["arch"] == "resnet50"
-    assert cfg["methods"] == {"resnet50-gap": {"kind": "deep", "backbone": "resnet50", "pooling": "gap",
-                                               "requires": {"code": "src/cbir/features/cnn", "data": "models/resnet50.pt"}}}
+    assert cfg["backbones"]["resnet50"]["weights"] == "IMAGENET1K_V1"
+    # the paper's row, the baseline of the paired tests
+    assert cfg["methods"]["resnet50-gap"] == {"kind": "deep", "backbone": "resnet50", "pooling": "gap",
+                                              "requires": {"code": "src/cbir/features/cnn",
+                                                           "data": "models/resnet50.pt"}}
+    assert cfg["evaluation"]["baseline"] == "resnet50-gap"
     assert cfg["retrieval"]["k"] == 10
-    assert cfg["split"]["protocol"] == "holdout"
+    assert cfg["split"]["protocol"] == "holdout" and cfg["split"]["queries_per_class"] == 10
+    # beside it: a ResNet50 ablation, every traditional baseline and the offline backbones
+    resnet = [m for m in cfg["methods"] if m.startswith("resnet50")]
+    traditional = [m for m, c in cfg["methods"].items() if c["kind"] == "handcrafted"]
+    assert len(cfg["methods"]) >= 12 and len(resnet) >= 4 and len(traditional) >= 6
+    assert {"mobilenet_v2-gap", "efficientnet_lite0-gem", "fusion", "gabor"} <= set(cfg["methods"])
+    loo = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper_loo"]))
+    assert loo["split"]["protocol"] == "leave_one_out" and loo["methods"] == cfg["methods"]
 
 
 def test_write_params_roundtrip(tmp_path, repo_root):
