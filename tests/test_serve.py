@@ -285,3 +285,28 @@ def test_query_budget_is_capped_by_curation_and_configurable(state):
 def test_port_outside_the_tcp_range_is_refused(client, port):
     with pytest.raises(CbirError, match=f"--port {port} is not a TCP port: give a number from 1 to 65535"):
         make_server(client.application, "127.0.0.1", port)
+
+
+def test_refused_upload_says_what_to_do(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (1200, 1000), (1, 2, 3)).save(buffer, format="PNG")
+    error = upload(client, buffer.getvalue(), "wide.png", url="/api/search").get_json()["error"]
+    assert error.endswith("send an image of at most 1000000 pixels (serve.max_query_pixels)") and "\n" not in error
+    error = upload(client, b"plain text", "notes.png", url="/api/search").get_json()["error"]
+    assert "not_an_image" in error and error.endswith("send a JPEG, PNG, GIF, BMP, TIFF or WebP image")
+
+
+def test_a_stalled_client_is_dropped_after_the_request_time_limit(state):
+    import threading
+
+    params = {**state["params"], "serve": {"request_timeout_s": 0.5}}
+    server = make_server(create_app(params, state["root"], engines=state["engines"]), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as conn:
+            conn.sendall(b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n")  # then silence
+            assert conn.recv(65536) == b""  # the server hangs up (a 30 s socket timeout here would raise)
+    finally:
+        server.shutdown()
+        server.server_close()

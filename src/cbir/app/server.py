@@ -39,6 +39,7 @@ from werkzeug.serving import make_server as werkzeug_server
 
 from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, check_budget, decode_query
 from cbir.app.engine import QueryEngine, load_database
+from cbir.data.images import ImageError
 from cbir.errors import CbirError
 from cbir.layout import Layout
 
@@ -189,6 +190,14 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
 
     def run_search() -> tuple[dict, str]:
         """Answer the request: an uploaded ``image`` (POST) or an image ``id``; returns (answer, query src)."""
+        try:
+            return answer_request()
+        except ImageError as exc:  # say what to do, in the server's terms
+            advice = (f"send an image of at most {settings['max_query_pixels']} pixels (serve.max_query_pixels)"
+                      if exc.reason == "too_large" else "send a JPEG, PNG, GIF, BMP, TIFF or WebP image")
+            raise CbirError(f"{exc}: {advice}") from None
+
+    def answer_request() -> tuple[dict, str]:
         engine = pick_engine(request.values.get("method"))
         if request.method == "POST":
             upload = request.files.get("image")
