@@ -195,6 +195,8 @@ def _debian_version(package: str) -> str | None:
 
 
 def _finish(tmp: Path, provenance: dict) -> dict:
+    """Write ``_source.json``. Local folders and archives are named, never given as absolute paths, so the
+    output is the same wherever the inputs sit (a rerun elsewhere gives the same bytes)."""
     write_json(tmp / PROVENANCE_FILE, provenance)
     return provenance
 
@@ -283,7 +285,7 @@ def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     with atomic_dir(raw_dir) as tmp:
         n_bytes = _copy_tree(folder, tmp, files, scan)
         return _finish(tmp, {
-            "source": "folder", "name": dataset_cfg.get("name", folder.name), "folder": display_name(str(folder)),
+            "source": "folder", "name": dataset_cfg.get("name", folder.name), "folder": display_name(folder.name),
             "n_files": len(files), "bytes": n_bytes, "ignored_top_level_files": [display_name(f) for f in ignored],
             "skipped": sorted(scan.skipped, key=lambda d: (d["path"], d["reason"])),
         })
@@ -309,7 +311,7 @@ def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str 
                                   "(image.orig) or use dataset.archive=")
         scan = scan_tree(folder)
         with atomic_dir(raw_dir) as tmp:
-            provenance.update(folder=display_name(str(folder)), bytes=_copy_tree(folder, tmp, scan.files, scan),
+            provenance.update(folder=display_name(folder.name), bytes=_copy_tree(folder, tmp, scan.files, scan),
                               n_files=len(scan.files))
             provenance["skipped"] = sorted(scan.skipped, key=lambda d: (d["path"], d["reason"]))
             provenance["n_images"] = _corel_check(tmp, str(folder))
@@ -327,7 +329,7 @@ def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str 
         if pinned and observed != pinned:
             raise CbirError(f"sha256 mismatch for {archive}: expected {pinned}, got {observed}; "
                             "use the right archive or update dataset.sha256")
-        provenance.update(archive=str(archive))
+        provenance.update(archive=display_name(archive.name))
     else:
         urls = [str(u) for u in (dataset_cfg.get("urls") or [])]
         cache = Path(cache_dir) if cache_dir is not None else raw_dir.parent.parent / "downloads"
@@ -342,7 +344,7 @@ def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str 
         except CbirError as exc:
             raise CbirError(f"corel1k: {exc}; no local copy configured; {how}") from None
         archive = target
-        provenance.update(url=url, urls=urls, downloaded_to=str(target))
+        provenance.update(url=url, urls=urls, downloaded_to=target.name)
     provenance.update(sha256=observed, sha256_pinned=pinned is not None)
     if pinned is None:
         log.warning("corel1k: no sha256 pinned; observed sha256 %s - pin it with dataset.sha256=%s", observed, observed)
