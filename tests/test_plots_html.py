@@ -141,7 +141,7 @@ def dvc_workspace(root: Path, params: dict) -> None:
     full = yaml.safe_load((REPO / "params.yaml").read_text())
     full.update({k: v for k, v in params.items()})
     for cfg in full["methods"].values():
-        cfg.setdefault("requires", "params.yaml")
+        cfg.setdefault("requires", {"code": "params.yaml", "data": "params.yaml"})
     (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
 
 
