@@ -255,9 +255,9 @@ def test_significance_and_per_class_tables():
     lines = significance_table(sig, n_permutations=10000).splitlines()
     assert lines[0] == ("| method | baseline | queries | mean AP difference | "
                         "p (paired permutation) | p (Wilcoxon signed-rank) | p (permutation, Holm) |")
-    assert lines[2] == "| b | a | 12 | +0.0192 | 0.5 | – | 0.5 |"
+    assert lines[2] == "| b | a | 12 | +0.01921 | 0.5 | – | 0.5 |"
     # at the permutation floor 1/(10000 + 1) the p-value is an upper bound; Wilcoxon's is exact
-    assert lines[3] == "| c | a | 40 | -0.2000 | < 1e-4 | 3.2e-06 | 0.0002 |"
+    assert lines[3] == "| c | a | 40 | -0.2 | < 1e-4 | 3.2e-06 | 0.0002 |"
     assert significance_table(pd.DataFrame()).startswith("_No comparison")
     per_class = pd.DataFrame({"method": ["a", "b", "a", "b"], "label": ["y", "y", "x", "x"],
                               "n_queries": [2, 2, 3, 3], "p@10": [0.25, 0.5, 1.0, None], "ap": 0.0})

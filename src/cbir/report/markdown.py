@@ -57,7 +57,7 @@ def significance_table(frame: pd.DataFrame, n_permutations: int | None = None) -
             if col.startswith("p_"):
                 cells.append(format_p(value, n_permutations if col in ("p_permutation", "p_holm") else None))
             elif isinstance(value, float):
-                cells.append("–" if math.isnan(value) else f"{value:+.4f}" if col == "mean_diff_ap" else f"{value:.4g}")
+                cells.append("–" if math.isnan(value) else f"{value:+.4g}" if col == "mean_diff_ap" else f"{value:.4g}")
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
