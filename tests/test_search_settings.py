@@ -5,6 +5,7 @@ queries, ``--exclude-self`` and ``-q`` behave."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -137,12 +138,14 @@ def test_batch_query_folder_glob_and_files_to_csv_and_json(built, monkeypatch, c
         pytest.skip("one protocol is enough for the command line")
     raw = root / "data/raw/toy"
     out = tmp_path / "results.csv"
+    monkeypatch.setenv("TQDM_DISABLE", "0")  # restored after the test
     code = run_cli(["--root", str(root), "query", str(raw / "red"), str(raw / "blue" / "*.png"),
                     str(raw / "green/1.png"), "--method", "hsv_hist", "--k", "3", "--out", str(out), "-q"],
                    monkeypatch)
     captured = capsys.readouterr()
     assert code == 0 and "13 queries x top-3 (hsv_hist) written to" in captured.out
-    assert "query hsv_hist" not in captured.err  # -q: no progress bar
+    assert "query hsv_hist" not in captured.err  # -q: no progress bar, ours or any other tqdm bar
+    assert os.environ["TQDM_DISABLE"] == "1"
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["query", "query_image_id", "rank", "image_id", "label", "score", "relevant",
                                    "path"]
