@@ -1,6 +1,7 @@
 # make repro : set up everything the offline default needs, then run the whole DVC pipeline
 # make test  : same set-up if missing, then the full test suite
 # make paper : the paper's configuration (Corel-1K, ResNet50 ImageNet, GAP, cosine top-10)
+# make compare : every experiment x method, mAP and P@10 (the compact DVC metrics file), on one screen
 SHELL := /bin/bash
 PY := .venv/bin/python
 export DVC_NO_ANALYTICS := 1
@@ -8,7 +9,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # g++: TorchInductor compiles the CPU extraction graph (extract.compile=auto)
 DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-driver g++
 
-.PHONY: setup repro test test-fast paper params .deb.installed
+.PHONY: setup repro test test-fast paper params compare .deb.installed
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -48,3 +49,9 @@ test: setup .venv/.installed-ray
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+# `dvc exp show` keeps the compact metrics only (metrics/<dataset>.json: per method mAP and P@10; their 95%
+# bounds are the *_lo / *_hi columns: COMPARE_KEEP='Experiment|.*map.*|.*p@10.*' shows them too)
+COMPARE_KEEP ?= Experiment|.*\.map$$|.*\.p@10$$
+compare:
+	$(PY) -m dvc exp show --no-pager --drop '.*' --keep '$(COMPARE_KEEP)'

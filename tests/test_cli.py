@@ -42,3 +42,31 @@ def test_help_lists_stages(capsys):
     out = capsys.readouterr().out
     for stage in ("download", "weights", "curate", "extract", "retrieve", "evaluate", "figures", "report"):
         assert stage in out
+
+
+def test_help_lists_methods_datasets_and_splits(repo_root, capsys):
+    """`cbir query --help` (and the stage commands taking a method) name the valid choices."""
+    import yaml as _yaml
+
+    with pytest.raises(SystemExit):
+        build_parser(repo_root).parse_args(["--root", str(repo_root), "query", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    methods = list(_yaml.safe_load((repo_root / "params.yaml").read_text())["methods"])
+    assert "methods in params.yaml: " + ", ".join(methods) in text
+    assert "datasets (dvc exp run -S dataset=NAME): corel1k, fashion_mnist, folder, synthetic, tuxpaint" in text
+    assert "splits (dvc exp run -S split=NAME): holdout, leave_one_out, predefined" in text
+    assert "mobilenet_v2-gap-aqe" in text  # a method config not in the default experiment
+    with pytest.raises(SystemExit):
+        build_parser(repo_root).parse_args(["retrieve", "--help"])
+    assert "methods in params.yaml" in capsys.readouterr().out
+
+
+def test_split_predefined_composes_as_the_readme_says(repo_root):
+    """`dvc exp run -S split=predefined` composes (it used to fail: no conf/split/predefined.yaml)."""
+    import yaml as _yaml
+
+    from cbir.config import compose_yaml
+
+    params = _yaml.safe_load(compose_yaml(repo_root / "conf", ["split=predefined"]))
+    assert params["split"] == {"protocol": "predefined", "queries_per_class": None, "query_fraction": None,
+                               "seed": 0}

@@ -179,11 +179,11 @@ def params_for(index: str, faiss_options: dict | None = None) -> dict:
 def test_metrics_gain_the_index_recall_against_exact_search(tmp_path, index, options, name):
     manifest, x = write_dataset(tmp_path)
     run_evaluate(params_for("exact"), tmp_path)
-    exact_metrics = json.loads((tmp_path / "metrics/toy.json").read_text())["m"]
+    exact_metrics = json.loads((tmp_path / "reports/toy/metrics.json").read_text())["m"]
     assert "index" not in exact_metrics
 
     run_evaluate(params_for(index, options), tmp_path)
-    metrics = json.loads((tmp_path / "metrics/toy.json").read_text())["m"]
+    metrics = json.loads((tmp_path / "reports/toy/metrics.json").read_text())["m"]
     q, db = x[(manifest.split == "query").to_numpy()], x[(manifest.split == "database").to_numpy()]
     expected = recall_at_k(faiss_topk(q, db, K, index=index, seed=0, **options)[0], exact_topk(q, db, K)[0])
     assert metrics["index"] == {"name": name, "recall@10": pytest.approx(expected, abs=1e-6)}
@@ -193,7 +193,7 @@ def test_metrics_gain_the_index_recall_against_exact_search(tmp_path, index, opt
 
     run_retrieve(params_for(index, options), "m", tmp_path)
     info = json.loads((tmp_path / "data/retrieval/toy/m.json").read_text())
-    assert info["index"] == index and info["index_name"] == name and info["faiss"] == options
+    assert info["index"] == info["index_name"] == name and info["faiss"] == options
     assert info["recall_at_k"] == metrics["index"]["recall@10"]
 
 

@@ -41,11 +41,14 @@ def test_dvc_yaml_paths_are_the_layout(repo_root):
         assert {str(repo_root / cfg["requires"]["code"]), str(repo_root / cfg["requires"]["data"])} <= \
             extract_stage["deps"]
         retrieve_stage = stages[f"retrieve@{method}"]
-        assert retrieve_stage["outs"] == {str(paths.retrieval(method)), str(paths.retrieval_info(method))}
+        assert retrieve_stage["outs"] == {str(paths.retrieval(method)), str(paths.retrieval_info(method)),
+                                          str(paths.index_dir(method))}
         assert {str(paths.manifest), str(paths.features(method))} <= retrieve_stage["deps"]
-    assert stages["evaluate"]["outs"] == {str(paths.metrics)} | {str(paths.plot(n)) for n in PLOT_TABLES}
+    assert stages["evaluate"]["outs"] == {str(paths.metrics), str(paths.compact_metrics), str(paths.pairs)} | \
+        {str(paths.plot(n)) for n in PLOT_TABLES}
     assert stages["figures"]["outs"] == {str(paths.figures_dir)}
-    assert stages["report"]["outs"] == {str(paths.report)}
+    assert str(paths.metrics) in stages["figures"]["deps"] and str(paths.metrics) in stages["report"]["deps"]
+    assert stages["report"]["outs"] == {str(paths.report), str(paths.tables_dir)}
     assert str(repo_root / "README.md") not in set().union(*(s["outs"] for s in stages.values()))
 
 

@@ -150,7 +150,7 @@ def dvc_workspace(root: Path, params: dict) -> None:
     full = yaml.safe_load((REPO / "params.yaml").read_text())
     full.update({k: v for k, v in params.items()})
     for cfg in full["methods"].values():
-        cfg.setdefault("requires", "params.yaml")
+        cfg.setdefault("requires", {"code": "params.yaml", "data": "params.yaml"})
     (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
 
 
@@ -181,3 +181,34 @@ def test_plots_page_renders_offline_in_headless_chromium(tmp_path):
     assert all(int(w) > 0 and int(h) > 0 for w, h in svgs)
     for mark in ("mark-line", "mark-area", "mark-rect", "mark-text", "mark-rule"):
         assert f'class="mark-{mark[5:]}' in dom, mark
+
+
+def test_vega_templates_tell_revisions_apart_with_a_wide_palette_and_outside_legends():
+    """`dvc plots diff` adds the field 'rev' to every datapoint: lines dash by it, the other plots give each
+    'method @ rev' its own row; 14 distinct method colours; legends to the right of the data."""
+    specs = {p.stem: json.loads(p.read_text()) for p in (REPO / "reports" / "vega").glob("*.json")}
+    for name in ("lines", "lines_band"):
+        text = json.dumps(specs[name])
+        assert '"strokeDash": {"field": "rev"' in text, name
+        colour = specs[name]["encoding"]["color"]
+        assert colour["field"] == "method" and len(set(colour["scale"]["range"])) >= 12
+        assert colour["legend"]["orient"] == "right" and specs[name]["config"]["legend"]["symbolLimit"] == 0
+    for name in ("heatmap", "boxplot", "diff_bars"):
+        assert specs[name]["transform"] == [{"calculate": "datum.rev ? datum.method + ' @ ' + datum.rev : "
+                                                          "datum.method", "as": "series"}]
+        assert "series" in json.dumps(specs[name]["encoding"])
+
+
+def test_dvc_plots_diff_data_renders_two_revisions_apart(tmp_path):
+    """DVC's own renderer fills the template with two revisions' datapoints; both keep their 'rev'."""
+    from dvc_render.vega import VegaRenderer
+
+    datapoints = [{"method": m, "k": k, "precision": p, "lo": p - 0.1, "hi": p + 0.1, "rev": rev}
+                  for rev, shift in (("workspace", 0.0), ("exp-k20", 0.05)) for m in ("a", "b")
+                  for k, p in ((1, 0.5 + shift), (2, 0.4 + shift))]
+    renderer = VegaRenderer(datapoints, "reports/plots/pk.csv", template=str(REPO / "reports/vega/lines_band.json"),
+                            x="k", y="precision")
+    spec = renderer.get_filled_template()
+    spec = json.loads(spec) if isinstance(spec, str) else spec
+    assert {d["rev"] for d in spec["data"]["values"]} == {"workspace", "exp-k20"}
+    assert spec["layer"][1]["encoding"]["strokeDash"]["field"] == "rev"

@@ -100,8 +100,8 @@ def run_cli(argv: list[str], monkeypatch) -> int:
 
     original = cli.build_parser
 
-    def parser_with_query():
-        parser = original()
+    def parser_with_query(*args):
+        parser = original(*args)
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         if "query" not in sub.choices:
             add_query_parsers(sub)
@@ -210,19 +210,22 @@ def _bad_inputs(root: Path, tmp: Path) -> dict:
     ("huge", [], "huge.png: too_large (1100x1000 = 1100000 pixels > max_pixels 1000000)"),
     ("empty", [], "empty.jpg: empty"),
     ("missing", [], "missing.png not found: give the path of an image file"),
-    ("folder", [], "is a folder: give the path of an image file"),
+    ("emptydir", [], "holds no image files"),
+    ("folder", [], "none of the 4 query images could be read: see the warnings above"),
     ("good", ["--method", "hsv_unbuilt"], "features for method 'hsv_unbuilt' not found at"),
     ("good", ["--method", "nope"], "method 'nope' is not in params.yaml"),
     ("good", ["--k", "0"], "--k must be at least 1, got 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(state, monkeypatch, capsys, tmp_path, case, extra, expected):
+    (tmp_path / "emptydir").mkdir()
     paths = {**_bad_inputs(state["root"], tmp_path), "missing": tmp_path / "missing.png", "folder": tmp_path,
-             "good": state["outside"]}
+             "good": state["outside"], "emptydir": tmp_path / "emptydir"}
     assert cli_query(state, monkeypatch, paths[case], *extra) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], captured.err
+    errors = [line for line in lines if " WARNING skipped " not in line]  # a batch names each skipped image
+    assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], captured.err
 
 
 def test_unbuilt_method_error_names_the_stage(state):
@@ -244,7 +247,10 @@ def test_parsers_defaults():
     parser = argparse.ArgumentParser()
     add_query_parsers(parser.add_subparsers(dest="command"))
     q = parser.parse_args(["query", "x.png"])
-    assert (q.image, q.method, q.k, q.figure, q.json) == ("x.png", None, None, None, False) and callable(q.func)
+    assert (q.image, q.method, q.k, q.figure, q.json) == (["x.png"], None, None, None, False) and callable(q.func)
+    assert (q.out, q.exclude_self, q.query_quiet) == (None, False, False)
+    q = parser.parse_args(["query", "a/", "b/*.jpg", "c.png", "--out", "r.csv", "--exclude-self", "-q"])
+    assert q.image == ["a/", "b/*.jpg", "c.png"] and str(q.out) == "r.csv" and q.exclude_self and q.query_quiet
     s = parser.parse_args(["serve"])
     assert (s.host, s.port, s.method) == ("127.0.0.1", 8000, None) and callable(s.func)
     s = parser.parse_args(["serve", "--port", "0", "--method", "a", "--method", "b"])

@@ -32,3 +32,29 @@ def test_readme_shows_the_two_commands_first(repo_root):
 
 def test_ci_runs_the_readme_test_command(repo_root):
     assert "make test" in (repo_root / ".ci" / "run").read_text()
+
+
+def test_results_block_has_a_cross_dataset_summary_from_a_fresh_clone(tmp_path):
+    """Only metrics/ and reports/ exist (a fresh clone): the full metrics and each method's kind come from
+    reports/<ds>/metrics.json; features JSON and params.yaml, when present, name the kind first."""
+    full = {"d1": {"p@10": 0.5, "ci95": {"p@10": [0.4, 0.6]}, "kind": "deep"},
+            "d2": {"p@10": 0.7, "ci95": {"p@10": [0.6, 0.8]}, "kind": "deep"},
+            "h1": {"p@10": 0.3, "ci95": {"p@10": [0.2, 0.4]}, "kind": "handcrafted"},
+            "x": {"p@10": 0.9, "ci95": {"p@10": [0.8, 1.0]}}}
+    for ds in ("alpha", "beta"):
+        (tmp_path / "reports" / ds).mkdir(parents=True)
+        (tmp_path / "reports" / ds / "metrics.json").write_text(json.dumps(full))
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        (tmp_path / "metrics" / f"{ds}.json").write_text(json.dumps({m: {"p@10": e["p@10"]} for m, e in full.items()}))
+    # beta: the features JSON says d2 is handcrafted; params.yaml names x's kind
+    (tmp_path / "data/features/beta").mkdir(parents=True)
+    (tmp_path / "data/features/beta/d2.json").write_text(json.dumps({"config": {"kind": "handcrafted"}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"methods": {"x": {"kind": "precomputed"}}}))
+    block = results_block(tmp_path)
+    summary = block.split("Across datasets", 1)[1].splitlines()
+    assert summary[2:] == [
+        "| dataset | best deep method | P@10 [95% CI] | best traditional method | P@10 [95% CI] |",
+        "|---|---|---|---|---|",
+        "| `alpha` | `d2` | 0.700 [0.600, 0.800] | `h1` | 0.300 [0.200, 0.400] |",
+        "| `beta` | `d1` | 0.500 [0.400, 0.600] | `d2` | 0.700 [0.600, 0.800] |"]
+    assert block.count("| method |") == 2  # one full table per dataset

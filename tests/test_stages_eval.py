@@ -94,7 +94,7 @@ def test_run_retrieve_faiss_records_recall(tmp_path, index, options):
     assert len(frame) == 18 * 5
     assert not (frame["query_id"] == frame["image_id"]).any()  # leave-one-out
     info = json.loads((tmp_path / "data/retrieval/toy/good.json").read_text())
-    assert info["index"] == index and info["faiss"] == options
+    assert info["index"] == info["index_name"] == f"faiss-{index}" and info["faiss"] == options
     assert info["recall_at_k"] == 1.0  # exhaustive settings on 17 candidates
 
 
@@ -103,8 +103,8 @@ def test_run_retrieve_applies_rerank(tmp_path):
     plain = make_params()
     run_retrieve(plain, "noisy", tmp_path)
     before = pd.read_csv(tmp_path / "data/retrieval/toy/noisy.csv")
-    reranked = make_params(methods={"noisy": {"kind": "handcrafted",
-                                              "rerank": {"kind": "dba+aqe", "n": 2, "alpha": 3}}})
+    reranked = make_params(retrieval={"k": 4, "block_size": 5, "index": "exact", "per_method": {
+        "noisy": {"rerank": {"kind": "dba+aqe", "n": 2, "alpha": 3}}}})
     run_retrieve(reranked, "noisy", tmp_path)
     after = pd.read_csv(tmp_path / "data/retrieval/toy/noisy.csv")
     assert len(after) == len(before)
@@ -116,8 +116,15 @@ def test_run_retrieve_applies_rerank(tmp_path):
 def test_run_evaluate_writes_metrics_and_plots(tmp_path):
     manifest = write_dataset(tmp_path)
     run_evaluate(make_params(), tmp_path)
-    metrics = json.loads((tmp_path / "metrics/toy.json").read_text())
+    metrics = json.loads((tmp_path / "reports/toy/metrics.json").read_text())
     assert list(metrics) == ["good", "noisy"]
+    assert metrics["good"]["kind"] == "handcrafted"
+    # the compact DVC metrics file: mAP and P@10 with their bounds, nothing else
+    compact = json.loads((tmp_path / "metrics/toy.json").read_text())
+    assert compact["noisy"] == {"map": metrics["noisy"]["map"], "map_lo": metrics["noisy"]["ci95"]["map"][0],
+                                "map_hi": metrics["noisy"]["ci95"]["map"][1], "p@10": metrics["noisy"]["p@10"],
+                                "p@10_lo": metrics["noisy"]["ci95"]["p@10"][0],
+                                "p@10_hi": metrics["noisy"]["ci95"]["p@10"][1]}
     good = metrics["good"]
     # holdout: 6 queries, 12 database images (4 per class): p@20/p@50 do not fit
     assert {"p@1", "p@5", "p@10", "r@10", "map", "map@10", "n_queries", "n_database",
@@ -143,13 +150,19 @@ def test_run_evaluate_writes_metrics_and_plots(tmp_path):
     assert list(pr.columns) == ["method", "recall", "precision", "lo", "hi"] and len(pr) == 22
     assert (pr["lo"] <= pr["precision"] + 1e-12).all() and (pr["precision"] <= pr["hi"] + 1e-12).all()
     per_class = pd.read_csv(plots / "per_class.csv")
-    assert list(per_class.columns) == ["method", "label", "n_queries", "p@10", "ap"]
+    assert list(per_class.columns) == ["method", "label", "n_queries", "p@10", "p@20", "ap"]
+    assert per_class["p@20"].isna().all()  # 12 database images: P@20 does not fit
     assert per_class.query("method == 'good'")["label"].tolist() == LABELS
     per_query = pd.read_csv(plots / "per_query.csv")
     assert list(per_query.columns[:4]) == ["method", "query_id", "label", "n_relevant"]
     assert {"p@10", "r@10", "ap", "ap@10"} <= set(per_query.columns) and len(per_query) == 12
     sig = pd.read_csv(plots / "significance.csv")
-    assert list(sig.columns) == ["method", "baseline", "n", "mean_diff_ap", "p_permutation", "p_wilcoxon"]
+    assert list(sig.columns) == ["method", "baseline", "n", "mean_diff_ap", "p_permutation", "p_wilcoxon",
+                                 "p_holm"]
+    assert sig["p_holm"].item() == sig["p_permutation"].item()  # a family of one
+    pairs = pd.read_csv(tmp_path / "reports/toy/pairs.csv")
+    assert pairs[["a", "b"]].values.tolist() == [["good", "noisy"]]
+    assert pairs["mean_diff_ap"].item() == pytest.approx(sig["mean_diff_ap"].item())
     assert sig["method"].tolist() == ["good"] and sig["baseline"].tolist() == ["noisy"]
     assert sig["mean_diff_ap"].item() == pytest.approx(1.0 - expected["ap"].mean(), abs=1e-6)
     assert 0 < sig["p_permutation"].item() <= 1 and 0 < sig["p_wilcoxon"].item() <= 1
@@ -161,7 +174,7 @@ def test_run_evaluate_leave_one_out_without_baseline(tmp_path):
     params = make_params(evaluation={"ks": [1, 5], "n_bootstrap": 50, "seed": 0,
                                      "n_permutations": 100, "baseline": None})
     run_evaluate(params, tmp_path)
-    metrics = json.loads((tmp_path / "metrics/toy.json").read_text())
+    metrics = json.loads((tmp_path / "reports/toy/metrics.json").read_text())
     assert metrics["good"]["n_queries"] == 18 and metrics["good"]["n_database"] == 17
     assert metrics["good"]["map"] == 1.0 and metrics["good"]["p@5"] == 1.0
     assert pd.read_csv(tmp_path / "reports/toy/plots/significance.csv").empty
@@ -184,6 +197,12 @@ def test_mismatched_row_count_raises(tmp_path):
     (make_params(retrieval={"k": 3, "index": "annoy"}), "good", "unknown retrieval.index 'annoy'"),
     (make_params(retrieval={"k": 3, "index": "ivf", "faiss": {"nprobes": 3}}), "good",
      r"unknown retrieval.faiss keys \['nprobes'\]"),
+    (make_params(methods={"good": {"kind": "handcrafted", "rerank": {"kind": "aqe"}}}), "good",
+     r"methods.good.rerank is a search setting: move it to retrieval.per_method.good.rerank"),
+    (make_params(retrieval={"k": 3, "per_method": {"good": {"rerank": {"kind": "qe"}}}}), "good",
+     r"retrieval.per_method.good.rerank: unknown rerank kind 'qe'"),
+    (make_params(retrieval={"k": 3, "per_method": {"good": {"index": "hnsw", "nprobe": 3}}}), "good",
+     r"unknown retrieval.per_method.good keys \['nprobe'\]"),
 ])
 def test_run_retrieve_bad_params(tmp_path, params, method, message):
     write_dataset(tmp_path)

@@ -85,6 +85,7 @@ def test_report_and_readme_block(tmp_path):
     text = build_report(params, METRICS, sig, {"n_images": 24}, ["figures/comparison.png"])
     assert metrics_table(METRICS) in text and "![comparison](figures/comparison.png)" in text
     assert "| b | a | -0.36 | 0.01 |" in text
+    assert "## P@20 per class" in text and "## Every pair of methods" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
     assert update_readme(readme, "NEW TABLE")
@@ -248,12 +249,15 @@ def test_metrics_table_handles_missing_values_and_intervals():
 def test_significance_and_per_class_tables():
     from cbir.report.markdown import per_class_table, significance_table
 
-    sig = pd.DataFrame({"method": ["b"], "baseline": ["a"], "n": [12], "mean_diff_ap": [0.0192130473],
-                        "p_permutation": [0.5], "p_wilcoxon": [float("nan")]})
-    lines = significance_table(sig).splitlines()
-    assert lines[0] == ("| method | baseline | queries | mean AP difference (method − baseline) | "
-                        "p (paired permutation) | p (Wilcoxon signed-rank) |")
-    assert lines[2] == "| b | a | 12 | 0.01921 | 0.5 | – |"
+    sig = pd.DataFrame({"method": ["b", "c"], "baseline": ["a", "a"], "n": [12, 40],
+                        "mean_diff_ap": [0.0192130473, -0.2], "p_permutation": [0.5, 1 / 10001],
+                        "p_wilcoxon": [float("nan"), 3.2e-6], "p_holm": [0.5, 2 / 10001]})
+    lines = significance_table(sig, n_permutations=10000).splitlines()
+    assert lines[0] == ("| method | baseline | queries | mean AP difference | "
+                        "p (paired permutation) | p (Wilcoxon signed-rank) | p (permutation, Holm) |")
+    assert lines[2] == "| b | a | 12 | +0.01921 | 0.5 | – | 0.5 |"
+    # at the permutation floor 1/(10000 + 1) the p-value is an upper bound; Wilcoxon's is exact
+    assert lines[3] == "| c | a | 40 | -0.2 | < 1e-4 | 3.2e-06 | 0.0002 |"
     assert significance_table(pd.DataFrame()).startswith("_No comparison")
     per_class = pd.DataFrame({"method": ["a", "b", "a", "b"], "label": ["y", "y", "x", "x"],
                               "n_queries": [2, 2, 3, 3], "p@10": [0.25, 0.5, 1.0, None], "ap": 0.0})
@@ -282,8 +286,15 @@ def test_methods_table_flattens_settings_and_shows_extraction_info():
 
     methods = {"h": {"kind": "handcrafted", "descriptor": "hsv", "params": {"bins": [8, 4]}, "requires": "x"}}
     lines = methods_table(methods, {"h": {"dim": 32, "device": "cpu", "images_per_second": 90.5}}).splitlines()
-    assert lines[2] == "| `h` | handcrafted | descriptor=hsv, params.bins=[8, 4] | 32 | cpu | 90.5 |"
-    assert methods_table({"d": {"kind": "deep"}}).splitlines()[2] == "| `d` | deep | – | – | – | – |"
+    assert lines[2] == "| `h` | handcrafted | descriptor=hsv, params.bins=[8, 4] | – | – | 32 | cpu | 90.5 |"
+    assert methods_table({"d": {"kind": "deep"}}).splitlines()[2] == "| `d` | deep | – | – | – | – | – | – |"
+    # search settings and weight provenance (models/<backbone>.json "verified" and "check")
+    weights = {"r": {"verified": True, "check": "sha256 of the torchvision file"}, "m": {"verified": False,
+                                                                                     "check": "no reference"}}
+    lines = methods_table({"d": {"kind": "deep", "backbone": "r"}, "e": {"kind": "deep", "backbone": "m"}},
+                          weights=weights, search={"e": {"rerank": {"kind": "aqe", "n": 3}}}).splitlines()
+    assert lines[2] == ("| `d` | deep | backbone=r | – | r: verified (sha256 of the torchvision file) | – | – | – |")
+    assert lines[3] == "| `e` | deep | backbone=m | rerank.kind=aqe, rerank.n=3 | m: not verified (no reference) | – | – | – |"
 
 
 def test_update_readme_keeps_permissions(tmp_path):

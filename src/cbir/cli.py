@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -62,9 +63,28 @@ STAGES = {
 }
 
 
-def add_stage_parsers(sub) -> None:
+def choices_epilog(root: Path = Path(".")) -> str:
+    """What ``--help`` lists: the methods of ``params.yaml`` and the method and dataset configs in ``conf/``."""
+    lines = []
+    try:
+        methods = list((load_params(root).get("methods") or {}))
+    except CbirError:
+        methods = []
+    if methods:
+        lines.append("methods in params.yaml: " + ", ".join(methods))
+    for group, what in (("method", "method configs (add with -S '+method@methods.NAME=NAME')"),
+                        ("dataset", "datasets (dvc exp run -S dataset=NAME)"),
+                        ("split", "splits (dvc exp run -S split=NAME)")):
+        names = sorted(p.stem for p in (Path(root) / "conf" / group).glob("*.yaml"))
+        if names:
+            lines.append(f"{what}: " + ", ".join(names))
+    return "\n".join(lines)
+
+
+def add_stage_parsers(sub, epilog: str = "") -> None:
     for name, (operand, what) in STAGES.items():
-        p = sub.add_parser(name, help=what)
+        p = sub.add_parser(name, help=what, epilog=epilog if operand == "method" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if operand:
             p.add_argument(operand)
 
@@ -74,17 +94,28 @@ def add_stage_parsers(sub) -> None:
         p.set_defaults(func=call)
 
 
-def add_query_parsers(sub) -> None:
-    p = sub.add_parser("query", help="rank the database for any image (top-k by cosine similarity)")
-    p.add_argument("image", help="path of the query image (need not be in the dataset)")
+def add_query_parsers(sub, epilog: str = "") -> None:
+    p = sub.add_parser("query", help="rank the database for any image (top-k by cosine similarity)", epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Rank the database for query images with a pipeline method, applying its "
+                                   "re-ranking and saved index exactly as the retrieve stage does.")
+    p.add_argument("image", nargs="+", help="query image files, folders (their images) or globs "
+                                            "(need not be in the dataset)")
     p.add_argument("--method", default=None, help="pipeline method (default: the first in params.yaml)")
     p.add_argument("--k", type=int, default=None, help="number of results (default: retrieval.k, 10)")
     p.add_argument("--figure", type=Path, default=None, help="also save a sample-trial figure (PNG + PDF)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=lambda a: handler("query")(load_params(a.root), a.root, a.image, method=a.method, k=a.k,
-                                            figure=a.figure, as_json=a.json))
+    p.add_argument("--out", type=Path, default=None,
+                   help="save the results: .csv (one row per query and rank) or .json")
+    p.add_argument("--exclude-self", action="store_true",
+                   help="drop a query's own database entry (same file or same decoded pixels)")
+    p.add_argument("-q", "--quiet", dest="query_quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=lambda a: handler("query")(
+        load_params(a.root), a.root, a.image, method=a.method, k=a.k, figure=a.figure, as_json=a.json,
+        out=a.out, exclude_self=a.exclude_self, quiet=a.quiet or a.query_quiet))
 
-    p = sub.add_parser("serve", help="a local web page to query the database by upload or by image id")
+    p = sub.add_parser("serve", help="a local web page to query the database by upload or by image id",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--method", action="append", default=None,
@@ -93,19 +124,29 @@ def add_query_parsers(sub) -> None:
                                              methods=a.method or None))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cbir", description=__doc__.splitlines()[0])
+def _root_of(argv: list[str] | None) -> Path:
+    """``--root`` of ``argv`` before the full parse (``--help`` lists that root's methods and datasets)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--root", type=Path, default=Path("."))
+    return early.parse_known_args(argv)[0].root
+
+
+def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
+    epilog = choices_epilog(root)
+    parser = argparse.ArgumentParser(prog="cbir", description=__doc__.splitlines()[0], epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("params", help="compose conf/ with Hydra into params.yaml")
+    p = sub.add_parser("params", help="compose conf/ with Hydra into params.yaml", epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=synthetic")
     p.set_defaults(func=cmd_params)
-    add_stage_parsers(sub)
+    add_stage_parsers(sub, epilog)
     sub.add_parser("readme", help="rewrite README.md's results block from metrics/ (one table per dataset)"
                    ).set_defaults(func=lambda a: handler("readme")(a.root))
-    add_query_parsers(sub)
+    add_query_parsers(sub, epilog)
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.add_argument("--update-template", action="store_true",
@@ -116,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_root_of(argv)).parse_args(argv)
+    if args.quiet or getattr(args, "query_quiet", False):
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads its defaults from TQDM_* variables
+        args.quiet = True
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting is chatty

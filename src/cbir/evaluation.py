@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -342,3 +342,42 @@ def per_class(per_query: pd.DataFrame) -> pd.DataFrame:
     out = grouped[columns].mean()
     out.insert(0, "n_queries", grouped.size())
     return out.reset_index()
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), NaN kept as NaN and left out of the family.
+
+    Sorted ascending, the i-th of m p-values becomes ``max_{j<=i} min(1, (m - j) p_(j))``.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def all_pairs_tests(ap: Mapping[str, pd.Series], n_permutations: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """:func:`paired_test` of every pair of methods (``a`` listed before ``b``) on their common queries,
+    with Holm-adjusted permutation p-values over the whole family (``p_holm``).
+
+    ``ap`` maps method -> per-query AP indexed by query id. Columns: ``a, b, n, mean_diff_ap`` (a − b),
+    ``p_permutation, p_wilcoxon, p_holm``.
+    """
+    names = list(ap)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            left = ap[a]
+            right = ap[b].reindex(left.index)
+            test = paired_test(left.to_numpy(), right.to_numpy(), n_permutations, seed)
+            rows.append({"a": a, "b": b, "n": test["n"], "mean_diff_ap": test["mean_diff"],
+                         "p_permutation": test["p_permutation"], "p_wilcoxon": test["p_wilcoxon"]})
+    frame = pd.DataFrame(rows, columns=["a", "b", "n", "mean_diff_ap", "p_permutation", "p_wilcoxon"])
+    frame["p_holm"] = holm(frame["p_permutation"].to_numpy()) if len(frame) else []
+    return frame
+

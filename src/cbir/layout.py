@@ -10,8 +10,12 @@ one experiment never overwrites another dataset's outputs::
     models/<backbone>.pt                + .json provenance
     data/features/<ds>/<method>.npy     + .json (+ .whitening.npz)
     data/retrieval/<ds>/<method>.csv    + .json
-    metrics/<ds>.json                   DVC metrics: every method's metrics with intervals
+    data/index/<ds>/<method>/           the saved search index: index.json, ids.txt (+ index.faiss)
+    metrics/<ds>.json                   DVC metrics, compact: per method mAP and P@10 with 95% bounds
+    reports/<ds>/metrics.json           every method's metrics with intervals (report, figures, README)
     reports/<ds>/plots/<name>.csv       DVC plots: pk, pr, per_class, per_query, significance
+    reports/<ds>/pairs.csv              paired tests of every pair of methods (Holm-adjusted)
+    reports/<ds>/tables/                the report's tables as CSV and LaTeX
     reports/<ds>/figures/               PNG + PDF + figures.json
     reports/<ds>/report.md
 """
@@ -100,10 +104,19 @@ class Layout:
     def retrieval_info(self, method: str) -> Path:
         return self.retrieval_dir / f"{method}.json"
 
+    def index_dir(self, method: str) -> Path:
+        return self.root / "data" / "index" / self.dataset / method
+
     # evaluation and reports ---------------------------------------------------------------
     @property
-    def metrics(self) -> Path:
+    def compact_metrics(self) -> Path:
+        """``metrics/<ds>.json``: the DVC metrics file (compact, for ``dvc exp show``)."""
         return self.root / "metrics" / f"{self.dataset}.json"
+
+    @property
+    def metrics(self) -> Path:
+        """``reports/<ds>/metrics.json``: every metric of every method, with intervals."""
+        return self.reports_dir / "metrics.json"
 
     @property
     def reports_dir(self) -> Path:
@@ -117,6 +130,14 @@ class Layout:
         if name not in PLOT_TABLES:
             raise ValueError(f"unknown plot table {name!r}; expected one of {PLOT_TABLES}")
         return self.plots_dir / f"{name}.csv"
+
+    @property
+    def pairs(self) -> Path:
+        return self.reports_dir / "pairs.csv"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.reports_dir / "tables"
 
     @property
     def figures_dir(self) -> Path:

@@ -3,7 +3,8 @@
 Pure logic shared by ``cbir query`` (command line) and ``cbir serve`` (web page):
 :func:`load_database` reads one method's features and the manifest once,
 :class:`QueryEngine` adds the method's model (built once by :func:`cbir.features.methods.build_method`)
-and answers queries by image or by image id, and :func:`result_records` turns a ranking into plain
+and answers queries by image or by image id with the method's search settings (re-ranking, index: the
+saved index of the retrieve stage) exactly as the pipeline ranks, and :func:`result_records` turns a ranking into plain
 dicts (``rank, image_id, label, score, path, relevant``) that the table, the JSON output, the figure
 and the web page all print.
 """
@@ -21,14 +22,18 @@ import pandas as pd
 from PIL import Image
 
 from cbir.app.decode import DEFAULT_MAX_PIXELS, decode_image_bytes, open_query_image
-from cbir.config import method_config
+from cbir.data.curate import pixel_hash
 from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
 from cbir.features.methods import build_method
 from cbir.features.whitening import apply_whitening, load_whitening
 from cbir.fileio import sha256_bytes, sha256_file
 from cbir.layout import Layout
-from cbir.search.exact import exact_topk
+from cbir.search.exact import exact_topk, l2_normalize
+from cbir.search.faiss_index import search_built_index
+from cbir.search.prepared import search_settings
+from cbir.search.rerank import alpha_query_expansion, database_augmentation
+from cbir.search.saved import load_index
 
 DEFAULT_K = 10
 
@@ -56,7 +61,9 @@ class Database:
 
     ``features`` holds every manifest row (aligned with ``manifest``); ``rows`` are the
     manifest rows searched (``split == "database"``, or all rows under ``leave_one_out``);
-    ``vectors = features[rows]``.
+    ``vectors`` are ``features[rows]`` L2-normalised (and augmented when the method's re-ranking
+    includes DBA); ``search`` holds the method's ``{rerank, index, faiss}`` and ``index`` its saved
+    FAISS index (``None`` for exact search).
     """
 
     method: str
@@ -64,6 +71,8 @@ class Database:
     features: np.ndarray
     rows: np.ndarray
     vectors: np.ndarray
+    search: dict | None = None
+    index: object = None
 
     def __post_init__(self):
         self._row_of = {image_id: i for i, image_id in enumerate(self.manifest["image_id"])}
@@ -91,11 +100,19 @@ class Database:
         """Manifest row whose file has this sha256 (the query is a dataset image), else ``None``."""
         return self._row_of_sha.get(digest)
 
+    def position_of_row(self, row: int | None) -> int:
+        """Position of manifest ``row`` among the database rows (``-1`` when it is not searched)."""
+        if row is None:
+            return -1
+        hits = np.flatnonzero(self.rows == row)
+        return int(hits[0]) if hits.size else -1
+
 
 def load_database(params: dict, method: str, root: Path) -> Database:
-    """Read the manifest and ``data/features/<ds>/<method>.npy`` of a method the pipeline has built."""
+    """Read the manifest, ``data/features/<ds>/<method>.npy`` and, for a FAISS index, the saved index
+    ``data/index/<ds>/<method>/`` of a method the pipeline has built (a stale one is refused)."""
 
-    method_config(params, method)  # an unknown method is one clear error
+    settings = search_settings(params, method)  # an unknown method or a bad setting is one clear error
     paths = Layout(root, params)
     manifest = read_manifest(paths.manifest).reset_index(drop=True)
     path = paths.features(method)
@@ -112,13 +129,25 @@ def load_database(params: dict, method: str, root: Path) -> Database:
                         f"they are stale, rebuild them with `dvc repro extract@{method}`")
     features = np.ascontiguousarray(features, dtype=np.float32)
     rows = database_rows(manifest)
-    return Database(method=method, manifest=manifest, features=features, rows=rows,
-                    vectors=np.ascontiguousarray(features[rows]))
+    vectors = l2_normalize(np.ascontiguousarray(features[rows]))
+    rerank = settings["rerank"]
+    if rerank and "dba" in rerank["kind"]:
+        vectors = database_augmentation(vectors, rerank["n"], rerank["alpha"],
+                                        block_size=int((params.get("retrieval") or {}).get("block_size") or 1024))
+    index = None
+    if settings["index"] != "exact":
+        index = load_index(paths.index_dir(method), method, settings, path,
+                           manifest["image_id"].astype(str).to_numpy()[rows])
+    return Database(method=method, manifest=manifest, features=features, rows=rows, vectors=vectors,
+                    search=settings, index=index)
 
 
-def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine top-``k`` of each query vector among the database rows.
+def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024,
+           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of each query vector among the database rows, as the retrieve stage ranks: the
+    method's query expansion, then exact cosine search or its saved FAISS index.
 
+    ``exclude`` (int ``[Q]``, database positions, ``-1`` = none) keeps a query's own entry out.
     Returns manifest row numbers (int64 ``[Q, k']``) and scores (float32 ``[Q, k']``),
     ties broken by the lower image id (see :func:`cbir.search.exact.exact_topk`).
     """
@@ -129,7 +158,19 @@ def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024) ->
     if vectors.shape[1] != db.dim:
         raise CbirError(f"the query has {vectors.shape[1]} dimensions but the {db.method} features have {db.dim}: "
                         f"the features are stale, rebuild them with `dvc repro extract@{db.method}`")
-    idx, scores = exact_topk(vectors, db.vectors, k, block_size=block_size)
+    settings = db.search or {"rerank": None, "index": "exact", "faiss": {}}
+    rerank = settings["rerank"]
+    queries = l2_normalize(vectors)
+    if rerank and "aqe" in rerank["kind"]:
+        queries = alpha_query_expansion(queries, db.vectors, rerank["n"], rerank["alpha"], exclude=exclude,
+                                        block_size=block_size)
+    if db.index is None:
+        idx, scores = exact_topk(queries, db.vectors, k, block_size=block_size, exclude=exclude)
+    else:
+        idx, scores = search_built_index(db.index, settings["index"], queries, db.vectors, k, exclude=exclude,
+                                         refine=int(settings["faiss"].get("refine", 1)))
+        keep = idx[0] >= 0 if len(idx) == 1 else slice(None)
+        idx, scores = idx[:, keep], scores[:, keep]
     return db.rows[idx], scores
 
 
@@ -175,8 +216,8 @@ class QueryEngine:
     """A method's model and database, loaded once; answers queries (thread-safe, one at a time)."""
 
     def __init__(self, db: Database, embedder, k: int = DEFAULT_K, block_size: int = 1024,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.db, self.embedder = db, embedder
+                 max_pixels: int = DEFAULT_MAX_PIXELS, root: Path | None = None):
+        self.db, self.embedder, self.root = db, embedder, root
         self.k, self.block_size, self.max_pixels = int(k), int(block_size), int(max_pixels)
         self._lock = threading.Lock()
 
@@ -188,16 +229,18 @@ class QueryEngine:
     def from_params(cls, params: dict, method: str, root: Path, db: Database | None = None) -> "QueryEngine":
 
         db = db if db is not None else load_database(params, method, root)
-        return cls(db, QueryEmbedder.from_params(params, method, Path(root)), **query_settings(params))
+        return cls(db, QueryEmbedder.from_params(params, method, Path(root)), root=Path(root),
+                   **query_settings(params))
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """The image's L2-normalised descriptor ``[1, D]``."""
         with self._lock:
             return self.embedder.embed([image])
 
-    def _answer(self, vector: np.ndarray, k: int | None, query: dict, timings: dict) -> dict:
+    def _answer(self, vector: np.ndarray, k: int | None, query: dict, timings: dict, exclude: int = -1) -> dict:
         start = time.perf_counter()
-        rows, scores = search(self.db, vector, int(k or self.k), self.block_size)
+        rows, scores = search(self.db, vector, int(k or self.k), self.block_size,
+                              exclude=np.array([exclude]) if exclude >= 0 else None)
         timings["search_ms"] = (time.perf_counter() - start) * 1e3
         return {"method": self.method, "k": int(k or self.k), "query": query,
                 "results": result_records(self.db, rows[0], scores[0], query.get("label")),
@@ -211,34 +254,77 @@ class QueryEngine:
         return {"image_id": str(self.db.manifest.at[row, "image_id"]),
                 "label": str(self.db.manifest.at[row, "label"]), "source": source}
 
-    def query_image(self, image: Image.Image, k: int | None = None, query: dict | None = None) -> dict:
-        """Rank the database for a decoded image; ``query`` describes it (see :meth:`describe_query`)."""
+    def own_entry(self, image: Image.Image, vector: np.ndarray, digest: str | None = None) -> int:
+        """Database position of the query's own entry (same file sha256, or the same decoded pixels:
+        checked on the database rows whose cosine with the query is 1), ``-1`` when it has none."""
+        position = self.db.position_of_row(self.db.row_of_sha256(digest) if digest else None)
+        if position >= 0:
+            return position
+        target = pixel_hash(np.asarray(image))
+        idx, scores = exact_topk(vector, self.db.vectors, min(8, len(self.db.rows)), block_size=self.block_size)
+        for pos, score in zip(idx[0].tolist(), scores[0].tolist()):
+            if score < 1 - 1e-4:
+                break
+            path = Path(self.root or ".") / str(self.db.manifest.at[int(self.db.rows[pos]), "path"])
+            try:
+                if pixel_hash(np.asarray(open_query_image(path, self.max_pixels))) == target:
+                    return int(pos)
+            except (CbirError, OSError):
+                continue
+        return -1
+
+    def query_image(self, image: Image.Image, k: int | None = None, query: dict | None = None,
+                    exclude_self: bool = False, digest: str | None = None) -> dict:
+        """Rank the database for a decoded image; ``query`` describes it (see :meth:`describe_query`).
+        ``exclude_self`` drops the query's own database entry (:meth:`own_entry`)."""
         start = time.perf_counter()
         vector = self.embed(image)
         timings = {"embed_ms": (time.perf_counter() - start) * 1e3}
-        return self._answer(vector, k, dict(query or {"image_id": None, "label": None, "source": None}), timings)
+        exclude = self.own_entry(image, vector, digest) if exclude_self else -1
+        return self._answer(vector, k, dict(query or {"image_id": None, "label": None, "source": None}), timings,
+                            exclude)
 
-    def query_bytes(self, data: bytes, name: str = "upload", k: int | None = None) -> tuple[dict, Image.Image]:
+    def query_images(self, images: list[Image.Image], sources: list[str], digests: list[str | None],
+                     k: int | None = None, exclude_self: bool = False) -> list[dict]:
+        """:meth:`query_image` for a batch, embedded together (what ``cbir query DIR`` runs)."""
+        if not images:
+            return []
+        with self._lock:
+            vectors = self.embedder.embed(list(images))
+        answers = []
+        for i, (image, source, digest) in enumerate(zip(images, sources, digests)):
+            vector = vectors[i:i + 1]
+            exclude = self.own_entry(image, vector, digest) if exclude_self else -1
+            answers.append(self._answer(vector, k, self.describe_query(digest, source), {}, exclude))
+        return answers
+
+    def query_bytes(self, data: bytes, name: str = "upload", k: int | None = None,
+                    exclude_self: bool = False) -> tuple[dict, Image.Image]:
         """Decode uploaded bytes and rank the database; returns (answer, decoded image)."""
         start = time.perf_counter()
         image = decode_image_bytes(data, name, self.max_pixels)
         decode_ms = (time.perf_counter() - start) * 1e3
-        answer = self.query_image(image, k, self.describe_query(sha256_bytes(data), name))
+        digest = sha256_bytes(data)
+        answer = self.query_image(image, k, self.describe_query(digest, name), exclude_self, digest)
         answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
         return answer, image
 
-    def query_path(self, path: str | os.PathLike, k: int | None = None) -> tuple[dict, Image.Image]:
+    def query_path(self, path: str | os.PathLike, k: int | None = None,
+                   exclude_self: bool = False) -> tuple[dict, Image.Image]:
         """Decode an image file and rank the database; returns (answer, decoded image)."""
         start = time.perf_counter()
         image = open_query_image(path, self.max_pixels)
         decode_ms = (time.perf_counter() - start) * 1e3
-        answer = self.query_image(image, k, self.describe_query(sha256_file(path), str(path)))
+        digest = sha256_file(path)
+        answer = self.query_image(image, k, self.describe_query(digest, str(path)), exclude_self, digest)
         answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
         return answer, image
 
-    def query_id(self, image_id: str, k: int | None = None) -> dict:
-        """Rank the database for a dataset image by id, using its stored features (no decoding)."""
+    def query_id(self, image_id: str, k: int | None = None, exclude_self: bool = False) -> dict:
+        """Rank the database for a dataset image by id, using its stored features (no decoding);
+        ``exclude_self`` drops the image's own database entry (the leave-one-out ranking)."""
         row = self.db.row_of(image_id)
         query = {"image_id": str(image_id), "label": str(self.db.manifest.at[row, "label"]),
                  "source": str(self.db.manifest.at[row, "path"])}
-        return self._answer(self.db.features[row:row + 1], k, query, {})
+        exclude = self.db.position_of_row(row) if exclude_self else -1
+        return self._answer(self.db.features[row:row + 1], k, query, {}, exclude)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from cbir.app.engine import (
     QueryEngine,
@@ -17,11 +21,20 @@ from cbir.app.engine import (
     open_query_image,
     query_settings,
 )
+from cbir.data.images import ImageError
 from cbir.errors import CbirError
 from cbir.figures.style import save_figure
 from cbir.figures.thumbnails import thumbnail
 from cbir.figures.trials import sample_trials_figure
-from cbir.fileio import sha256_file
+from cbir.fileio import atomic_path, sha256_file
+
+log = logging.getLogger("cbir")
+
+#: file endings ``cbir query DIR`` picks up in a folder
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: columns of ``cbir query ... --out results.csv``: one row per query and rank
+RESULT_COLUMNS = ("query", "query_image_id", "rank", "image_id", "label", "score", "relevant", "path")
+BATCH = 16
 
 
 def format_table(answer: dict) -> str:
@@ -65,25 +78,116 @@ def save_query_figure(answer: dict, image: Image.Image, root: Path, target: Path
     return save_figure(fig, Path(target))
 
 
-def run_query(params: dict, root: Path, image: str | os.PathLike, method: str | None = None, k: int | None = None,
-              figure: str | os.PathLike | None = None, as_json: bool = False) -> dict:
-    """``cbir query``: check the inputs (cheap) before loading the model, then print the ranking."""
+def expand_queries(items: list[str | os.PathLike]) -> list[Path]:
+    """Query image paths from files, folders (their image files, sorted) and glob patterns, in order;
+    a name that matches nothing is one clear error."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CbirError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif path.exists() or not glob.has_magic(str(item)):
+            paths.append(path)
+        else:
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not found:
+                raise CbirError(f"pattern {item!r} matches no file: give image files, a folder or a glob")
+            paths += found
+    if not paths:
+        raise CbirError("no query image given: give image files, a folder or a glob")
+    return list(dict.fromkeys(paths))
+
+
+def results_frame(answers: list[dict]) -> pd.DataFrame:
+    """One row per query and rank (:data:`RESULT_COLUMNS`)."""
+    rows = [{"query": a["query"]["source"], "query_image_id": a["query"]["image_id"], **r}
+            for a in answers for r in a["results"]]
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def write_results(answers: list[dict], out: Path) -> Path:
+    """``--out``: CSV (one row per query and rank) or JSON (the answers) by the file's ending, atomically."""
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise CbirError(f"--out {out}: give a .csv or .json file")
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".csv":
+            results_frame(answers).to_csv(tmp, index=False)
+        else:
+            tmp.write_text(json.dumps(answers, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _batch_answers(engine: QueryEngine, paths: list[Path], k: int, exclude_self: bool, max_pixels: int,
+                   quiet: bool) -> list[dict]:
+    """Decode, embed (in batches) and rank every query; an undecodable image is skipped with a warning."""
+    answers: list[dict] = []
+    chunk: list[tuple[Image.Image, str, str]] = []
+
+    def flush():
+        images, sources, digests = zip(*chunk)
+        answers.extend(engine.query_images(list(images), list(sources), list(digests), k, exclude_self))
+        chunk.clear()
+
+    for path in tqdm(paths, desc=f"query {engine.method}", unit="img", disable=quiet or None, leave=False):
+        try:
+            chunk.append((open_query_image(path, max_pixels), str(path), sha256_file(path)))
+        except (ImageError, CbirError) as exc:
+            log.warning("skipped %s", exc)
+            continue
+        if len(chunk) >= BATCH:
+            flush()
+    if chunk:
+        flush()
+    if not answers:
+        raise CbirError(f"none of the {len(paths)} query images could be read: see the warnings above")
+    return answers
+
+
+def run_query(params: dict, root: Path, image, method: str | None = None, k: int | None = None,
+              figure: str | os.PathLike | None = None, as_json: bool = False, out: str | os.PathLike | None = None,
+              exclude_self: bool = False, quiet: bool = False) -> dict | list[dict]:
+    """``cbir query``: check the inputs (cheap) before loading the model, then print or save the ranking.
+
+    ``image`` is one path or a list of files, folders and globs; several queries are ranked in
+    batches with a progress bar (``quiet`` hides it) and, with ``out``, saved as CSV or JSON.
+    ``exclude_self`` drops each query's own database entry (matched by file or pixel hash).
+    """
     root = Path(root)
     method = method or default_method(params)
     settings = query_settings(params)
     k = int(k if k is not None else settings["k"])
     if k < 1:
         raise CbirError(f"--k must be at least 1, got {k}")
+    if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise CbirError(f"--out {out}: give a .csv or .json file")
+    paths = expand_queries(list(image) if isinstance(image, (list, tuple)) else [image])
+    if len(paths) > 1 and figure is not None:
+        raise CbirError("--figure draws one query: give a single image")
     db = load_database(params, method, root)
+    if len(paths) > 1:
+        engine = QueryEngine.from_params(params, method, root, db=db)
+        answers = _batch_answers(engine, paths, k, exclude_self, settings["max_pixels"], quiet)
+        if out is not None:
+            print(f"{len(answers)} queries x top-{k} ({method}) written to {write_results(answers, Path(out))}")
+        else:
+            print(answer_json(answers) if as_json else "\n\n".join(format_table(a) for a in answers))
+        return answers
     start = time.perf_counter()
-    decoded = open_query_image(image, settings["max_pixels"])  # a bad image fails before the model loads
+    decoded = open_query_image(paths[0], settings["max_pixels"])  # a bad image fails before the model loads
     decode_ms = (time.perf_counter() - start) * 1e3
     engine = QueryEngine.from_params(params, method, root, db=db)
-    answer = engine.query_image(decoded, k, engine.describe_query(sha256_file(image), str(image)))
+    digest = sha256_file(paths[0])
+    answer = engine.query_image(decoded, k, engine.describe_query(digest, str(paths[0])), exclude_self, digest)
     answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
     if figure is not None:
         written = save_query_figure(answer, decoded, root, Path(figure))
         answer["figure"] = [str(p) for p in written]
+    if out is not None:
+        write_results([answer], Path(out))
     print(answer_json(answer) if as_json else format_table(answer))
     if figure is not None and not as_json:
         print("figure: " + ", ".join(answer["figure"]))

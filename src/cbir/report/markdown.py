@@ -11,42 +11,24 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from cbir.layout import dataset_name
+from cbir.report.tables import column_header, format_p, number_text, per_class_frame, table_columns
 
 DECIMALS = 3
 
 
-SIGNIFICANCE_HEADERS = {"method": "method", "baseline": "baseline", "n": "queries",
-                        "mean_diff_ap": "mean AP difference (method − baseline)",
-                        "p_permutation": "p (paired permutation)", "p_wilcoxon": "p (Wilcoxon signed-rank)"}
-
-
-def _number(value, decimals: int = DECIMALS) -> str:
-    """A metric value as text; missing or undefined values are an en dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{float(value):.{decimals}f}"
-
-
-def table_columns(metrics: Mapping[str, Mapping]) -> list[str]:
-    """The table's metric columns: every ``p@k`` (by k), then ``r@10``, ``map``, ``map@10`` when present."""
-    keys = {key for entry in metrics.values() for key in entry}
-    pks = sorted((k for k in keys if k.startswith("p@") and k[2:].isdigit()), key=lambda k: int(k[2:]))
-    return pks + [k for k in ("r@10", "map", "map@10") if k in keys]
-
-
-def column_header(key: str) -> str:
-    """``p@10`` → ``P@10``, ``map`` → ``mAP``, ``map@10`` → ``mAP@10``."""
-    return "mAP" + key[3:] if key.startswith("map") else key.upper()
+SIGNIFICANCE_HEADERS = {"method": "method", "baseline": "baseline", "a": "a", "b": "b", "n": "queries",
+                        "mean_diff_ap": "mean AP difference", "p_permutation": "p (paired permutation)",
+                        "p_wilcoxon": "p (Wilcoxon signed-rank)", "p_holm": "p (permutation, Holm)"}
 
 
 def cell(entry: Mapping, key: str) -> str:
     """``mean [lo, hi]`` (the 95% bootstrap interval when the metrics file has one)."""
     if key not in entry:
         return "–"
-    text = _number(entry[key])
+    text = number_text(entry[key])
     lo_hi = (entry.get("ci95") or {}).get(key)
     if lo_hi and lo_hi[0] is not None and lo_hi[1] is not None and entry[key] is not None:
-        text += f" [{_number(lo_hi[0])}, {_number(lo_hi[1])}]"
+        text += f" [{number_text(lo_hi[0])}, {number_text(lo_hi[1])}]"
     return text
 
 
@@ -62,36 +44,35 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _format_value(value) -> str:
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def significance_table(frame: pd.DataFrame) -> str:
-    """Markdown table of ``significance.csv`` (known columns get readable headers)."""
-    if frame.empty:
+def significance_table(frame: pd.DataFrame, n_permutations: int | None = None) -> str:
+    """Markdown table of paired tests (``significance.csv`` or ``pairs.csv``): known columns get readable
+    headers, p-values at the permutation floor print as ``< 1e-4``."""
+    if frame is None or frame.empty:
         return "_No comparison: a single method, or no baseline set (evaluation.baseline)._"
     cols = list(frame.columns)
     lines = ["| " + " | ".join(SIGNIFICANCE_HEADERS.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_format_value(v) for v in row) + " |")
+        cells = []
+        for col, value in zip(cols, row):
+            if col.startswith("p_"):
+                cells.append(format_p(value, n_permutations if col in ("p_permutation", "p_holm") else None))
+            elif isinstance(value, float):
+                cells.append("–" if math.isnan(value) else f"{value:+.4g}" if col == "mean_diff_ap" else f"{value:.4g}")
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def per_class_table(per_class: pd.DataFrame, value: str = "p@10", methods: Sequence[str] | None = None) -> str:
     """Markdown table, one row per class and one column per method, of ``value`` from ``per_class.csv``."""
-    if per_class is None or per_class.empty or value not in per_class.columns:
-        return "_No per-class results._"
-    methods = list(methods) if methods is not None else list(dict.fromkeys(per_class["method"]))
-    table = per_class.pivot_table(index="label", columns="method", values=value, aggfunc="first", dropna=False)
-    table = table.reindex(columns=[m for m in methods if m in table.columns]).sort_index()
-    counts = per_class.drop_duplicates("label").set_index("label")["n_queries"] \
-        if "n_queries" in per_class.columns else None
-    lines = ["| class | queries | " + " | ".join(table.columns) + " |", "|" + "---|" * (len(table.columns) + 2)]
-    for label, row in table.iterrows():
-        n = counts.get(label, "–") if counts is not None else "–"
-        lines.append(f"| {label} | {n} | " + " | ".join(_number(v) for v in row) + " |")
+    frame = per_class_frame(per_class, value, methods)
+    if frame.empty or frame.drop(columns=["class", "queries"]).isna().all().all():
+        return f"_No per-class {column_header(value)} (the database per class may be smaller than the cut-off)._"
+    methods = [c for c in frame.columns if c not in ("class", "queries")]
+    lines = ["| class | queries | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for row in frame.itertuples(index=False):
+        lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(number_text(v) for v in row[2:]) + " |")
     return "\n".join(lines)
 
 
@@ -145,15 +126,32 @@ def flat_settings(cfg: Mapping, prefix: str = "") -> list[str]:
     return items
 
 
-def methods_table(methods: Mapping[str, Mapping], features_info: Mapping[str, Mapping] | None = None) -> str:
-    """Markdown table of the methods' settings and, when extracted, their dimension and speed."""
+def weights_note(cfg: Mapping, weights: Mapping[str, Mapping]) -> str:
+    """A deep method's weight provenance from ``models/<backbone>.json``: verified or not, and how."""
+    backbone = cfg.get("backbone")
+    meta = weights.get(backbone) if backbone else None
+    if not meta:
+        return "–"
+    verified = meta.get("verified")
+    state = "verified" if verified is True else "not verified" if verified is False else "unchecked"
+    check = meta.get("check") or meta.get("source") or ""
+    return f"{backbone}: {state}" + (f" ({check})" if check else "")
+
+
+def methods_table(methods: Mapping[str, Mapping], features_info: Mapping[str, Mapping] | None = None,
+                  weights: Mapping[str, Mapping] | None = None, search: Mapping[str, Mapping] | None = None) -> str:
+    """Markdown table of the methods' settings, search settings, weight provenance and, when extracted,
+    their dimension and speed."""
     info = features_info or {}
-    lines = ["| method | kind | settings | dim | device | images/s |", "|---|---|---|---|---|---|"]
+    lines = ["| method | kind | settings | search | weights | dim | device | images/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, cfg in methods.items():
         cfg = cfg or {}
         settings = ", ".join(flat_settings({k: v for k, v in cfg.items() if k not in ("kind", "requires")}))
+        own = flat_settings((search or {}).get(name) or {})
         meta = info.get(name) or {}
-        lines.append(f"| `{name}` | {cfg.get('kind', '–')} | {settings or '–'} | {meta.get('dim', '–')} | "
+        lines.append(f"| `{name}` | {cfg.get('kind', '–')} | {settings or '–'} | {', '.join(own) or '–'} | "
+                     f"{weights_note(cfg, weights or {})} | {meta.get('dim', '–')} | "
                      f"{meta.get('device', '–')} | {meta.get('images_per_second', '–')} |")
     return "\n".join(lines)
 
@@ -176,8 +174,10 @@ def figures_section(figures: Sequence) -> str:
 
 def build_report(params: dict, metrics: dict, significance: pd.DataFrame, curation: dict,
                  figures: list, features_info: Mapping[str, Mapping] | None = None,
-                 per_class: pd.DataFrame | None = None) -> str:
-    """The whole Markdown report; ``figures`` are ``figures.json`` entries or relative image paths."""
+                 per_class: pd.DataFrame | None = None, pairs: pd.DataFrame | None = None,
+                 weights: Mapping[str, Mapping] | None = None) -> str:
+    """The whole Markdown report; ``figures`` are ``figures.json`` entries or relative image paths;
+    ``weights`` maps backbone -> ``models/<backbone>.json``."""
     ds = dataset_name(params)
     split = params.get("split") or {}
     retrieval = params.get("retrieval") or {}
@@ -188,6 +188,7 @@ def build_report(params: dict, metrics: dict, significance: pd.DataFrame, curati
     note = ("\n\nQueries without any relevant database image (left out of mAP): "
             + ", ".join(f"`{m}` {n}" for m, n in no_relevant.items()) + "." if no_relevant else "")
     ks = ", ".join(str(x) for x in evaluation.get("ks", [])) or "–"
+    n_perm = evaluation.get("n_permutations")
     split_text = split.get("protocol")
     if split.get("protocol") == "holdout":
         per = (f"{split.get('queries_per_class')} queries per class" if split.get("query_fraction") is None
@@ -195,7 +196,7 @@ def build_report(params: dict, metrics: dict, significance: pd.DataFrame, curati
         split_text = f"holdout ({per}, seed {split.get('seed')})"
     return f"""# CBIR results: {ds}
 
-_Generated by `dvc repro` (stage `report`) from `metrics/{ds}.json`, `reports/{ds}/plots/`,
+_Generated by `dvc repro` (stage `report`) from `reports/{ds}/metrics.json`, `reports/{ds}/plots/`,
 `data/curated/{ds}/curation.json` and `reports/{ds}/figures/`. Do not edit by hand._
 
 ## Configuration
@@ -207,7 +208,7 @@ _Generated by `dvc repro` (stage `report`) from `metrics/{ds}.json`, `reports/{d
 {evaluation.get('n_permutations', '–')} sign flips, seed {evaluation.get('seed', '–')}; \
 baseline `{evaluation.get('baseline')}`
 
-{methods_table(params.get('methods') or {}, features_info)}
+{methods_table(params.get('methods') or {}, features_info, weights, retrieval.get('per_method') or {})}
 
 ## Dataset and curation
 
@@ -223,13 +224,30 @@ image over all of them (full ranking), and mAP is its mean over queries.{note}
 
 ## Significance against the baseline (`{evaluation.get('baseline')}`)
 
-Paired tests over the per-query average precision of the same queries.
+Paired tests over the per-query average precision of the same queries (mean difference = method −
+baseline); Holm's correction over these comparisons. A p-value at the floor of the permutation test,
+1/({n_perm} + 1), prints as an upper bound.
 
-{significance_table(significance)}
+{significance_table(significance, n_perm)}
+
+## Every pair of methods
+
+The same tests for every pair (mean difference = a − b), Holm's correction over all pairs.
+
+{significance_table(pairs, n_perm)}
 
 ## P@10 per class
 
 {per_class_table(per_class if per_class is not None else pd.DataFrame(), "p@10", list(metrics))}
+
+## P@20 per class
+
+{per_class_table(per_class if per_class is not None else pd.DataFrame(), "p@20", list(metrics))}
+
+## Tables for the paper
+
+`reports/{ds}/tables/`: `main`, `per_class_p10`, `per_class_p20`, `significance` and `pairs`, each as
+CSV (numbers) and LaTeX (booktabs; `\\usepackage{{booktabs}}`; best value in bold).
 
 ## Figures
 

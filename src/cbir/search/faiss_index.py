@@ -222,8 +222,19 @@ def faiss_topk(queries: np.ndarray, database: np.ndarray, k: int, index: str = "
     q, db = check_pair(queries, database)
     kind = canonical_index(index)
     idx = build_faiss_index(db, index=kind, seed=seed, **params)
+    return search_built_index(idx, kind, q, db, k, exclude=exclude, refine=refine)
+
+
+def search_built_index(idx, index: str, queries: np.ndarray, database: np.ndarray, k: int,
+                       exclude: np.ndarray | None = None, refine: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`faiss_topk` with an index already built (or read from disk) over ``database``
+    (``database`` is only read to re-score the candidates of a compressed index)."""
+    if int(refine) < 1:
+        raise ValueError(f"refine must be >= 1, got {refine}")
+    kind = canonical_index(index)
     if kind not in COMPRESSED_INDEXES:
-        return search_faiss_index(idx, q, k, exclude=exclude)
+        return search_faiss_index(idx, queries, k, exclude=exclude)
+    q, db = check_pair(queries, database)
     exclude = check_exclude(exclude, q.shape[0], db.shape[0])
     kk = available_k(k, db.shape[0], exclude)
     cand, _ = search_faiss_index(idx, q, kk * int(refine), exclude=exclude)

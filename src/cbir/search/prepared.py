@@ -1,5 +1,9 @@
 """A method's searchable vectors: the manifest's query and database rows, the method's re-ranking,
-and the configured search index (``retrieval.index``, ``retrieval.faiss``), checked in one place.
+and its search index, checked in one place.
+
+Search settings are parameters of retrieve and evaluate only (changing them never re-extracts):
+``retrieval.index`` and ``retrieval.faiss`` for every method, overridden per method by
+``retrieval.per_method.<method>`` (``rerank``, ``index``, ``faiss``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from cbir.search.exact import exact_topk, recall_at_k
 from cbir.search.faiss_index import (
     FAISS_INDEXES,
     INDEX_ALIASES,
+    build_faiss_index,
     canonical_index,
-    faiss_topk,
+    search_built_index,
 )
 from cbir.search.rerank import apply_rerank, rerank_config
 
@@ -35,15 +40,48 @@ RETRIEVAL_INDEXES = ("exact",) + FAISS_INDEXES + tuple(INDEX_ALIASES)
 FAISS_PARAM_KEYS = ("nlist", "nprobe", "m", "nbits", "M", "efSearch", "efConstruction", "refine", "gpu")
 
 
-def prepare(manifest: pd.DataFrame, features: np.ndarray, method: str, method_cfg: Mapping,
+#: keys of ``retrieval.per_method.<method>``
+SEARCH_KEYS = ("rerank", "index", "faiss")
+
+
+def search_settings(params: Mapping, method: str) -> dict:
+    """``{rerank, index, faiss}`` of ``method``: the global ``retrieval`` settings, overridden by
+    ``retrieval.per_method.<method>``; every bad value is one clear error naming its key."""
+    cfg = method_config(params, method)
+    if "rerank" in cfg:
+        raise CbirError(f"methods.{method}.rerank is a search setting: move it to "
+                        f"retrieval.per_method.{method}.rerank (see conf/method/mobilenet_v2-gap-aqe.yaml), "
+                        "so that changing it re-runs retrieve and evaluate but never extract")
+    retrieval = section(params, "retrieval")
+    per_method = retrieval.get("per_method") or {}
+    if not isinstance(per_method, Mapping):
+        raise CbirError(f"retrieval.per_method must map method -> {{{', '.join(SEARCH_KEYS)}}}, got {per_method!r}")
+    own = per_method.get(method) or {}
+    if not isinstance(own, Mapping):
+        raise CbirError(f"retrieval.per_method.{method} must be a mapping of {', '.join(SEARCH_KEYS)}, got {own!r}")
+    unknown = sorted(set(own) - set(SEARCH_KEYS))
+    if unknown:
+        raise CbirError(f"unknown retrieval.per_method.{method} keys {unknown}; allowed: {', '.join(SEARCH_KEYS)}")
+    try:
+        rerank = rerank_config(own.get("rerank"))
+    except CbirError as exc:
+        raise CbirError(f"retrieval.per_method.{method}.rerank: {exc}") from None
+    index = index_name({"index": own.get("index", retrieval.get("index", "exact"))})
+    faiss = {**(retrieval.get("faiss") or {}), **(own.get("faiss") or {})} if index != "exact" else {}
+    return {"rerank": rerank, "index": canonical_index(index) if index != "exact" else "exact",
+            "faiss": faiss_options({"faiss": faiss})}
+
+
+def prepare(manifest: pd.DataFrame, features: np.ndarray, method: str, rerank: Mapping | None = None,
             block_size: int = 1024) -> dict:
     """Manifest split + (re-ranked) query and database features of one method.
 
     Returns a dict with ``manifest, query_rows, database_rows, exclude, queries, database, rerank``:
-    the one place where retrieve, evaluate and the query tool apply a method's ``rerank``.
+    the one place where retrieve and evaluate apply a method's ``rerank`` (the query tool applies
+    the same functions to one query, :mod:`cbir.app.engine`).
     """
     query_rows, database_rows, exclude = split_indices(manifest)
-    rerank = rerank_config(method_cfg.get("rerank") if isinstance(method_cfg, Mapping) else None)
+    rerank = rerank_config(rerank)
     all_rows = np.arange(len(features))
     if np.array_equal(query_rows, all_rows) and np.array_equal(database_rows, all_rows):
         # leave-one-out: every row is both a query and a database item; no copies
@@ -61,11 +99,13 @@ def prepare(manifest: pd.DataFrame, features: np.ndarray, method: str, method_cf
 
 
 def load_prepared(params: dict, method: str, root: Path, manifest: pd.DataFrame) -> dict:
-    """:func:`prepare` for ``method`` of ``params``: its features file read and checked (memory-mapped)."""
+    """:func:`prepare` for ``method`` of ``params``: its features file read and checked (memory-mapped);
+    the result also holds the method's ``search`` settings (:func:`search_settings`)."""
     paths = Layout(root, params)
+    settings = search_settings(params, method)
     features = read_features(paths.features(method), method, len(manifest))
     block_size = int(section(params, "retrieval").get("block_size", 1024))
-    return prepare(manifest, features, method, method_config(params, method), block_size)
+    return {**prepare(manifest, features, method, settings["rerank"], block_size), "search": settings}
 
 
 def faiss_options(retrieval: Mapping) -> dict:
@@ -93,20 +133,31 @@ def index_name(retrieval: Mapping) -> str:
     return index
 
 
-def approximate_search(data: Mapping, retrieval: Mapping, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of ``prepare``'s queries with the FAISS index of ``retrieval``; a bad setting is one line."""
-    options = faiss_options(retrieval)
+def build_index(data: Mapping, seed: int):
+    """The FAISS index of ``load_prepared``'s database under its ``search`` settings (``refine`` kept
+    for the search); a bad setting is one line."""
+    settings = data["search"]
+    options = {k: v for k, v in settings["faiss"].items() if k != "refine"}
     try:
-        return faiss_topk(data["queries"], data["database"], k, index=index_name(retrieval),
-                          exclude=data["exclude"], seed=seed, **options)
+        return build_faiss_index(data["database"], index=settings["index"], seed=seed, **options)
     except ValueError as exc:
         raise CbirError(f"retrieval.faiss: {exc}") from None
 
 
-def index_summary(data: Mapping, retrieval: Mapping, k: int, seed: int, block_size: int) -> dict:
+def approximate_search(data: Mapping, k: int, seed: int, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``load_prepared``'s queries with its FAISS index (built now unless ``index`` is given)."""
+    settings = data["search"]
+    index = build_index(data, seed) if index is None else index
+    try:
+        return search_built_index(index, settings["index"], data["queries"], data["database"], k,
+                                  exclude=data["exclude"], refine=int(settings["faiss"].get("refine", 1)))
+    except ValueError as exc:
+        raise CbirError(f"retrieval.faiss: {exc}") from None
+
+
+def index_summary(data: Mapping, k: int, seed: int, block_size: int) -> dict:
     """``{"name": canonical index, "recall@k": ...}``: the FAISS index's top-``k`` against exact search."""
     exact_idx, _ = exact_topk(data["queries"], data["database"], k, block_size=block_size,
                               exclude=data["exclude"])
-    approx_idx, _ = approximate_search(data, retrieval, k, seed)
-    return {"name": canonical_index(index_name(retrieval)),
-            f"recall@{k}": round(recall_at_k(approx_idx, exact_idx), 6)}
+    approx_idx, _ = approximate_search(data, k, seed)
+    return {"name": data["search"]["index"], f"recall@{k}": round(recall_at_k(approx_idx, exact_idx), 6)}

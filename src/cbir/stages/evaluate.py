@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -16,14 +17,31 @@ from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path, write_json
 from cbir.layout import Layout
-from cbir.search.prepared import (
-    faiss_options,
-    index_name,
-    index_summary,
-    load_prepared,
-)
+from cbir.search.prepared import index_summary, load_prepared, search_settings
 
 log = logging.getLogger("cbir")
+
+#: per-class columns of ``per_class.csv`` beside ``label`` and ``n_queries`` (Corel papers report P@10 and P@20)
+CLASS_COLUMNS = ("p@10", "p@20", "ap")
+#: the summary keys of the compact DVC metrics file (``dvc exp show``): with their 95% bounds
+COMPACT_KEYS = ("map", "p@10")
+
+
+def compact_metrics(summaries: Mapping[str, Mapping]) -> dict:
+    """Per method ``{map, map_lo, map_hi, p@10, p@10_lo, p@10_hi}`` from :func:`summarize`'s results."""
+    out = {}
+    for method, entry in summaries.items():
+        row = {}
+        for key in COMPACT_KEYS:
+            if key in entry:
+                row[key] = entry[key]
+                lo_hi = (entry.get("ci95") or {}).get(key) or [None, None]
+                row[f"{key}_lo"], row[f"{key}_hi"] = lo_hi[0], lo_hi[1]
+        out[method] = row
+    return out
+
+
+SIGNIFICANCE_COLUMNS = ("method", "baseline", "n", "mean_diff_ap", "p_permutation", "p_wilcoxon", "p_holm")
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -35,11 +53,14 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def run(params: dict, root: str | Path) -> None:
     """Metrics of every method: ``metrics/<ds>.json`` and the plot tables in ``reports/<ds>/plots/``.
 
-    Writes ``pk.csv`` (method, k, precision, lo, hi), ``pr.csv`` (method, recall,
-    precision, lo, hi), ``per_class.csv`` (method, label, n_queries, p@10, ap), ``per_query.csv``
-    (method, query_id, label, n_relevant, p@k…, r@k…, ap, ap@10) and ``significance.csv``
-    (method, baseline, n, mean_diff_ap, p_permutation, p_wilcoxon) against
-    ``evaluation.baseline`` (skipped when it is null). With an approximate ``retrieval.index``
+    ``metrics/<ds>.json`` is the compact DVC metrics file (per method mAP and P@10 with their 95%
+    bounds: what ``dvc exp show`` compares); the full detail, with each method's ``kind``, goes to
+    ``reports/<ds>/metrics.json``. Writes ``pk.csv`` (method, k, precision, lo, hi), ``pr.csv``
+    (method, recall, precision, lo, hi), ``per_class.csv`` (method, label, n_queries, p@10, p@20, ap),
+    ``per_query.csv`` (method, query_id, label, n_relevant, p@k…, r@k…, ap, ap@10),
+    ``significance.csv`` (method, baseline, n, mean_diff_ap, p_permutation, p_wilcoxon, p_holm)
+    against ``evaluation.baseline`` (skipped when it is null; Holm over those comparisons) and
+    ``reports/<ds>/pairs.csv``: every pair of methods, Holm over all pairs. With an approximate ``retrieval.index``
     each method's entry also gets ``index: {name, recall@k}`` (k = ``retrieval.k``): how much of
     the exact top-k the FAISS index finds, the same search the retrieve stage runs. The metrics
     themselves always rank the full database exactly.
@@ -63,9 +84,8 @@ def run(params: dict, root: str | Path) -> None:
                         f"({', '.join(methods)}): set it to one of them, or to null")
     retrieval = section(params, "retrieval")
     block_size = int(retrieval.get("block_size", 1024))
-    index = index_name(retrieval)
-    if index != "exact":
-        faiss_options(retrieval)
+    for method in methods:  # every bad search setting is one line before any work
+        search_settings(params, method)
     k = int(retrieval.get("k", 10))
 
     summaries: dict = {}
@@ -83,19 +103,19 @@ def run(params: dict, root: str | Path) -> None:
             query_ids=manifest["image_id"].to_numpy()[data["query_rows"]],
             exclude=data["exclude"], curve_k=curve_k, block_size=block_size)
         summaries[method] = ev.summarize(result.per_query, result.n_database, n_bootstrap, seed)
-        if index != "exact":
+        if data["search"]["index"] != "exact":
             t1 = time.perf_counter()
-            summaries[method]["index"] = index_summary(data, retrieval, k, int(params.get("seed", 0)),
-                                                       block_size)
+            summaries[method]["index"] = index_summary(data, k, int(params.get("seed", 0)), block_size)
             log.info("evaluate %s: %s in %.2fs", method, summaries[method]["index"],
                      time.perf_counter() - t1)
         per_query[method] = result.per_query
         pk.append(ev.pk_curve(result.precision_at, n_bootstrap, seed).assign(method=method))
         pr.append(ev.pr_curve(result.interpolated, n_bootstrap, seed).assign(method=method))
         per_cls = ev.per_class(result.per_query)
-        if "p@10" not in per_cls.columns:
-            per_cls["p@10"] = np.nan
-        classes.append(per_cls[["label", "n_queries", "p@10", "ap"]].assign(method=method))
+        for column in CLASS_COLUMNS:
+            if column not in per_cls.columns:
+                per_cls[column] = np.nan
+        classes.append(per_cls[["label", "n_queries", *CLASS_COLUMNS]].assign(method=method))
         log.info("evaluate %s: mAP %s, P@10 %s over %d queries (%.2fs)", method,
                  summaries[method].get("map"), summaries[method].get("p@10"),
                  len(result.per_query), time.perf_counter() - t0)
@@ -112,18 +132,25 @@ def run(params: dict, root: str | Path) -> None:
                                  "mean_diff_ap": test["mean_diff"],
                                  "p_permutation": test["p_permutation"],
                                  "p_wilcoxon": test["p_wilcoxon"]})
+    significance = pd.DataFrame(significance, columns=SIGNIFICANCE_COLUMNS[:-1])
+    significance["p_holm"] = ev.holm(significance["p_permutation"].to_numpy()) if len(significance) else []
+    pairs = ev.all_pairs_tests({m: f.set_index("query_id")["ap"] for m, f in per_query.items()},
+                               n_permutations, seed)
+    kinds = {m: str((section(params, "methods").get(m) or {}).get("kind", "")) for m in methods}
+    for method in methods:
+        summaries[method]["kind"] = kinds[method]
 
     def first(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[["method"] + [c for c in frame.columns if c != "method"]]
 
     write_json(paths.metrics, summaries)
-    log.info("wrote %s", paths.metrics)
+    write_json(paths.compact_metrics, compact_metrics(summaries))
+    log.info("wrote %s and %s", paths.metrics, paths.compact_metrics)
     _write_csv(first(pd.concat(pk, ignore_index=True)), paths.plot("pk"))
     _write_csv(first(pd.concat(pr, ignore_index=True)), paths.plot("pr"))
     _write_csv(first(pd.concat(classes, ignore_index=True)), paths.plot("per_class"))
     _write_csv(pd.concat([first(f.assign(method=m)) for m, f in per_query.items()],
                          ignore_index=True), paths.plot("per_query"))
-    _write_csv(pd.DataFrame(significance, columns=["method", "baseline", "n", "mean_diff_ap",
-                                                   "p_permutation", "p_wilcoxon"]),
-               paths.plot("significance"))
+    _write_csv(significance, paths.plot("significance"))
+    _write_csv(pairs, paths.pairs)
     log.info("evaluate: %d methods on %s in %.2fs", len(methods), dataset, time.perf_counter() - start)

@@ -12,6 +12,7 @@ from cbir.errors import CbirError
 from cbir.fileio import read_json, write_text
 from cbir.layout import Layout
 from cbir.report.markdown import build_report
+from cbir.report.tables import write_tables
 
 log = logging.getLogger("cbir")
 
@@ -19,12 +20,12 @@ log = logging.getLogger("cbir")
 def _optional_csv(path: Path) -> pd.DataFrame:
     if not path.is_file() or not path.stat().st_size:
         return pd.DataFrame()
-    return pd.read_csv(path, dtype={"method": str, "baseline": str, "label": str},
+    return pd.read_csv(path, dtype={"method": str, "baseline": str, "label": str, "a": str, "b": str},
                        keep_default_na=False, na_values=[""])  # a class named NA stays "NA"
 
 
 def run(params: dict, root: str | Path) -> None:
-    """Write ``reports/<ds>/report.md``."""
+    """Write ``reports/<ds>/report.md`` and the paper tables in ``reports/<ds>/tables/`` (CSV + LaTeX)."""
     root = Path(root)
     paths = Layout(root, params)
     start = time.perf_counter()
@@ -34,6 +35,12 @@ def run(params: dict, root: str | Path) -> None:
     metrics = read_json(metrics_file)
     significance = _optional_csv(paths.plot("significance"))
     per_class = _optional_csv(paths.plot("per_class"))
+    pairs = _optional_csv(paths.pairs)
+    weights = {}
+    for name in params.get("backbones") or {}:
+        meta = paths.weights(name).with_suffix(".json")
+        if meta.is_file():
+            weights[name] = read_json(meta)
     cur_file = paths.curation
     curation = read_json(cur_file) if cur_file.exists() else {}
     features_info = {}
@@ -47,8 +54,12 @@ def run(params: dict, root: str | Path) -> None:
         figures = [f for f in read_json(index) if (fig_dir / f["png"]).is_file()]
     else:
         figures = sorted(f"figures/{p.name}" for p in fig_dir.glob("*.png"))
-    text = build_report(params, metrics, significance, curation, figures, features_info, per_class)
+    text = build_report(params, metrics, significance, curation, figures, features_info, per_class, pairs, weights)
     write_text(paths.report, text)
     paths.report.chmod(0o644)
+    kinds = {m: str((cfg or {}).get("kind", "")) for m, cfg in (params.get("methods") or {}).items()}
+    tables = write_tables(paths.tables_dir, paths.dataset, metrics, per_class, significance, pairs,
+                          (params.get("evaluation") or {}).get("n_permutations"), kinds)
+    log.info("report: wrote %d tables to %s", len(tables), paths.tables_dir)
     log.info("report: read %s, %s and %d figures; wrote %s in %.1fs", metrics_file, paths.plots_dir, len(figures),
              paths.report, time.perf_counter() - start)

@@ -13,22 +13,19 @@ from cbir.errors import CbirError
 from cbir.fileio import atomic_path, write_json
 from cbir.layout import Layout
 from cbir.search.exact import exact_topk, ranking_frame, recall_at_k
-from cbir.search.faiss_index import canonical_index
-from cbir.search.prepared import (
-    approximate_search,
-    faiss_options,
-    index_name,
-    load_prepared,
-)
+from cbir.search.prepared import approximate_search, build_index, load_prepared
+from cbir.search.saved import save_index
 
 log = logging.getLogger("cbir")
 
 
 def run(params: dict, method: str, root: str | Path) -> None:
-    """Top-k rankings of ``method`` to ``data/retrieval/<ds>/<method>.csv`` (+ ``.json`` info).
+    """Top-k rankings of ``method`` to ``data/retrieval/<ds>/<method>.csv`` (+ ``.json`` info), and its
+    search index with the id map to ``data/index/<ds>/<method>/`` (read by ``cbir query``/``serve``).
 
-    ``retrieval.index`` is ``exact`` or a FAISS index (``faiss-flat``/``faiss-ivf``/``faiss-ivfpq``/
-    ``faiss-hnsw`` or the aliases ``flat``/``ivf``/``ivfpq``/``hnsw``, options in ``retrieval.faiss``);
+    The index is ``exact`` or a FAISS index (``faiss-flat``/``faiss-ivf``/``faiss-ivfpq``/``faiss-hnsw``
+    or the aliases ``flat``/``ivf``/``ivfpq``/``hnsw``): ``retrieval.index`` and ``retrieval.faiss``,
+    overridden per method by ``retrieval.per_method.<method>``, which also holds the re-ranking;
     with FAISS the JSON also records recall@k against exact search.
     """
     start = time.perf_counter()
@@ -37,23 +34,24 @@ def run(params: dict, method: str, root: str | Path) -> None:
     retrieval = section(params, "retrieval")
     k = int(retrieval.get("k", 10))
     block_size = int(retrieval.get("block_size", 1024))
-    index = index_name(retrieval)
     if k < 1:
         raise CbirError(f"retrieval.k must be >= 1, got {k}")
-    options = faiss_options(retrieval) if index != "exact" else {}
     method_config(params, method)  # an unknown method is one clear error, before any file is read
     data = load_prepared(params, method, root, read_manifest(paths.manifest))
+    settings = data["search"]
     exact_idx, exact_scores = exact_topk(data["queries"], data["database"], k,
                                          block_size=block_size, exclude=data["exclude"])
-    info: dict = {"method": method, "dataset": paths.dataset, "index": index, "k": int(exact_idx.shape[1]),
-                  "n_queries": int(len(data["query_rows"])),
+    info: dict = {"method": method, "dataset": paths.dataset, "index": settings["index"],
+                  "k": int(exact_idx.shape[1]), "n_queries": int(len(data["query_rows"])),
                   "n_database": int(len(data["database_rows"])), "rerank": data["rerank"]}
-    indices, scores = exact_idx, exact_scores
-    if index != "exact":
-        indices, scores = approximate_search(data, retrieval, k, int(params.get("seed", 0)))
-        info.update(index_name=canonical_index(index), faiss=options,
+    indices, scores, index = exact_idx, exact_scores, None
+    if settings["index"] != "exact":
+        seed = int(params.get("seed", 0))
+        index = build_index(data, seed)
+        indices, scores = approximate_search(data, k, seed, index=index)
+        info.update(index_name=settings["index"], faiss=settings["faiss"],
                     recall_at_k=round(recall_at_k(indices, exact_idx), 6))
-        log.info("%s: FAISS %s recall@%d vs exact = %.4f", method, index, k, info["recall_at_k"])
+        log.info("%s: FAISS %s recall@%d vs exact = %.4f", method, settings["index"], k, info["recall_at_k"])
     manifest = data["manifest"]
     ids = manifest["image_id"].to_numpy()
     frame = ranking_frame(ids[data["query_rows"]], ids[data["database_rows"]], indices, scores)
@@ -61,5 +59,7 @@ def run(params: dict, method: str, root: str | Path) -> None:
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
     write_json(paths.retrieval_info(method), info)
-    log.info("retrieve %s: wrote %s (%d rows) and %s in %.2fs", method, out, len(frame),
-             out.with_suffix(".json").name, time.perf_counter() - start)
+    save_index(paths.index_dir(method), method, settings, paths.features(method), ids[data["database_rows"]],
+               index)
+    log.info("retrieve %s: wrote %s (%d rows), %s and %s in %.2fs", method, out, len(frame),
+             out.with_suffix(".json").name, paths.index_dir(method), time.perf_counter() - start)
