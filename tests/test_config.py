@@ -41,6 +41,7 @@ def test_every_method_file_composes_and_names_its_dependency(repo_root):
     paper = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper"]))
     for option in _options(repo_root, "method"):
         method = yaml.safe_load((repo_root / "conf" / "method" / f"{option}.yaml").read_text())
+        method.pop("defaults", None)  # a Hydra defaults list (e.g. the method's search settings), not a key
         overrides = ["experiment=paper"]
         if option not in paper["methods"]:
             overrides.append(f"+method@methods.{option}={option}")

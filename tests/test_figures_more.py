@@ -150,7 +150,7 @@ def _table_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]
 
 def test_report_table_matches_metrics_exactly(run):
     root, params = run
-    metrics = read_json(root / "metrics/syn.json")
+    metrics = read_json(root / "reports/syn/metrics.json")
     text = (root / "reports/syn/report.md").read_text()
     header, rows = _table_rows(text, "| method | P@1")
     assert header == ["method", "P@1", "P@5", "P@10", "R@10", "mAP", "mAP@10", "queries", "database"]
@@ -199,8 +199,8 @@ def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_p
     with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro evaluate` first"):
         run_figures(params, copy)
     (copy / "data/retrieval/syn/hsv_hist.csv").unlink()
-    (copy / "metrics/syn.json").unlink()
-    with pytest.raises(CbirError, match=r"syn.json not found: run the evaluate stage first"):
+    (copy / "reports/syn/metrics.json").unlink()
+    with pytest.raises(CbirError, match=r"metrics.json not found: run the evaluate stage first"):
         run_figures(params, copy)
     with pytest.raises(CbirError, match=r"figures.n_queries must be >= 1, got 0"):
         run_figures({**params, "figures": {"n_queries": 0}}, copy)

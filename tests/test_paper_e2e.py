@@ -53,6 +53,7 @@ def paper_run(tmp_path_factory, repo_root):
     init_repo(work, repo_root, env)
     before = {p.relative_to(work): p.read_bytes() for p in [*(work / "metrics").glob("*.json"),
                                                               *(work / "reports").rglob("*")] if p.is_file()}
+    assert (work / "metrics" / "tuxpaint.json").is_file()
     overrides = ["experiment=paper", f"dataset.archive={archive}", f"backbones.resnet50.file={weights}",
                  f"backbones.resnet50.sha256={sha256_file(weights)}", "split.queries_per_class=2",
                  *(f"backbones.{b}.image_size=64" for b in ("resnet50", "mobilenet_v2", "efficientnet_lite0"))]
@@ -69,7 +70,7 @@ def test_every_paper_method_is_evaluated(paper_run):
     resnet = [m for m in methods if m.startswith("resnet50")]
     traditional = [m for m, c in params["methods"].items() if c["kind"] == "handcrafted"]
     assert len(methods) >= 12 and len(resnet) >= 4 and len(traditional) >= 6
-    metrics = json.loads((work / "metrics" / "corel1k.json").read_text())
+    metrics = json.loads((work / "reports" / "corel1k" / "metrics.json").read_text())
     assert set(metrics) == set(methods)
     for entry in metrics.values():
         assert entry["n_queries"] == 6 and entry["n_database"] == 24

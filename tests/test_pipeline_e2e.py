@@ -74,7 +74,7 @@ def test_repro_writes_every_output(pipeline_repo):
         assert ranking[0] == "query_id,rank,image_id,score"
         assert len(ranking) - 1 == 20 * 10  # 4 classes x 5 queries, top-10 each
         assert (work / "reports" / "synthetic" / "figures" / f"trials_{method}.png").stat().st_size > 10_000
-    metrics = json.loads((work / "metrics" / "synthetic.json").read_text())
+    metrics = json.loads((work / "reports" / "synthetic" / "metrics.json").read_text())
     assert set(metrics) == set(methods)
     for entry in metrics.values():
         for key in ("p@1", "p@5", "p@10", "p@20", "r@10", "map", "map@10", "n_queries", "n_database"):
@@ -131,7 +131,7 @@ def test_exp_run_swaps_a_config_group(pipeline_repo):
     _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "split=leave_one_out"], work, env)
     params = yaml.safe_load((work / "params.yaml").read_text())
     assert params["split"]["protocol"] == "leave_one_out"
-    metrics = json.loads((work / "metrics" / "synthetic.json").read_text())
+    metrics = json.loads((work / "reports" / "synthetic" / "metrics.json").read_text())
     assert all(m["n_queries"] == 80 and m["n_database"] == 79 for m in metrics.values())
     diff = _run([sys.executable, "-m", "dvc", "metrics", "diff"], work, env)
     assert "p@10" in diff.stdout
@@ -167,7 +167,7 @@ def test_your_own_descriptor_from_outside_src_runs_against_every_baseline(pipeli
     env = state["env"]
     _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "hydra.searchpath=[file://examples/my_descriptor/conf]",
           "-S", "+method@methods.colour_layout=colour_layout"], work, env)
-    metrics = json.loads((work / "metrics" / "synthetic.json").read_text())
+    metrics = json.loads((work / "reports" / "synthetic" / "metrics.json").read_text())
     assert {"colour_layout", "hsv_hist", "mobilenet_v2-gap", "fusion"} <= set(metrics)
     assert metrics["colour_layout"]["p@10"] > 0.4  # mean colours separate these colour classes well above 0.25
     features = json.loads((work / "data" / "features" / "synthetic" / "colour_layout.json").read_text())

@@ -98,10 +98,11 @@ SPLIT = {"protocol": one_of("holdout", "leave_one_out", "predefined"), "queries_
 FAISS = {"nlist": POSITIVE.orNull, "nprobe": POSITIVE.orNull, "m": POSITIVE.orNull, "nbits": integer(1, 16).orNull,
          "M": POSITIVE.orNull, "efSearch": POSITIVE.orNull, "efConstruction": POSITIVE.orNull,
          "refine": POSITIVE.orNull, "gpu": BOOL}
-RETRIEVAL = {"k": integer(1, 100_000), "block_size": integer(1, 1_000_000),
-             "index": one_of("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw", "flat", "ivf", "ivfpq",
-                             "hnsw"),
-             "faiss": FAISS}
+INDEX = one_of("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw", "flat", "ivf", "ivfpq", "hnsw")
+#: a method's own search settings (``retrieval.per_method.<method>``), over the global ones
+SEARCH = {"rerank": ANY_MAPPING.orNull, "index": INDEX, "faiss": FAISS}
+RETRIEVAL = {"k": integer(1, 100_000), "block_size": integer(1, 1_000_000), "index": INDEX, "faiss": FAISS,
+             "per_method": ("named", SEARCH)}
 EVALUATION = {"ks": list_of(integer(1, 100_000), 1, True), "n_bootstrap": integer(0, 1_000_000),
               "n_permutations": integer(0, 10_000_000), "seed": SEED, "baseline": NAME.orNull,
               "curve_k": integer(1, 100_000).orNull}
