@@ -37,13 +37,31 @@ def with_settings(params: dict, root, k: int = 5) -> dict:
     return params
 
 
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory, random_mobilenet_file):
+    """The toy pipeline with every search setting retrieved, built once per protocol on first use."""
+    built: dict = {}
+
+    def get(protocol: str):
+        if protocol not in built:
+            root = tmp_path_factory.mktemp(f"settings_{protocol}")
+            params = with_settings(build_pipeline_state(root, random_mobilenet_file, protocol=protocol), root)
+            for method in SETTINGS:
+                run_retrieve(params, method, root)
+            built[protocol] = (root, params, protocol)
+        return built[protocol]
+    return get
+
+
 @pytest.fixture(scope="module", params=["holdout", "leave_one_out"])
-def built(request, tmp_path_factory, random_mobilenet_file):
-    root = tmp_path_factory.mktemp(f"settings_{request.param}")
-    params = with_settings(build_pipeline_state(root, random_mobilenet_file, protocol=request.param), root)
-    for method in SETTINGS:
-        run_retrieve(params, method, root)
-    return root, params, request.param
+def built(request, pipelines):
+    return pipelines(request.param)
+
+
+@pytest.fixture(scope="module")
+def holdout(pipelines):
+    """The holdout pipeline only: the command line's behaviour does not depend on the protocol."""
+    return pipelines("holdout")
 
 
 @pytest.mark.parametrize("method", list(SETTINGS))
@@ -132,10 +150,8 @@ def test_search_settings_never_reach_extract(repo_root):
 
 # --------------------------------------------------------------------------- batch queries
 
-def test_batch_query_folder_glob_and_files_to_csv_and_json(built, monkeypatch, capsys, tmp_path):
-    root, _, protocol = built
-    if protocol != "holdout":
-        pytest.skip("one protocol is enough for the command line")
+def test_batch_query_folder_glob_and_files_to_csv_and_json(holdout, monkeypatch, capsys, tmp_path):
+    root, _, _ = holdout
     raw = root / "data/raw/toy"
     out = tmp_path / "results.csv"
     monkeypatch.setenv("TQDM_DISABLE", "0")  # restored after the test
@@ -166,10 +182,8 @@ def test_batch_query_folder_glob_and_files_to_csv_and_json(built, monkeypatch, c
     assert frame[frame["query_image_id"] == "blue/3"]["image_id"].iloc[0] == "blue/3"  # without: rank 1
 
 
-def test_exclude_self_matches_pixels_not_just_files(built, tmp_path):
-    root, params, protocol = built
-    if protocol != "holdout":
-        pytest.skip("one protocol is enough")
+def test_exclude_self_matches_pixels_not_just_files(holdout, tmp_path):
+    root, params, _ = holdout
     from PIL import Image
 
     copy = tmp_path / "copy.bmp"  # same pixels, other file (other sha256)
@@ -188,10 +202,8 @@ def test_exclude_self_matches_pixels_not_just_files(built, tmp_path):
     (["{raw}/red/0.png", "--out", "x.txt"], r"--out x.txt: give a .csv or .json file"),
     (["{raw}/red", "{raw}/blue", "--figure", "f.png"], "--figure draws one query: give a single image"),
 ])
-def test_batch_query_bad_input_is_one_line(built, monkeypatch, capsys, args, message):
-    root, _, protocol = built
-    if protocol != "holdout":
-        pytest.skip("one protocol is enough")
+def test_batch_query_bad_input_is_one_line(holdout, monkeypatch, capsys, args, message):
+    root, _, _ = holdout
     args = [a.format(raw=root / "data/raw/toy") for a in args]
     assert run_cli(["--root", str(root), "-q", "query", *args, "--method", "hsv_hist"], monkeypatch) == 2
     err = capsys.readouterr().err.strip()
