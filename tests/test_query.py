@@ -215,7 +215,8 @@ def _bad_inputs(root: Path, tmp: Path) -> dict:
     ("folder", [], "none of the 4 query images could be read: see the warnings above"),
     ("good", ["--method", "hsv_unbuilt"], "features for method 'hsv_unbuilt' not found at"),
     ("good", ["--method", "nope"], "method 'nope' is not in params.yaml"),
-    ("good", ["--k", "0"], "--k must be at least 1, got 0"),
+    ("good", ["--k", "0"], "--k must be from 1 to 100000, got 0"),
+    ("good", ["--k", "1000000000"], "--k must be from 1 to 100000, got 1000000000"),
 ])
 def test_bad_input_is_one_line_and_exit_2(state, monkeypatch, capsys, tmp_path, case, extra, expected):
     (tmp_path / "emptydir").mkdir()

@@ -242,8 +242,9 @@ class QueryEngine:
         rows, scores = search(self.db, vector, int(k or self.k), self.block_size,
                               exclude=np.array([exclude]) if exclude >= 0 else None)
         timings["search_ms"] = (time.perf_counter() - start) * 1e3
-        return {"method": self.method, "k": int(k or self.k), "query": query,
-                "results": result_records(self.db, rows[0], scores[0], query.get("label")),
+        results = result_records(self.db, rows[0], scores[0], query.get("label"))
+        # "k" is how many results there are: a --k beyond the database returns (and titles) what exists
+        return {"method": self.method, "k": len(results), "query": query, "results": results,
                 "timings_ms": {key.removesuffix("_ms"): round(val, 3) for key, val in timings.items()}}
 
     def describe_query(self, digest: str | None, source: str) -> dict:

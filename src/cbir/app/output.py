@@ -37,6 +37,10 @@ RESULT_COLUMNS = ("query", "query_image_id", "rank", "image_id", "label", "score
 BATCH = 16
 
 
+#: the largest --k accepted (retrieval.k's own bound in the schema)
+MAX_K = 100_000
+
+
 def format_table(answer: dict) -> str:
     """A ranked text table: rank, image id, label, cosine similarity, path."""
     header = ("rank", "image_id", "label", "cosine", "path")
@@ -160,8 +164,8 @@ def run_query(params: dict, root: Path, image, method: str | None = None, k: int
     method = method or default_method(params)
     settings = query_settings(params)
     k = int(k if k is not None else settings["k"])
-    if k < 1:
-        raise CbirError(f"--k must be at least 1, got {k}")
+    if not 1 <= k <= MAX_K:
+        raise CbirError(f"--k must be from 1 to {MAX_K}, got {k}: the ranking is cut to the database anyway")
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise CbirError(f"--out {out}: give a .csv or .json file")
     paths = expand_queries(list(image) if isinstance(image, (list, tuple)) else [image])

@@ -97,6 +97,10 @@ def run(params: dict, root: str | Path) -> None:
         data = load_prepared(params, method, root, manifest)
         manifest = data["manifest"]
         labels = manifest["label"].to_numpy()
+        ranked = len(data["database_rows"]) - (1 if data["exclude"] is not None else 0)
+        if any(k > ranked for k in ks):
+            log.warning("evaluate %s: evaluation.ks %s exceed the %d database images a query ranks; no P@k or R@k "
+                        "for them (lower them in conf/evaluation/)", method, [k for k in ks if k > ranked], ranked)
         result = ev.ranking_statistics(
             data["queries"], data["database"], labels[data["query_rows"]],
             labels[data["database_rows"]], ks=ks,
