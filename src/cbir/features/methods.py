@@ -24,10 +24,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from cbir.config import method_config
-from cbir.data.images import load_rgb
+from cbir.data.images import shrink
 from cbir.errors import CbirError
 from cbir.features.cnn.backbones import load_trunk
 from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, cpu_isa, resolve_precision, resolve_runtime
@@ -41,7 +40,7 @@ from cbir.features.cnn.runtime import (
     resolve_device,
     should_compile,
 )
-from cbir.features.handcrafted import describe, fuse
+from cbir.features.handcrafted import config_working_side, describe_config, describe_files, unit
 from cbir.features.resolve import resolve_callable
 from cbir.layout import weights_file
 
@@ -192,56 +191,45 @@ def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int 
 # --------------------------------------------------------------------------- handcrafted
 
 
-def describe_image(method_cfg: Mapping, image: np.ndarray) -> np.ndarray:
-    """One traditional descriptor, or the weighted late fusion of several (``descriptor: fusion``).
-
-    Fusion params: ``members: {descriptor: {params}}`` and ``weights: {descriptor: w}`` (default 1);
-    the cosine of fused vectors is the weighted mean of the members' cosines.
-    """
-    name = method_cfg.get("_target_") or method_cfg.get("descriptor")
-    if not name:
-        raise CbirError("a handcrafted method needs descriptor: <name> or _target_: module:function")
-    params = dict(method_cfg.get("params") or {})
-    if name != "fusion":
-        return np.asarray(describe(name, image, params), dtype=np.float32)
-    members = params.get("members") or {}
-    if not members:
-        raise CbirError("a fusion method needs params.members: {descriptor: {params}, ...}")
-    weights = params.get("weights") or {}
-    blocks = [np.asarray(describe(m, image, dict(p or {})), dtype=np.float32)[None] for m, p in members.items()]
-    return fuse(blocks, [float(weights.get(m, 1.0)) for m in members])[0]
+#: one descriptor or a fusion, on a decoded image (kept here under its old name)
+describe_image = describe_config
 
 
 @dataclass
 class HandcraftedMethod:
-    """A traditional descriptor ``image -> vector`` (or a fusion of several), on the CPU."""
+    """A traditional descriptor ``image -> vector`` (or a fusion of several), on the CPU.
+
+    Each image is decoded once, already reduced to ``max_side`` (the largest working size of the
+    method's descriptors, ``None`` = full size), and a query is reduced the same way.
+    """
 
     name: str
     config: dict
     max_pixels: int
     dim: int = field(init=False)
+    max_side: int | None = field(init=False)
     kind = "handcrafted"
 
     def __post_init__(self):
         probe = np.full((64, 64, 3), 127, dtype=np.uint8)
         self.dim = int(describe_image(self.config, probe).shape[0])
+        self.max_side = config_working_side(self.config)
 
     def describe_array(self, image: np.ndarray) -> np.ndarray:
-        vec = describe_image(self.config, image)
-        norm = float(np.linalg.norm(vec))
-        return vec / norm if norm > 0 else vec
+        return unit(describe_image(self.config, image))
 
     def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
                 num_workers: int | None = None) -> dict:
         label = self.config.get("_target_") or self.config.get("descriptor")
-        for i, path in enumerate(tqdm(paths, desc=str(label), unit="img", disable=not progress)):
-            out[i] = self.describe_array(load_rgb(path, max_pixels=self.max_pixels))
-        return {"device": "cpu"}
+        describe_files(self.config, paths, out, self.max_pixels, num_workers=num_workers, progress=progress,
+                       label=str(label))
+        return {"device": "cpu", "decode_max_side": self.max_side}
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             raise CbirError("no images to embed")
-        return unit_rows(np.stack([describe_image(self.config, np.asarray(im.convert("RGB"))) for im in images]))
+        return unit_rows(np.stack([describe_image(self.config, np.asarray(shrink(im.convert("RGB"), self.max_side)))
+                                   for im in images]))
 
 
 # --------------------------------------------------------------------------- precomputed
