@@ -54,6 +54,7 @@ from cbir.figures.style import (
     MIN_TSNE_POINTS,
     drawn_panels,
     figure_settings,
+    fit_layout,
     message_figure,
     safe_name,
     save_figure,
@@ -92,10 +93,10 @@ def run(params: dict, root: str | Path) -> None:
     paths = Layout(root, params)
     start = time.perf_counter()
     ds = paths.dataset
-    cfg = figure_settings(params)
-    methods = list(params.get("methods") or {})
-    if not methods:
+    if not params.get("methods"):
         raise CbirError("params has no methods: add at least one under methods")
+    cfg = figure_settings(params)
+    methods = cfg["methods"]  # figures.methods: a subset, in its order (null: all)
     manifest = read_manifest(paths.manifest)
     manifest["image_id"] = manifest["image_id"].astype(str)
     labels = dict(zip(manifest["image_id"], manifest["label"].astype(str)))
@@ -128,6 +129,7 @@ def run(params: dict, root: str | Path) -> None:
 
     with atomic_dir(out_dir) as tmp:
         def emit(fig, name: str, title: str, caption: str) -> None:
+            fit_layout(fig, cfg["width"], cfg["font_size"])
             panels = drawn_panels(fig)
             save_figure(fig, tmp / name, cfg["dpi"])
             index.append({"name": name, "png": f"{name}.png", "pdf": f"{name}.pdf", "title": title,
