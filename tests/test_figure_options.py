@@ -80,3 +80,24 @@ def test_the_stage_draws_only_the_chosen_methods_at_the_chosen_width(tmp_path):
         assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file()
     with Image.open(out / "comparison.png") as image:
         assert image.size[0] == pytest.approx(4.0 * params["figures"]["dpi"], abs=2)
+
+
+def test_figures_written_in_workers_are_byte_identical_and_a_failure_is_one_line(tmp_path):
+    from cbir.figures.style import FigureWriter, save_figure
+
+    curves = pd.DataFrame({"method": ["a"] * 3, "k": [1, 2, 3], "precision": [1.0, 0.5, 0.25]})
+    figs = [curves_figure(curves, "k", "k", "P@k", f"t{i}", ["a"]) for i in range(3)]
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "par").mkdir()
+    for i, fig in enumerate(figs):
+        save_figure(fig, tmp_path / "seq" / f"f{i}", 50)
+    with FigureWriter(workers=2) as writer:
+        for i, fig in enumerate(figs):
+            writer.submit(fig, tmp_path / "par" / f"f{i}", 50)
+    for i in range(3):
+        for suffix in (".png", ".pdf"):
+            assert (tmp_path / "par" / f"f{i}{suffix}").read_bytes() == (tmp_path / "seq" / f"f{i}{suffix}").read_bytes()
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(CbirError, match="writing figure f0 .* failed in a worker process"):
+        with FigureWriter(workers=2) as writer:
+            writer.submit(figs[0], tmp_path / "a_file" / "f0", 50)

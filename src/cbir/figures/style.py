@@ -6,6 +6,8 @@ same functions draw inline in a notebook.  Files carry no timestamps.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -166,6 +168,63 @@ def save_figure(fig, target: Path, dpi: int = 150) -> list[Path]:
                 fig.savefig(tmp, format=suffix[1:], facecolor="white", **kwargs)
             written.append(path)
     return written
+
+
+def _save_and_exit(fig, target: Path, dpi: int) -> None:
+    try:
+        save_figure(fig, target, dpi)
+    except Exception as exc:  # the parent reports it as one line; a worker prints no traceback
+        raise SystemExit(f"cannot write {target.name}: {' '.join(str(exc).split())}") from None
+
+
+class FigureWriter:
+    """Writes figures (PNG + PDF, :func:`save_figure`) in forked worker processes while the caller builds
+    the next one; at most ``workers`` at a time (default: one per CPU).  Without ``fork`` it writes
+    in this process.  ``close()`` waits for every file and raises one clear error if any failed.
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        forkable = "fork" in multiprocessing.get_all_start_methods() and self.workers > 1
+        self._context = multiprocessing.get_context("fork") if forkable else None
+        self._running: list[tuple[multiprocessing.Process, Path]] = []
+
+    def submit(self, fig, target: Path, dpi: int = 150) -> None:
+        if self._context is None:
+            save_figure(fig, target, dpi)
+            return
+        while len(self._running) >= self.workers:
+            self._wait_one()
+        process = self._context.Process(target=_save_and_exit, args=(fig, Path(target), dpi), daemon=True)
+        process.start()
+        self._running.append((process, Path(target)))
+
+    def _wait_one(self) -> None:
+        process, target = self._running.pop(0)
+        process.join()
+        if process.exitcode != 0:
+            self._abort()
+            raise CbirError(f"writing figure {target.name} (PNG + PDF) failed in a worker process "
+                            f"(exit code {process.exitcode}); re-run the figures stage")
+
+    def _abort(self) -> None:
+        for process, _ in self._running:
+            process.terminate()
+            process.join()
+        self._running.clear()
+
+    def close(self) -> None:
+        while self._running:
+            self._wait_one()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self._abort()
+        else:
+            self.close()
 
 
 def drawn_panels(fig) -> int:
