@@ -115,6 +115,14 @@ def convert_trunk(trunk: nn.Module, image_size: int):
                             f"({' '.join(str(exc).split())[:300]}): use extract.runtime=torch") from None
 
 
+def quiet_torch_threads() -> None:
+    """One torch thread while OpenVINO runs the trunk: torch only pools and preprocesses then, and its
+    idle OpenMP threads would spin against OpenVINO's on the same cores (measured: several times slower
+    on 2 cores)."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 class OpenVinoTrunk:
     """A trunk run by OpenVINO on the CPU: ``batch [B, 3, H, W] -> fmap [B, C, h, w]`` like the module.
 
@@ -150,6 +158,7 @@ class OpenVinoTrunk:
         return self._compiled[shape]
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        quiet_torch_threads()
         array = np.ascontiguousarray(batch.detach().cpu().float().numpy())
         request, _ = self._compile(tuple(array.shape))
         result = request.infer([array])
