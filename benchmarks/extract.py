@@ -3,13 +3,14 @@
     .venv/bin/python benchmarks/extract.py                  # CPU (sized for a 2-core machine)
     .venv/bin/python benchmarks/extract.py --device cuda    # on a GPU machine (torch variants only)
 
-Deep methods (random weights: speed does not depend on their values), end to end (decode + preprocess +
+Deep methods (random weights: speed does not depend on their values; each runtime family in its own
+fresh process per round, so one runtime's idle threads never slow another's), end to end (decode + preprocess +
 forward + pool + write into a memmap), median images/second over interleaved rounds (so a busy spell on
 a shared machine hits every variant) and the range:
 
 * ``naive``: one image at a time, torch eager fp32, contiguous, no workers;
 * ``torch-fp32``: the stage's batched loop, eager (``extract.runtime=torch``);
-* ``torch-compile-fp32``: the same with ``torch.compile`` (frozen weights; ``--no-compile`` skips it);
+* ``torch-compile-fp32``: the same with ``torch.compile`` (frozen weights; only with ``--compile``);
 * ``torch-bf16``: bf16 autocast on the CPU (emulated where the CPU has no native bf16);
 * ``openvino-fp32`` / ``openvino-bf16``: the OpenVINO runtime (``extract.runtime=auto`` on CPU); the
   precision OpenVINO really ran is recorded (a CPU without native bf16 runs fp32).
@@ -49,10 +50,11 @@ from cbir.features.cnn.backbones import build_classifier, trunk_of  # noqa: E402
 from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, cpu_flags, cpu_isa  # noqa: E402
 from cbir.features.cnn.pooling import pool  # noqa: E402
 from cbir.features.cnn.runtime import (  # noqa: E402
-    default_workers, embed_batches, make_loader, make_transform, resolve_device)
+    embed_batches, make_loader, make_transform, resolve_device)
 
 #: FLOPs per cycle per core at the widest fp32 / bf16 unit (2 FMA pipes; AMX: Intel's 1,024 bf16 FMA per cycle)
 FLOPS_PER_CYCLE = {"fp32": {"avx512": 64, "avx2": 32, "amx": 64}, "bf16": {"amx": 2048, "avx512": 128}}
+TORCH_THREADS = torch.get_num_threads()
 HANDCRAFTED = {"hsv_hist": {"descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
                "color_moments": {"descriptor": "color_moments"},
                "correlogram": {"descriptor": "color_autocorrelogram"},
@@ -105,6 +107,7 @@ def peak_fraction(ips: float, flops: float, precision: str, isa: str, cores: int
 
 def naive(trunk, paths, image_size, device, out_dir: Path) -> float:
     """One image at a time, fp32, contiguous, decoded in the main process."""
+    torch.set_num_threads(TORCH_THREADS)
     trunk = trunk.to(device).to(memory_format=torch.contiguous_format).eval()
     transform = make_transform(image_size)
     start = time.perf_counter()
@@ -120,6 +123,8 @@ def naive(trunk, paths, image_size, device, out_dir: Path) -> float:
 def pipeline(runner, dim, paths, image_size, device, batch_size, workers, out_dir: Path, compile=False,
              use_amp=None) -> float:
     """The extract stage's code path (batched loader, memmap output) with ``runner`` as the trunk."""
+    if isinstance(runner, torch.nn.Module):
+        torch.set_num_threads(TORCH_THREADS)  # an OpenVINO variant sets one thread (the stage does too)
     loader = make_loader(paths, image_size, batch_size, device, num_workers=workers)
     start = time.perf_counter()
     out = np.lib.format.open_memmap(out_dir / "features.npy", mode="w+", dtype=np.float32, shape=(len(paths), dim))
@@ -131,51 +136,73 @@ def pipeline(runner, dim, paths, image_size, device, batch_size, workers, out_di
     return len(paths) / (time.perf_counter() - start)
 
 
-def deep_variants(trunk, image_size: int, device, with_compile: bool) -> tuple[dict, dict]:
-    """name -> (runner, compile, use_amp, precision), and name -> setup seconds."""
-    variants, setup = {"torch-fp32": (trunk, False, False, "fp32")}, {}
-    if with_compile:
-        variants["torch-compile-fp32"] = (trunk, True, False, "fp32")
-    variants["torch-bf16"] = (trunk, False, True, "bf16")
-    if device.type == "cpu":
-        for precision in ("fp32", "bf16"):
-            start = time.perf_counter()
-            runner = OpenVinoTrunk(trunk, image_size, precision)
-            setup[f"openvino-{precision}"] = round(time.perf_counter() - start, 2)
-            variants[f"openvino-{precision}"] = (runner, False, False, runner.effective_precision)
-    return variants, setup
+FAMILIES = {"torch": ("naive", "torch-fp32", "torch-compile-fp32", "torch-bf16"),
+            "openvino": ("openvino-fp32", "openvino-bf16")}
 
 
-def bench_model(arch: str, paths, args, device, out_dir: Path, isa: str) -> dict:
+def family_child(arch: str, family: str, folder: str, args) -> None:
+    """In a fresh process (so one runtime's idle threads never slow another's): one round of ``family``'s
+    variants on the same images; prints ``{variant: [img/s, setup s, precision run]}`` as JSON."""
+    device = resolve_device(args.device)
+    paths = sorted(Path(folder).rglob("*.jpg"))[:args.n_speed]
     torch.manual_seed(0)
     trunk = trunk_of(build_classifier(arch)).eval()
-    flops = forward_flops(trunk, args.image_size)
     with torch.inference_mode():
         dim = int(trunk(torch.zeros(1, 3, args.image_size, args.image_size)).shape[1])
-    variants, setup = deep_variants(trunk, args.image_size, device, args.compile)
-    for name, (runner, compile, use_amp, _) in variants.items():  # first call: compile / shape warm-up
-        start = time.perf_counter()
-        pipeline(runner, dim, paths[:args.batch_size], args.image_size, device, args.batch_size, 0, out_dir,
-                 compile, use_amp)
-        setup[name] = round(setup.get(name, 0.0) + time.perf_counter() - start, 2)
-    rates = {name: [] for name in ["naive", *variants]}
-    workers = args.workers if args.workers is not None else default_workers(device)
-    for _ in range(args.rounds):  # interleaved rounds
-        rates["naive"].append(naive(trunk, paths[:max(16, len(paths) // 2)], args.image_size, device, out_dir))
-        for name, (runner, compile, use_amp, _) in variants.items():
-            rates[name].append(pipeline(runner, dim, paths, args.image_size, device, args.batch_size, workers,
-                                        out_dir, compile, use_amp))
+    out: dict[str, list] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in FAMILIES[family]:
+            if name == "torch-compile-fp32" and not args.compile:
+                continue
+            if name == "naive":
+                out[name] = [naive(trunk, paths[:max(16, len(paths) // 2)], args.image_size, device, tmp), 0.0, "fp32"]
+                continue
+            start = time.perf_counter()
+            if family == "openvino":
+                runner = OpenVinoTrunk(trunk, args.image_size, name.split("-")[1])
+                compile, use_amp, precision = False, False, runner.effective_precision
+            else:
+                runner, compile, use_amp = trunk, name == "torch-compile-fp32", name == "torch-bf16"
+                precision = "bf16" if use_amp else "fp32"
+            pipeline(runner, dim, paths[:args.batch_size], args.image_size, device, args.batch_size, 0, tmp,
+                     compile, use_amp)  # first call: conversion / compile / shape warm-up
+            setup = time.perf_counter() - start
+            rate = pipeline(runner, dim, paths, args.image_size, device, args.batch_size, args.workers or 0, tmp,
+                            compile, use_amp)
+            out[name] = [rate, setup, precision]
+    print(json.dumps(out))
+
+
+def bench_model(arch: str, folder: Path, args, device, isa: str) -> dict:
+    """Interleaved rounds: per round, the torch family then the OpenVINO family, each in a fresh process."""
+    flops = forward_flops(trunk_of(build_classifier(arch)).eval(), args.image_size)
+    families = ["torch"] + (["openvino"] if device.type == "cpu" else [])
+    runs: dict[str, list] = {}
+    for _ in range(args.rounds):
+        for family in families:
+            cmd = [sys.executable, __file__, "--family-child", arch, family, str(folder), "--device", args.device,
+                   "--n-speed", str(args.n_speed), "--image-size", str(args.image_size),
+                   "--batch-size", str(args.batch_size)] + ([] if args.compile else ["--no-compile"])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{arch} {family} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            for name, value in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                runs.setdefault(name, []).append(value)
     rows = []
-    for name, values in rates.items():
-        precision = variants[name][3] if name in variants else "fp32"
-        vs_naive = [v / n for v, n in zip(values, rates["naive"])]
-        vs_eager = [v / e for v, e in zip(values, rates["torch-fp32"])]
-        ips = float(np.median(values))
+    naive_rates = [v[0] for v in runs["naive"]]
+    eager_rates = [v[0] for v in runs["torch-fp32"]]
+    for name, values in runs.items():
+        rates = [v[0] for v in values]
+        precision = values[0][2]
+        vs_naive = [r / n for r, n in zip(rates, naive_rates)]
+        ips = float(np.median(rates))
         rows.append({"model": arch, "variant": name, "precision": precision, "ips": round(ips, 1),
-                     "ips_range": [round(min(values), 1), round(max(values), 1)],
+                     "ips_range": [round(min(rates), 1), round(max(rates), 1)],
                      "vs_naive": round(float(np.median(vs_naive)), 2),
                      "vs_naive_range": [round(min(vs_naive), 2), round(max(vs_naive), 2)],
-                     "vs_torch_eager": round(float(np.median(vs_eager)), 2), "setup_s": setup.get(name, 0.0),
+                     "vs_torch_eager": round(float(np.median([r / e for r, e in zip(rates, eager_rates)])), 2),
+                     "setup_s": round(float(np.median([v[1] for v in values])), 2),
                      "peak_fraction": peak_fraction(ips, flops, precision, isa, os.cpu_count() or 1)})
         print(json.dumps(rows[-1]), flush=True)
     return {"model": arch, "gflops_per_image": round(flops / 1e9, 3), "rows": rows}
@@ -221,7 +248,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians and ranges reported)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (15-30 s per round)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--models", nargs="*", default=["mobilenet_v2", "resnet50"])
     parser.add_argument("--no-handcrafted", dest="handcrafted", action="store_false")
@@ -229,7 +257,10 @@ def main() -> None:
     parser.add_argument("--rss-image-size", type=int, default=64, help="input size for the memory runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "extract.json")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--family-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.family_child:
+        return family_child(*args.family_child, args)
     if args.rss_child:
         n, size, folder = args.rss_child
         return rss_child(int(n), int(size), folder)
@@ -251,7 +282,7 @@ def main() -> None:
         n_imgs = max([args.n_speed, args.n_handcrafted] + list(args.rss_sizes))
         paths = images(tmp / "imgs", n_imgs, 256)
         for arch in args.models:
-            results["deep"].append(bench_model(arch, paths[:args.n_speed], args, device, tmp, isa["level"]))
+            results["deep"].append(bench_model(arch, tmp / "imgs", args, device, isa["level"]))
         if args.handcrafted:
             results["handcrafted"] = bench_handcrafted(paths[:args.n_handcrafted], args.rounds)
         for n in args.rss_sizes:
