@@ -178,6 +178,7 @@ def test_compiled_extraction_matches_eager_including_the_padded_last_batch(tmp_p
                                                                           random_mobilenet_file):
     """6 images in batches of 4: the short last batch is zero-padded for the static-shape graph."""
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
+    params["extract"]["runtime"] = "torch"  # torch.compile is the torch runtime's option
     paths = [tmp_path / p for p in manifest["path"]]
     cfg = params["methods"]["mobilenet_v2-gem"]
     eager, info = extract_rows(paths, cfg, params, tmp_path)

@@ -80,7 +80,8 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     """Convert a decoded image of any common mode to 8-bit RGB; also name the conversions applied.
 
     Conversion names: ``cmyk``, ``palette``, ``grey``, ``16bit``, ``alpha`` (composited
-    onto white), ``colorspace`` (YCbCr/LAB/HSV), ``float``.
+    onto white), ``colorspace`` (YCbCr/LAB/HSV), ``float`` (values rounded and clipped to 0..255;
+    NaN becomes 0, +inf 255, -inf 0).
     """
     conversions: list[str] = []
     mode = image.mode
@@ -90,7 +91,8 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
         mode = "L"
     elif mode == "F":
         conversions += ["float", "grey"]
-        image = Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), "L")
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
         mode = "L"
     if mode in ("P", "PA"):
         conversions.append("palette")
@@ -123,8 +125,24 @@ def _classify_decode_error(exc: BaseException) -> str:
     return "unreadable"
 
 
-def decode_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1) -> Decoded:
-    """Decode ``path`` completely into 8-bit RGB (EXIF orientation applied) or raise :class:`ImageError`."""
+def shrink(image: Image.Image, max_side: int | None) -> Image.Image:
+    """An 8-bit image shrunk (aspect kept, Pillow's anti-aliased bilinear filter) so its longest side is at
+    most ``max_side``; smaller images, or ``max_side=None``, come back as they are."""
+    width, height = image.size
+    if max_side is None or max(width, height) <= max_side:
+        return image
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def decode_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1,
+               max_side: int | None = None) -> Decoded:
+    """Decode ``path`` completely into 8-bit RGB (EXIF orientation applied) or raise :class:`ImageError`.
+
+    ``max_side``: decode at reduced size, the longest side at most ``max_side`` (JPEG decodes at a
+    DCT-scaled size first, ``draft``; then :func:`shrink`, all in 8 bits); ``None`` keeps full size.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -153,6 +171,8 @@ def decode_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: 
         if min(width, height) < min_side:
             raise ImageError(path, "too_small", f"{width}x{height}, a side is under min_side {min_side}")
         try:
+            if max_side is not None and image.format in ("JPEG", "MPO"):
+                image.draft("RGB", (max_side, max_side))  # a scale that keeps both sides >= max_side
             image.load()
         except Image.DecompressionBombError as exc:
             raise ImageError(path, "too_large", exc) from None
@@ -171,15 +191,19 @@ def decode_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: 
             except Exception as exc:
                 raise ImageError(path, "unreadable", f"bad EXIF orientation: {exc}") from None
         rgb, more = to_rgb(image)
+        rgb = shrink(rgb, max_side)
         rgb.load()
     return Decoded(image=rgb, source_format=source_format, source_mode=source_mode, conversions=conversions + more)
 
 
-def open_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1) -> Image.Image:
+def open_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1,
+             max_side: int | None = None) -> Image.Image:
     """Open an image as a fully decoded 8-bit RGB ``PIL.Image`` (see :func:`decode_rgb`)."""
-    return decode_rgb(path, max_pixels=max_pixels, min_side=min_side).image
+    return decode_rgb(path, max_pixels=max_pixels, min_side=min_side, max_side=max_side).image
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1) -> np.ndarray:
-    """Open an image as a ``uint8`` array of shape ``[H, W, 3]``."""
-    return np.asarray(open_rgb(path, max_pixels=max_pixels, min_side=min_side), dtype=np.uint8)
+def load_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1,
+             max_side: int | None = None) -> np.ndarray:
+    """Open an image as a ``uint8`` array of shape ``[H, W, 3]`` (reduced to ``max_side``, if given)."""
+    return np.asarray(open_rgb(path, max_pixels=max_pixels, min_side=min_side, max_side=max_side),
+                      dtype=np.uint8)

@@ -24,12 +24,12 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from cbir.config import method_config
-from cbir.data.images import load_rgb
+from cbir.data.images import shrink
 from cbir.errors import CbirError
 from cbir.features.cnn.backbones import load_trunk
+from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, cpu_isa, resolve_precision, resolve_runtime
 from cbir.features.cnn.pooling import pool
 from cbir.features.cnn.runtime import (
     describe_batch,
@@ -40,7 +40,7 @@ from cbir.features.cnn.runtime import (
     resolve_device,
     should_compile,
 )
-from cbir.features.handcrafted import describe, fuse
+from cbir.features.handcrafted import config_working_side, describe_config, describe_files, unit
 from cbir.features.resolve import resolve_callable
 from cbir.layout import weights_file
 
@@ -84,7 +84,11 @@ def make_pool(method_cfg: Mapping) -> Callable:
 
 @dataclass
 class DeepMethod:
-    """A CNN trunk (weights loaded once), a pooling, and the sizes and device to run them."""
+    """A CNN trunk (weights loaded once), a pooling, and the sizes, device and runtime to run them.
+
+    ``runtime``: ``torch`` or ``openvino`` (CPU; the trunk is converted on first use, once, and
+    serves the extract stage and queries alike); ``precision``: ``fp32`` or ``bf16``.
+    """
 
     name: str
     config: dict
@@ -96,29 +100,56 @@ class DeepMethod:
     scales: list[float]
     max_pixels: int
     compile: bool = False
+    runtime: str = "torch"
+    precision: str = "fp32"
     dim: int = field(init=False)
     kind = "deep"
 
     def __post_init__(self):
         self.dim = feature_dim(self.trunk, self.pool, self.image_size)
+        self._openvino: OpenVinoTrunk | None = None
+
+    @property
+    def runner(self):
+        """What runs the trunk: the torch module, or its OpenVINO conversion (made once, on first use)."""
+        if self.runtime != "openvino":
+            return self.trunk
+        if self._openvino is None:
+            self._openvino = OpenVinoTrunk(self.trunk, self.image_size, self.precision)
+        return self._openvino
+
+    @property
+    def use_amp(self) -> bool:
+        """bf16 autocast for the torch runtime: always on CUDA (as before), on CPU when precision is bf16."""
+        return self.runtime == "torch" and (self.device.type == "cuda" or self.precision == "bf16")
+
+    def run_info(self) -> dict:
+        """Runtime, effective precision and the CPU's instruction set (for the features ``.json``)."""
+        if self.runtime == "openvino":
+            info = self.runner.info()
+        else:
+            info = {"runtime": "torch", "precision": "bf16" if self.use_amp else "fp32", "compiled": self.compile}
+        return {**info, "cpu_isa": cpu_isa()}
 
     def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
                 num_workers: int | None = None) -> dict:
         """Fill ``out`` (``[N, dim]``, e.g. a memmap) with the descriptors of ``paths``; returns run info."""
         loader = make_loader(paths, self.image_size, self.batch_size, self.device, num_workers=num_workers,
                              max_pixels=self.max_pixels)
-        embed_batches(self.trunk, self.pool, loader, out, self.device, progress=progress, scales=self.scales,
-                      compile=self.compile)
+        embed_batches(self.runner, self.pool, loader, out, self.device, progress=progress, scales=self.scales,
+                      compile=self.compile and self.runtime == "torch", use_amp=self.use_amp)
         return {"device": str(self.device), "image_size": self.image_size, "batch_size": self.batch_size,
-                "scales": self.scales, "compiled": self.compile, "num_workers": loader.num_workers}
+                "scales": self.scales, "num_workers": loader.num_workers, **self.run_info()}
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return make_transform(self.image_size)(image.convert("RGB"))
 
     def describe_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """Unit descriptors of a preprocessed batch ``[B, 3, S, S]``."""
-        trunk = self.trunk.to(self.device).to(memory_format=torch.channels_last).eval()
-        out = describe_batch(trunk, self.pool, batch.to(self.device), self.scales, self.device.type == "cuda")
+        trunk = self.runner
+        if isinstance(trunk, torch.nn.Module):
+            trunk = trunk.to(self.device).to(memory_format=torch.channels_last).eval()
+        out = describe_batch(trunk, self.pool, batch.to(self.device), self.scales, self.use_amp)
         return out.cpu().numpy().astype(np.float32)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -145,68 +176,60 @@ def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int 
                device: str | None) -> DeepMethod:
     trunk, bcfg = deep_trunk(params, cfg, root)
     torch_device = resolve_device(device or params.get("device", "auto"))
+    settings = params.get("extract") or {}
+    runtime = resolve_runtime(settings.get("runtime", "auto"), torch_device)
     return DeepMethod(
         name=name, config=cfg, trunk=trunk, pool=make_pool(cfg), device=torch_device,
         image_size=int(cfg.get("image_size") or bcfg.get("image_size", 224)),
         batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
         scales=[float(x) for x in (cfg.get("scales") or [1.0])], max_pixels=max_pixels(params),
-        compile=should_compile((params.get("extract") or {}).get("compile", "auto"), torch_device, n_images),
+        compile=should_compile(settings.get("compile", "auto"), torch_device, n_images) and runtime == "torch",
+        runtime=runtime, precision=resolve_precision(settings.get("precision", "fp32"), torch_device),
     )
 
 
 # --------------------------------------------------------------------------- handcrafted
 
 
-def describe_image(method_cfg: Mapping, image: np.ndarray) -> np.ndarray:
-    """One traditional descriptor, or the weighted late fusion of several (``descriptor: fusion``).
-
-    Fusion params: ``members: {descriptor: {params}}`` and ``weights: {descriptor: w}`` (default 1);
-    the cosine of fused vectors is the weighted mean of the members' cosines.
-    """
-    name = method_cfg.get("_target_") or method_cfg.get("descriptor")
-    if not name:
-        raise CbirError("a handcrafted method needs descriptor: <name> or _target_: module:function")
-    params = dict(method_cfg.get("params") or {})
-    if name != "fusion":
-        return np.asarray(describe(name, image, params), dtype=np.float32)
-    members = params.get("members") or {}
-    if not members:
-        raise CbirError("a fusion method needs params.members: {descriptor: {params}, ...}")
-    weights = params.get("weights") or {}
-    blocks = [np.asarray(describe(m, image, dict(p or {})), dtype=np.float32)[None] for m, p in members.items()]
-    return fuse(blocks, [float(weights.get(m, 1.0)) for m in members])[0]
+#: one descriptor or a fusion, on a decoded image (kept here under its old name)
+describe_image = describe_config
 
 
 @dataclass
 class HandcraftedMethod:
-    """A traditional descriptor ``image -> vector`` (or a fusion of several), on the CPU."""
+    """A traditional descriptor ``image -> vector`` (or a fusion of several), on the CPU.
+
+    Each image is decoded once, already reduced to ``max_side`` (the largest working size of the
+    method's descriptors, ``None`` = full size), and a query is reduced the same way.
+    """
 
     name: str
     config: dict
     max_pixels: int
     dim: int = field(init=False)
+    max_side: int | None = field(init=False)
     kind = "handcrafted"
 
     def __post_init__(self):
         probe = np.full((64, 64, 3), 127, dtype=np.uint8)
         self.dim = int(describe_image(self.config, probe).shape[0])
+        self.max_side = config_working_side(self.config)
 
     def describe_array(self, image: np.ndarray) -> np.ndarray:
-        vec = describe_image(self.config, image)
-        norm = float(np.linalg.norm(vec))
-        return vec / norm if norm > 0 else vec
+        return unit(describe_image(self.config, image))
 
     def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
                 num_workers: int | None = None) -> dict:
         label = self.config.get("_target_") or self.config.get("descriptor")
-        for i, path in enumerate(tqdm(paths, desc=str(label), unit="img", disable=not progress)):
-            out[i] = self.describe_array(load_rgb(path, max_pixels=self.max_pixels))
-        return {"device": "cpu"}
+        describe_files(self.config, paths, out, self.max_pixels, num_workers=num_workers, progress=progress,
+                       label=str(label))
+        return {"device": "cpu", "decode_max_side": self.max_side}
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             raise CbirError("no images to embed")
-        return unit_rows(np.stack([describe_image(self.config, np.asarray(im.convert("RGB"))) for im in images]))
+        return unit_rows(np.stack([describe_image(self.config, np.asarray(shrink(im.convert("RGB"), self.max_side)))
+                                   for im in images]))
 
 
 # --------------------------------------------------------------------------- precomputed

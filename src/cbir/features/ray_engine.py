@@ -126,7 +126,8 @@ class HandcraftedDescriber:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with portable_errors():
-            vectors = np.stack([self.method.describe_array(load_rgb(p, max_pixels=self.method.max_pixels))
+            vectors = np.stack([self.method.describe_array(
+                load_rgb(p, max_pixels=self.method.max_pixels, max_side=self.method.max_side))
                                 for p in batch["path"]])
         return {"row": np.asarray(batch["row"], dtype=np.int64), "vector": vectors.astype(np.float32)}
 

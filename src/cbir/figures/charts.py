@@ -66,13 +66,13 @@ def curves_figure(curves: pd.DataFrame, x: str, xlabel: str, ylabel: str, title:
     methods = list(methods) if methods is not None else list(dict.fromkeys(curves["method"]))
     colours = method_colours(methods)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(3.6, 2.8))
+        fig = Figure(figsize=(3.6 + 1.4, 2.8))  # room for the legend, outside the data, on the right
         ax = fig.subplots()
         for method in methods:
             part = curves[curves["method"] == method].sort_values(x)
             if part.empty:
                 continue
-            ax.plot(part[x], part["precision"], color=colours[method], label=method,
+            ax.plot(part[x], part["precision"], color=colours[method], label=shorten(method, 24),
                     marker="o" if len(part) <= 12 else None, markersize=2.5)
             if {"lo", "hi"} <= set(part.columns) and part[["lo", "hi"]].notna().any().any():
                 ax.fill_between(part[x], part["lo"], part["hi"], color=colours[method], alpha=0.18, linewidth=0)
@@ -85,7 +85,7 @@ def curves_figure(curves: pd.DataFrame, x: str, xlabel: str, ylabel: str, title:
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(True, linewidth=0.3, alpha=0.5)
-        ax.legend(loc="best")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         fig.tight_layout()
     return fig
 

@@ -6,12 +6,15 @@ same functions draw inline in a notebook.  Files carry no timestamps.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
 import matplotlib.colors
+import matplotlib.text
 import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
@@ -28,8 +31,11 @@ IRRELEVANT = "#d73027"
 QUERY = "#2166ac"
 
 
-#: Okabe-Ito colours (colour-blind safe) for methods; more methods fall back to tab20.
+#: Okabe-Ito colours (colour-blind safe) for methods ...
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+#: ... then Paul Tol's muted colours: 16 distinct method colours in all; more methods take a hue wheel.
+METHOD_PALETTE = OKABE_ITO + ("#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#117733", "#88CCEE",
+                              "#661100")
 
 
 #: Publication style: small sans-serif fonts, TrueType (Type 42) text in PDFs, no top/right spines.
@@ -42,7 +48,8 @@ STYLE = {
 
 
 DEFAULTS = {"n_queries": 3, "seed": 0, "thumb_size": 128, "n_pairs": 5, "n_examples": 3,
-            "tsne_max_points": 2000, "tsne_perplexity": 30.0, "pca_dims": 50, "dpi": 150}
+            "tsne_max_points": 2000, "tsne_perplexity": 30.0, "pca_dims": 50, "dpi": 150,
+            "methods": None, "width": None, "font_size": None}
 
 
 FIGURES_INDEX = "figures.json"
@@ -72,7 +79,44 @@ def figure_settings(params: Mapping) -> dict:
             raise CbirError(f"params figures.{key} must be >= 1, got {cfg[key]}")
     if cfg["tsne_perplexity"] <= 0:
         raise CbirError(f"params figures.tsne_perplexity must be > 0, got {cfg['tsne_perplexity']}")
+    for key, low, high in (("width", 1.0, 40.0), ("font_size", 4.0, 30.0)):
+        value = cfg[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= float(value) <= high
+        if value is not None and not ok:
+            raise CbirError(f"params figures.{key} is {value!r}: use a number from {low:g} to {high:g} "
+                            f"({'inches' if key == 'width' else 'points'}), or null for the default")
+    cfg["methods"] = chosen_methods(params, cfg["methods"])
     return cfg
+
+
+def chosen_methods(params: Mapping, subset) -> list[str]:
+    """``figures.methods``: the methods to draw, in the order given (``null``: every method, in params order)."""
+    available = list(params.get("methods") or {})
+    if subset is None:
+        return available
+    if isinstance(subset, str) or not isinstance(subset, Sequence) or not subset:
+        raise CbirError(f"params figures.methods is {subset!r}: give a non-empty list of method names, "
+                        "or null for all")
+    unknown = [m for m in subset if m not in available]
+    if unknown:
+        raise CbirError(f"params figures.methods names {', '.join(map(str, unknown))}, not among the methods "
+                        f"({', '.join(available)}): fix figures.methods")
+    return list(dict.fromkeys(str(m) for m in subset))
+
+
+def fit_layout(fig, width: float | None = None, font_size: float | None = None) -> None:
+    """Resize ``fig`` to ``width`` inches (height scaled with it) and scale its text so the body text is
+    ``font_size`` points (titles and tick labels keep their proportions); ``None`` leaves either as is."""
+    if font_size is not None:
+        factor = float(font_size) / float(STYLE["font.size"])
+        for text in fig.findobj(matplotlib.text.Text):
+            text.set_fontsize(text.get_fontsize() * factor)
+    if width is not None:
+        old_w, old_h = fig.get_size_inches()
+        fig.set_size_inches(float(width), old_h * float(width) / old_w)
+    if width is not None or font_size is not None:
+        if fig.get_layout_engine() is None:
+            fig.set_layout_engine("tight")
 
 
 def safe_name(name: str) -> str:
@@ -81,11 +125,11 @@ def safe_name(name: str) -> str:
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per method (in the given order): Okabe-Ito, then tab20."""
-    if len(methods) <= len(OKABE_ITO):
-        return {m: OKABE_ITO[i] for i, m in enumerate(methods)}
-    cmap = matplotlib.colormaps.get_cmap("tab20")
-    return {m: matplotlib.colors.to_hex(cmap(i % 20)) for i, m in enumerate(methods)}
+    """A distinct colour per method (in the given order): :data:`METHOD_PALETTE`, then a hue wheel."""
+    if len(methods) <= len(METHOD_PALETTE):
+        return {m: METHOD_PALETTE[i] for i, m in enumerate(methods)}
+    cmap = matplotlib.colormaps.get_cmap("hsv")
+    return {m: matplotlib.colors.to_hex(cmap(i / len(methods))) for i, m in enumerate(methods)}
 
 
 def class_colours(labels: Sequence[str]) -> dict[str, tuple]:
@@ -124,6 +168,63 @@ def save_figure(fig, target: Path, dpi: int = 150) -> list[Path]:
                 fig.savefig(tmp, format=suffix[1:], facecolor="white", **kwargs)
             written.append(path)
     return written
+
+
+def _save_and_exit(fig, target: Path, dpi: int) -> None:
+    try:
+        save_figure(fig, target, dpi)
+    except Exception as exc:  # the parent reports it as one line; a worker prints no traceback
+        raise SystemExit(f"cannot write {target.name}: {' '.join(str(exc).split())}") from None
+
+
+class FigureWriter:
+    """Writes figures (PNG + PDF, :func:`save_figure`) in forked worker processes while the caller builds
+    the next one; at most ``workers`` at a time (default: one per CPU).  Without ``fork`` it writes
+    in this process.  ``close()`` waits for every file and raises one clear error if any failed.
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        forkable = "fork" in multiprocessing.get_all_start_methods() and self.workers > 1
+        self._context = multiprocessing.get_context("fork") if forkable else None
+        self._running: list[tuple[multiprocessing.Process, Path]] = []
+
+    def submit(self, fig, target: Path, dpi: int = 150) -> None:
+        if self._context is None:
+            save_figure(fig, target, dpi)
+            return
+        while len(self._running) >= self.workers:
+            self._wait_one()
+        process = self._context.Process(target=_save_and_exit, args=(fig, Path(target), dpi), daemon=True)
+        process.start()
+        self._running.append((process, Path(target)))
+
+    def _wait_one(self) -> None:
+        process, target = self._running.pop(0)
+        process.join()
+        if process.exitcode != 0:
+            self._abort()
+            raise CbirError(f"writing figure {target.name} (PNG + PDF) failed in a worker process "
+                            f"(exit code {process.exitcode}); re-run the figures stage")
+
+    def _abort(self) -> None:
+        for process, _ in self._running:
+            process.terminate()
+            process.join()
+        self._running.clear()
+
+    def close(self) -> None:
+        while self._running:
+            self._wait_one()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self._abort()
+        else:
+            self.close()
 
 
 def drawn_panels(fig) -> int:

@@ -52,11 +52,12 @@ from cbir.figures.select import (
 from cbir.figures.style import (
     FIGURES_INDEX,
     MIN_TSNE_POINTS,
+    FigureWriter,
     drawn_panels,
     figure_settings,
+    fit_layout,
     message_figure,
     safe_name,
-    save_figure,
 )
 from cbir.figures.thumbnails import Thumbnails, shorten
 from cbir.figures.trials import (
@@ -92,10 +93,10 @@ def run(params: dict, root: str | Path) -> None:
     paths = Layout(root, params)
     start = time.perf_counter()
     ds = paths.dataset
-    cfg = figure_settings(params)
-    methods = list(params.get("methods") or {})
-    if not methods:
+    if not params.get("methods"):
         raise CbirError("params has no methods: add at least one under methods")
+    cfg = figure_settings(params)
+    methods = cfg["methods"]  # figures.methods: a subset, in its order (null: all)
     manifest = read_manifest(paths.manifest)
     manifest["image_id"] = manifest["image_id"].astype(str)
     labels = dict(zip(manifest["image_id"], manifest["label"].astype(str)))
@@ -126,10 +127,11 @@ def run(params: dict, root: str | Path) -> None:
     index: list[dict] = []
     out_dir = paths.figures_dir
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, FigureWriter() as writer:
         def emit(fig, name: str, title: str, caption: str) -> None:
+            fit_layout(fig, cfg["width"], cfg["font_size"])
             panels = drawn_panels(fig)
-            save_figure(fig, tmp / name, cfg["dpi"])
+            writer.submit(fig, tmp / name, cfg["dpi"])  # written in a worker while the next one is built
             index.append({"name": name, "png": f"{name}.png", "pdf": f"{name}.pdf", "title": title,
                           "caption": caption, "panels": panels})
 
@@ -210,6 +212,7 @@ def run(params: dict, root: str | Path) -> None:
                  f"confusions_{safe_name(method)}", f"Confused classes: {method}",
                  f"The {len(rows)} (query class → retrieved class) pairs most often wrong in the top-{k} of "
                  f"`{method}`, with the most similar wrong results (query framed blue, result red).")
+        writer.close()
         write_json(tmp / FIGURES_INDEX, index)
         for path in (tmp, *tmp.iterdir()):  # temporary files are private; published ones are not
             path.chmod(0o755 if path.is_dir() else 0o644)

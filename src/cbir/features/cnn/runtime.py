@@ -114,9 +114,13 @@ def default_workers(device: torch.device | None = None) -> int:
 
 
 @torch.inference_mode()
-def describe_batch(trunk: nn.Module, pool: Callable, batch: torch.Tensor, scales: Sequence[float] = (1.0,),
+def describe_batch(trunk: Callable, pool: Callable, batch: torch.Tensor, scales: Sequence[float] = (1.0,),
                    use_amp: bool = False) -> torch.Tensor:
-    """L2-normalised descriptors [B, D] of a preprocessed batch, summed over ``scales``."""
+    """L2-normalised descriptors [B, D] of a preprocessed batch, summed over ``scales``.
+
+    ``trunk``: a ``torch.nn.Module`` or any callable batch -> feature map (an OpenVINO trunk);
+    ``use_amp``: bf16 autocast on the batch's device (torch only).
+    """
     vec = 0
     for scale in scales:
         scaled = batch if scale == 1.0 else torch.nn.functional.interpolate(
@@ -129,7 +133,7 @@ def describe_batch(trunk: nn.Module, pool: Callable, batch: torch.Tensor, scales
 
 @torch.inference_mode()
 def embed_batches(
-    trunk: nn.Module,
+    trunk: Callable,
     pool: Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,
     out: np.ndarray,
@@ -137,21 +141,25 @@ def embed_batches(
     progress: bool = True,
     scales: Sequence[float] = (1.0,),
     compile: bool = False,
+    use_amp: bool | None = None,
 ) -> None:
     """Run ``trunk`` then ``pool`` over ``loader`` and write L2-normalised rows into ``out`` (e.g. a memmap).
 
     Multi-scale: the batch is resized by each factor in ``scales`` and the L2-normalised
     descriptors are summed before the final normalisation.
-    CUDA: bf16 autocast and channels-last.  CPU: fp32 channels-last.
+    ``trunk``: a ``torch.nn.Module`` (channels-last; bf16 autocast when ``use_amp``, by default on CUDA
+    only) or a callable such as an :class:`~cbir.features.cnn.openvino_runtime.OpenVinoTrunk`.
     ``compile``: run a :func:`compile_trunk` graph; a short last batch is zero-padded to the
     loader's batch size so one static-shape graph serves every batch (rows are independent).
     """
-    trunk = trunk.to(device).to(memory_format=torch.channels_last).eval()
-    if compile:
-        trunk = compile_trunk(trunk)
+    if isinstance(trunk, nn.Module):
+        trunk = trunk.to(device).to(memory_format=torch.channels_last).eval()
+        if compile:
+            trunk = compile_trunk(trunk)
     full = loader.batch_size
     row = 0
-    use_amp = device.type == "cuda"  # bf16 autocast on CUDA only
+    if use_amp is None:
+        use_amp = device.type == "cuda"
     for batch in tqdm(_reraise_worker_errors(loader), desc="extract", unit="batch", disable=not progress,
                       total=len(loader)):
         n = batch.shape[0]

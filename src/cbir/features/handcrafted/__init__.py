@@ -11,15 +11,24 @@ One module per descriptor, imported only when a method uses it, so editing one d
 reruns only its own DVC stages.  ``describe(name, image, params)`` looks a descriptor up in
 :data:`DESCRIPTORS` (or imports a researcher's own ``module:function``) and checks its
 parameters; ``fuse`` combines several descriptor blocks into one vector per image.
+
+A method (one descriptor, or ``fusion`` of several) decodes each file once, at the largest working
+size its descriptors need (:func:`config_working_side`), in 8 bits with Pillow, and
+:func:`describe_files` spreads the files over worker processes.
 """
 
 from __future__ import annotations
 
 import inspect
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from cbir.data.images import load_rgb
 from cbir.errors import CbirError
 from cbir.features.handcrafted.common import FIX_HINT
 from cbir.features.resolve import resolve_callable
@@ -105,3 +114,108 @@ def fuse(blocks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
         raise CbirError(f"fuse: weights must be finite, >= 0 and not all 0, got {list(weights)}")
     fused = np.concatenate([np.sqrt(wi) * l2_normalize_rows(a) for wi, a in zip(w, arrays)], axis=1)
     return l2_normalize_rows(fused).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- a method's config, over files
+
+
+def describe_config(method_cfg: Mapping, image: np.ndarray) -> np.ndarray:
+    """One traditional descriptor, or the weighted late fusion of several (``descriptor: fusion``).
+
+    Fusion params: ``members: {descriptor: {params}}`` and ``weights: {descriptor: w}`` (default 1);
+    the cosine of fused vectors is the weighted mean of the members' cosines.
+    """
+    name = method_cfg.get("_target_") or method_cfg.get("descriptor")
+    if not name:
+        raise CbirError("a handcrafted method needs descriptor: <name> or _target_: module:function")
+    params = dict(method_cfg.get("params") or {})
+    if name != "fusion":
+        return np.asarray(describe(name, image, params), dtype=np.float32)
+    members = params.get("members") or {}
+    if not members:
+        raise CbirError("a fusion method needs params.members: {descriptor: {params}, ...}")
+    weights = params.get("weights") or {}
+    blocks = [np.asarray(describe(m, image, dict(p or {})), dtype=np.float32)[None] for m, p in members.items()]
+    return fuse(blocks, [float(weights.get(m, 1.0)) for m in members])[0]
+
+
+def working_side(name: str, params: Mapping[str, object] | None = None) -> int | None:
+    """The longest image side descriptor ``name`` works at, so images can be decoded at that size once.
+
+    ``max_side`` when the descriptor takes one (its default otherwise); twice the largest ``size`` for
+    a descriptor that resizes to a fixed size (HOG), so its own resize still anti-aliases; ``None``
+    (full size) for anything else, such as your own ``module:function``, or a value it will refuse.
+    """
+    if name not in DESCRIPTORS or not isinstance(params or {}, Mapping):
+        return None
+    params, accepted = dict(params or {}), descriptor_params(name)
+    if "max_side" in accepted:
+        side = params.get("max_side", accepted["max_side"])
+        return int(side) if isinstance(side, (int, np.integer)) and not isinstance(side, bool) else None
+    if "size" in accepted:
+        size = params.get("size", accepted["size"])
+        sides = [size] if isinstance(size, (int, np.integer)) else size
+        if isinstance(sides, Sequence) and sides and all(isinstance(v, (int, np.integer)) for v in sides):
+            return 2 * int(max(sides))
+    return None
+
+
+def config_working_side(method_cfg: Mapping) -> int | None:
+    """The size a method's images are decoded at: the largest its descriptors need (``None``: full size)."""
+    if method_cfg.get("_target_"):
+        return None
+    name, params = method_cfg.get("descriptor"), dict(method_cfg.get("params") or {})
+    if name != "fusion":
+        return working_side(str(name), params)
+    sides = [working_side(m, p) for m, p in (params.get("members") or {}).items()]
+    return None if not sides or None in sides else max(sides)
+
+
+def unit(vec: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 else vec
+
+
+def describe_file(job: tuple) -> tuple[np.ndarray | None, str | None]:
+    """``(unit vector, None)`` for one file, or ``(None, error line)`` (errors cross processes as text)."""
+    method_cfg, path, max_pixels, max_side = job
+    try:
+        return unit(describe_config(method_cfg, load_rgb(path, max_pixels=max_pixels, max_side=max_side))), None
+    except CbirError as exc:
+        return None, str(exc)
+
+
+#: below this many files a run stays in one process (starting workers costs more than it saves)
+MIN_FILES_PER_WORKER = 100
+
+
+def describe_files(method_cfg: Mapping, paths: Sequence[Path], out: np.ndarray, max_pixels: int,
+                   num_workers: int | None = None, progress: bool = True, label: str = "describe") -> int:
+    """Fill ``out[i]`` with the unit descriptor of ``paths[i]``, each file decoded once at the working size.
+
+    ``num_workers``: processes (``None``: one per CPU, up to 8, when each gets at least
+    :data:`MIN_FILES_PER_WORKER` files; 0 or 1: this process).  Returns the number of workers used.
+    """
+    max_side = config_working_side(method_cfg)
+    jobs = [(dict(method_cfg), str(p), max_pixels, max_side) for p in paths]
+    workers = num_workers
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1, len(jobs) // MIN_FILES_PER_WORKER)
+    workers = int(workers) if "fork" in multiprocessing.get_all_start_methods() else 0
+    bar = tqdm(total=len(jobs), desc=label, unit="img", disable=not progress)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.imap(describe_file, jobs, chunksize=16)
+            _fill(results, out, bar)
+    else:
+        _fill(map(describe_file, jobs), out, bar)
+    bar.close()
+    return max(workers, 0) if workers > 1 else 0
+
+
+def _fill(results, out: np.ndarray, bar) -> None:
+    for i, (vec, error) in enumerate(results):
+        if error is not None:
+            raise CbirError(error)
+        out[i] = vec
+        bar.update()

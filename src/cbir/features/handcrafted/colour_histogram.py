@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from skimage.color import rgb2hsv
 
 from cbir.features.handcrafted.common import (
     as_rgb,
@@ -13,6 +12,7 @@ from cbir.features.handcrafted.common import (
     int_list_param,
     l1_normalise,
     max_side_param,
+    quantise,
 )
 
 
@@ -26,6 +26,5 @@ def hsv_histogram(image: np.ndarray, bins: Sequence[int] = (8, 4, 4),
     where = "hsv_histogram"
     bins = int_list_param(where, "bins", bins, 1, length=3)
     image = fit_working_size(as_rgb(image, where), max_side_param(where, max_side))
-    hsv = rgb2hsv(image).reshape(-1, 3)
-    hist, _ = np.histogramdd(hsv, bins=bins, range=[(0.0, 1.0)] * 3)
-    return l1_normalise(hist.ravel())
+    codes = quantise(image, bins, "hsv")
+    return l1_normalise(np.bincount(codes.ravel(), minlength=int(np.prod(bins))).astype(np.float64))

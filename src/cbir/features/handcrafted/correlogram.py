@@ -39,17 +39,28 @@ def color_autocorrelogram(image: np.ndarray, distances: Sequence[int] = (1, 3, 5
     image = fit_working_size(as_rgb(image, where), max_side_param(where, max_side))
     q = quantise(image, bins, space)
     n_colours = int(np.prod(bins))
+    flat = q.ravel()
     h, w = q.shape
     out = np.zeros((len(distances), n_colours))
     for i, d in enumerate(distances):
+        # pairs (p, p + o) and (p + o, p) are the same pair seen from both ends: half the ring, counted twice
         same = np.zeros(n_colours)
-        total = np.zeros(n_colours)
         for dy, dx in _ring_offsets(d):
-            if abs(dy) >= h or abs(dx) >= w:
+            if dy < 0 or (dy == 0 and dx < 0) or abs(dy) >= h or abs(dx) >= w:
                 continue
-            a = q[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-            b = q[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
-            total += np.bincount(a.ravel(), minlength=n_colours)
-            same += np.bincount(a[a == b], minlength=n_colours)
+            a = q[0:h - dy, max(0, -dx):w - max(0, dx)]
+            b = q[dy:h, max(0, dx):w - max(0, -dx)]
+            same += 2 * np.bincount(a[a == b], minlength=n_colours)
+        total = np.bincount(flat, weights=ring_neighbours(h, w, d).ravel(), minlength=n_colours)
         out[i] = np.divide(same, total, out=np.zeros(n_colours), where=total > 0)
     return out.ravel().astype(np.float32)
+
+
+def ring_neighbours(h: int, w: int, d: int) -> np.ndarray:
+    """For every pixel of an ``h x w`` image, how many pixels at chessboard distance exactly ``d`` lie inside."""
+    def square(r: int) -> np.ndarray:  # pixels of the (2r+1)^2 square around each pixel that lie inside
+        ys, xs = np.arange(h), np.arange(w)
+        rows = np.minimum(ys + r, h - 1) - np.maximum(ys - r, 0) + 1
+        cols = np.minimum(xs + r, w - 1) - np.maximum(xs - r, 0) + 1
+        return np.outer(rows, cols).astype(np.float64)
+    return square(d) - square(d - 1)

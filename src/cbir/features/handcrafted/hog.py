@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 from skimage.feature import hog
-from skimage.transform import resize
 
 from cbir.features.handcrafted.common import (
     as_rgb,
     bad_param,
     int_list_param,
     int_param,
+    resize_uint8,
 )
 
 
@@ -34,7 +34,7 @@ def hog_descriptor(image: np.ndarray, size: int | Sequence[int] = 128, orientati
         raise bad_param(where, f"size {shape} is smaller than one block of {cpb} x {cpb} cells of "
                           f"{ppc} pixels; raise 'size' or lower 'pixels_per_cell'/'cells_per_block'")
     image = as_rgb(image, where)
-    small = resize(image, tuple(shape) + (3,), order=1, anti_aliasing=True)
+    small = resize_uint8(image, shape).astype(np.float32) / 255.0
     return hog(small, orientations=orientations, pixels_per_cell=(ppc, ppc),
                cells_per_block=(cpb, cpb), block_norm="L2-Hys", feature_vector=True,
                channel_axis=-1).astype(np.float32)
