@@ -185,7 +185,7 @@ def test_figure_settings_defaults_and_errors():
     from cbir.errors import CbirError
     from cbir.figures.style import DEFAULTS, figure_settings
 
-    assert figure_settings({}) == DEFAULTS
+    assert figure_settings({}) == {**DEFAULTS, "methods": []}  # no methods in params: none to draw
     assert figure_settings({"figures": {"n_queries": "4", "seed": None}})["n_queries"] == 4
     with pytest.raises(CbirError, match="figures.thumb_size must be >= 1, got 0"):
         figure_settings({"figures": {"thumb_size": 0}})
