@@ -12,6 +12,7 @@ per-thread arenas and the bounded thumbnail cache (at most 2,048 small JPEGs) to
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
@@ -23,6 +24,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 from test_query import build_pipeline_state
@@ -64,12 +66,9 @@ def multipart(fields: dict, name: str, data: bytes) -> tuple[bytes, str]:
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, random_mobilenet_file):
-    import psutil
-
-    root = tmp_path_factory.mktemp("load_root")
-    build_pipeline_state(root, random_mobilenet_file)
+@contextlib.contextmanager
+def running_server(root):
+    """``cbir serve`` on a free loopback port in its own process: ``{"url", "process"}``; stopped afterwards."""
     proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(root)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
@@ -83,6 +82,14 @@ def server(tmp_path_factory, random_mobilenet_file):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, random_mobilenet_file):
+    root = tmp_path_factory.mktemp("load_root")
+    build_pipeline_state(root, random_mobilenet_file)
+    with running_server(root) as server:
+        yield server
 
 
 def one_query(url: str, i: int, images: list[bytes], ids: list[str]) -> None:
@@ -166,7 +173,6 @@ def near_limit_png(seed: int, side: int = NEAR_LIMIT_SIDE) -> bytes:
 @pytest.fixture(scope="module")
 def bounded_server(tmp_path_factory, random_mobilenet_file):
     """A server with the default serve limits and curation's default 40 MP cap (so the query budget binds)."""
-    import psutil
     import yaml
 
     root = tmp_path_factory.mktemp("bounded_root")
@@ -176,19 +182,8 @@ def bounded_server(tmp_path_factory, random_mobilenet_file):
     params["serve"] = {"max_upload_mb": 16, "thumb_size": 160, "max_query_pixels": 12_000_000, "max_concurrent": 2,
                        "queue_timeout_s": 10, "request_timeout_s": 30}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    try:
-        port = int(proc.stdout.readline().strip() or 0)
-        assert port > 0, "the server did not start"
-        yield {"url": f"http://127.0.0.1:{port}", "process": psutil.Process(proc.pid)}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+    with running_server(root) as server:
+        yield server
 
 
 def post_upload(url: str, method: str, name: str, data: bytes) -> tuple[int, dict, dict]:
