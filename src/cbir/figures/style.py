@@ -178,15 +178,18 @@ def _save_and_exit(fig, target: Path, dpi: int) -> None:
 
 
 class FigureWriter:
-    """Writes figures (PNG + PDF, :func:`save_figure`) in forked worker processes while the caller builds
-    the next one; at most ``workers`` at a time (default: one per CPU).  Without ``fork`` it writes
-    in this process.  ``close()`` waits for every file and raises one clear error if any failed.
+    """Writes figures (PNG + PDF, :func:`save_figure`) in worker processes while the caller builds the next
+    one; at most ``workers`` at a time (default: one per CPU).  Workers come from a fork server (a clean,
+    single-threaded process), never from a plain ``fork`` of this one: forking a process whose other
+    threads (OpenMP, OpenVINO, a test runner) hold a lock can leave the child waiting forever.  The figure
+    travels pickled.  Without a fork server it writes in this process.  ``close()`` waits for every file
+    and raises one clear error if any failed.
     """
 
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or os.cpu_count() or 1)
-        forkable = "fork" in multiprocessing.get_all_start_methods() and self.workers > 1
-        self._context = multiprocessing.get_context("fork") if forkable else None
+        forkable = "forkserver" in multiprocessing.get_all_start_methods() and self.workers > 1
+        self._context = multiprocessing.get_context("forkserver") if forkable else None
         self._running: list[tuple[multiprocessing.Process, Path]] = []
 
     def submit(self, fig, target: Path, dpi: int = 150) -> None:

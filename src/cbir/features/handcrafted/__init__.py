@@ -201,10 +201,12 @@ def describe_files(method_cfg: Mapping, paths: Sequence[Path], out: np.ndarray, 
     workers = num_workers
     if workers is None:
         workers = min(8, os.cpu_count() or 1, len(jobs) // MIN_FILES_PER_WORKER)
-    workers = int(workers) if "fork" in multiprocessing.get_all_start_methods() else 0
+    # a fork server (a clean, single-threaded process) makes the workers: a plain fork of a process whose
+    # other threads hold a lock (OpenMP, OpenVINO, a test runner) can leave a worker waiting forever
+    workers = int(workers) if "forkserver" in multiprocessing.get_all_start_methods() else 0
     bar = tqdm(total=len(jobs), desc=label, unit="img", disable=not progress)
     if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
             results = pool.imap(describe_file, jobs, chunksize=16)
             _fill(results, out, bar)
     else:
