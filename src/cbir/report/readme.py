@@ -21,14 +21,16 @@ log = logging.getLogger("cbir")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def dataset_context(root: Path, dataset: str) -> str:
-    """One line of context for a dataset's table, from its curation report when present."""
-    curation = Path(root) / "data" / "curated" / dataset / "curation.json"
-    if not curation.is_file():
+def dataset_context(dataset: str, metrics: dict) -> str:
+    """One line of context for a dataset's table, from committed files only (a fresh clone writes the same):
+    the query and database counts of its metrics; every image querying the others is leave-one-out."""
+    entry = next(iter(metrics.values()), {}) if metrics else {}
+    n_queries, n_database = entry.get("n_queries"), entry.get("n_database")
+    if not isinstance(n_queries, int) or not isinstance(n_database, int):
         return f"Dataset `{dataset}` (mean [95% CI]):"
-    split = read_json(curation).get("split") or {}
-    return (f"Dataset `{dataset}`, {split.get('protocol')} protocol, {split.get('n_query')} queries against "
-            f"{split.get('n_database')} database images (mean [95% CI]):")
+    protocol = "leave-one-out" if n_queries == n_database + 1 else "held-out queries"
+    return (f"Dataset `{dataset}`, {protocol}: {n_queries} queries against {n_database} database images "
+            "(mean [95% CI]):")
 
 
 def dataset_metrics(root: Path, dataset: str) -> dict:
@@ -75,7 +77,7 @@ def results_block(root: str | Path) -> str:
         metrics = dataset_metrics(Path(root), path.stem)
         if metrics:
             datasets[path.stem] = metrics
-            blocks.append(f"{dataset_context(root, path.stem)}\n\n{metrics_table(metrics)}")
+            blocks.append(f"{dataset_context(path.stem, metrics)}\n\n{metrics_table(metrics)}")
     if not blocks:
         return "_No results yet: run `make repro`._"
     blocks.append("Across datasets: the best deep and the best traditional method by P@10 (mean [95% CI]):\n\n"
