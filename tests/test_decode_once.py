@@ -10,6 +10,8 @@ from PIL import Image
 from scipy import stats
 from skimage.color import rgb2hsv
 
+from test_handcrafted import naive_autocorrelogram
+
 from cbir.data.images import load_rgb, open_rgb, shrink
 from cbir.errors import CbirError
 from cbir.features.handcrafted import (
@@ -40,31 +42,13 @@ def test_rgb_to_hsv_matches_skimage_and_puts_exact_edges_in_their_bin():
     assert s == 0.75 and v == np.float32(0.8) and h == np.float32(11 / 18)  # (204-51)/204 = 3/4 exactly
 
 
-def brute_force_correlogram(q: np.ndarray, distances, n_colours) -> np.ndarray:
-    """Huang et al.'s definition, pixel by pixel."""
-    h, w = q.shape
-    out = np.zeros((len(distances), n_colours))
-    for i, d in enumerate(distances):
-        same, total = np.zeros(n_colours), np.zeros(n_colours)
-        for y in range(h):
-            for x in range(w):
-                for dy in range(-d, d + 1):
-                    for dx in range(-d, d + 1):
-                        if max(abs(dy), abs(dx)) != d or not (0 <= y + dy < h and 0 <= x + dx < w):
-                            continue
-                        total[q[y, x]] += 1
-                        same[q[y, x]] += q[y + dy, x + dx] == q[y, x]
-        out[i] = np.divide(same, total, out=np.zeros(n_colours), where=total > 0)
-    return out.ravel()
-
-
 @pytest.mark.parametrize("shape", [(9, 7), (3, 2), (12, 12)])
 def test_correlogram_equals_the_pixel_by_pixel_definition(shape):
     rng = np.random.default_rng(1)
     image = (rng.integers(0, 2, (*shape, 3)) * 255).astype(np.uint8)  # 8 colours, 2 bins per channel
     q = common.quantise(image, [2, 2, 2], "rgb")
     got = correlogram.color_autocorrelogram(image, distances=[1, 2, 5], bins=[2, 2, 2], max_side=None)
-    np.testing.assert_allclose(got, brute_force_correlogram(q, [1, 2, 5], 8), atol=1e-6)
+    np.testing.assert_allclose(got, naive_autocorrelogram(q, 8, [1, 2, 5]), atol=1e-6)
 
 
 def test_colour_moments_match_scipy():
