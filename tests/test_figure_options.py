@@ -8,12 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_figures_more import SMALL_PARAMS, small_run
 
 from cbir.errors import CbirError
 from cbir.figures.charts import curves_figure
-from cbir.figures.style import METHOD_PALETTE, figure_settings, fit_layout, method_colours
+from cbir.figures.style import (
+    METHOD_PALETTE,
+    figure_settings,
+    fit_layout,
+    method_colours,
+)
+from cbir.figures.trials import sample_trials_figure
 from cbir.fileio import read_json
-from test_figures_more import SMALL_PARAMS, small_run
 
 
 def test_palette_gives_at_least_twelve_clearly_distinct_colours():
@@ -83,21 +89,24 @@ def test_the_stage_draws_only_the_chosen_methods_at_the_chosen_width(tmp_path):
 
 
 def test_figures_written_in_workers_are_byte_identical_and_a_failure_is_one_line(tmp_path):
-    from cbir.figures.style import FigureWriter, save_figure
+    from cbir.figures.style import FigureWriter, draw_figure
 
     curves = pd.DataFrame({"method": ["a"] * 3, "k": [1, 2, 3], "precision": [1.0, 0.5, 0.25]})
-    figs = [curves_figure(curves, "k", "k", "P@k", f"t{i}", ["a"]) for i in range(3)]
+    args = [(curves, "k", "k", "P@k", f"t{i}", ["a"]) for i in range(3)]
     (tmp_path / "seq").mkdir()
     (tmp_path / "par").mkdir()
-    for i, fig in enumerate(figs):
-        save_figure(fig, tmp_path / "seq" / f"f{i}", 50)
+    for i, a in enumerate(args):
+        assert draw_figure(curves_figure, a, {}, tmp_path / "seq" / f"f{i}", 50) == 1
     with FigureWriter(workers=2) as writer:
-        for i, fig in enumerate(figs):
-            writer.submit(fig, tmp_path / "par" / f"f{i}", 50)
+        panels = [writer.draw(curves_figure, a, tmp_path / "par" / f"f{i}", 50) for i, a in enumerate(args)]
+    assert [p.result() for p in panels] == [1, 1, 1]
     for i in range(3):
         for suffix in (".png", ".pdf"):
             assert (tmp_path / "par" / f"f{i}{suffix}").read_bytes() == (tmp_path / "seq" / f"f{i}{suffix}").read_bytes()
     (tmp_path / "a_file").write_text("not a folder")
-    with pytest.raises(CbirError, match="writing figure f0 .* failed in a worker process"):
+    with pytest.raises(CbirError, match=r"writing figure f0 \(PNG \+ PDF\) failed \(.*Error"):
         with FigureWriter(workers=2) as writer:
-            writer.submit(figs[0], tmp_path / "a_file" / "f0", 50)
+            writer.draw(curves_figure, args[0], tmp_path / "a_file" / "f0", 50)
+    with pytest.raises(CbirError, match="figure t: no queries to draw"):  # a builder's own message, in one line
+        with FigureWriter(workers=2) as writer:
+            writer.draw(sample_trials_figure, ([],), tmp_path / "par" / "t", 50)

@@ -121,7 +121,7 @@ def test_trials_show_retrieval_order_and_scores_from_the_csv(run):
         expected = csv[csv["query_id"] == qid].sort_values("rank")
         shuffled = csv.sample(frac=1.0, random_state=3)  # the figure must sort by rank itself
         fig = sample_trials_figure(build_trials(shuffled, manifest, [qid], root, k, 16))
-        titles = [ax.get_title() for ax in fig.axes if ax.images][1:]
+        titles = [t.get_text() for t in fig.axes[0].texts][1:]  # the query's caption, then each result's
         assert [t.split("\n")[0] for t in titles] == [f"#{r}  {s:.3f}"
                                                      for r, s in zip(expected["rank"], expected["score"])]
         labels = dict(zip(manifest["image_id"], manifest["label"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 
 from cbir.figures.charts import comparison_figure
 from cbir.figures.select import pick_queries
-from cbir.figures.style import save_figure
+from cbir.figures.style import IRRELEVANT, QUERY, RELEVANT, drawn_panels, save_figure
 from cbir.figures.trials import build_trials, sample_trials_figure
 from cbir.report.markdown import build_report, metrics_table
 from cbir.report.readme import END, START, update_readme
@@ -52,10 +53,12 @@ def test_trials_follow_retrieval_order_and_scores(tmp_path, toy_run):
     assert [r["score"] for r in results] == [0.99, 0.9, 0.5, 0.4]
     assert [r["relevant"] for r in results] == [True, True, False, False]
     fig = sample_trials_figure(trials)
-    images = [ax for ax in fig.axes if ax.images]
-    assert len(images) == 1 + 4
-    titles = [ax.get_title() for ax in images[1:]]
-    assert titles[0].startswith("#1  0.990") and titles[3].startswith("#4  0.400")
+    assert len(fig.axes) == 1 and len(fig.axes[0].images) == 1 + 4 and drawn_panels(fig) == 5
+    captions = [t.get_text() for t in fig.axes[0].texts]
+    assert captions[0].startswith("query") and captions[1].startswith("#1  0.990")
+    assert captions[4].startswith("#4  0.400")
+    frames = [p.get_edgecolor() for p in fig.axes[0].patches]
+    assert [matplotlib.colors.to_hex(c) for c in frames] == [QUERY, RELEVANT, RELEVANT, IRRELEVANT, IRRELEVANT]
     written = save_figure(fig, tmp_path / "out" / "trials")
     assert [p.suffix for p in written] == [".png", ".pdf"]
     pixels = np.asarray(Image.open(written[0]).convert("L"))

@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Mapping
 
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from cbir.errors import CbirError
 from cbir.fileio import write_text
@@ -32,6 +28,11 @@ def compose_yaml(conf_dir: str | Path, overrides: list[str] | None = None) -> st
 
     Same composition as DVC's Hydra integration (``dvc exp run -S``): compose, resolve, dump.
     """
+    # only composing needs Hydra, not every stage
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     conf_dir = Path(conf_dir).resolve()
     try:

@@ -108,6 +108,7 @@ EVALUATION = {"ks": list_of(integer(1, 100_000), 1, True), "n_bootstrap": intege
               "curve_k": integer(1, 100_000).orNull}
 FIGURES = {"n_queries": COUNT, "seed": SEED, "thumb_size": integer(16, 2048), "dpi": integer(10, 1200),
            "n_pairs": COUNT, "n_examples": COUNT, "pca_dims": integer(2, 4096), "tsne_max_points": COUNT,
+           "tsne_iterations": integer(250, 100_000),
            "tsne_perplexity": number(0, open_lo=True), "methods": list_of(NAME, 1).orNull,
            "width": number(0, open_lo=True).orNull, "font_size": number(0, open_lo=True).orNull}
 SERVE = {"max_upload_mb": number(0, 1024, open_lo=True), "thumb_size": integer(16, 2048),

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cbir.figures.gallery import Cell, gallery_figure
 from cbir.figures.style import (
     IRRELEVANT,
     QUERY,
@@ -158,21 +159,10 @@ def confusion_gallery(rows: Sequence[dict], title: str = ""):
     """
     if not rows:
         return message_figure("no wrong result in the top-k: nothing confused", title)
-    with matplotlib.rc_context(STYLE):
-        ncols = 1 + max(1, max(len(r["examples"]) for r in rows))
-        fig = Figure(figsize=(1.9 + 2.3 * (ncols - 1), 1.45 * len(rows) + 0.4))
-        axes = fig.subplots(len(rows), ncols, squeeze=False,
-                            gridspec_kw={"width_ratios": [0.8] + [1.0] * (ncols - 1)})
-        for axrow, row in zip(axes, rows):
-            for ax in axrow:
-                ax.axis("off")
-            axrow[0].text(0.0, 0.5, f"{shorten(row['query_label'], 22)}\n→ {shorten(row['result_label'], 22)}\n"
-                          f"{row['count']} results ({row['rate']:.1%} of top-k)", ha="left", va="center",
-                          fontsize=7, transform=axrow[0].transAxes)
-            for ax, ex in zip(axrow[1:], row["examples"]):
-                ax.imshow(side_by_side(framed(ex["query_image"], QUERY), framed(ex["result_image"], IRRELEVANT)))
-                ax.set_title(f"query | #{ex['rank']}  {ex['score']:.3f}", fontsize=6)
-        if title:
-            fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-    return fig
+    ncols = 1 + max(1, max(len(r["examples"]) for r in rows))
+    cells = [[Cell(caption=f"{shorten(row['query_label'], 22)}\n→ {shorten(row['result_label'], 22)}\n"
+                           f"{row['count']} results ({row['rate']:.1%} of top-k)")]
+             + [Cell(side_by_side(framed(ex["query_image"], QUERY), framed(ex["result_image"], IRRELEVANT)),
+                     f"query | #{ex['rank']}  {ex['score']:.3f}") for ex in row["examples"]]
+             for row in rows]
+    return gallery_figure(cells, [1.9] + [2.3] * (ncols - 1), image_height=1.05, caption_lines=1, title=title)

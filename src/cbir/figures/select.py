@@ -9,9 +9,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
-from threadpoolctl import threadpool_limits
 
 from cbir.errors import CbirError
 from cbir.evaluation import bootstrap_ci
@@ -106,8 +103,14 @@ def stratified_subsample(labels: Sequence[str], max_points: int, seed: int) -> n
     return np.sort(np.concatenate(keep))
 
 
-def embed_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50) -> np.ndarray:
-    """2-D t-SNE of the rows of ``features`` after PCA to ``pca_dims`` dimensions (both seeded)."""
+def embed_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50,
+             iterations: int = 500) -> np.ndarray:
+    """2-D t-SNE (``iterations`` gradient steps) of the rows of ``features`` after PCA to ``pca_dims``
+    dimensions (both seeded)."""
+    # importing scikit-learn takes seconds: only the process that makes a map pays it
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(features, dtype=np.float64)
     n = x.shape[0]
@@ -117,7 +120,7 @@ def embed_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0, pca_
     if dims < x.shape[1]:
         x = PCA(n_components=dims, random_state=seed, svd_solver="full").fit_transform(x)
     tsne = TSNE(n_components=2, perplexity=min(float(perplexity), (n - 1) / 3.0), init="pca",
-                learning_rate="auto", random_state=seed, n_jobs=1)
+                learning_rate="auto", random_state=seed, n_jobs=1, max_iter=iterations)
     with threadpool_limits(limits=1):  # one thread: reproducible sums, and no OpenMP spin on small maps
         return tsne.fit_transform(x)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib
 import matplotlib.colors
@@ -38,17 +39,18 @@ METHOD_PALETTE = OKABE_ITO + ("#882255", "#44AA99", "#999933", "#332288", "#AA44
                               "#661100")
 
 
-#: Publication style: small sans-serif fonts, TrueType (Type 42) text in PDFs, no top/right spines.
+#: Publication style: small sans-serif fonts, TrueType (Type 42) text in PDFs, no top/right spines; in PDFs
+#: each image stays its own image (not composited into one), which writes a gallery of thumbnails faster.
 STYLE = {
     "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
     "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
     "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
-    "figure.dpi": 100, "axes.grid": False, "lines.linewidth": 1.4,
+    "figure.dpi": 100, "axes.grid": False, "lines.linewidth": 1.4, "image.composite_image": False,
 }
 
 
 DEFAULTS = {"n_queries": 3, "seed": 0, "thumb_size": 128, "n_pairs": 5, "n_examples": 3,
-            "tsne_max_points": 2000, "tsne_perplexity": 30.0, "pca_dims": 50, "dpi": 150,
+            "tsne_max_points": 2000, "tsne_perplexity": 30.0, "tsne_iterations": 500, "pca_dims": 50, "dpi": 150,
             "methods": None, "width": None, "font_size": None}
 
 
@@ -69,7 +71,7 @@ def figure_settings(params: Mapping) -> dict:
     cfg.update({k: v for k, v in (params.get("figures") or {}).items() if v is not None})
     try:
         for key in ("n_queries", "seed", "thumb_size", "n_pairs", "n_examples", "tsne_max_points", "pca_dims",
-                    "dpi"):
+                    "dpi", "tsne_iterations"):
             cfg[key] = int(cfg[key])
         cfg["tsne_perplexity"] = float(cfg["tsne_perplexity"])
     except (TypeError, ValueError) as exc:
@@ -77,6 +79,8 @@ def figure_settings(params: Mapping) -> dict:
     for key in ("n_queries", "thumb_size", "n_pairs", "n_examples", "tsne_max_points", "pca_dims", "dpi"):
         if cfg[key] < 1:
             raise CbirError(f"params figures.{key} must be >= 1, got {cfg[key]}")
+    if cfg["tsne_iterations"] < 250:
+        raise CbirError(f"params figures.tsne_iterations must be >= 250 (t-SNE's minimum), got {cfg['tsne_iterations']}")
     if cfg["tsne_perplexity"] <= 0:
         raise CbirError(f"params figures.tsne_perplexity must be > 0, got {cfg['tsne_perplexity']}")
     for key, low, high in (("width", 1.0, 40.0), ("font_size", 4.0, 30.0)):
@@ -170,55 +174,79 @@ def save_figure(fig, target: Path, dpi: int = 150) -> list[Path]:
     return written
 
 
-def _save_and_exit(fig, target: Path, dpi: int) -> None:
-    try:
-        save_figure(fig, target, dpi)
-    except Exception as exc:  # the parent reports it as one line; a worker prints no traceback
-        raise SystemExit(f"cannot write {target.name}: {' '.join(str(exc).split())}") from None
+def draw_figure(build: Callable, args: tuple, kwargs: Mapping, target: Path, dpi: int = 150,
+                width: float | None = None, font_size: float | None = None) -> int:
+    """``build(*args, **kwargs)``, fitted (:func:`fit_layout`) and written (:func:`save_figure`); returns
+    its number of drawn panels (:func:`drawn_panels`)."""
+    fig = build(*args, **kwargs)
+    fit_layout(fig, width, font_size)
+    save_figure(fig, target, dpi)
+    return drawn_panels(fig)
 
 
 class FigureWriter:
-    """Writes figures (PNG + PDF, :func:`save_figure`) in worker processes while the caller builds the next
-    one; at most ``workers`` at a time (default: one per CPU).  Workers come from a fork server (a clean,
-    single-threaded process), never from a plain ``fork`` of this one: forking a process whose other
-    threads (OpenMP, OpenVINO, a test runner) hold a lock can leave the child waiting forever.  The figure
-    travels pickled.  Without a fork server it writes in this process.  ``close()`` waits for every file
-    and raises one clear error if any failed.
+    """Builds and writes figures (:func:`draw_figure`: PNG + PDF) in worker processes while the caller
+    prepares the next one's data, and runs other slow pure functions (``run``, e.g. a t-SNE map) beside them.
+
+    ``workers`` processes (default: one per CPU) are started once and kept for every figure, from a fork
+    server (a clean, single-threaded process), never from a plain ``fork`` of this one: forking a process
+    whose other threads (OpenMP, OpenVINO, a test runner) hold a lock can leave the child waiting forever.
+    A figure's builder and data travel pickled, so building, laying out and writing all happen in parallel.
+    With one worker, or without a fork server, everything runs in this process.  ``close()`` waits for
+    every file and raises one clear error if any failed.
     """
 
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or os.cpu_count() or 1)
         forkable = "forkserver" in multiprocessing.get_all_start_methods() and self.workers > 1
-        self._context = multiprocessing.get_context("forkserver") if forkable else None
-        self._running: list[tuple[multiprocessing.Process, Path]] = []
+        self._pool = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+                      if forkable else None)
+        self._pending: list[tuple[Future, Path]] = []
 
-    def submit(self, fig, target: Path, dpi: int = 150) -> None:
-        if self._context is None:
-            save_figure(fig, target, dpi)
-            return
-        while len(self._running) >= self.workers:
+    def draw(self, build: Callable, args: tuple, target: Path, dpi: int = 150, width: float | None = None,
+             font_size: float | None = None, /, **kwargs) -> Future:
+        """Build ``build(*args, **kwargs)`` and write it to ``target`` (.png and .pdf); ``.result()`` of the
+        returned future is its panel count, once ``close()`` has returned."""
+        while len(self._pending) >= 2 * self.workers:  # bound the figures in flight
             self._wait_one()
-        process = self._context.Process(target=_save_and_exit, args=(fig, Path(target), dpi), daemon=True)
-        process.start()
-        self._running.append((process, Path(target)))
+        future = self.run(draw_figure, build, args, kwargs, Path(target), dpi, width, font_size)
+        self._pending.append((future, Path(target)))
+        return future
+
+    def run(self, function: Callable, *args) -> Future:
+        """``function(*args)`` in a worker (here without workers); ``.result()`` gives its value."""
+        if self._pool is not None:
+            return self._pool.submit(function, *args)
+        done: Future = Future()
+        try:
+            done.set_result(function(*args))
+        except Exception as exc:  # reported like a worker's failure
+            done.set_exception(exc)
+        return done
 
     def _wait_one(self) -> None:
-        process, target = self._running.pop(0)
-        process.join()
-        if process.exitcode != 0:
+        future, target = self._pending.pop(0)
+        try:
+            future.result()
+        except CbirError as exc:  # a builder's own one-line message
             self._abort()
-            raise CbirError(f"writing figure {target.name} (PNG + PDF) failed in a worker process "
-                            f"(exit code {process.exitcode}); re-run the figures stage")
+            raise CbirError(f"figure {target.name}: {exc}") from None
+        except Exception as exc:  # a file that cannot be written, or a worker that died
+            self._abort()
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise CbirError(f"writing figure {target.name} (PNG + PDF) failed ({why}); "
+                            "re-run the figures stage") from None
 
     def _abort(self) -> None:
-        for process, _ in self._running:
-            process.terminate()
-            process.join()
-        self._running.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
 
     def close(self) -> None:
-        while self._running:
+        while self._pending:
             self._wait_one()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def __enter__(self):
         return self
@@ -231,6 +259,7 @@ class FigureWriter:
 
 
 def drawn_panels(fig) -> int:
-    """Axes that show something (an image, a line, a patch or a collection), colour bars excluded."""
-    return sum(1 for ax in fig.axes if ax.get_label() != "<colorbar>"
-               and (ax.images or ax.lines or ax.patches or ax.collections))
+    """Axes that show something (an image, a line, a patch or a collection), colour bars excluded; each image
+    of a gallery (an axes holding several images, :mod:`cbir.figures.gallery`) counts as one panel."""
+    return sum(len(ax.images) if len(ax.images) > 1 else 1 for ax in fig.axes
+               if ax.get_label() != "<colorbar>" and (ax.images or ax.lines or ax.patches or ax.collections))

@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
-import matplotlib.colors
-import matplotlib.ticker
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from cbir.errors import CbirError
-from cbir.figures.style import IRRELEVANT, QUERY, RELEVANT, STYLE
+from cbir.figures.gallery import Cell, gallery_figure
+from cbir.figures.style import IRRELEVANT, QUERY, RELEVANT
 from cbir.figures.thumbnails import Thumbnails, shorten
 
 
@@ -48,7 +45,7 @@ def sample_trials_figure(trials: list[dict], thumb_size: int = 128, title: str =
     """One row per query: the query image, then its ranked results.
 
     ``trials``: dicts with ``query`` ({image, label, image_id}) and ``results`` (a list of
-    {image, label, image_id, rank, score, relevant}) in retrieval order.  Each result is titled
+    {image, label, image_id, rank, score, relevant}) in retrieval order.  Each result is captioned
     ``#rank  cosine`` and its label, framed green (same class as the query) or red.
     ``row_labels`` (one per trial) are written beside the query, e.g. why it was chosen.
     """
@@ -57,38 +54,16 @@ def sample_trials_figure(trials: list[dict], thumb_size: int = 128, title: str =
     if row_labels is not None and len(row_labels) != len(trials):
         raise ValueError("row_labels must have one entry per trial")
     ncols = 1 + max(1, max(len(t["results"]) for t in trials))
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(1.2 * ncols + 0.4, 1.5 * len(trials) + 0.5))
-        axes = fig.subplots(len(trials), ncols, squeeze=False)
-        for i, (row, trial) in enumerate(zip(axes, trials)):
-            for ax in row:
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.axis("off")
-            q = trial["query"]
-            row[0].axis("on")
-            row[0].imshow(q["image"])
-            row[0].set_title(f"query\n{shorten(q['label'], 18)}", fontsize=7, fontweight="bold", color=QUERY)
-            if row_labels is not None:
-                row[0].set_ylabel(row_labels[i], fontsize=7, rotation=90, labelpad=4)
-            for spine in row[0].spines.values():
-                spine.set_visible(True)
-                spine.set_color(QUERY)
-                spine.set_linewidth(2.5)
-            for ax, res in zip(row[1:], trial["results"]):
-                ax.axis("on")
-                ax.imshow(res["image"])
-                colour = RELEVANT if res["relevant"] else IRRELEVANT
-                for spine in ax.spines.values():
-                    spine.set_visible(True)
-                    spine.set_color(colour)
-                    spine.set_linewidth(2.5)
-                ax.set_title(f"#{res['rank']}  {res['score']:.3f}\n{shorten(res['label'])}", fontsize=6,
-                             color=colour)
-        if title:
-            fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-    return fig
+    rows = []
+    for trial in trials:
+        q = trial["query"]
+        row = [Cell(q["image"], f"query\n{shorten(q['label'], 18)}", frame=QUERY, colour=QUERY)]
+        for res in trial["results"]:
+            colour = RELEVANT if res["relevant"] else IRRELEVANT
+            row.append(Cell(res["image"], f"#{res['rank']}  {res['score']:.3f}\n{shorten(res['label'])}",
+                            frame=colour, colour=colour))
+        rows.append(row)
+    return gallery_figure(rows, [1.2] * ncols, image_height=1.0, row_labels=row_labels, title=title)
 
 
 def comparison_trials_figure(trials_a: list[dict], trials_b: list[dict], method_a: str, method_b: str,

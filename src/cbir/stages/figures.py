@@ -53,9 +53,7 @@ from cbir.figures.style import (
     FIGURES_INDEX,
     MIN_TSNE_POINTS,
     FigureWriter,
-    drawn_panels,
     figure_settings,
-    fit_layout,
     message_figure,
     safe_name,
 )
@@ -128,72 +126,74 @@ def run(params: dict, root: str | Path) -> None:
     out_dir = paths.figures_dir
 
     with atomic_dir(out_dir) as tmp, FigureWriter() as writer:
-        def emit(fig, name: str, title: str, caption: str) -> None:
-            fit_layout(fig, cfg["width"], cfg["font_size"])
-            panels = drawn_panels(fig)
-            writer.submit(fig, tmp / name, cfg["dpi"])  # written in a worker while the next one is built
+        def emit(name: str, title: str, caption: str, build, /, *args, **kwargs) -> None:
+            """``build(*args, **kwargs)`` built and written in a worker while the next one's data is gathered."""
+            panels = writer.draw(build, args, tmp / name, cfg["dpi"], cfg["width"], cfg["font_size"], **kwargs)
             index.append({"name": name, "png": f"{name}.png", "pdf": f"{name}.pdf", "title": title,
                           "caption": caption, "panels": panels})
 
-        emit(comparison_figure(metrics, baseline), "comparison", "Method comparison",
-             f"P@10 and mAP per method with 95% bootstrap confidence intervals; the baseline `{baseline}` is hatched.")
+        # the t-SNE maps (the slowest computation) start first, in the workers, while the other figures are built
+        n_rows = len(manifest)
+        sample = stratified_subsample(manifest["label"].to_numpy(), cfg["tsne_max_points"], cfg["seed"])
+        labels_shown = manifest["label"].to_numpy()[sample]
+        tsne_caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, {cfg['tsne_iterations']} iterations, seed {cfg['seed']}) of {len(sample)} of "
+                   f"{n_rows} images, coloured by class.")
+        maps = None
+        if len(sample) >= MIN_TSNE_POINTS:
+            maps = [(f"{method} ({role_name})",
+                     writer.run(embed_2d, read_features(paths.features(method), method, n_rows)[sample], cfg["seed"],
+                                cfg["tsne_perplexity"], cfg["pca_dims"], cfg["tsne_iterations"]))
+                    for method, role_name in ((baseline, "baseline"), (other, role)) if method is not None]
+
+        emit("comparison", "Method comparison",
+             f"P@10 and mAP per method with 95% bootstrap confidence intervals; the baseline `{baseline}` is hatched.",
+             comparison_figure, metrics, baseline)
         ks = pk["k"].max()
-        emit(curves_figure(pk, "k", "k (results inspected)", "P@k", f"Precision at k, {ds}", methods,
-                           xlim=(1, ks) if ks > 1 else None),
-             "pk_curves", "Precision at k",
+        emit("pk_curves", "Precision at k",
              f"Mean P@k over queries for k = 1..{ks}, with the 95% percentile bootstrap band over queries "
-             f"(evaluation seed {(params.get('evaluation') or {}).get('seed', 0)}).")
-        emit(curves_figure(pr, "recall", "recall", "interpolated precision", f"Precision-recall, {ds}",
-                         methods, xlim=(0, 1)),
-             "pr_curves", "Precision-recall",
+             f"(evaluation seed {(params.get('evaluation') or {}).get('seed', 0)}).",
+             curves_figure, pk, "k", "k (results inspected)", "P@k", f"Precision at k, {ds}", methods,
+             xlim=(1, ks) if ks > 1 else None)
+        emit("pr_curves", "Precision-recall",
              "11-point interpolated precision-recall, mean over queries with a relevant item, with the 95% "
-             "percentile bootstrap band over queries.")
-        emit(per_class_heatmap(per_class, "p@10", methods, title=f"P@10 per class, {ds}"), "per_class_p10",
-             "P@10 per class", "Mean P@10 of each class's queries, per method.")
+             "percentile bootstrap band over queries.",
+             curves_figure, pr, "recall", "recall", "interpolated precision", f"Precision-recall, {ds}", methods,
+             xlim=(0, 1))
+        emit("per_class_p10", "P@10 per class", "Mean P@10 of each class's queries, per method.",
+             per_class_heatmap, per_class, "p@10", methods, title=f"P@10 per class, {ds}")
 
         for method in methods:
             order, row_labels = trial_rows(query_ids, seeded, ap[method])
             trials = build_trials(rankings[method], manifest, order, root, k, cfg["thumb_size"], thumbs)
-            fig = sample_trials_figure(trials, title=f"{ds}: {method}, cosine top-{k} "
-                                       "(green frame: same class as the query, red: another class)",
-                                       row_labels=row_labels)
-            emit(fig, f"trials_{safe_name(method)}", f"Sample trials: {method}",
+            emit(f"trials_{safe_name(method)}", f"Sample trials: {method}",
                  f"Query (blue) beside its top-{k} under `{method}`, each with rank, cosine similarity and "
                  f"label; {len(seeded)} seeded queries (seed {cfg['seed']}, the same for every method) and the "
-                 f"method's best and worst query by AP.")
+                 f"method's best and worst query by AP.",
+                 sample_trials_figure, trials, row_labels=row_labels,
+                 title=f"{ds}: {method}, cosine top-{k} (green frame: same class as the query, red: another class)")
         ta = build_trials(rankings[baseline], manifest, seeded, root, k, cfg["thumb_size"], thumbs)
         if other is not None:
             tb = build_trials(rankings[other], manifest, seeded, root, k, cfg["thumb_size"], thumbs)
-            fig = comparison_trials_figure(ta, tb, baseline, other, ap[baseline], ap[other],
-                                           title=f"{ds}: baseline {baseline} vs {role} {other} (by mAP), top-{k}")
-            emit(fig, "trials_baseline_vs_best", f"Baseline `{baseline}` against the {role} method `{other}`",
+            emit("trials_baseline_vs_best", f"Baseline `{baseline}` against the {role} method `{other}`",
                  f"The same seeded queries under the baseline `{baseline}` (mAP {_fmt(metrics[baseline].get('map'))}) "
-                 f"and the {role} method by mAP, `{other}` (mAP {_fmt(metrics[other].get('map'))}).")
+                 f"and the {role} method by mAP, `{other}` (mAP {_fmt(metrics[other].get('map'))}).",
+                 comparison_trials_figure, ta, tb, baseline, other, ap[baseline], ap[other],
+                 title=f"{ds}: baseline {baseline} vs {role} {other} (by mAP), top-{k}")
         else:
-            fig = sample_trials_figure(ta, title=f"{ds}: {baseline} (the only method), top-{k}",
-                                       row_labels=[shorten(baseline, 20)] * len(ta))
-            emit(fig, "trials_baseline_vs_best", f"Baseline `{baseline}` (the only method)",
-                 f"The seeded queries under `{baseline}`, the only method configured: nothing to compare with.")
+            emit("trials_baseline_vs_best", f"Baseline `{baseline}` (the only method)",
+                 f"The seeded queries under `{baseline}`, the only method configured: nothing to compare with.",
+                 sample_trials_figure, ta, title=f"{ds}: {baseline} (the only method), top-{k}",
+                 row_labels=[shorten(baseline, 20)] * len(ta))
 
-        n_rows = len(manifest)
-        sample = stratified_subsample(manifest["label"].to_numpy(), cfg["tsne_max_points"], cfg["seed"])
-        caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, seed {cfg['seed']}) of {len(sample)} of "
-                   f"{n_rows} images, coloured by class.")
-        if len(sample) >= MIN_TSNE_POINTS:
-            panels = []
-            for method, role_name in ((baseline, "baseline"), (other, role)):
-                if method is None:
-                    continue
-                xy = embed_2d(read_features(paths.features(method), method, n_rows)[sample], cfg["seed"], cfg["tsne_perplexity"],
-                              cfg["pca_dims"])
-                panels.append((f"{method} ({role_name})", xy, manifest["label"].to_numpy()[sample]))
-            fig = embedding_figure(panels, title=f"t-SNE of the embeddings, {ds}")
+        if maps is not None:
+            panels = [(name, future.result(), labels_shown) for name, future in maps]
+            emit("embedding_tsne", "Embedding maps (t-SNE)", tsne_caption,
+                 embedding_figure, panels, title=f"t-SNE of the embeddings, {ds}")
         else:
             log.warning("figures: only %d images, too few for a t-SNE map", len(sample))
-            fig = message_figure(f"{len(sample)} images: too few for a t-SNE map (needs {MIN_TSNE_POINTS})",
-                                 f"t-SNE of the embeddings, {ds}")
-            caption = f"No map: {len(sample)} images are too few for t-SNE."
-        emit(fig, "embedding_tsne", "Embedding maps (t-SNE)", caption)
+            emit("embedding_tsne", "Embedding maps (t-SNE)", f"No map: {len(sample)} images are too few for t-SNE.",
+                 message_figure, f"{len(sample)} images: too few for a t-SNE map (needs {MIN_TSNE_POINTS})",
+                 f"t-SNE of the embeddings, {ds}")
 
         per_label = manifest[manifest["image_id"].isin(query_ids)]["label"].value_counts().to_dict()
         for method in methods:
@@ -208,11 +208,13 @@ def run(params: dict, root: str | Path) -> None:
                              "examples": [{"query_image": thumbs(e.query_id), "result_image": thumbs(e.image_id),
                                            "rank": int(e.rank), "score": float(e.score)}
                                           for e in examples.itertuples()]})
-            emit(confusion_gallery(rows, title=f"{ds}: most confused class pairs, {method}, top-{k}"),
-                 f"confusions_{safe_name(method)}", f"Confused classes: {method}",
+            emit(f"confusions_{safe_name(method)}", f"Confused classes: {method}",
                  f"The {len(rows)} (query class → retrieved class) pairs most often wrong in the top-{k} of "
-                 f"`{method}`, with the most similar wrong results (query framed blue, result red).")
+                 f"`{method}`, with the most similar wrong results (query framed blue, result red).",
+                 confusion_gallery, rows, title=f"{ds}: most confused class pairs, {method}, top-{k}")
         writer.close()
+        for entry in index:
+            entry["panels"] = entry["panels"].result()
         write_json(tmp / FIGURES_INDEX, index)
         for path in (tmp, *tmp.iterdir()):  # temporary files are private; published ones are not
             path.chmod(0o755 if path.is_dir() else 0o644)
