@@ -30,7 +30,6 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cbir.search.exact import l2_normalize, query_blocks
 
@@ -228,6 +227,8 @@ def bootstrap_ci(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0,
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(x, axis=axis)
 
+    from scipy import stats  # imported where used: over a second that most importers never need
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.bootstrap((values,), nanmean, n_resamples=int(n_bootstrap), axis=0,
@@ -310,6 +311,8 @@ def paired_test(ap_a: Sequence[float], ap_b: Sequence[float], n_permutations: in
             count += int(np.sum(np.abs(signs @ d) / n >= observed - tol))
             done += size
         result["p_permutation"] = float((count + 1) / (n_permutations + 1))
+    from scipy import stats
+
     result["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
     return result
 

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path
@@ -83,6 +82,9 @@ def fit_whitening(db: np.ndarray, dim: int | None = None) -> Whitening:
         want = limit
     # exact solvers only (deterministic); the covariance route is far cheaper when N >> D
     solver = "covariance_eigh" if n >= d else "full"
+    # imported here: seconds that only a whitening method needs
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=want, whiten=True, svd_solver=solver).fit(x)
     variances = pca.explained_variance_
     keep = int(np.sum(variances > _REL_TOL * max(variances[0], np.finfo(np.float64).tiny)))

@@ -133,10 +133,10 @@ def quantise(image: np.ndarray, bins: Sequence[int], space: str) -> np.ndarray:
     """Map each pixel to one of ``prod(bins)`` colour indices (uniform bins per channel)."""
     if space == "hsv":
         chans = rgb_to_hsv(image)
-        idx = [np.minimum((chans[..., c] * b).astype(np.int64), b - 1) for c, b in enumerate(bins)]
+        idx = [np.minimum((chans[..., c] * b).astype(np.int32), b - 1) for c, b in enumerate(bins)]
     else:
-        idx = [(image[..., c].astype(np.int64) * b) // 256 for c, b in enumerate(bins)]
-    return np.ravel_multi_index(idx, tuple(bins))
+        idx = [(image[..., c].astype(np.int32) * b) >> 8 for c, b in enumerate(bins)]  # floor(v * b / 256)
+    return (idx[0] * bins[1] + idx[1]) * bins[2] + idx[2]  # row-major, as np.ravel_multi_index
 
 
 def l1_normalise(hist: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,23 +40,29 @@ def color_autocorrelogram(image: np.ndarray, distances: Sequence[int] = (1, 3, 5
     image = fit_working_size(as_rgb(image, where), max_side_param(where, max_side))
     q = quantise(image, bins, space)
     n_colours = int(np.prod(bins))
+    q = q.astype(np.uint8 if n_colours <= 256 else np.int32)  # 8-bit compares: several times faster
     flat = q.ravel()
     h, w = q.shape
     out = np.zeros((len(distances), n_colours))
     for i, d in enumerate(distances):
-        # pairs (p, p + o) and (p + o, p) are the same pair seen from both ends: half the ring, counted twice
-        same = np.zeros(n_colours)
+        # for every pixel, how many pixels at distance d share its colour: a pair (p, p + o) counts for both
+        # its ends, so half the ring is compared and each equal pair is added at both places
+        same = np.zeros((h, w), dtype=np.uint16 if 8 * d > 255 else np.uint8)  # at most 8d per pixel
         for dy, dx in _ring_offsets(d):
             if dy < 0 or (dy == 0 and dx < 0) or abs(dy) >= h or abs(dx) >= w:
                 continue
-            a = q[0:h - dy, max(0, -dx):w - max(0, dx)]
-            b = q[dy:h, max(0, dx):w - max(0, -dx)]
-            same += 2 * np.bincount(a[a == b], minlength=n_colours)
+            ys_a, xs_a = slice(0, h - dy), slice(max(0, -dx), w - max(0, dx))
+            ys_b, xs_b = slice(dy, h), slice(max(0, dx), w - max(0, -dx))
+            equal = (q[ys_a, xs_a] == q[ys_b, xs_b]).view(np.uint8)
+            same[ys_a, xs_a] += equal
+            same[ys_b, xs_b] += equal
+        counts = np.bincount(flat, weights=same.ravel(), minlength=n_colours)
         total = np.bincount(flat, weights=ring_neighbours(h, w, d).ravel(), minlength=n_colours)
-        out[i] = np.divide(same, total, out=np.zeros(n_colours), where=total > 0)
+        out[i] = np.divide(counts, total, out=np.zeros(n_colours), where=total > 0)
     return out.ravel().astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
 def ring_neighbours(h: int, w: int, d: int) -> np.ndarray:
     """For every pixel of an ``h x w`` image, how many pixels at chessboard distance exactly ``d`` lie inside."""
     def square(r: int) -> np.ndarray:  # pixels of the (2r+1)^2 square around each pixel that lie inside
@@ -63,4 +70,6 @@ def ring_neighbours(h: int, w: int, d: int) -> np.ndarray:
         rows = np.minimum(ys + r, h - 1) - np.maximum(ys - r, 0) + 1
         cols = np.minimum(xs + r, w - 1) - np.maximum(xs - r, 0) + 1
         return np.outer(rows, cols).astype(np.float64)
-    return square(d) - square(d - 1)
+    ring = square(d) - square(d - 1)
+    ring.flags.writeable = False  # cached: shared by every image of this size
+    return ring

@@ -1,0 +1,161 @@
+"""A deep method: a CNN trunk (a configured backbone with the ``weights`` stage's file, or your own
+factory), its pooling, and the runtime (torch or OpenVINO) and precision that run it; built by
+:func:`cbir.features.methods.build_method`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cbir.errors import CbirError
+from cbir.features.cnn.backbones import load_trunk
+from cbir.features.cnn.openvino_runtime import (
+    OpenVinoTrunk,
+    cpu_isa,
+    resolve_precision,
+    resolve_runtime,
+)
+from cbir.features.cnn.pooling import pool
+from cbir.features.cnn.runtime import (
+    describe_batch,
+    embed_batches,
+    feature_dim,
+    make_loader,
+    make_transform,
+    resolve_device,
+    should_compile,
+)
+from cbir.features.common import max_pixels, unit_rows
+from cbir.features.resolve import resolve_callable
+from cbir.layout import weights_file
+
+
+def load_backbone(params: Mapping, name: str, root: Path) -> tuple[torch.nn.Module, dict]:
+    """The trunk of backbone ``name`` with the weights the ``weights`` stage wrote, and its config."""
+    cfg = (params.get("backbones") or {}).get(name)
+    if cfg is None:
+        raise CbirError(f"backbone {name!r} is used by a method but not defined under backbones: in params.yaml")
+    path = weights_file(root, name)
+    if not path.exists():
+        raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return load_trunk(cfg["arch"], state), dict(cfg)
+
+
+def make_pool(method_cfg: Mapping) -> Callable:
+    """The method's pooling as ``fmap -> [B, C]``; a bad name or parameter fails here, once."""
+    name = method_cfg.get("pooling", "gap")
+    kwargs = dict(method_cfg.get("pooling_params") or {})
+    pool(name, torch.zeros(1, 4, 3, 3), **kwargs)
+    return lambda fmap: pool(name, fmap, **kwargs)
+
+
+@dataclass
+class DeepMethod:
+    """A CNN trunk (weights loaded once), a pooling, and the sizes, device and runtime to run them.
+
+    ``runtime``: ``torch`` or ``openvino`` (CPU; the trunk is converted on first use, once, and
+    serves the extract stage and queries alike); ``precision``: ``fp32`` or ``bf16``.
+    """
+
+    name: str
+    config: dict
+    trunk: torch.nn.Module
+    pool: Callable
+    device: torch.device
+    image_size: int
+    batch_size: int
+    scales: list[float]
+    max_pixels: int
+    compile: bool = False
+    runtime: str = "torch"
+    precision: str = "fp32"
+    dim: int = field(init=False)
+    kind = "deep"
+
+    def __post_init__(self):
+        self.dim = feature_dim(self.trunk, self.pool, self.image_size)
+        self._openvino: OpenVinoTrunk | None = None
+
+    @property
+    def runner(self):
+        """What runs the trunk: the torch module, or its OpenVINO conversion (made once, on first use)."""
+        if self.runtime != "openvino":
+            return self.trunk
+        if self._openvino is None:
+            self._openvino = OpenVinoTrunk(self.trunk, self.image_size, self.precision)
+        return self._openvino
+
+    @property
+    def use_amp(self) -> bool:
+        """bf16 autocast for the torch runtime: always on CUDA (as before), on CPU when precision is bf16."""
+        return self.runtime == "torch" and (self.device.type == "cuda" or self.precision == "bf16")
+
+    def run_info(self) -> dict:
+        """Runtime, effective precision and the CPU's instruction set (for the features ``.json``)."""
+        if self.runtime == "openvino":
+            info = self.runner.info()
+        else:
+            info = {"runtime": "torch", "precision": "bf16" if self.use_amp else "fp32", "compiled": self.compile}
+        return {**info, "cpu_isa": cpu_isa()}
+
+    def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
+                num_workers: int | None = None) -> dict:
+        """Fill ``out`` (``[N, dim]``, e.g. a memmap) with the descriptors of ``paths``; returns run info."""
+        loader = make_loader(paths, self.image_size, self.batch_size, self.device, num_workers=num_workers,
+                             max_pixels=self.max_pixels)
+        embed_batches(self.runner, self.pool, loader, out, self.device, progress=progress, scales=self.scales,
+                      compile=self.compile and self.runtime == "torch", use_amp=self.use_amp)
+        return {"device": str(self.device), "image_size": self.image_size, "batch_size": self.batch_size,
+                "scales": self.scales, "num_workers": loader.num_workers, **self.run_info()}
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return make_transform(self.image_size)(image.convert("RGB"))
+
+    def describe_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """Unit descriptors of a preprocessed batch ``[B, 3, S, S]``."""
+        trunk = self.runner
+        if isinstance(trunk, torch.nn.Module):
+            trunk = trunk.to(self.device).to(memory_format=torch.channels_last).eval()
+        out = describe_batch(trunk, self.pool, batch.to(self.device), self.scales, self.use_amp)
+        return out.cpu().numpy().astype(np.float32)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Unit descriptors ``[n, dim]`` of decoded images (a query)."""
+        if not images:
+            raise CbirError("no images to embed")
+        return unit_rows(self.describe_tensors(torch.stack([self.preprocess(im) for im in images])))
+
+
+def deep_trunk(params: Mapping, cfg: Mapping, root: Path) -> tuple[torch.nn.Module, dict]:
+    """The trunk of a deep method: a configured backbone, or the model your ``_target_`` factory returns."""
+    if cfg.get("_target_"):
+        trunk = resolve_callable(cfg["_target_"], "backbone factory")()
+        if not isinstance(trunk, torch.nn.Module):
+            raise CbirError(f"backbone factory {cfg['_target_']!r} returned {type(trunk).__name__}, "
+                            "not a torch.nn.Module")
+        return trunk.eval(), {}
+    if not cfg.get("backbone"):
+        raise CbirError("a deep method needs backbone: <name under backbones> or _target_: module:function")
+    return load_backbone(params, cfg["backbone"], root)
+
+
+def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int | None,
+               device: str | None) -> DeepMethod:
+    trunk, bcfg = deep_trunk(params, cfg, root)
+    torch_device = resolve_device(device or params.get("device", "auto"))
+    settings = params.get("extract") or {}
+    runtime = resolve_runtime(settings.get("runtime", "auto"), torch_device)
+    return DeepMethod(
+        name=name, config=cfg, trunk=trunk, pool=make_pool(cfg), device=torch_device,
+        image_size=int(cfg.get("image_size") or bcfg.get("image_size", 224)),
+        batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
+        scales=[float(x) for x in (cfg.get("scales") or [1.0])], max_pixels=max_pixels(params),
+        compile=should_compile(settings.get("compile", "auto"), torch_device, n_images) and runtime == "torch",
+        runtime=runtime, precision=resolve_precision(settings.get("precision", "fp32"), torch_device),
+    )
