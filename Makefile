@@ -1,5 +1,5 @@
 # make repro : set up everything the offline default needs, then run the whole DVC pipeline
-# make test  : same set-up if missing, then the full test suite
+# make test  : same set-up if missing, then the full test suite (in parallel: PYTEST_PARALLEL= runs it serially)
 # make paper : the paper's configuration (Corel-1K, ResNet50 ImageNet, GAP, cosine top-10)
 # make compare : every experiment x method, mAP and P@10 (the compact DVC metrics file), on one screen
 SHELL := /bin/bash
@@ -44,11 +44,14 @@ paper: setup
 	$(PY) -m dvc exp run -S experiment=paper
 	$(PY) -m cbir readme
 
+# one worker per CPU (pytest-xdist), each test file whole on one worker so its module fixtures are built once
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 test: setup .venv/.installed-ray
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 # `dvc exp show` keeps the compact metrics only (metrics/<dataset>.json: per method mAP and P@10; their 95%
 # bounds are the *_lo / *_hi columns: COMPARE_KEEP='Experiment|.*map.*|.*p@10.*' shows them too)
