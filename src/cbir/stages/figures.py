@@ -136,8 +136,8 @@ def run(params: dict, root: str | Path) -> None:
         n_rows = len(manifest)
         sample = stratified_subsample(manifest["label"].to_numpy(), cfg["tsne_max_points"], cfg["seed"])
         labels_shown = manifest["label"].to_numpy()[sample]
-        tsne_caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, {cfg['tsne_iterations']} iterations, seed {cfg['seed']}) of {len(sample)} of "
-                   f"{n_rows} images, coloured by class.")
+        tsne_caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, {cfg['tsne_iterations']} iterations, "
+                        f"seed {cfg['seed']}) of {len(sample)} of {n_rows} images, coloured by class.")
         maps = None
         if len(sample) >= MIN_TSNE_POINTS:
             maps = [(f"{method} ({role_name})",
