@@ -110,3 +110,17 @@ def test_figures_written_in_workers_are_byte_identical_and_a_failure_is_one_line
     with pytest.raises(CbirError, match="figure t: no queries to draw"):  # a builder's own message, in one line
         with FigureWriter(workers=2) as writer:
             writer.draw(sample_trials_figure, ([],), tmp_path / "par" / "t", 50)
+
+def _fails(_):
+    raise ValueError("perplexity too large")
+
+
+def test_a_failed_computation_in_a_worker_is_one_line():
+    from cbir.figures.style import FigureWriter
+
+    with pytest.raises(CbirError, match=r"^t-SNE map of a failed \(ValueError: perplexity too large\); re-run"):
+        with FigureWriter(workers=2) as writer:
+            writer.result(writer.run(_fails, 1), "t-SNE map of a")
+    with FigureWriter(workers=1) as writer:  # in this process: the same line
+        with pytest.raises(CbirError, match=r"^t-SNE map of a failed \(ValueError"):
+            writer.result(writer.run(_fails, 1), "t-SNE map of a")

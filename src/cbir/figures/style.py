@@ -224,18 +224,23 @@ class FigureWriter:
             done.set_exception(exc)
         return done
 
-    def _wait_one(self) -> None:
-        future, target = self._pending.pop(0)
+    def result(self, future: Future, what: str, doing: str | None = None):
+        """The value of ``future`` (from ``draw`` or ``run``).  A failure stops every worker and becomes one
+        line: a builder's own message after ``what``, or any other error (a file that cannot be written, a
+        worker that died) as ``<doing> failed (<error>)``."""
         try:
-            future.result()
-        except CbirError as exc:  # a builder's own one-line message
+            return future.result()
+        except CbirError as exc:
             self._abort()
-            raise CbirError(f"figure {target.name}: {exc}") from None
-        except Exception as exc:  # a file that cannot be written, or a worker that died
+            raise CbirError(f"{what}: {exc}") from None
+        except Exception as exc:
             self._abort()
             why = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise CbirError(f"writing figure {target.name} (PNG + PDF) failed ({why}); "
-                            "re-run the figures stage") from None
+            raise CbirError(f"{doing or what} failed ({why}); re-run the figures stage") from None
+
+    def _wait_one(self) -> None:
+        future, target = self._pending.pop(0)
+        self.result(future, f"figure {target.name}", f"writing figure {target.name} (PNG + PDF)")
 
     def _abort(self) -> None:
         if self._pool is not None:

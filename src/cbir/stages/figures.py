@@ -186,7 +186,7 @@ def run(params: dict, root: str | Path) -> None:
                  row_labels=[shorten(baseline, 20)] * len(ta))
 
         if maps is not None:
-            panels = [(name, future.result(), labels_shown) for name, future in maps]
+            panels = [(name, writer.result(future, f"t-SNE map of {name}"), labels_shown) for name, future in maps]
             emit("embedding_tsne", "Embedding maps (t-SNE)", tsne_caption,
                  embedding_figure, panels, title=f"t-SNE of the embeddings, {ds}")
         else:
