@@ -160,7 +160,7 @@ def family_child(arch: str, family: str, folder: str, args) -> None:
                 continue
             start = time.perf_counter()
             if family == "openvino":
-                runner = OpenVinoTrunk(trunk, args.image_size, name.split("-")[1])
+                runner = OpenVinoTrunk.from_module(trunk, args.image_size, name.split("-")[1])
                 compile, use_amp, precision = False, False, runner.effective_precision
             else:
                 runner, compile, use_amp = trunk, name == "torch-compile-fp32", name == "torch-bf16"
@@ -233,7 +233,7 @@ def rss_child(n: int, image_size: int, folder: str) -> None:
     """Run in a fresh process: the default (OpenVINO fp32) path over ``n`` images with MobileNetV2."""
     paths = sorted(Path(folder).rglob("*.jpg"))[:n]
     trunk = trunk_of(build_classifier("mobilenet_v2")).eval()
-    runner = OpenVinoTrunk(trunk, image_size, "fp32")
+    runner = OpenVinoTrunk.from_module(trunk, image_size, "fp32")
     with tempfile.TemporaryDirectory() as tmp:
         rate = pipeline(runner, 1280, paths, image_size, torch.device("cpu"), 32, 0, Path(tmp))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,18 @@ def _cpu_only_small_threads(request, monkeypatch):
     if not request.node.get_closest_marker("gpu"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_cache_of_the_session(tmp_path_factory):
+    """Converted OpenVINO trunks go to a cache of the test session's own, never to the user's."""
+    before = os.environ.get("CBIR_OPENVINO_CACHE")
+    os.environ["CBIR_OPENVINO_CACHE"] = str(tmp_path_factory.mktemp("openvino-cache"))
+    yield
+    if before is None:
+        os.environ.pop("CBIR_OPENVINO_CACHE", None)
+    else:
+        os.environ["CBIR_OPENVINO_CACHE"] = before
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from methods_helpers import extract_rows, params_for, real_images
 
 from cbir.errors import CbirError
 from cbir.features.cnn.openvino_runtime import (
@@ -18,28 +19,8 @@ from cbir.features.cnn.openvino_runtime import (
     resolve_runtime,
 )
 from cbir.features.methods import build_method
-from methods_helpers import extract_rows
 
-STAMPS = Path("/usr/share/tuxpaint/stamps")
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-
-
-def real_images(n: int = 12) -> list[Path]:
-    """Real photographs and drawings: the Tux Paint stamps (Debian tuxpaint-stamps-default), sorted, spread."""
-    found = sorted(STAMPS.rglob("*.png")) if STAMPS.is_dir() else []
-    assert len(found) >= n, "the Tux Paint stamps are not installed: run `make setup` (tuxpaint-stamps-default)"
-    return found[:: len(found) // n][:n]
-
-
-def params_for(weights, runtime="openvino", precision="fp32", image_size=96):
-    return {
-        "device": "cpu",
-        "curate": {"max_pixels": 40_000_000},
-        "extract": {"compile": False, "runtime": runtime, "precision": precision},
-        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights),
-                                       "allow_unverified": True,  # a random network: nothing to verify
-                                       "image_size": image_size, "batch_size": 5}},
-    }
 
 
 @pytest.fixture(scope="module")

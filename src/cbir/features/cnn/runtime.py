@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from cbir.data.images import open_rgb
 from cbir.errors import CbirError
-from cbir.features.cnn.backbones import IMAGENET_MEAN, IMAGENET_STD
+from cbir.features.cnn.preprocess import imagenet_input
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -28,15 +30,14 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def make_transform(image_size: int) -> Callable:
-    """ImageNet evaluation preprocessing: shorter side to ``image_size``, centre crop, normalise."""
-    return T.Compose([
-        T.PILToTensor(),
-        T.Resize(image_size, antialias=True),
-        T.CenterCrop(image_size),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def _imagenet_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(imagenet_input(image, size)))
+
+
+def make_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """ImageNet evaluation preprocessing (:func:`~cbir.features.cnn.preprocess.imagenet_input`) as a
+    ``[3, S, S]`` tensor: shorter side to ``image_size``, centre crop, normalise (picklable, for workers)."""
+    return partial(_imagenet_tensor, size=image_size)
 
 
 class ImageFiles(Dataset):
@@ -160,8 +161,10 @@ def embed_batches(
     row = 0
     if use_amp is None:
         use_amp = device.type == "cuda"
-    for batch in tqdm(_reraise_worker_errors(loader), desc="extract", unit="batch", disable=not progress,
-                      total=len(loader)):
+    batches = _reraise_worker_errors(loader)
+    if not loader.num_workers:
+        batches = prefetched(batches)
+    for batch in tqdm(batches, desc="extract", unit="batch", disable=not progress, total=len(loader)):
         n = batch.shape[0]
         if compile and full and n < full:
             batch = torch.cat([batch, batch.new_zeros((full - n, *batch.shape[1:]))])
@@ -171,6 +174,20 @@ def embed_batches(
         row += n
     if row != out.shape[0]:
         raise CbirError(f"extracted {row} rows but expected {out.shape[0]}")
+
+
+_END = object()
+
+
+def prefetched(items: Iterable) -> Iterator:
+    """``items`` in order, the next one made in a background thread while the caller works on this one
+    (decoding overlaps the model, which releases the GIL; errors surface at the item that raised them)."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="cbir-decode") as pool:
+        ahead = pool.submit(next, iterator, _END)
+        while (item := ahead.result()) is not _END:
+            ahead = pool.submit(next, iterator, _END)
+            yield item
 
 
 def worker_error_line(exc: BaseException) -> str:
