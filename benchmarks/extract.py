@@ -39,22 +39,26 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from cbir.data.images import open_rgb  # noqa: E402
 from cbir.data.synthetic import generate  # noqa: E402
-from cbir.features.cnn.backbones import build_classifier, trunk_of  # noqa: E402
-from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, cpu_flags, cpu_isa  # noqa: E402
-from cbir.features.cnn.pooling import pool  # noqa: E402
-from cbir.features.cnn.runtime import (  # noqa: E402
-    embed_batches, make_loader, make_transform, resolve_device)
+
+if __name__ == "__main__":
+    # torch, torchvision and OpenVINO only in the benchmark process itself: the traditional methods' worker
+    # processes re-import this file (as __mp_main__), and seconds of imports there would be timed as theirs
+    import torch
+
+    from cbir.features.cnn.backbones import build_classifier, trunk_of
+    from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, cpu_flags, cpu_isa
+    from cbir.features.cnn.pooling import pool
+    from cbir.features.cnn.runtime import embed_batches, make_loader, make_transform, resolve_device
 
 #: FLOPs per cycle per core at the widest fp32 / bf16 unit (2 FMA pipes; AMX: Intel's 1,024 bf16 FMA per cycle)
 FLOPS_PER_CYCLE = {"fp32": {"avx512": 64, "avx2": 32, "amx": 64}, "bf16": {"amx": 2048, "avx512": 128}}
-TORCH_THREADS = torch.get_num_threads()
+TORCH_THREADS = os.cpu_count() or 1  # torch's default: one thread per core
 HANDCRAFTED = {"hsv_hist": {"descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
                "color_moments": {"descriptor": "color_moments"},
                "correlogram": {"descriptor": "color_autocorrelogram"},

@@ -148,9 +148,11 @@ class DeepMethod:
         return unit_rows(self.describe_tensors(torch.stack([self.preprocess(im) for im in images])))
 
 
-def trunk_maker(params: Mapping, cfg: Mapping, root: Path) -> tuple[Callable[[], torch.nn.Module], dict, str | None]:
+def trunk_maker(params: Mapping, cfg: Mapping, root: Path, cache_key: bool = True
+                ) -> tuple[Callable[[], torch.nn.Module], dict, str | None]:
     """How to build a deep method's trunk (a configured backbone, or the model your ``_target_`` factory
-    returns), its backbone config, and the trunk's OpenVINO cache key (``None`` for a factory's model)."""
+    returns), its backbone config, and, if ``cache_key``, the key of its OpenVINO conversion in the cache
+    (``None`` for a factory's model)."""
     if cfg.get("_target_"):
         factory = resolve_callable(cfg["_target_"], "backbone factory")
 
@@ -172,15 +174,16 @@ def trunk_maker(params: Mapping, cfg: Mapping, root: Path) -> tuple[Callable[[],
     if not path.exists():
         raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
     image_size = int(cfg.get("image_size") or bcfg.get("image_size", 224))
-    return lambda: load_backbone(path, bcfg["arch"]), dict(bcfg), conversion_key(path, bcfg["arch"], image_size)
+    key = conversion_key(path, bcfg["arch"], image_size) if cache_key else None
+    return lambda: load_backbone(path, bcfg["arch"]), dict(bcfg), key
 
 
 def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int | None,
                device: str | None) -> DeepMethod:
-    make_trunk, bcfg, key = trunk_maker(params, cfg, root)
     torch_device = resolve_device(device or params.get("device", "auto"))
     settings = params.get("extract") or {}
     runtime = resolve_runtime(settings.get("runtime", "auto"), torch_device)
+    make_trunk, bcfg, key = trunk_maker(params, cfg, root, cache_key=runtime == "openvino")
     return DeepMethod(
         name=name, config=cfg, make_trunk=make_trunk, pool=make_pool(cfg), device=torch_device,
         image_size=int(cfg.get("image_size") or bcfg.get("image_size", 224)),
