@@ -49,8 +49,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         end = len(body)
         if self.server.cut_once:  # promise the whole body, send 100 kB, hang up
             self.server.cut_once, end = False, start + 100_000
+        self.server.sent += end - start  # counted before writing: the client may return before write() does
         self.wfile.write(body[start:end])
-        self.server.sent += end - start
 
     def log_message(self, *args):  # keep test output quiet
         pass

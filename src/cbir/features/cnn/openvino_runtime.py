@@ -149,7 +149,7 @@ class OpenVinoTrunk:
         self.effective_precision = self._compile((1, 3, image_size, image_size))[1]
 
     @classmethod
-    def from_module(cls, trunk: nn.Module, image_size: int, precision: str = "fp32") -> "OpenVinoTrunk":
+    def from_module(cls, trunk: nn.Module, image_size: int, precision: str = "fp32") -> OpenVinoTrunk:
         """A torch trunk converted now (no cache)."""
         return cls(lambda: convert_trunk(trunk, image_size), image_size, precision)
 
