@@ -17,7 +17,7 @@ from PIL import Image
 
 from cbir.data.images import open_rgb
 from cbir.errors import CbirError
-from cbir.features.cnn.openvino_cache import MODEL_FILE, conversion_key, prune, saved_model
+from cbir.features.cnn.openvino_cache import MODEL_FILE, conversion_key, prune, saved_model, verify
 from cbir.features.cnn.openvino_runtime import convert_trunk
 from cbir.features.cnn.preprocess import imagenet_input, resized_size
 from cbir.features.cnn.runtime import prefetched
@@ -122,6 +122,15 @@ def test_a_damaged_or_unwritable_cache_costs_only_the_conversion(random_mobilene
     np.testing.assert_array_equal(again, reference)
     assert "is unreadable" in caplog.text and "converting again" in caplog.text
     assert (entry / MODEL_FILE).read_text().startswith("<?xml")  # converted and saved again
+
+    weights = entry / "trunk.bin"  # same size, other bytes: OpenVINO alone would run it
+    weights.write_bytes(bytes(len(weights.read_bytes())))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cbir"):
+        again, _ = extract_rows(paths, GAP, params, root)
+    np.testing.assert_array_equal(again, reference)
+    assert "trunk.bin does not match the sha256 recorded when it was saved" in caplog.text
+    verify(entry)  # the entry is whole again
 
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("CBIR_OPENVINO_CACHE", str(tmp_path / "a-file" / "cache"))

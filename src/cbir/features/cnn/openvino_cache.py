@@ -5,8 +5,9 @@ takes a fraction of a second.  The key covers everything a conversion depends on
 bytes, the architecture, the input size, the code that builds and converts the trunk, and the
 versions of torch, torchvision, efficientnet-lite-pytorch and OpenVINO.  A model is always run as
 read back from its saved files, so a run that converts and a run that reads the cache compute the
-same descriptors, bit for bit (tested).  A damaged entry is converted again; a cache that cannot be
-written only costs the conversion.  ``$CBIR_OPENVINO_CACHE`` moves the cache elsewhere.
+same descriptors, bit for bit (tested).  Each entry records the sha256 of its files: a damaged entry
+(truncated, edited, bit rot) is never run, but converted again; a cache that cannot be written only
+costs the conversion.  ``$CBIR_OPENVINO_CACHE`` moves the cache elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ MAX_ENTRIES = 8
 CONVERSION_CODE = ("cbir.features.cnn.backbones", "cbir.features.cnn.openvino_runtime")
 CONVERSION_PACKAGES = ("torch", "torchvision", "efficientnet-lite-pytorch", "openvino")
 MODEL_FILE = "trunk.xml"
+CHECKSUMS_FILE = "sha256.json"
 
 
 def openvino_cache_dir() -> Path:
@@ -73,6 +75,7 @@ def saved_model(core, key: str | None, convert: Callable[[], object], root: Path
     entry = None if key is None else root / key
     if entry is not None and (entry / MODEL_FILE).is_file():
         try:
+            verify(entry)
             model = core.read_model(entry / MODEL_FILE)
             os.utime(entry)  # most recently used
             return model
@@ -97,6 +100,22 @@ def _save(model, folder: Path) -> None:
     import openvino as ov
 
     ov.save_model(model, folder / MODEL_FILE, compress_to_fp16=False)
+    sums = {path.name: sha256_file(path) for path in sorted(folder.iterdir())}
+    (folder / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n")
+
+
+def verify(entry: Path) -> None:
+    """Raise ``ValueError`` unless the entry's files are exactly those saved, with the same sha256."""
+    try:
+        recorded = json.loads((entry / CHECKSUMS_FILE).read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"no readable {CHECKSUMS_FILE}") from None
+    found = {path.name for path in entry.iterdir() if path.name != CHECKSUMS_FILE}
+    if not isinstance(recorded, dict) or set(recorded) != found or MODEL_FILE not in found:
+        raise ValueError(f"its files are not the ones {CHECKSUMS_FILE} lists")
+    for name, digest in recorded.items():
+        if sha256_file(entry / name) != digest:
+            raise ValueError(f"{name} does not match the sha256 recorded when it was saved")
 
 
 def prune(root: Path, keep: int = MAX_ENTRIES) -> list[Path]:
