@@ -148,11 +148,10 @@ class DeepMethod:
         return unit_rows(self.describe_tensors(torch.stack([self.preprocess(im) for im in images])))
 
 
-def trunk_maker(params: Mapping, cfg: Mapping, root: Path, cache_key: bool = True
-                ) -> tuple[Callable[[], torch.nn.Module], dict, str | None]:
+def trunk_maker(params: Mapping, cfg: Mapping, root: Path
+                ) -> tuple[Callable[[], torch.nn.Module], dict, Path | None]:
     """How to build a deep method's trunk (a configured backbone, or the model your ``_target_`` factory
-    returns), its backbone config, and, if ``cache_key``, the key of its OpenVINO conversion in the cache
-    (``None`` for a factory's model)."""
+    returns), its backbone config, and its weight file (``None`` for a factory's model)."""
     if cfg.get("_target_"):
         factory = resolve_callable(cfg["_target_"], "backbone factory")
 
@@ -173,23 +172,22 @@ def trunk_maker(params: Mapping, cfg: Mapping, root: Path, cache_key: bool = Tru
     path = weights_file(root, name)
     if not path.exists():
         raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
-    image_size = int(cfg.get("image_size") or bcfg.get("image_size", 224))
-    key = conversion_key(path, bcfg["arch"], image_size) if cache_key else None
-    return lambda: load_backbone(path, bcfg["arch"]), dict(bcfg), key
+    return lambda: load_backbone(path, bcfg["arch"]), dict(bcfg), path
 
 
 def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int | None,
                device: str | None) -> DeepMethod:
+    make_trunk, bcfg, weights = trunk_maker(params, cfg, root)
     torch_device = resolve_device(device or params.get("device", "auto"))
     settings = params.get("extract") or {}
     runtime = resolve_runtime(settings.get("runtime", "auto"), torch_device)
-    make_trunk, bcfg, key = trunk_maker(params, cfg, root, cache_key=runtime == "openvino")
+    image_size = int(cfg.get("image_size") or bcfg.get("image_size", 224))
+    cached = runtime == "openvino" and weights is not None  # a factory's model is converted every time
     return DeepMethod(
         name=name, config=cfg, make_trunk=make_trunk, pool=make_pool(cfg), device=torch_device,
-        image_size=int(cfg.get("image_size") or bcfg.get("image_size", 224)),
-        batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
+        image_size=image_size, batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
         scales=[float(x) for x in (cfg.get("scales") or [1.0])], max_pixels=max_pixels(params),
         compile=should_compile(settings.get("compile", "auto"), torch_device, n_images) and runtime == "torch",
         runtime=runtime, precision=resolve_precision(settings.get("precision", "fp32"), torch_device),
-        conversion_key=key,
+        conversion_key=conversion_key(weights, bcfg["arch"], image_size) if cached else None,
     )
