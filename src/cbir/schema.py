@@ -116,7 +116,8 @@ SERVE = {"max_upload_mb": number(0, 1024, open_lo=True), "thumb_size": integer(1
          "queue_timeout_s": number(0, 600), "request_timeout_s": number(0, 3600, open_lo=True)}
 EXTRACT = {"engine": one_of("local", "ray"), "num_workers": integer(0, 256).orNull,
            "compile": Rule("auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
-           "runtime": one_of("auto", "torch", "openvino"), "precision": one_of("auto", "fp32", "bf16"),
+           "runtime": one_of("auto", "torch", "openvino"), "precision": one_of("auto", "fp32", "bf16", "int8"),
+           "calibration": {"size": integer(1, 100_000), "seed": SEED},
            "ray": {"num_actors": POSITIVE.orNull, "batch_size": POSITIVE, "object_store_memory": POSITIVE.orNull,
                    "address": STRING.orNull}}
 BACKBONE = {"arch": STRING, "source": STRING, "package": STRING.orNull, "version": STRING.orNull,
