@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir import evaluation as ev
+from cbir import statistics as st
 from cbir.report.tables import format_p, main_display, main_frame, per_class_frame, to_latex
 from cbir.stages.evaluate import run as run_evaluate
 from cbir.stages.report import run as run_report
@@ -31,22 +31,22 @@ def test_format_p_marks_the_permutation_floor():
 
 
 def test_holm_by_hand_and_nan_left_out():
-    np.testing.assert_allclose(ev.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
-    out = ev.holm([float("nan"), 0.2, 0.6])
+    np.testing.assert_allclose(st.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    out = st.holm([float("nan"), 0.2, 0.6])
     assert np.isnan(out[0]) and out[1:].tolist() == pytest.approx([0.4, 0.6])
-    assert ev.holm([0.9, 0.8]).tolist() == [1.0, 1.0]  # 2 x 0.8 capped at 1 and ev.holm([]).size == 0
+    assert st.holm([0.9, 0.8]).tolist() == [1.0, 1.0]  # 2 x 0.8 capped at 1 and st.holm([]).size == 0
 
 
 def test_all_pairs_tests_are_the_paired_tests_with_holm():
     rng = np.random.default_rng(0)
     ids = [f"q{i}" for i in range(30)]
     ap = {m: pd.Series(rng.random(30) + shift, index=ids) for m, shift in (("a", 0.3), ("b", 0.0), ("c", 0.0))}
-    pairs = ev.all_pairs_tests(ap, n_permutations=999, seed=0)
+    pairs = st.all_pairs_tests(ap, n_permutations=999, seed=0)
     assert pairs[["a", "b"]].values.tolist() == [["a", "b"], ["a", "c"], ["b", "c"]]
     for row in pairs.itertuples():
-        one = ev.paired_test(ap[row.a].to_numpy(), ap[row.b].to_numpy(), 999, 0)
+        one = st.paired_test(ap[row.a].to_numpy(), ap[row.b].to_numpy(), 999, 0)
         assert row.p_permutation == one["p_permutation"] and row.mean_diff_ap == pytest.approx(one["mean_diff"])
-    np.testing.assert_allclose(pairs["p_holm"], ev.holm(pairs["p_permutation"].to_numpy()))
+    np.testing.assert_allclose(pairs["p_holm"], st.holm(pairs["p_permutation"].to_numpy()))
     assert pairs.loc[0, "p_permutation"] == pytest.approx(1 / 1000)  # a is clearly better than b
 
 
