@@ -25,7 +25,7 @@ from cbir.report.tables import (
 )
 from cbir.stages.evaluate import run as run_evaluate
 from cbir.stages.report import run as run_report
-from test_stages_eval import make_params, write_dataset
+from test_retrieve_evaluate_stages import make_params, write_dataset
 
 METRICS = {"gap": {"p@10": 0.8123, "map": 0.5, "ci95": {"p@10": [0.79, 0.83], "map": [0.45, 0.55]},
                    "n_queries": 50, "n_database": 950, "kind": "deep"},

@@ -18,7 +18,6 @@ from pathlib import Path
 from cbir.config import load_params, write_params
 from cbir.errors import CbirError
 from cbir.features.resolve import resolve_callable
-from cbir.report.plots_page import PACKAGES, TEMPLATE
 
 log = logging.getLogger("cbir")
 
@@ -46,6 +45,8 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 def cmd_plots_html(args: argparse.Namespace) -> None:
     if args.update_template:
+        from cbir.report.plots_page import TEMPLATE  # here, not at start-up: only this command needs it
+
         handler("update-template")(args.root / TEMPLATE, args.tarballs, args.root / "data" / "downloads" / "npm")
         return
     log.info("offline DVC plots page: %s", handler("plots-html")(args.root, out_dir=args.out))
@@ -150,7 +151,8 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.add_argument("--update-template", action="store_true",
-                   help=f"rebuild {TEMPLATE} from the npm packages {' '.join(PACKAGES)} instead")
+                   help="rebuild the page's template (reports/dvc_plots_template.html) from the Vega npm packages "
+                        "(vega, vega-lite, vega-embed) instead")
     p.add_argument("--tarballs", type=Path, nargs="*", help="use these npm pack .tgz files (no download)")
     p.set_defaults(func=cmd_plots_html)
     return parser

@@ -24,6 +24,9 @@ def l2_normalize(x: np.ndarray, atol: float = 1e-4) -> np.ndarray:
 
     Returns ``x`` itself (no copy) when it is already float32 with unit-norm rows,
     which is what the feature contract promises, so large databases are not copied.
+    Extraction's :func:`cbir.features.common.unit_rows` always divides and sums squares
+    in float32; this one, for search, passes stored unit rows through untouched and sums
+    squares in float64, so the scores of stored features never change by a re-rounding.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:

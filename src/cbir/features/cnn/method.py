@@ -131,7 +131,8 @@ class DeepMethod:
 
     @property
     def use_amp(self) -> bool:
-        """bf16 autocast for the torch runtime: always on CUDA (as before), on CPU when precision is bf16."""
+        """bf16 autocast for the torch runtime: always on CUDA (its fast path), on the CPU only when
+        ``precision`` is bf16 (fp32 there gives the same results on every machine)."""
         return self.runtime == "torch" and (self.device.type == "cuda" or self.precision == "bf16")
 
     def run_info(self) -> dict:
