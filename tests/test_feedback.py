@@ -225,7 +225,7 @@ def test_simulation_matches_rank_with_the_accumulated_marks():
 def test_summary_and_tables():
     q, db, ql, dl = toy_collection()
     sim = fe.simulate(np.vstack([q, q]), db, ql * 2, dl, FeedbackSettings("rocchio"), rounds=2, top_k=1)
-    rounds = fe.summarize(sim.per_query, n_bootstrap=50, seed=0)
+    rounds = fe.summarize_rounds(sim.per_query, n_bootstrap=50, seed=0)
     assert [r["round"] for r in rounds] == [0, 1, 2] and [r["n_shown"] for r in rounds] == [0, 1, 2]
     assert rounds[0]["map"] == pytest.approx(sim.per_query.iloc[0]["ap"], abs=1e-6)
     results = {"m": {"rocchio": {"rounds": rounds, "test": fe.last_round_test(sim.per_query, 100)}}}

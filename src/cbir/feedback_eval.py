@@ -11,7 +11,7 @@ Protocol (per query, for one method's features and one feedback method of
   ``0 .. r-1`` (for round 0 that is the whole database), so images the user has already seen are
   not counted again. ``P@10`` and ``AP`` (over the relevant images left in the residual collection,
   :func:`cbir.evaluation.relevance_metrics`) are computed on that ranking, with 95% bootstrap
-  intervals over queries (:func:`cbir.evaluation.summarize`);
+  intervals over queries (:func:`cbir.evaluation.bootstrap_ci`);
 * the same residual collection also scores the round-0 ranking (``initial_*``: no feedback, the
   shown images removed), and a paired test (:func:`cbir.evaluation.paired_test`) compares the last
   round with it, query by query: the gain of feedback on equal footing. Holm over all tests.
@@ -128,7 +128,7 @@ SUMMARY_KEYS = {f"p@{P_AT}": f"p@{P_AT}", "ap": "map", f"initial_p@{P_AT}": f"in
                 "initial_ap": "initial_map"}
 
 
-def summarize(per_query: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
+def summarize_rounds(per_query: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
     """Per round: ``p@10``, ``map`` (and the ``initial_`` ones on the same residual collection), each with
     its 95% bootstrap interval (``*_lo``, ``*_hi``), ``n_queries`` and ``n_shown`` (images shown per query)."""
     rows = []
@@ -160,7 +160,7 @@ def last_round_test(per_query: pd.DataFrame, n_permutations: int = 10000, seed: 
 
 def evaluate_method(data: Mapping, settings: FeedbackSettings, rounds: int, top_k: int, n_bootstrap: int,
                     n_permutations: int, seed: int, block_size: int = 1024) -> tuple[dict, Simulation]:
-    """:func:`simulate` + :func:`summarize` + :func:`last_round_test` on one method's prepared data
+    """:func:`simulate` + :func:`summarize_rounds` + :func:`last_round_test` on one method's prepared data
     (:func:`cbir.search.prepared.load_prepared`'s dict)."""
     manifest = data["manifest"]
     labels = manifest["label"].to_numpy()
@@ -168,7 +168,7 @@ def evaluate_method(data: Mapping, settings: FeedbackSettings, rounds: int, top_
     sim = simulate(data["queries"], data["database"], labels[data["query_rows"]], labels[data["database_rows"]],
                    settings, rounds, top_k, query_ids=ids[data["query_rows"]], database_ids=ids[data["database_rows"]],
                    exclude=data["exclude"], block_size=block_size)
-    entry = {"rounds": summarize(sim.per_query, n_bootstrap, seed),
+    entry = {"rounds": summarize_rounds(sim.per_query, n_bootstrap, seed),
              "test": last_round_test(sim.per_query, n_permutations, seed)}
     return entry, sim
 
