@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from cbir.app.decode import decode_query
 from cbir.app.engine import Database, QueryEngine, result_records
 from cbir.errors import CbirError
 from cbir.search.exact import l2_normalize
@@ -128,3 +130,54 @@ def query_id_feedback(engine: QueryEngine, image_id: str, relevant, irrelevant, 
     exclude = engine.db.position_of_row(row) if exclude_self else -1
     return feedback_answer(engine, engine.db.features[row:row + 1], k, query, relevant, irrelevant, settings,
                            rounds, exclude)
+
+
+#: a web page's per-result mark: ``mark:<image id>`` = ``relevant`` | ``irrelevant`` | empty (unmarked)
+MARK_PREFIX = "mark:"
+
+
+def refine_request(engine: QueryEngine, params: dict, root, args) -> dict:
+    """The web page's ``/refine``: a dataset image ``id`` re-ranked with relevance feedback, or a region of it.
+
+    ``args`` (a werkzeug ``MultiDict``): ``id``; ``relevant`` / ``irrelevant`` (repeated: the marks of earlier
+    rounds), ``mark:<image id>`` = ``relevant`` | ``irrelevant`` (this round's), ``round`` (the round shown
+    so far; one more when this request adds marks), ``feedback`` (rocchio | svm; default the first of
+    ``feedback.methods``), ``box`` (``x0,y0,x1,y1``) with ``box_size`` (``WxH``: the image the box was drawn
+    on; default the image's full size). Returns the answer, with ``feedback`` (always: round 0 without marks).
+    """
+    image_id = args.get("id")
+    if not image_id:
+        raise CbirError("no query: refine needs the id of a dataset image (query by id, then refine)")
+    row = engine.db.row_of(image_id)
+    relevant, irrelevant = list(args.getlist("relevant")), list(args.getlist("irrelevant"))
+    new = 0
+    for key, value in args.items(multi=True):
+        if key.startswith(MARK_PREFIX) and value in ("relevant", "irrelevant"):
+            (relevant if value == "relevant" else irrelevant).append(key[len(MARK_PREFIX):])
+            new += 1
+    try:
+        past = int(args.get("round") or 0)
+    except ValueError:
+        raise CbirError(f"round={args.get('round')!r} is not a round number") from None
+    rounds = max(0, past) + (1 if new else 0)
+    try:
+        settings = FeedbackSettings.from_config(params.get("feedback") or {}, args.get("feedback") or None)
+    except ValueError as exc:
+        raise CbirError(str(exc)) from None
+    manifest = engine.db.manifest
+    query = {"image_id": str(image_id), "label": str(manifest.at[row, "label"]), "source": str(manifest.at[row, "path"])}
+    vector = engine.db.features[row:row + 1]
+    if args.get("box"):
+        box = parse_box(args["box"])
+        path = Path(root) / str(manifest.at[row, "path"])
+        full = display_size(path)
+        if args.get("box_size"):
+            try:
+                full = tuple(int(v) for v in str(args["box_size"]).lower().split("x"))
+                assert len(full) == 2 and min(full) > 0
+            except (ValueError, AssertionError):
+                raise CbirError(f"box_size={args['box_size']!r}: give WxH, the size of the image the box is on") from None
+        image = decode_query(path, str(image_id), engine.max_pixels)
+        vector = engine.embed(crop_box(image, box, full_size=full))
+        query["box"] = list(box)
+    return feedback_answer(engine, vector, None, query, relevant, irrelevant, settings, rounds)
