@@ -130,12 +130,14 @@ SUMMARY_KEYS = {f"p@{P_AT}": f"p@{P_AT}", "ap": "map", f"initial_p@{P_AT}": f"in
 
 def summarize_rounds(per_query: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
     """Per round: ``p@10``, ``map`` (and the ``initial_`` ones on the same residual collection), each with
-    its 95% bootstrap interval (``*_lo``, ``*_hi``), ``n_queries`` and ``n_shown`` (images shown per query)."""
+    its 95% bootstrap interval (``*_lo``, ``*_hi``), ``n_queries``, ``n_shown`` (images shown per query),
+    ``n_queries_without_relevant`` (none left in the residual collection: no AP) and ``n_svm_ranked``
+    (queries the SVM ranked; with ``svm`` the others had one kind of mark only and fell back to Rocchio)."""
     rows = []
     for r, frame in per_query.groupby("round", sort=True):
         row = {"round": int(r), "n_queries": int(len(frame)), "n_shown": int(frame["n_shown"].max()),
                "n_queries_without_relevant": int((frame["n_relevant"] == 0).sum()),
-               "svm_fallbacks": int((frame["used"] != "svm").sum())}
+               "n_svm_ranked": int((frame["used"] == "svm").sum())}  # with svm: the rest fell back to Rocchio
         values = frame[list(SUMMARY_KEYS)].to_numpy(dtype=np.float64)
         lo, hi = ev.bootstrap_ci(values, n_bootstrap, seed)  # queries resampled jointly for the four columns
         for j, key in enumerate(SUMMARY_KEYS.values()):
