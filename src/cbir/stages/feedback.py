@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from cbir import feedback_eval as fe
 from cbir.config import section
@@ -62,8 +63,11 @@ def run(params: dict, root: str | Path) -> None:
         results[method] = {}
         for fb in cfg["methods"]:
             t0 = time.perf_counter()
-            entry, sim = fe.evaluate_method(data, fe.settings_for(cfg, fb), cfg["rounds"], cfg["top_k"],
-                                            n_bootstrap, n_permutations, seed, block_size)
+            # one BLAS thread: the work is many one-query products, which threads only slow down
+            # (a query's scores are the same either way: tests/test_feedback_query.py)
+            with threadpool_limits(1):
+                entry, sim = fe.evaluate_method(data, fe.settings_for(cfg, fb), cfg["rounds"], cfg["top_k"],
+                                                n_bootstrap, n_permutations, seed, block_size)
             results[method][fb] = entry
             traces.append(sim.trace.assign(method=method, feedback=fb))
             first, last = entry["rounds"][0], entry["rounds"][-1]
