@@ -27,8 +27,8 @@ from cbir.errors import CbirError
 from cbir.figures.style import save_figure
 from cbir.figures.thumbnails import thumbnail
 from cbir.figures.trials import sample_trials_figure
-from cbir.search.feedback import FeedbackSettings
 from cbir.fileio import atomic_path, sha256_file
+from cbir.search.feedback import FeedbackSettings
 
 log = logging.getLogger("cbir")
 
