@@ -26,6 +26,7 @@ HANDLERS = {
     "download": "cbir.stages.download:run", "weights": "cbir.stages.weights:run",
     "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
     "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.evaluate:run",
+    "feedback": "cbir.stages.feedback:run",
     "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run",
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
@@ -59,6 +60,7 @@ STAGES = {
     "extract": ("method", "compute one method's features"),
     "retrieve": ("method", "cosine top-k for every query"),
     "evaluate": (None, "metrics, confidence intervals and plot tables"),
+    "feedback": (None, "relevance feedback measured: a simulated user over rounds, residual collection"),
     "figures": (None, "sample-trial figures and charts"),
     "report": (None, "reports/<dataset>/report.md from metrics and figures"),
 }
@@ -111,9 +113,21 @@ def add_query_parsers(sub, epilog: str = "") -> None:
     p.add_argument("--exclude-self", action="store_true",
                    help="drop a query's own database entry (same file or same decoded pixels)")
     p.add_argument("-q", "--quiet", dest="query_quiet", action="store_true", help="no progress bars")
+    p.add_argument("--relevant", action="append", default=[], metavar="ID,...",
+                   help="relevance feedback: database image ids judged relevant. Repeat --relevant/--irrelevant "
+                        "once per round: marks accumulate (the re-ranking uses every mark so far) and marked "
+                        "images are never returned again")
+    p.add_argument("--irrelevant", action="append", default=[], metavar="ID,...",
+                   help="relevance feedback: database image ids judged not relevant (repeatable, as --relevant)")
+    p.add_argument("--feedback", choices=("rocchio", "svm"), default=None,
+                   help="how marks re-rank: rocchio (query-point movement) or svm (linear SVM on the marks; "
+                        "Rocchio when only one kind of mark is given); default: the first of feedback.methods")
+    p.add_argument("--box", default=None, metavar="x0,y0,x1,y1",
+                   help="query a region of the image: pixel box, top-left origin, x1 and y1 exclusive")
     p.set_defaults(func=lambda a: handler("query")(
         load_params(a.root), a.root, a.image, method=a.method, k=a.k, figure=a.figure, as_json=a.json,
-        out=a.out, exclude_self=a.exclude_self, quiet=a.quiet or a.query_quiet))
+        out=a.out, exclude_self=a.exclude_self, quiet=a.quiet or a.query_quiet, relevant=a.relevant,
+        irrelevant=a.irrelevant, feedback=a.feedback, box=a.box))
 
     p = sub.add_parser("serve", help="a local web page to query the database by upload or by image id",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -111,6 +111,9 @@ FIGURES = {"n_queries": COUNT, "seed": SEED, "thumb_size": integer(16, 2048), "d
            "tsne_iterations": integer(250, 100_000),
            "tsne_perplexity": number(0, open_lo=True), "methods": list_of(NAME, 1).or_null,
            "width": number(0, open_lo=True).or_null, "font_size": number(0, open_lo=True).or_null}
+FEEDBACK = {"rounds": integer(0, 100), "top_k": integer(1, 10_000),
+            "methods": list_of(one_of("rocchio", "svm"), 1, True), "alpha": number(0), "beta": number(0),
+            "gamma": number(0), "svm_c": number(0, open_lo=True), "seed": SEED}
 SERVE = {"max_upload_mb": number(0, 1024, open_lo=True), "thumb_size": integer(16, 2048),
          "max_query_pixels": integer(1, 2 ** 31), "max_concurrent": integer(1, 64),
          "queue_timeout_s": number(0, 600), "request_timeout_s": number(0, 3600, open_lo=True)}
@@ -137,7 +140,7 @@ METHOD = {"kind": one_of("deep", "handcrafted", "precomputed"), "backbone": NAME
 SCHEMA: dict = {
     "seed": SEED, "device": text(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:<n> or mps"),
     "dataset": DATASET, "curate": CURATE, "split": SPLIT, "retrieval": RETRIEVAL, "evaluation": EVALUATION,
-    "figures": FIGURES, "serve": SERVE, "extract": EXTRACT,
+    "feedback": FEEDBACK, "figures": FIGURES, "serve": SERVE, "extract": EXTRACT,
     "backbones": ("named", BACKBONE), "methods": ("named", METHOD),
 }
 
