@@ -225,6 +225,13 @@ class QueryEngine:
     def method(self) -> str:
         return self.db.method
 
+    @property
+    def resize_side(self) -> int | None:
+        """The side a deep method resizes a query's shorter side to (``None`` for other methods): the
+        decoder refuses a shape whose resize would exceed the pixel budget (:func:`cbir.app.decode.check_shape`)."""
+        side = getattr(getattr(self.embedder, "method", None), "image_size", None)
+        return int(side) if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
+
     @classmethod
     def from_params(cls, params: dict, method: str, root: Path, db: Database | None = None) -> "QueryEngine":
 
@@ -303,7 +310,7 @@ class QueryEngine:
                     exclude_self: bool = False) -> tuple[dict, Image.Image]:
         """Decode uploaded bytes and rank the database; returns (answer, decoded image)."""
         start = time.perf_counter()
-        image = decode_image_bytes(data, name, self.max_pixels)
+        image = decode_image_bytes(data, name, self.max_pixels, self.resize_side)
         decode_ms = (time.perf_counter() - start) * 1e3
         digest = sha256_bytes(data)
         answer = self.query_image(image, k, self.describe_query(digest, name), exclude_self, digest)
@@ -314,7 +321,7 @@ class QueryEngine:
                    exclude_self: bool = False) -> tuple[dict, Image.Image]:
         """Decode an image file and rank the database; returns (answer, decoded image)."""
         start = time.perf_counter()
-        image = open_query_image(path, self.max_pixels)
+        image = open_query_image(path, self.max_pixels, self.resize_side)
         decode_ms = (time.perf_counter() - start) * 1e3
         digest = sha256_file(path)
         answer = self.query_image(image, k, self.describe_query(digest, str(path)), exclude_self, digest)

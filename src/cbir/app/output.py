@@ -14,6 +14,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from cbir.app.decode import check_shape
 from cbir.app.engine import (
     QueryEngine,
     default_method,
@@ -138,7 +139,7 @@ def _batch_answers(engine: QueryEngine, paths: list[Path], k: int, exclude_self:
 
     for path in tqdm(paths, desc=f"query {engine.method}", unit="img", disable=quiet or None, leave=False):
         try:
-            chunk.append((open_query_image(path, max_pixels), str(path), sha256_file(path)))
+            chunk.append((open_query_image(path, max_pixels, engine.resize_side), str(path), sha256_file(path)))
         except (ImageError, CbirError) as exc:
             log.warning("skipped %s", exc)
             continue
@@ -184,6 +185,7 @@ def run_query(params: dict, root: Path, image, method: str | None = None, k: int
     decoded = open_query_image(paths[0], settings["max_pixels"])  # a bad image fails before the model loads
     decode_ms = (time.perf_counter() - start) * 1e3
     engine = QueryEngine.from_params(params, method, root, db=db)
+    check_shape(str(paths[0]), decoded.size, settings["max_pixels"], engine.resize_side)  # the method's resize
     digest = sha256_file(paths[0])
     answer = engine.query_image(decoded, k, engine.describe_query(digest, str(paths[0])), exclude_self, digest)
     answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
