@@ -131,7 +131,7 @@ def test_a_form_without_boundary_says_so(client):
     for url in ("/api/search", "/search"):
         response = client.post(url, data=body, content_type="multipart/form-data")
         text = response.get_json()["error"] if url.startswith("/api/") else response.get_data(as_text=True)
-        assert response.status_code == 400 and response.headers["Connection"] == "close"
+        assert response.status_code == 400
         assert "names no boundary" in text and "UTF-8" not in text
     response = client.post("/api/search", data=b"--x\r\nno headers at all", content_type="multipart/form-data; boundary=x")
     assert response.status_code == 400  # never a 500
@@ -144,13 +144,6 @@ def test_five_thousand_small_fields_are_too_many_parts_not_too_large(client):
     response = client.post("/api/search", data=body, content_type=ctype)
     error = response.get_json()["error"]
     assert response.status_code == 413 and "too many fields" in error and "MB limit" not in error
-    assert response.headers["Connection"] == "close"
-
-
-def test_a_good_upload_keeps_its_connection(client):
-    body, ctype = multipart({"method": "hsv_hist"}, "q.png", noise_png(0, 32))
-    response = client.post("/api/search", data=body, content_type=ctype)
-    assert response.status_code == 200 and "Connection" not in response.headers
 
 
 # ---------------------------------------------------------------- closed pipes and failed writes
@@ -317,14 +310,14 @@ def test_strips_keep_the_server_small_and_quick(server):
 def test_error_replies_close_the_socket_and_waitress_refusals_are_one_line(server):
     host, port = "127.0.0.1", int(server["url"].rsplit(":", 1)[1])
     body, _ = multipart({"method": "hsv_hist"}, "q.png", noise_png(0, 32))
-    big = b"x" * (4 * 2 ** 20)  # over the 2 MB upload cap and its 1 MB margin: refused by the server unread
-    for payload, ctype, status, words in (
-            (body, "multipart/form-data", b"400", b"names no boundary"),
-            (many_fields()[0], many_fields()[1], b"413", b"too many fields"),
-            (big, "multipart/form-data; boundary=x", b"413", b"larger than the 2 MB limit")):
+    big = 4 * 2 ** 20  # over the 2 MB upload cap and its 1 MB margin: refused from the headers, the body unread
+    for payload, length, ctype, status, words in (
+            (body, len(body), "multipart/form-data", b"400", b"names no boundary"),
+            (many_fields()[0], len(many_fields()[0]), many_fields()[1], b"413", b"too many fields"),
+            (b"", big, "multipart/form-data; boundary=x", b"413", b"larger than the 2 MB limit")):
         with socket.create_connection((host, port), timeout=30) as conn:
             conn.sendall(f"POST /api/search HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                         f"Content-Length: {length}\r\n\r\n".encode() + payload)
             reply = b""
             while chunk := conn.recv(65536):  # the server closes after its reply (a 30 s timeout would raise)
                 reply += chunk

@@ -289,12 +289,6 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
     def malformed(exc):
         return form_error(400, exc.description)
 
-    @app.after_request
-    def close_after_error(response):
-        if response.status_code >= 400:  # the client gets its one line, then the socket closes
-            response.headers["Connection"] = "close"
-        return response
-
     return app
 
 

@@ -9,8 +9,8 @@ limits this module adds what it lacks:
   (else ``408`` and the connection is closed: a client sending one byte a second is dropped, not only one
   that stalls), and its reply must be sent within ``deadline_s`` of being ready (else the connection is
   closed);
-* **sockets closed after an error reply**: a response the app marks ``Connection: close`` (every ``4xx`` and
-  ``5xx`` of :mod:`cbir.app.server`) closes the connection, as do waitress's own refusals;
+* **sockets closed after an error reply**: every ``4xx`` and ``5xx`` reply (the app's, and waitress's own
+  refusals) says ``Connection: close`` and closes the connection once sent;
 * waitress's own refusals (a body over the upload limit, oversized headers, a malformed request line) are
   **one line** (JSON ``{"error": ...}`` under ``/api/``), not waitress's multi-line page.
 
@@ -46,11 +46,12 @@ BODY_MARGIN_BYTES = 1024 * 1024
 
 
 class _ClosingTask(WSGITask):
-    """The app's reply; one marked ``Connection: close`` (an error) closes the socket once sent."""
+    """The app's reply; an error reply (``4xx``, ``5xx``) says ``Connection: close`` and closes the socket once
+    sent (an app may not set that hop-by-hop header itself, PEP 3333)."""
 
     def build_response_header(self):
-        if any(k.lower() == "connection" and str(v).lower() == "close" for k, v in self.response_headers):
-            self.close_on_finish = True
+        if str(self.status)[:1] in ("4", "5"):
+            self.set_close_on_finish()
         return super().build_response_header()
 
 
