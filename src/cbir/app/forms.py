@@ -16,8 +16,9 @@ from werkzeug.formparser import FormDataParser
 
 #: a search form has two parts (``image`` and ``method``); a few more are tolerated
 MAX_FORM_PARTS = 16
-#: a text field (``method``) is a short name
-MAX_FORM_FIELD_BYTES = 64 * 1024
+#: a text field (``method``) is a short name; Flask's default, since Werkzeug applies it to each 64 KiB read of
+#: the body as well, file parts included (a smaller value would refuse ordinary uploads)
+MAX_FORM_FIELD_BYTES = 500_000
 
 
 class MalformedForm(BadRequest):
@@ -46,7 +47,7 @@ class StrictFormParser(FormDataParser):
                                 "from the page, or as `curl -F image=@FILE`") from None
         except RequestEntityTooLarge:
             raise TooManyParts(f"the form has too many fields (more than {MAX_FORM_PARTS} parts) or a text field "
-                               f"over {MAX_FORM_FIELD_BYTES // 1024} KB: send one image field and the method") from None
+                               f"over {MAX_FORM_FIELD_BYTES // 1000} kB: send one image field and the method") from None
 
 
 class UploadRequest(Request):
