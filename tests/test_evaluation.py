@@ -11,9 +11,6 @@ from sklearn.metrics import average_precision_score
 
 from cbir.evaluation import (
     RECALL_LEVELS,
-    bootstrap_ci,
-    full_order,
-    paired_test,
     per_class,
     per_query_metrics,
     pk_curve,
@@ -22,6 +19,8 @@ from cbir.evaluation import (
     relevance_metrics,
     summarize,
 )
+from cbir.search.exact import full_order
+from cbir.statistics import bootstrap_ci, paired_test
 
 
 def metrics(rows, ks=(1, 2, 5, 10), curve_k=0):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_figures_more import SMALL_PARAMS, small_run
+from test_figures_report_stages import SMALL_PARAMS, small_run
 
 from cbir.errors import CbirError
 from cbir.figures.charts import curves_figure

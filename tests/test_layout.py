@@ -49,6 +49,8 @@ def test_dvc_yaml_paths_are_the_layout(repo_root):
     assert stages["figures"]["outs"] == {str(paths.figures_dir)}
     assert str(paths.metrics) in stages["figures"]["deps"] and str(paths.metrics) in stages["report"]["deps"]
     assert stages["report"]["outs"] == {str(paths.report), str(paths.tables_dir)}
+    assert stages["feedback"]["outs"] == {str(paths.feedback_dir), str(paths.feedback_rankings)}
+    assert {str(paths.manifest), str(paths.features_dir)} <= stages["feedback"]["deps"]
     assert str(repo_root / "README.md") not in set().union(*(s["outs"] for s in stages.values()))
 
 

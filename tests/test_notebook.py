@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_figures_more import small_run
+from test_figures_report_stages import small_run
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")

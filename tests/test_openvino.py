@@ -13,8 +13,11 @@ from methods_helpers import extract_rows, params_for, real_images
 from cbir.errors import CbirError
 from cbir.features.cnn.openvino_runtime import (
     OpenVinoTrunk,
+    compiled_precision,
+    compiles_bf16,
     cpu_isa,
-    native_bf16,
+    isa_class,
+    openvino_bf16,
     resolve_precision,
     resolve_runtime,
 )
@@ -43,20 +46,119 @@ def test_runtime_choice():
         resolve_runtime("openvino", CUDA)
 
 
-def test_precision_auto_is_bf16_only_with_native_bf16():
-    avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
-    amx = avx2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
-    avx512_bf16 = avx2 | {"avx512f", "avx512_bf16"}
-    assert resolve_precision("auto", CPU, avx2) == "fp32"
-    assert resolve_precision("auto", CPU, amx) == "bf16" and resolve_precision("auto", CPU, avx512_bf16) == "bf16"
-    assert resolve_precision("fp32", CPU, amx) == "fp32" and resolve_precision("bf16", CPU, avx2) == "bf16"
-    assert resolve_precision("fp32", CUDA, avx2) == "bf16"  # the GPU path keeps its bf16 autocast
-    with pytest.raises(CbirError, match=r"extract.precision is 'fp16': use fp32, bf16 or auto"):
-        resolve_precision("fp16", CPU, avx2)
-    assert cpu_isa(amx) == {"level": "amx", "flags": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16",
-                                                      "amx_tile", "amx_bf16"], "native_bf16": True}
-    assert cpu_isa(avx2)["level"] == "avx2" and not cpu_isa(avx2)["native_bf16"]
-    assert cpu_isa(avx512_bf16)["level"] == "avx512" and native_bf16(avx512_bf16)
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}
+AVX512_BF16 = AVX512 | {"avx512_bf16"}
+AMX = AVX512_BF16 | {"amx_tile", "amx_bf16", "amx_int8"}
+
+
+def test_precision_auto_follows_what_the_runtime_compiles():
+    """``auto`` asks the runtime (here answered both ways), never the CPU flags."""
+    def yes():
+        return True
+
+    def no():
+        return False
+
+    assert resolve_precision("auto", CPU, "openvino", native_bf16=no) == "fp32"
+    assert resolve_precision("auto", CPU, "openvino", native_bf16=yes) == "bf16"
+    assert resolve_precision(None, CPU, "torch", native_bf16=yes) == "bf16"
+    assert resolve_precision("fp32", CPU, "openvino", native_bf16=yes) == "fp32"
+    assert resolve_precision("bf16", CPU, "openvino", native_bf16=no) == "bf16"  # asked for: tried, then recorded
+    assert resolve_precision("int8", CPU, "openvino", native_bf16=no) == "int8"
+    assert resolve_precision("fp32", CUDA, "torch") == "bf16"  # the GPU path keeps its bf16 autocast
+    with pytest.raises(CbirError, match=r"extract.precision is 'fp16': use fp32, bf16, int8 or auto"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(CbirError, match="extract.precision=int8 runs on the OpenVINO runtime, not torch on cpu"):
+        resolve_precision("int8", CPU, "torch")
+    with pytest.raises(CbirError, match="not torch on cuda"):
+        resolve_precision("int8", CUDA, "torch")
+    # the real question on this machine: the probe's answer is the compiled type of a real convolution
+    assert resolve_precision("auto", CPU, "openvino") == ("bf16" if openvino_bf16() else "fp32")
+
+
+def test_isa_summary_and_class_per_machine_kind():
+    assert [isa_class(f) for f in (AVX2, AVX512, AVX512_BF16, AMX, frozenset())] == [
+        "avx2", "avx512", "avx512-bf16", "amx", "other"]
+    assert cpu_isa(AMX) == {"level": "amx", "class": "amx", "flags": [
+        "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
+        "amx_bf16", "amx_int8"]}
+    assert cpu_isa(AVX2)["level"] == "avx2" and cpu_isa(AVX512_BF16)["level"] == "avx512"
+
+
+class FakeAny:
+    """OpenVINO's rt-info value: ``astype(str)`` gives its text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def astype(self, kind):
+        return self.text
+
+
+class FakeOp:
+    def __init__(self, layer, precision):
+        self.info = {"layerType": FakeAny(layer), "runtimePrecision": FakeAny(precision)}
+
+    def get_rt_info(self):
+        return self.info
+
+
+class FakeCompiled:
+    """A compiled model that answers a given ``INFERENCE_PRECISION_HINT`` and runtime graph, as
+    ``ov.CompiledModel`` does on an AVX2, AVX512-BF16 or AMX CPU."""
+
+    def __init__(self, hint, layers=(("Input", "f32"), ("Convolution", "f32"), ("Output", "f32"))):
+        self.hint, self.layers = hint, layers
+
+    def get_property(self, name):
+        assert name == "INFERENCE_PRECISION_HINT"
+        return self.hint
+
+    def get_runtime_model(self):
+        ops = [FakeOp(layer, precision) for layer, precision in self.layers]
+        return type("RuntimeModel", (), {"get_ordered_ops": lambda _: ops})()
+
+
+class FakeCore:
+    def __init__(self, hint_for_bf16):
+        self.hint_for_bf16 = hint_for_bf16
+
+    def compile_model(self, model, device, config):
+        assert device == "CPU" and config["INFERENCE_PRECISION_HINT"] == "bf16"
+        return FakeCompiled(self.hint_for_bf16, (("Convolution", self.hint_for_bf16.get_type_name()),))
+
+
+def test_compiled_precision_reads_the_openvino_type():
+    import openvino as ov
+
+    assert compiled_precision(FakeCompiled(ov.Type.bf16)) == "bf16"  # '<Type: bfloat16>' has no 'bf16' in it
+    assert compiled_precision(FakeCompiled(ov.Type.f32)) == "fp32"
+    assert compiled_precision(FakeCompiled(ov.Type.f16)) == "fp16"
+    int8 = (("Input", "f32"), ("FakeQuantize", "u8"), ("Convolution", "u8"), ("Convolution", "f32"))
+    assert compiled_precision(FakeCompiled(ov.Type.f32, int8)) == "int8"
+    # u8 data movement alone (a reorder, an input) is not int8 arithmetic
+    assert compiled_precision(FakeCompiled(ov.Type.f32, (("Reorder", "u8"), ("Convolution", "f32")))) == "fp32"
+    assert compiles_bf16(FakeCore(ov.Type.bf16)) and not compiles_bf16(FakeCore(ov.Type.f32))
+
+
+@pytest.mark.parametrize("answer", ["bf16", "f32"])
+def test_trunk_records_what_openvino_compiled_and_warns_only_when_not_honoured(
+        answer, monkeypatch, caplog, random_mobilenet_file, root):
+    """Both outcomes on any machine: the compiled model is made to answer bf16 or f32."""
+    import openvino as ov
+
+    from cbir.features.cnn import openvino_runtime
+
+    real = openvino_runtime.compiled_precision
+    monkeypatch.setattr(openvino_runtime, "compiled_precision",
+                        lambda compiled: real(FakeCompiled(getattr(ov.Type, answer))))
+    cfg = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap"}
+    with caplog.at_level("WARNING", logger="cbir"):
+        _, info = extract_rows(real_images(3), cfg, params_for(random_mobilenet_file, "openvino", "bf16"), root)
+    assert info["precision"] == ("bf16" if answer == "bf16" else "fp32")
+    warned = [r.getMessage() for r in caplog.records if "not the bf16 asked for" in r.getMessage()]
+    assert bool(warned) == (answer == "f32"), warned
 
 
 def test_openvino_fp32_matches_torch_eager_on_real_images(random_mobilenet_file, root):
@@ -89,13 +191,21 @@ def test_query_path_uses_the_same_runtime_and_lands_on_the_database_rows(random_
     assert float(query[0] @ rows[2]) >= 0.99999 and int(np.argmax(rows @ query[0])) == 2
 
 
-def test_bf16_on_request_records_what_runs(random_mobilenet_file, root):
-    """bf16 where the CPU has it natively; elsewhere OpenVINO runs fp32, and the .json says fp32."""
+def test_bf16_on_request_records_what_runs(random_mobilenet_file, root, caplog):
+    """The real compile: the .json says bf16 exactly where OpenVINO compiled bf16, and the descriptors
+    show it (bf16 differs from fp32 in the last bits; a CPU that falls back computes fp32 exactly)."""
     paths = real_images(6)
     cfg = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap"}
-    rows, info = extract_rows(paths, cfg, params_for(random_mobilenet_file, "openvino", "bf16"), root)
+    with caplog.at_level("WARNING", logger="cbir"):
+        rows, info = extract_rows(paths, cfg, params_for(random_mobilenet_file, "openvino", "bf16"), root)
     fp32, _ = extract_rows(paths, cfg, params_for(random_mobilenet_file, "openvino", "fp32"), root)
-    assert info["precision"] == ("bf16" if native_bf16() else "fp32")
+    warned = any("not the bf16 asked for" in r.getMessage() for r in caplog.records)
+    if openvino_bf16():
+        assert info["precision"] == "bf16" and not warned
+        assert not np.array_equal(rows, fp32)
+    else:
+        assert info["precision"] == "fp32" and warned
+        np.testing.assert_array_equal(rows, fp32)
     assert np.sum(rows * fp32, axis=1).min() >= 0.99
 
 

@@ -156,7 +156,7 @@ def dvc_workspace(root: Path, params: dict) -> None:
 
 @pytest.mark.slow
 def test_plots_page_renders_offline_in_headless_chromium(tmp_path):
-    from test_figures_more import small_run
+    from test_figures_report_stages import small_run
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -378,3 +378,11 @@ def test_slow_clients_are_bounded_and_cut_off_at_the_deadline(server):
     assert len(normal_s) == 3 and max(normal_s) < NORMAL_REPLY_S
     assert len(cut) == SLOW_CLIENTS  # every one, although each kept sending a byte a second
     normal_query(url, 20)
+
+
+def test_a_strip_cut_from_an_image_is_refused_before_embedding(state):
+    """Region queries embed a crop: the engine checks every image's shape itself, not only the decoder."""
+    engine = state["engines"]["mobilenet_v2-gap"]
+    with pytest.raises(ImageError, match=r"cannot use image region: bad_aspect \(1000x1 is a strip"):
+        engine.embed(Image.new("RGB", (1000, 1)), name="region")
+    assert engine.embed(Image.new("RGB", (500, 10))).shape == (1, engine.db.dim)

@@ -20,7 +20,6 @@ from pathlib import Path
 from cbir.config import load_params, write_params
 from cbir.errors import CbirError
 from cbir.features.resolve import resolve_callable
-from cbir.report.plots_page import PACKAGES, TEMPLATE
 
 log = logging.getLogger("cbir")
 
@@ -29,6 +28,7 @@ HANDLERS = {
     "download": "cbir.stages.download:run", "weights": "cbir.stages.weights:run",
     "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
     "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.evaluate:run",
+    "feedback": "cbir.stages.feedback:run",
     "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run",
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
@@ -48,6 +48,8 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 def cmd_plots_html(args: argparse.Namespace) -> None:
     if args.update_template:
+        from cbir.report.plots_page import TEMPLATE  # here, not at start-up: only this command needs it
+
         handler("update-template")(args.root / TEMPLATE, args.tarballs, args.root / "data" / "downloads" / "npm")
         return
     log.info("offline DVC plots page: %s", handler("plots-html")(args.root, out_dir=args.out))
@@ -60,6 +62,7 @@ STAGES = {
     "extract": ("method", "compute one method's features"),
     "retrieve": ("method", "cosine top-k for every query"),
     "evaluate": (None, "metrics, confidence intervals and plot tables"),
+    "feedback": (None, "relevance feedback measured: a simulated user over rounds, residual collection"),
     "figures": (None, "sample-trial figures and charts"),
     "report": (None, "reports/<dataset>/report.md from metrics and figures"),
 }
@@ -112,9 +115,21 @@ def add_query_parsers(sub, epilog: str = "") -> None:
     p.add_argument("--exclude-self", action="store_true",
                    help="drop a query's own database entry (same file or same decoded pixels)")
     p.add_argument("-q", "--quiet", dest="query_quiet", action="store_true", help="no progress bars")
+    p.add_argument("--relevant", action="append", default=[], metavar="ID,...",
+                   help="relevance feedback: database image ids judged relevant. Repeat --relevant/--irrelevant "
+                        "once per round: marks accumulate (the re-ranking uses every mark so far) and marked "
+                        "images are never returned again")
+    p.add_argument("--irrelevant", action="append", default=[], metavar="ID,...",
+                   help="relevance feedback: database image ids judged not relevant (repeatable, as --relevant)")
+    p.add_argument("--feedback", choices=("rocchio", "svm"), default=None,
+                   help="how marks re-rank: rocchio (query-point movement) or svm (linear SVM on the marks; "
+                        "Rocchio when only one kind of mark is given); default: the first of feedback.methods")
+    p.add_argument("--box", default=None, metavar="x0,y0,x1,y1",
+                   help="query a region of the image: pixel box, top-left origin, x1 and y1 exclusive")
     p.set_defaults(func=lambda a: handler("query")(
         load_params(a.root), a.root, a.image, method=a.method, k=a.k, figure=a.figure, as_json=a.json,
-        out=a.out, exclude_self=a.exclude_self, quiet=a.quiet or a.query_quiet))
+        out=a.out, exclude_self=a.exclude_self, quiet=a.quiet or a.query_quiet, relevant=a.relevant,
+        irrelevant=a.irrelevant, feedback=a.feedback, box=a.box))
 
     p = sub.add_parser("serve", help="a local web page to query the database by upload or by image id",
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,7 +167,8 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.add_argument("--update-template", action="store_true",
-                   help=f"rebuild {TEMPLATE} from the npm packages {' '.join(PACKAGES)} instead")
+                   help="rebuild the page's template (reports/dvc_plots_template.html) from the Vega npm packages "
+                        "(vega, vega-lite, vega-embed) instead")
     p.add_argument("--tarballs", type=Path, nargs="*", help="use these npm pack .tgz files (no download)")
     p.set_defaults(func=cmd_plots_html)
     return parser

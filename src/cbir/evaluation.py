@@ -1,16 +1,25 @@
-"""Retrieval metrics against class labels, with bootstrap intervals and paired tests.
+"""Retrieval metrics of rankings against relevance judgements (:mod:`cbir.judgements`).
 
-Definitions (a database item is *relevant* to a query when it has the query's label;
-under leave-one-out the query itself is removed from its own ranking and never counted):
+One pure evaluator, :func:`evaluate`, takes rankings (database rows in rank order) and one
+judgement per query; it knows nothing of features or search. :func:`ranking_statistics` is
+the convenience the evaluate stage uses: the exact cosine ranking of the whole database
+(:func:`cbir.search.exact.full_ranking`) scored against class labels.
 
-* the ranking is the FULL database ordered by cosine score descending, ties broken by
-  the lower database row (= lower ``image_id``); ``L`` is its length and ``R`` the
-  number of relevant items in it;
+Definitions. Junk rows are removed from a ranking before anything is counted (the ranks
+after them move up), as revisitop does; ``L`` is the ranking's length and ``R`` the number
+of positives that are not junk (under leave-one-out the query's own row is junk):
+
 * ``P@k = hits in the top k / k`` and ``R@k = hits in the top k / R`` (only ``k <= L``);
-* ``AP = (1/R) · Σ_{i: rel_i} P@i`` — the mean of the precision at the rank of each
-  relevant item, over ALL ``R`` relevant database items (non-interpolated AP, the
-  definition of ``sklearn.metrics.average_precision_score`` on a tie-free ranking);
-* ``AP@10 = Σ_{i≤10} P@i · rel_i / min(R, 10)``;
+* AP, in two named variants (``AP_VARIANTS``); ``rank_j`` is the 1-based rank of the j-th hit:
+
+  - ``"non-interpolated"`` (the default, for class-level data): ``AP = (1/R) Σ_j j / rank_j``,
+    the mean of the precision at each hit over ALL ``R`` positives (the definition of
+    ``sklearn.metrics.average_precision_score`` on a tie-free ranking);
+  - ``"trapezoidal"`` (revisitop's ``compute_ap``, used for ROxford5k/RParis6k): the area under the
+    precision-recall curve by the trapezoid rule, each hit adding a recall step ``1/R`` times the mean
+    of the precision just before it, ``(j-1)/(rank_j-1)`` (1 at rank 1), and at it, ``j/rank_j``;
+
+* ``AP@10``: the same per-hit terms summed over the top 10, divided by ``min(R, 10)``;
 * interpolated precision at recall r = max precision at any rank whose recall is ≥ r,
   for r = 0.0, 0.1, …, 1.0.
 
@@ -18,7 +27,8 @@ A query with no relevant item (R = 0) has ``P@k = 0`` (well defined), while ``R@
 ``AP``, ``AP@10`` and its PR curve are undefined: they are NaN in the per-query table
 and left out of every mean (mAP is the mean over queries that have a relevant item, as
 in Radenović et al.'s ``compute_map``); ``summarize`` reports how many such queries
-there were as ``n_queries_without_relevant``.
+there were as ``n_queries_without_relevant``. The benchmarks' own scores (revisitop's
+E/M/H mAP and mP@k, UKBench's N-S, DISC21's µAP) are in :mod:`cbir.benchmark_metrics`.
 """
 
 from __future__ import annotations
@@ -26,18 +36,20 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from cbir.search.exact import l2_normalize, query_blocks
-
-#: Elements of one block of the query-by-database ranking: about 25 bytes each
-#: (scores, sort order, labels, relevance, hit counts), so about 200 MiB at most.
-EVAL_BLOCK_ELEMENTS = 1 << 23
+from cbir.judgements import JUNK, POSITIVE, Judgements
+from cbir.search.exact import full_ranking
+from cbir.statistics import bootstrap_ci
 
 RECALL_LEVELS = np.round(np.linspace(0.0, 1.0, 11), 1)
+
+#: the AP variants by name (the name is recorded beside the numbers in the metrics file)
+AP_VARIANTS = ("non-interpolated", "trapezoidal")
+DEFAULT_AP = "non-interpolated"
 
 
 @dataclass
@@ -46,81 +58,76 @@ class RankingStats:
 
     ``per_query``: one row per query (``query_id, label, n_relevant, p@k…, r@k…, ap,
     ap@10``); ``precision_at``: ``[Q, K]`` P@k for k = 1..K; ``interpolated``:
-    ``[Q, 11]`` interpolated precision at ``RECALL_LEVELS`` (NaN rows when R = 0).
+    ``[Q, 11]`` interpolated precision at ``RECALL_LEVELS`` (NaN rows when R = 0);
+    ``ap``: the AP variant of the ``ap`` and ``ap@10`` columns.
     """
 
     per_query: pd.DataFrame
     precision_at: np.ndarray
     interpolated: np.ndarray
     n_database: int
+    ap: str = DEFAULT_AP
 
 
-def ranked_relevance(queries: np.ndarray, database: np.ndarray, query_labels: Sequence,
-                     database_labels: Sequence, exclude: np.ndarray | None = None,
-                     block_size: int = 1024) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield ``(query slice, relevance bool [B, L])`` of the full ranking, block by block.
+def judged_relevance(rows: np.ndarray, judgements: Judgements, start: int = 0) -> np.ndarray:
+    """Boolean relevance ``[B, L]`` of rankings ``rows`` (queries ``start..start+B-1``), junk removed.
 
-    ``relevance[i, r]`` says whether the database item at rank ``r + 1`` shares query
-    ``i``'s label. With ``exclude`` the named item is dropped, so ``L = N - 1``.
+    A row's junk is dropped and the items after it move up; the freed places at the end are
+    not relevant, so the shape stays ``[B, L]``.
     """
-    q = l2_normalize(queries)
-    db = l2_normalize(database)
-    if q.shape[1] != db.shape[1]:
-        raise ValueError(f"queries have dimension {q.shape[1]} but the database has {db.shape[1]}")
-    if len(query_labels) != q.shape[0] or len(database_labels) != db.shape[0]:
-        raise ValueError("labels do not line up with the feature rows")
-    codes, _ = pd.factorize(np.concatenate([np.asarray(query_labels, dtype=object),
-                                            np.asarray(database_labels, dtype=object)]))
-    codes = codes.astype(np.int32)
-    q_codes, db_codes = codes[: q.shape[0]], codes[q.shape[0]:]
-    n_db = db.shape[0]
-    if exclude is not None:
-        exclude = np.asarray(exclude, dtype=np.int64)
-        if exclude.shape != (q.shape[0],) or np.any((exclude < -1) | (exclude >= n_db)):
-            raise ValueError("exclude must be [Q] database rows or -1")
-        if not np.any(exclude >= 0):
-            exclude = None
-    length = n_db - (1 if exclude is not None else 0)
-    for blk in query_blocks(q.shape[0], n_db, block_size, EVAL_BLOCK_ELEMENTS):
-        sims = q[blk] @ db.T
-        if exclude is not None:
-            rows = np.flatnonzero(exclude[blk] >= 0)
-            sims[rows, exclude[blk][rows]] = -np.inf  # sorts last, then cut off
-        yield blk, db_codes[full_order(sims)[:, :length]] == q_codes[blk, None]
+    status = judgements.status(rows, start)
+    rel = status == POSITIVE
+    junk = status == JUNK
+    if not junk.any():
+        return rel
+    place = np.cumsum(~junk, axis=1) - 1  # the rank of each kept item once junk is gone (0-based)
+    out = np.zeros_like(rel)
+    r, c = np.nonzero(rel)
+    out[r, place[r, c]] = True
+    return out
 
 
-def full_order(scores: np.ndarray) -> np.ndarray:
-    """Column order of each row: score descending, ties by lower column.
+def hit_terms(hits: np.ndarray, rows: np.ndarray, cols: np.ndarray, ap: str = DEFAULT_AP) -> np.ndarray:
+    """Each hit's contribution to ``R · AP``: ``hits[rows, cols]`` is j (hits up to and including it) at
+    0-based rank ``cols``. See the module docstring for the two variants."""
+    if ap not in AP_VARIANTS:
+        raise ValueError(f"unknown AP variant {ap!r}: use one of {', '.join(AP_VARIANTS)}")
+    j = hits[rows, cols]
+    at_hit = j / (cols + 1.0)
+    if ap == "non-interpolated":
+        return at_hit
+    with np.errstate(invalid="ignore", divide="ignore"):
+        before = np.where(cols == 0, 1.0, (j - 1) / np.maximum(cols, 1).astype(np.float64))
+    return (before + at_hit) / 2.0
 
-    A quicksort is unique, hence correct, for rows without equal scores; rows that have
-    ties are re-sorted with a stable sort (which is slower, so only where needed).
-    """
-    neg = -scores
-    order = np.argsort(neg, axis=1)
-    ranked = np.take_along_axis(neg, order, axis=1)
-    for row in np.flatnonzero((ranked[:, 1:] == ranked[:, :-1]).any(axis=1)):
-        order[row] = np.argsort(neg[row], kind="stable")
-    return order
 
+def relevance_metrics(relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10, 20, 50), curve_k: int = 0,
+                      n_relevant: np.ndarray | None = None,
+                      ap: str = DEFAULT_AP) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Metrics of ranked boolean relevance lists ``[Q, L]``.
 
-def relevance_metrics(relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10, 20, 50),
-                      curve_k: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Metrics of ranked boolean relevance lists ``[Q, L]`` (the whole ranking each).
-
-    Returns ``(columns, precision_at [Q, min(curve_k, L)], interpolated [Q, 11])`` where
-    ``columns`` maps ``n_relevant``, ``p@k``, ``r@k`` (k ≤ L), ``ap`` and ``ap@10`` to
-    per-query arrays (see the module docstring for the definitions and R = 0).
+    ``n_relevant`` is each query's ``R``; by default the hits in its row (right when each row is
+    the whole ranking). Returns ``(columns, precision_at [Q, min(curve_k, L)], interpolated [Q, 11])``
+    where ``columns`` maps ``n_relevant``, ``p@k``, ``r@k`` (k ≤ L), ``ap`` and ``ap@10`` (variant
+    ``ap``) to per-query arrays (see the module docstring for the definitions and R = 0).
     """
     rel = np.asarray(relevance, dtype=bool)
     if rel.ndim != 2:
         raise ValueError(f"relevance must be [Q, L], got shape {rel.shape}")
     n_q, length = rel.shape
     hits = np.cumsum(rel, axis=1, dtype=np.int32)  # hits in the top i
-    n_rel = hits[:, -1].astype(np.int64) if length else np.zeros(n_q, dtype=np.int64)
+    found = hits[:, -1].astype(np.int64) if length else np.zeros(n_q, dtype=np.int64)
+    if n_relevant is None:
+        n_rel = found
+    else:
+        n_rel = np.asarray(n_relevant, dtype=np.int64)
+        if n_rel.shape != (n_q,) or np.any(n_rel < found):
+            raise ValueError("n_relevant must be [Q] and at least the hits in each ranking")
     has_rel = n_rel > 0
-    # precision at the rank of every relevant item (row-major, so grouped by query)
+    # each relevant item's term (row-major, so grouped by query)
     rows, cols = np.nonzero(rel)
     at_hits = hits[rows, cols] / (cols + 1.0)
+    terms = at_hits if ap == DEFAULT_AP else hit_terms(hits, rows, cols, ap)
     with np.errstate(invalid="ignore", divide="ignore"):
         denom = np.where(has_rel, n_rel, np.nan)
         out: dict[str, np.ndarray] = {"n_relevant": n_rel}
@@ -128,9 +135,9 @@ def relevance_metrics(relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10, 20, 
             out[f"p@{k}"] = hits[:, k - 1] / k
         for k in valid_ks(ks, length):
             out[f"r@{k}"] = hits[:, k - 1] / denom
-        out["ap"] = np.bincount(rows, weights=at_hits, minlength=n_q) / denom
+        out["ap"] = np.bincount(rows, weights=terms, minlength=n_q) / denom
         top = cols < 10
-        out["ap@10"] = (np.bincount(rows[top], weights=at_hits[top], minlength=n_q)
+        out["ap@10"] = (np.bincount(rows[top], weights=terms[top], minlength=n_q)
                         / np.minimum(denom, 10))
     curve = min(curve_k, length)
     precision_at = hits[:, :curve] / np.arange(1, curve + 1, dtype=np.float64)
@@ -138,10 +145,14 @@ def relevance_metrics(relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10, 20, 
     bounds = np.searchsorted(rows, np.arange(n_q + 1))
     for i in np.flatnonzero(has_rel):
         prec = at_hits[bounds[i]:bounds[i + 1]]
-        best_after = np.maximum.accumulate(prec[::-1])[::-1]
+        n_found, total = len(prec), int(n_rel[i])
+        if n_found == 0:
+            interpolated[i] = 0.0
+            continue
+        best_after = np.append(np.maximum.accumulate(prec[::-1])[::-1], 0.0)  # 0 past the last hit found
         # the first hit whose recall j/R reaches level r (tolerance for the 0.1 steps)
-        first = np.ceil(RECALL_LEVELS * len(prec) - 1e-9).astype(np.int64)
-        interpolated[i] = best_after[np.clip(first, 1, len(prec)) - 1]
+        first = np.ceil(RECALL_LEVELS * (total if n_found < total else n_found) - 1e-9).astype(np.int64)
+        interpolated[i] = best_after[np.minimum(np.clip(first, 1, total) - 1, n_found)]
     return out, precision_at, interpolated
 
 
@@ -150,36 +161,76 @@ def valid_ks(ks: Sequence[int], n_database: int) -> list[int]:
     return sorted({int(k) for k in ks if 1 <= int(k) <= n_database})
 
 
+def ranking_blocks(rankings) -> Iterable[tuple[slice, np.ndarray]]:
+    """``rankings`` as ``(query slice, rows [B, L])`` blocks: a ``[Q, L]`` array is one block."""
+    if isinstance(rankings, np.ndarray) or (isinstance(rankings, (list, tuple)) and rankings
+                                            and not isinstance(rankings[0], tuple)):
+        rows = np.asarray(rankings, dtype=np.int64)
+        if rows.ndim != 2:
+            raise ValueError(f"rankings must be [Q, L] database rows, got shape {rows.shape}")
+        return [(slice(0, rows.shape[0]), rows)]
+    return rankings
+
+
+def evaluate(rankings, judgements: Judgements, ks: Sequence[int] = (1, 5, 10, 20, 50),
+             curve_k: int | None = None, ap: str = DEFAULT_AP, query_ids: Sequence | None = None,
+             labels: Sequence | None = None) -> RankingStats:
+    """The evaluator: rankings against judgements, nothing else.
+
+    Args:
+        rankings: database rows in rank order, ``[Q, L]`` int (the whole ranking, or a top-L: the
+            positives it misses count as missed), or an iterable of ``(query slice, rows [B, L])``
+            blocks in query order.
+        judgements: one per query (:class:`cbir.judgements.Judgements`).
+        ks: cut-offs of ``p@k`` and ``r@k``; ``curve_k`` (default ``max(ks)``) the last k of the P@k curve.
+        ap: the AP variant (``AP_VARIANTS``).
+        query_ids, labels: columns of the per-query table (default ``0..Q-1``; no label column).
+
+    Returns:
+        :class:`RankingStats`.
+    """
+    if ap not in AP_VARIANTS:
+        raise ValueError(f"unknown AP variant {ap!r}: use one of {', '.join(AP_VARIANTS)}")
+    n_q = len(judgements)
+    query_ids = np.arange(n_q) if query_ids is None else np.asarray(query_ids)
+    curve_k = max(ks) if curve_k is None else int(curve_k)
+    n_rel = judgements.n_relevant()
+    parts, curves, interps = [], [], []
+    length, done = judgements.n_database, 0
+    for blk, rows in ranking_blocks(rankings):
+        if blk.start != done:
+            raise ValueError(f"ranking blocks must follow the queries in order: got {blk} after {done} queries")
+        rel = judged_relevance(rows, judgements, blk.start)
+        cols, prec, interp = relevance_metrics(rel, ks, curve_k, n_rel[blk], ap)
+        length, done = rel.shape[1], blk.stop
+        extra = {} if labels is None else {"label": np.asarray(labels, dtype=object)[blk]}
+        parts.append(pd.DataFrame({"query_id": query_ids[blk], **extra, **cols}))
+        curves.append(prec)
+        interps.append(interp)
+    if done != n_q:
+        raise ValueError(f"rankings of {done} queries but {n_q} judgements")
+    if not parts:
+        cols, prec, interp = relevance_metrics(np.zeros((0, length), bool), ks, curve_k, ap=ap)
+        extra = {} if labels is None else {"label": []}
+        parts, curves, interps = [pd.DataFrame({"query_id": [], **extra, **cols})], [prec], [interp]
+    per_query = pd.concat(parts, ignore_index=True)
+    return RankingStats(per_query, np.concatenate(curves), np.concatenate(interps), length, ap)
+
+
 def ranking_statistics(queries: np.ndarray, database: np.ndarray, query_labels: Sequence,
                        database_labels: Sequence, ks: Sequence[int] = (1, 5, 10, 20, 50),
                        query_ids: Sequence | None = None, exclude: np.ndarray | None = None,
-                       curve_k: int | None = None, block_size: int = 1024) -> RankingStats:
-    """One blocked pass over the full rankings: per-query metrics, P@k and PR curves.
-
-    ``curve_k`` (default ``max(ks)``) is the last k of the P@k curve.
-    """
+                       curve_k: int | None = None, block_size: int = 1024,
+                       ap: str = DEFAULT_AP) -> RankingStats:
+    """Class-label metrics from features: the exact cosine ranking of the whole database
+    (:func:`~cbir.search.exact.full_ranking`, ``exclude`` = leave-one-out) scored by :func:`evaluate`
+    against :meth:`Judgements.from_labels <cbir.judgements.Judgements.from_labels>`."""
     query_labels = np.asarray(query_labels, dtype=object)
-    if query_ids is None:
-        query_ids = np.arange(len(query_labels))
-    curve_k = max(ks) if curve_k is None else int(curve_k)
-    parts, curves, interps = [], [], []
-    n_db = len(database_labels)
-    length = n_db
-    for blk, rel in ranked_relevance(queries, database, query_labels, database_labels,
-                                     exclude=exclude, block_size=block_size):
-        cols, prec, interp = relevance_metrics(rel, ks, curve_k)
-        length = rel.shape[1]
-        frame = pd.DataFrame({"query_id": np.asarray(query_ids)[blk],
-                              "label": query_labels[blk], **cols})
-        parts.append(frame)
-        curves.append(prec)
-        interps.append(interp)
-    if not parts:
-        cols, prec, interp = relevance_metrics(np.zeros((0, length), bool), ks, curve_k)
-        parts = [pd.DataFrame({"query_id": [], "label": [], **cols})]
-        curves, interps = [prec], [interp]
-    per_query = pd.concat(parts, ignore_index=True)
-    return RankingStats(per_query, np.concatenate(curves), np.concatenate(interps), length)
+    if len(query_labels) != len(queries) or len(database_labels) != len(database):
+        raise ValueError("labels do not line up with the feature rows")
+    judgements = Judgements.from_labels(query_labels, database_labels, exclude)
+    rankings = full_ranking(queries, database, exclude=exclude, block_size=block_size)
+    return evaluate(rankings, judgements, ks, curve_k, ap, query_ids, query_labels)
 
 
 def per_query_metrics(queries: np.ndarray, database: np.ndarray, query_labels: Sequence,
@@ -205,42 +256,6 @@ def metric_columns(per_query: pd.DataFrame) -> list[str]:
 def summary_name(column: str) -> str:
     """Per-query column to summary key: ``ap`` → ``map``, ``ap@10`` → ``map@10``."""
     return "m" + column if column.startswith("ap") else column
-
-
-def bootstrap_ci(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap CI of the (NaN-skipping) mean of each column of ``values``.
-
-    Queries are resampled jointly for all columns (``scipy.stats.bootstrap``, seeded).
-    Fewer than two finite values in a column, or ``n_bootstrap < 1``: NaN bounds.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim == 1:
-        values = values[:, None]
-    n, m = values.shape
-    nan = np.full(m, np.nan)
-    if n_bootstrap < 1 or n < 2:
-        return nan, nan.copy()
-
-    def nanmean(x: np.ndarray, axis: int) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(x, axis=axis)
-
-    from scipy import stats  # imported where used: over a second that most importers never need
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap((values,), nanmean, n_resamples=int(n_bootstrap), axis=0,
-                              vectorized=True, method="percentile", confidence_level=level,
-                              batch=max(1, (1 << 22) // max(1, n * m)),
-                              rng=np.random.default_rng(seed))
-    lo = np.atleast_1d(np.asarray(res.confidence_interval.low, dtype=np.float64))
-    hi = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=np.float64))
-    few = np.isfinite(values).sum(axis=0) < 2
-    lo[few] = np.nan
-    hi[few] = np.nan
-    return lo, hi
 
 
 def _number(x: float) -> float | None:
@@ -269,52 +284,6 @@ def summarize(per_query: pd.DataFrame, n_database: int, n_bootstrap: int = 1000,
         out["n_queries_without_relevant"] = int((per_query["n_relevant"] == 0).sum())
     out["ci95"] = {summary_name(c): [_number(a), _number(b)] for c, a, b in zip(columns, lo, hi)}
     return out
-
-
-def paired_test(ap_a: Sequence[float], ap_b: Sequence[float], n_permutations: int = 10000,
-                seed: int = 0) -> dict:
-    """Paired comparison of per-query scores of two methods on the same queries.
-
-    Returns ``n`` (pairs with both values finite), ``mean_diff`` (mean of a − b), the
-    two-sided paired sign-flip permutation p-value ``p_permutation`` (exact enumeration
-    when 2**n ≤ n_permutations, else ``n_permutations`` seeded random flips, with the
-    +1 correction) and scipy's Wilcoxon signed-rank ``p_wilcoxon``. All differences
-    zero gives p = 1 for both; no pairs gives NaN.
-    """
-    a = np.asarray(ap_a, dtype=np.float64)
-    b = np.asarray(ap_b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired_test needs two 1-D arrays of the same length, got {a.shape}, {b.shape}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
-    n = int(d.size)
-    result = {"n": n, "mean_diff": float(d.mean()) if n else float("nan"),
-              "p_permutation": float("nan"), "p_wilcoxon": float("nan")}
-    if n == 0:
-        return result
-    if np.all(d == 0):
-        result.update(p_permutation=1.0, p_wilcoxon=1.0)
-        return result
-    observed = abs(d.mean())
-    tol = 1e-12 * max(1.0, observed)
-    if n <= 20 and 2 ** n <= n_permutations:
-        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
-        null = np.abs(signs @ d) / n
-        result["p_permutation"] = float(np.mean(null >= observed - tol))
-    else:
-        rng = np.random.default_rng(seed)
-        count, done = 0, 0
-        chunk = max(1, (1 << 22) // n)
-        while done < n_permutations:
-            size = min(chunk, n_permutations - done)
-            signs = rng.choice(np.array([-1.0, 1.0]), size=(size, n))
-            count += int(np.sum(np.abs(signs @ d) / n >= observed - tol))
-            done += size
-        result["p_permutation"] = float((count + 1) / (n_permutations + 1))
-    from scipy import stats
-
-    result["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
-    return result
 
 
 def pk_curve(precision_at: np.ndarray, n_bootstrap: int = 0, seed: int = 0) -> pd.DataFrame:
@@ -347,40 +316,4 @@ def per_class(per_query: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error), NaN kept as NaN and left out of the family.
-
-    Sorted ascending, the i-th of m p-values becomes ``max_{j<=i} min(1, (m - j) p_(j))``.
-    """
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out
-
-
-def all_pairs_tests(ap: Mapping[str, pd.Series], n_permutations: int = 10000, seed: int = 0) -> pd.DataFrame:
-    """:func:`paired_test` of every pair of methods (``a`` listed before ``b``) on their common queries,
-    with Holm-adjusted permutation p-values over the whole family (``p_holm``).
-
-    ``ap`` maps method -> per-query AP indexed by query id. Columns: ``a, b, n, mean_diff_ap`` (a − b),
-    ``p_permutation, p_wilcoxon, p_holm``.
-    """
-    names = list(ap)
-    rows = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            left = ap[a]
-            right = ap[b].reindex(left.index)
-            test = paired_test(left.to_numpy(), right.to_numpy(), n_permutations, seed)
-            rows.append({"a": a, "b": b, "n": test["n"], "mean_diff_ap": test["mean_diff"],
-                         "p_permutation": test["p_permutation"], "p_wilcoxon": test["p_wilcoxon"]})
-    frame = pd.DataFrame(rows, columns=["a", "b", "n", "mean_diff_ap", "p_permutation", "p_wilcoxon"])
-    frame["p_holm"] = holm(frame["p_permutation"].to_numpy()) if len(frame) else []
-    return frame
 

@@ -18,6 +18,9 @@ one experiment never overwrites another dataset's outputs::
     reports/<ds>/tables/                the report's tables as CSV and LaTeX
     reports/<ds>/figures/               PNG + PDF + figures.json
     reports/<ds>/report.md
+    reports/<ds>/feedback/              relevance feedback, simulated user: metrics.json, rounds.csv, tests.csv,
+                                        table.md, table.tex, p10_rounds.png + .pdf
+    data/feedback/<ds>/rankings.csv     what the simulated user was shown (and marked) in every round
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from cbir.errors import CbirError
 
 #: the plot tables the evaluate stage writes into ``reports/<ds>/plots/``
 PLOT_TABLES = ("pk", "pr", "per_class", "per_query", "significance")
+#: the files the feedback stage writes into ``reports/<ds>/feedback/``
+FEEDBACK_FILES = ("metrics.json", "rounds.csv", "tests.csv", "table.md", "table.tex", "p10_rounds.png",
+                  "p10_rounds.pdf")
 
 
 def dataset_name(params: Mapping) -> str:
@@ -146,6 +152,22 @@ class Layout:
     @property
     def report(self) -> Path:
         return self.reports_dir / "report.md"
+
+    # relevance feedback -------------------------------------------------------------------
+    @property
+    def feedback_dir(self) -> Path:
+        """``reports/<ds>/feedback/``: the simulated-user evaluation's metrics, tables and figure."""
+        return self.reports_dir / "feedback"
+
+    def feedback_file(self, name: str) -> Path:
+        if name not in FEEDBACK_FILES:
+            raise ValueError(f"unknown feedback file {name!r}; expected one of {FEEDBACK_FILES}")
+        return self.feedback_dir / name
+
+    @property
+    def feedback_rankings(self) -> Path:
+        """``data/feedback/<ds>/rankings.csv``: the top-k the simulated user saw in every round."""
+        return self.root / "data" / "feedback" / self.dataset / "rankings.csv"
 
 
 def metrics_files(root: str | Path) -> list[Path]:

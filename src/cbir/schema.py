@@ -33,7 +33,7 @@ class Rule:
         return (value is None and self.nullable) or (value is not None and self.test(value))
 
     @property
-    def orNull(self) -> "Rule":  # noqa: N802 (reads as a word in the table below)
+    def or_null(self) -> "Rule":
         return Rule(f"{self.expected} or null", self.test, True)
 
 
@@ -87,56 +87,60 @@ COUNT = integer(0)
 CURATE = {"min_side": POSITIVE, "max_pixels": integer(1, 2 ** 31), "min_per_class": POSITIVE, "dedupe": BOOL}
 DATASET = {
     "name": NAME, "source": one_of("tuxpaint", "corel1k", "fashion_mnist", "folder", "synthetic"),
-    "root": STRING.orNull, "debian_package": STRING.orNull, "urls": list_of(STRING).orNull,
-    "sha256": SHA256.orNull, "archive": STRING.orNull, "folder": STRING.orNull,
-    "per_class": POSITIVE.orNull, "parts": list_of(one_of("train", "test"), 1, True).orNull,
+    "root": STRING.or_null, "debian_package": STRING.or_null, "urls": list_of(STRING).or_null,
+    "sha256": SHA256.or_null, "archive": STRING.or_null, "folder": STRING.or_null,
+    "per_class": POSITIVE.or_null, "parts": list_of(one_of("train", "test"), 1, True).or_null,
     "curate": CURATE, "n_classes": POSITIVE, "size": integer(8, 4096), "seed": SEED,
     "format": one_of("png", "jpeg", "jpg"), "quality": integer(1, 100), "drop_variants": BOOL,
 }
-SPLIT = {"protocol": one_of("holdout", "leave_one_out", "predefined"), "queries_per_class": POSITIVE.orNull,
-         "query_fraction": number(0, 1, open_lo=True).orNull, "seed": SEED}
-FAISS = {"nlist": POSITIVE.orNull, "nprobe": POSITIVE.orNull, "m": POSITIVE.orNull, "nbits": integer(1, 16).orNull,
-         "M": POSITIVE.orNull, "efSearch": POSITIVE.orNull, "efConstruction": POSITIVE.orNull,
-         "refine": POSITIVE.orNull, "gpu": BOOL}
+SPLIT = {"protocol": one_of("holdout", "leave_one_out", "predefined"), "queries_per_class": POSITIVE.or_null,
+         "query_fraction": number(0, 1, open_lo=True).or_null, "seed": SEED}
+FAISS = {"nlist": POSITIVE.or_null, "nprobe": POSITIVE.or_null, "m": POSITIVE.or_null, "nbits": integer(1, 16).or_null,
+         "M": POSITIVE.or_null, "efSearch": POSITIVE.or_null, "efConstruction": POSITIVE.or_null,
+         "refine": POSITIVE.or_null, "gpu": BOOL}
 INDEX = one_of("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw", "flat", "ivf", "ivfpq", "hnsw")
 #: a method's own search settings (``retrieval.per_method.<method>``), over the global ones
-SEARCH = {"rerank": ANY_MAPPING.orNull, "index": INDEX, "faiss": FAISS}
+SEARCH = {"rerank": ANY_MAPPING.or_null, "index": INDEX, "faiss": FAISS}
 RETRIEVAL = {"k": integer(1, 100_000), "block_size": integer(1, 1_000_000), "index": INDEX, "faiss": FAISS,
              "per_method": ("named", SEARCH)}
 EVALUATION = {"ks": list_of(integer(1, 100_000), 1, True), "n_bootstrap": integer(0, 1_000_000),
-              "n_permutations": integer(0, 10_000_000), "seed": SEED, "baseline": NAME.orNull,
-              "curve_k": integer(1, 100_000).orNull}
+              "n_permutations": integer(0, 10_000_000), "seed": SEED, "baseline": NAME.or_null,
+              "curve_k": integer(1, 100_000).or_null}
 FIGURES = {"n_queries": COUNT, "seed": SEED, "thumb_size": integer(16, 2048), "dpi": integer(10, 1200),
            "n_pairs": COUNT, "n_examples": COUNT, "pca_dims": integer(2, 4096), "tsne_max_points": COUNT,
            "tsne_iterations": integer(250, 100_000),
-           "tsne_perplexity": number(0, open_lo=True), "methods": list_of(NAME, 1).orNull,
-           "width": number(0, open_lo=True).orNull, "font_size": number(0, open_lo=True).orNull}
+           "tsne_perplexity": number(0, open_lo=True), "methods": list_of(NAME, 1).or_null,
+           "width": number(0, open_lo=True).or_null, "font_size": number(0, open_lo=True).or_null}
+FEEDBACK = {"rounds": integer(0, 100), "top_k": integer(1, 10_000),
+            "methods": list_of(one_of("rocchio", "svm"), 1, True), "alpha": number(0), "beta": number(0),
+            "gamma": number(0), "svm_c": number(0, open_lo=True), "seed": SEED}
 SERVE = {"max_upload_mb": number(0, 1024, open_lo=True), "thumb_size": integer(16, 2048),
          "max_query_pixels": integer(1, 2 ** 31), "max_concurrent": integer(1, 64),
          "queue_timeout_s": number(0, 600), "request_timeout_s": number(0, 3600, open_lo=True)}
-EXTRACT = {"engine": one_of("local", "ray"), "num_workers": integer(0, 256).orNull,
+EXTRACT = {"engine": one_of("local", "ray"), "num_workers": integer(0, 256).or_null,
            "compile": Rule("auto, true or false", lambda v: v == "auto" or isinstance(v, bool)),
-           "runtime": one_of("auto", "torch", "openvino"), "precision": one_of("auto", "fp32", "bf16"),
-           "ray": {"num_actors": POSITIVE.orNull, "batch_size": POSITIVE, "object_store_memory": POSITIVE.orNull,
-                   "address": STRING.orNull}}
-BACKBONE = {"arch": STRING, "source": STRING, "package": STRING.orNull, "version": STRING.orNull,
-            "member": STRING.orNull, "sha256": SHA256.orNull, "file": STRING.orNull, "url": STRING.orNull,
+           "runtime": one_of("auto", "torch", "openvino"), "precision": one_of("auto", "fp32", "bf16", "int8"),
+           "calibration": {"size": integer(1, 100_000), "seed": SEED},
+           "ray": {"num_actors": POSITIVE.or_null, "batch_size": POSITIVE, "object_store_memory": POSITIVE.or_null,
+                   "address": STRING.or_null}}
+BACKBONE = {"arch": STRING, "source": STRING, "package": STRING.or_null, "version": STRING.or_null,
+            "member": STRING.or_null, "sha256": SHA256.or_null, "file": STRING.or_null, "url": STRING.or_null,
             "image_size": integer(16, 4096), "batch_size": integer(1, 4096), "allow_unverified": BOOL,
-            "weights": STRING.orNull, "format": one_of("torch", "flax_vgg16"), "_target_": STRING,
+            "weights": STRING.or_null, "format": one_of("torch", "flax_vgg16"), "_target_": STRING,
             "params": ANY_MAPPING}
 REQUIRES = Rule("a path or a list of paths",
                 lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)), True)
 METHOD = {"kind": one_of("deep", "handcrafted", "precomputed"), "backbone": NAME, "pooling": STRING,
           "pooling_params": ANY_MAPPING, "descriptor": STRING, "params": ANY_MAPPING, "_target_": STRING,
           "file": STRING, "requires": {"code": REQUIRES, "data": REQUIRES}, "search": ANY_MAPPING,
-          "rerank": ANY_MAPPING.orNull, "whiten": Rule("a mapping, true, false or null",
+          "rerank": ANY_MAPPING.or_null, "whiten": Rule("a mapping, true, false or null",
                                                        lambda v: isinstance(v, (Mapping, bool)), True),
-          "scales": list_of(number(0, open_lo=True), 1).orNull, "image_size": integer(16, 4096),
+          "scales": list_of(number(0, open_lo=True), 1).or_null, "image_size": integer(16, 4096),
           "batch_size": integer(1, 4096)}
 SCHEMA: dict = {
     "seed": SEED, "device": text(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:<n> or mps"),
     "dataset": DATASET, "curate": CURATE, "split": SPLIT, "retrieval": RETRIEVAL, "evaluation": EVALUATION,
-    "figures": FIGURES, "serve": SERVE, "extract": EXTRACT,
+    "feedback": FEEDBACK, "figures": FIGURES, "serve": SERVE, "extract": EXTRACT,
     "backbones": ("named", BACKBONE), "methods": ("named", METHOD),
 }
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.app.decode import DEFAULT_MAX_PIXELS, decode_image_bytes, open_query_image
+from cbir.app.decode import DEFAULT_MAX_PIXELS, check_shape, decode_image_bytes, open_query_image
 from cbir.data.curate import pixel_hash
 from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
@@ -239,8 +239,10 @@ class QueryEngine:
         return cls(db, QueryEmbedder.from_params(params, method, Path(root)), root=Path(root),
                    **query_settings(params))
 
-    def embed(self, image: Image.Image) -> np.ndarray:
-        """The image's L2-normalised descriptor ``[1, D]``."""
+    def embed(self, image: Image.Image, name: str = "query") -> np.ndarray:
+        """The image's L2-normalised descriptor ``[1, D]``. Its shape is checked first (a region cut from an
+        image, too, is refused beyond 50:1 or when the method's resize would exceed the pixel budget)."""
+        check_shape(name, image.size, self.max_pixels, self.resize_side)
         with self._lock:
             return self.embedder.embed([image])
 
@@ -297,6 +299,8 @@ class QueryEngine:
         """:meth:`query_image` for a batch, embedded together (what ``cbir query DIR`` runs)."""
         if not images:
             return []
+        for image, source in zip(images, sources):
+            check_shape(source, image.size, self.max_pixels, self.resize_side)
         with self._lock:
             vectors = self.embedder.embed(list(images))
         answers = []

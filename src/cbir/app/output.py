@@ -24,12 +24,14 @@ from cbir.app.engine import (
     open_query_image,
     query_settings,
 )
+from cbir.app.feedback import crop_box, display_size, feedback_answer, feedback_marks, parse_box
 from cbir.data.images import ImageError
 from cbir.errors import CbirError
 from cbir.figures.style import save_figure
 from cbir.figures.thumbnails import thumbnail
 from cbir.figures.trials import sample_trials_figure
 from cbir.fileio import atomic_path, sha256_file
+from cbir.search.feedback import FeedbackSettings
 
 log = logging.getLogger("cbir")
 
@@ -42,6 +44,13 @@ BATCH = 16
 
 #: the largest --k accepted (retrieval.k's own bound in the schema)
 MAX_K = 100_000
+
+
+def mark_lists(values) -> list[str]:
+    """Image ids of repeated ``--relevant`` / ``--irrelevant`` values (``"a,b"`` each), in order, once each."""
+    if isinstance(values, str):
+        values = [values]
+    return list(dict.fromkeys(i.strip() for v in values or () for i in str(v).split(",") if i.strip()))
 
 
 def format_table(answer: dict) -> str:
@@ -57,6 +66,14 @@ def format_table(answer: dict) -> str:
     q = answer["query"]
     known = f"{q['image_id']} (label {q['label']})" if q.get("image_id") else "not in the dataset"
     title = f"query {q.get('source')}: {known}; method {answer['method']}, top-{answer['k']} by cosine similarity"
+    if q.get("box"):
+        title += f"; region {','.join(map(str, q['box']))}"
+    fb = answer.get("feedback")
+    if fb:
+        header = header[:3] + ("score",) + header[4:]
+        title += (f"\nfeedback round {fb['round']}: {fb['method']} ({len(fb['relevant'])} relevant, "
+                  f"{len(fb['irrelevant'])} irrelevant marked; marked images left out)"
+                  + (f"; {fb['note']}" if fb.get("note") else ""))
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -188,12 +205,15 @@ def _batch_answers(engine: QueryEngine, paths: list[Path], k: int, exclude_self:
 
 def run_query(params: dict, root: Path, image, method: str | None = None, k: int | None = None,
               figure: str | os.PathLike | None = None, as_json: bool = False, out: str | os.PathLike | None = None,
-              exclude_self: bool = False, quiet: bool = False) -> dict | list[dict]:
+              exclude_self: bool = False, quiet: bool = False, relevant=(), irrelevant=(),
+              feedback: str | None = None, box: str | None = None) -> dict | list[dict]:
     """``cbir query``: check the inputs (cheap) before loading the model, then print or save the ranking.
 
     ``image`` is one path or a list of files, folders and globs; several queries are ranked in
     batches with a progress bar (``quiet`` hides it) and, with ``out``, saved as CSV or JSON.
     ``exclude_self`` drops each query's own database entry (matched by file or pixel hash).
+    ``relevant`` / ``irrelevant`` (one ``"ID,ID"`` string per round) re-rank one query with relevance
+    feedback (``feedback``: rocchio | svm), and ``box`` (``"x0,y0,x1,y1"``) queries a region of it.
     """
     root = Path(root)
     method = method or default_method(params)
@@ -206,6 +226,11 @@ def run_query(params: dict, root: Path, image, method: str | None = None, k: int
     paths = expand_queries(list(image) if isinstance(image, (list, tuple)) else [image])
     if len(paths) > 1 and figure is not None:
         raise CbirError("--figure draws one query: give a single image")
+    rel_ids, irr_ids, rounds = mark_lists(relevant), mark_lists(irrelevant), max(len(relevant), len(irrelevant))
+    region = parse_box(box) if box is not None else None
+    if len(paths) > 1 and (rounds or region):
+        raise CbirError("--relevant, --irrelevant and --box refine one query: give a single image")
+    fb_settings = FeedbackSettings.from_config(params.get("feedback") or {}, feedback)
     db = load_database(params, method, root)
     if len(paths) > 1:
         engine = QueryEngine.from_params(params, method, root, db=db)
@@ -217,11 +242,23 @@ def run_query(params: dict, root: Path, image, method: str | None = None, k: int
         return answers
     start = time.perf_counter()
     decoded = open_query_image(paths[0], settings["max_pixels"])  # a bad image fails before the model loads
+    if region is not None:
+        decoded = crop_box(decoded, region, display_size(paths[0]))
+    if rounds:
+        feedback_marks(db, rel_ids, irr_ids)  # an unknown id fails before the model loads
     decode_ms = (time.perf_counter() - start) * 1e3
     engine = QueryEngine.from_params(params, method, root, db=db)
     check_shape(str(paths[0]), decoded.size, settings["max_pixels"], engine.resize_side)  # the method's resize
     digest = sha256_file(paths[0])
-    answer = engine.query_image(decoded, k, engine.describe_query(digest, str(paths[0])), exclude_self, digest)
+    described = engine.describe_query(digest, str(paths[0]))
+    if region is not None:
+        described["box"] = list(region)
+    if rounds:
+        vector = engine.embed(decoded)
+        exclude = engine.own_entry(decoded, vector, digest) if exclude_self else -1
+        answer = feedback_answer(engine, vector, k, described, rel_ids, irr_ids, fb_settings, rounds, exclude)
+    else:
+        answer = engine.query_image(decoded, k, described, exclude_self, digest)
     answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
     if figure is not None:
         written = write_query_figure(answer, decoded, root, Path(figure))

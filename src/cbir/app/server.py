@@ -40,6 +40,7 @@ from werkzeug.routing import PathConverter
 
 from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, MAX_ASPECT_RATIO, check_budget, decode_query
 from cbir.app.engine import QueryEngine, load_database
+from cbir.app.feedback import refine_request
 from cbir.app.forms import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, MalformedForm, TooManyParts, UploadRequest
 from cbir.app.wsgi import BoundedServer
 from cbir.data.images import ImageError
@@ -255,6 +256,29 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
     def api_search():
         try:
             answer, _ = run_search()
+        except Busy as exc:
+            return busy(app.make_response((jsonify(error=str(exc)), 503)), exc)
+        except CbirError as exc:
+            return jsonify(error=str(exc)), 400
+        return jsonify(answer)
+
+    # relevance feedback and region queries of a dataset image (cbir.app.feedback.refine_request)
+    @app.get("/refine")
+    def refine():
+        try:
+            answer = gate.run(refine_request, pick_engine(request.args.get("method")), params, root, request.args)
+        except Busy as exc:
+            body, status = page(503, error=str(exc))
+            return busy(app.make_response((body, status)), exc)
+        except CbirError as exc:
+            return page(400, error=str(exc))
+        return page(answer=answer, query_src=url_for("thumb", image_id=answer["query"]["image_id"]),
+                    method=answer["method"])
+
+    @app.get("/api/refine")
+    def api_refine():
+        try:
+            answer = gate.run(refine_request, pick_engine(request.args.get("method")), params, root, request.args)
         except Busy as exc:
             return busy(app.make_response((jsonify(error=str(exc)), 503)), exc)
         except CbirError as exc:

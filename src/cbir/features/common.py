@@ -12,8 +12,14 @@ def max_pixels(params: Mapping) -> int:
     return int((params.get("curate") or {}).get("max_pixels", 40_000_000))
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """float32 rows scaled to unit L2 norm (all-zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """One vector ``[D]``, or each row of ``[N, D]``, as ``dtype`` scaled to unit L2 norm.
+
+    A vector or row of norm 0 (all zero) comes back as it is, and so does one with a NaN, so a later
+    finiteness check still sees it.  numpy takes a single vector's norm as a dot product and the rows'
+    norms as sums of squares; the two can round differently in the last bit, and each is what the
+    features of its callers have always been computed with.
+    """
+    vectors = np.asarray(vectors, dtype=dtype)
+    norms = np.linalg.norm(vectors) if vectors.ndim == 1 else np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -31,15 +31,7 @@ from cbir.config import method_config
 from cbir.data.images import shrink
 from cbir.errors import CbirError
 from cbir.features.common import max_pixels, unit_rows
-from cbir.features.handcrafted import (
-    config_working_side,
-    describe_config,
-    describe_files,
-    unit,
-)
-
-if TYPE_CHECKING:
-    pass
+from cbir.features.handcrafted import config_working_side, describe_config, describe_files
 
 KINDS = ("deep", "handcrafted", "precomputed")
 
@@ -47,7 +39,7 @@ KINDS = ("deep", "handcrafted", "precomputed")
 # --------------------------------------------------------------------------- handcrafted
 
 
-#: one descriptor or a fusion, on a decoded image (kept here under its old name)
+#: one descriptor or a fusion, on a decoded image: :func:`describe_config`, the name the tests import from here
 describe_image = describe_config
 
 
@@ -68,11 +60,11 @@ class HandcraftedMethod:
 
     def __post_init__(self):
         probe = np.full((64, 64, 3), 127, dtype=np.uint8)
-        self.dim = int(describe_image(self.config, probe).shape[0])
+        self.dim = int(describe_config(self.config, probe).shape[0])
         self.max_side = config_working_side(self.config)
 
     def describe_array(self, image: np.ndarray) -> np.ndarray:
-        return unit(describe_image(self.config, image))
+        return unit_rows(describe_config(self.config, image))
 
     def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
                 num_workers: int | None = None) -> dict:
@@ -84,7 +76,7 @@ class HandcraftedMethod:
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             raise CbirError("no images to embed")
-        return unit_rows(np.stack([describe_image(self.config, np.asarray(shrink(im.convert("RGB"), self.max_side)))
+        return unit_rows(np.stack([describe_config(self.config, np.asarray(shrink(im.convert("RGB"), self.max_side)))
                                    for im in images]))
 
 

@@ -16,6 +16,10 @@ from matplotlib.figure import Figure
 from cbir.figures.gallery import Cell, gallery_figure
 from cbir.figures.style import (
     IRRELEVANT,
+    MAX_CURVES_PER_PANEL,
+    METHOD_MARKERS,
+    MIN_PRINTED_PT,
+    PRINTED_WIDTH_IN,
     QUERY,
     STYLE,
     class_colours,
@@ -62,55 +66,89 @@ def comparison_figure(metrics: dict, baseline: str | None = None):
 
 
 def curves_figure(curves: pd.DataFrame, x: str, xlabel: str, ylabel: str, title: str,
-                  methods: Sequence[str] | None = None, xlim: tuple | None = None):
-    """One line per ``method`` of ``curves`` (columns ``method, <x>, precision[, lo, hi]``) with its band."""
+                  methods: Sequence[str] | None = None, xlim: tuple | None = None, bands: bool | None = None):
+    """One line per ``method`` of ``curves`` (columns ``method, <x>, precision[, lo, hi]``), each with its
+    colour and marker shape; at most ``MAX_CURVES_PER_PANEL`` per panel (more methods: panels stacked
+    one above the other, sharing both axes). ``bands`` (95% bands from ``lo``/``hi``): default only where a panel has at most
+    3 curves, where they stay readable."""
     methods = list(methods) if methods is not None else list(dict.fromkeys(curves["method"]))
     colours = method_colours(methods)
+    n_panels = max(1, -(-len(methods) // MAX_CURVES_PER_PANEL))
+    per = -(-len(methods) // n_panels) if methods else 0
+    groups = [methods[i:i + per] for i in range(0, len(methods), per)] or [[]]
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(3.6 + 1.4, 2.8))  # room for the legend, outside the data, on the right
-        ax = fig.subplots()
-        for method in methods:
-            part = curves[curves["method"] == method].sort_values(x)
-            if part.empty:
-                continue
-            ax.plot(part[x], part["precision"], color=colours[method], label=shorten(method, 24),
-                    marker="o" if len(part) <= 12 else None, markersize=2.5)
-            if {"lo", "hi"} <= set(part.columns) and part[["lo", "hi"]].notna().any().any():
-                ax.fill_between(part[x], part["lo"], part["hi"], color=colours[method], alpha=0.18, linewidth=0)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1.02)
-        if xlim is not None:
-            ax.set_xlim(*xlim)
-        if pd.api.types.is_integer_dtype(curves[x]):
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_title(title)
-        ax.grid(True, linewidth=0.3, alpha=0.5)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        # panels stacked (the width stays a page's), room for each legend outside the data on the right
+        fig = Figure(figsize=(5.0, 2.8 + 2.2 * (len(groups) - 1)))
+        axes = fig.subplots(len(groups), 1, squeeze=False, sharex=True, sharey=True)[:, 0]
+        for ax, group in zip(axes, groups):
+            show_bands = bands if bands is not None else len(group) <= 3
+            for i, method in enumerate(group):
+                part = curves[curves["method"] == method].sort_values(x)
+                if part.empty:
+                    continue
+                ax.plot(part[x], part["precision"], color=colours[method], label=shorten(method, 24),
+                        marker=METHOD_MARKERS[i % len(METHOD_MARKERS)], markersize=3,
+                        markevery=max(1, len(part) // 10))
+                if show_bands and {"lo", "hi"} <= set(part.columns) and part[["lo", "hi"]].notna().any().any():
+                    ax.fill_between(part[x], part["lo"], part["hi"], color=colours[method], alpha=0.18,
+                                    linewidth=0)
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 1.02)
+            if xlim is not None:
+                ax.set_xlim(*xlim)
+            if pd.api.types.is_integer_dtype(curves[x]):
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(True, linewidth=0.3, alpha=0.5)
+            if group:
+                ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        axes[-1].set_xlabel(xlabel)
+        if len(groups) == 1:
+            axes[0].set_title(title)
+        else:
+            fig.suptitle(title, fontsize=9)
         fig.tight_layout()
     return fig
 
 
 def per_class_heatmap(per_class: pd.DataFrame, value: str = "p@10", methods: Sequence[str] | None = None,
                       title: str = "P@10 per class"):
-    """Methods (rows) x classes (columns) heat map of ``value`` from ``per_class.csv``."""
+    """Heat map of ``value`` from ``per_class.csv``: methods x classes, transposed (classes as rows) when
+    there are more classes than methods, so the columns are the fewer.
+
+    Sized for the printed page (``PRINTED_WIDTH_IN``): the cell numbers are ``MIN_PRINTED_PT`` points or
+    more once the figure is printed at that width, and are left out (the colour bar remains) where the
+    columns are too many for that.
+    """
     methods = list(methods) if methods is not None else list(dict.fromkeys(per_class["method"]))
     table = per_class.pivot_table(index="method", columns="label", values=value, aggfunc="first", dropna=False)
     table = table.reindex(index=methods, columns=sorted(table.columns))
-    n_m, n_c = table.shape
+    transposed = table.shape[1] > table.shape[0]
+    if transposed:
+        table = table.T
+    n_r, n_c = table.shape
     with matplotlib.rc_context(STYLE):
-        longest = max([len(shorten(c, 20)) for c in table.columns] + [1])
-        fig = Figure(figsize=(min(18.0, 2.2 + 0.42 * n_c), 1.0 + 0.32 * n_m + 0.05 * longest))
+        cell_font = MIN_PRINTED_PT
+        row_names = [shorten(str(r), 22) for r in table.index]
+        col_names = [shorten(str(c), 22) for c in table.columns]
+        label_w = 0.35 + 0.058 * max([len(n) for n in row_names] + [1])  # y tick labels (7 pt) and y label
+        colorbar_w = 0.65
+        text_w = cell_font * 2.3 / 72.0 + 0.03  # "0.00" at cell_font points, with a margin
+        cell_w = min(0.6, max(text_w, (PRINTED_WIDTH_IN - label_w - colorbar_w) / max(n_c, 1)))
+        width = label_w + colorbar_w + cell_w * n_c
+        numbers = width <= PRINTED_WIDTH_IN * 1.001  # else printed smaller than cell_font: colours only
+        height = 0.9 + 0.055 * max([len(n) for n in col_names] + [1]) + 0.26 * n_r
+        fig = Figure(figsize=(max(width, 3.0), height))
         ax = fig.subplots()
         image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(n_c), [shorten(c, 20) for c in table.columns], rotation=45, ha="right")
-        ax.set_yticks(range(n_m), [shorten(m, 22) for m in table.index])
-        ax.set_xlabel("class")
+        ax.set_xticks(range(n_c), col_names, rotation=45, ha="right")
+        ax.set_yticks(range(n_r), row_names)
+        ax.set_xlabel("method" if transposed else "class")
+        ax.set_ylabel("class" if transposed else "")
         ax.set_title(title)
-        if n_c * n_m <= 600:
+        if numbers:
             for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=cell_font,
                             color="black" if v > 0.6 else "white")
         for spine in ax.spines.values():
             spine.set_visible(False)

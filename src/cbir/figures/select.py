@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from cbir.errors import CbirError
-from cbir.evaluation import bootstrap_ci
 from cbir.figures.style import MIN_TSNE_POINTS
+from cbir.statistics import bootstrap_ci
 
 
 def pick_queries(query_ids: list[str], n: int, seed: int) -> list[str]:

@@ -23,13 +23,21 @@ from matplotlib.figure import Figure
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path
 
-RELEVANT = "#1a9850"
-
-
-IRRELEVANT = "#d73027"
-
-
-QUERY = "#2166ac"
+#: trial frames, colour-blind safe (Okabe-Ito blue and vermillion, told apart under every common colour
+#: vision deficiency and in grey scale) and never by colour alone: each result also carries a mark
+RELEVANT = "#0072b2"
+IRRELEVANT = "#d55e00"
+QUERY = "#000000"
+#: the mark of a relevant (filled circle) and an irrelevant (cross) result, matplotlib marker codes
+RELEVANT_MARK, IRRELEVANT_MARK = "o", "X"
+#: marker shapes beside method colours on curves (one per curve of a panel)
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P")
+#: curves per panel at most; more methods are faceted into panels of this many
+MAX_CURVES_PER_PANEL = 6
+#: the width a figure is printed at: an ``article`` page's ``\textwidth`` (345 pt), in inches
+PRINTED_WIDTH_IN = 345.0 / 72.27
+#: the smallest text size, in points at the printed size, of numbers written inside a chart
+MIN_PRINTED_PT = 8.0
 
 
 #: Okabe-Ito colours (colour-blind safe) for methods ...

@@ -10,7 +10,7 @@ import pandas as pd
 
 from cbir.errors import CbirError
 from cbir.figures.gallery import Cell, gallery_figure
-from cbir.figures.style import IRRELEVANT, QUERY, RELEVANT
+from cbir.figures.style import IRRELEVANT, IRRELEVANT_MARK, QUERY, RELEVANT, RELEVANT_MARK
 from cbir.figures.thumbnails import Thumbnails, shorten
 
 
@@ -46,7 +46,8 @@ def sample_trials_figure(trials: list[dict], thumb_size: int = 128, title: str =
 
     ``trials``: dicts with ``query`` ({image, label, image_id}) and ``results`` (a list of
     {image, label, image_id, rank, score, relevant}) in retrieval order.  Each result is captioned
-    ``#rank  cosine`` and its label, framed green (same class as the query) or red.
+    ``#rank  cosine`` and its label, framed blue and marked with a filled circle when it has the query's
+    class, framed vermillion and marked with a cross when not (colour-blind safe: shape and colour).
     ``row_labels`` (one per trial) are written beside the query, e.g. why it was chosen.
     """
     if not trials:
@@ -63,7 +64,27 @@ def sample_trials_figure(trials: list[dict], thumb_size: int = 128, title: str =
             row.append(Cell(res["image"], f"#{res['rank']}  {res['score']:.3f}\n{shorten(res['label'])}",
                             frame=colour, colour=colour))
         rows.append(row)
-    return gallery_figure(rows, [1.2] * ncols, image_height=1.0, row_labels=row_labels, title=title)
+    fig = gallery_figure(rows, [1.2] * ncols, image_height=1.0, row_labels=row_labels, title=title)
+    _mark_results(fig.axes[0], [[r["relevant"] for r in t["results"]] for t in trials])
+    return fig
+
+
+def _mark_results(ax, relevant: list[list[bool]], inset: float = 0.09) -> None:
+    """A mark in the top-right corner of each result's frame (the gallery's patches: per row the query's
+    frame, then one per result): ``RELEVANT_MARK`` or ``IRRELEVANT_MARK``, white-edged to show on any image."""
+    frames = iter(ax.patches)
+    corners = {True: ([], []), False: ([], [])}
+    for row in relevant:
+        next(frames)  # the query's frame
+        for hit, frame in zip(row, frames):
+            x, y = frame.get_xy()
+            corners[bool(hit)][0].append(x + frame.get_width() - inset)
+            corners[bool(hit)][1].append(y + inset)
+    for hit, colour, mark in ((True, RELEVANT, RELEVANT_MARK), (False, IRRELEVANT, IRRELEVANT_MARK)):
+        xs, ys = corners[hit]
+        if xs:
+            ax.plot(xs, ys, linestyle="none", marker=mark, markersize=6, color=colour, markeredgecolor="white",
+                    markeredgewidth=0.8)
 
 
 def comparison_trials_figure(trials_a: list[dict], trials_b: list[dict], method_a: str, method_b: str,

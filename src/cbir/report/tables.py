@@ -1,8 +1,17 @@
 """The report's tables for a paper: the main table, the per-class tables and the paired tests, as CSV
-(numbers, for pandas) and LaTeX (booktabs; the best value per column in bold, 95% intervals in brackets).
+(numbers, for pandas) and LaTeX (booktabs; the best value per column in bold, 95% intervals below the
+means).
 
-p-values below the resolution of the permutation test (``1 / (n_permutations + 1)``) print as
-``< 1e-4`` (the next power of ten), never as ``9.999e-05``.
+Every LaTeX table fits an ``article`` page: :func:`text_width` models the width pdflatex sets a cell
+at (Computer Modern 10 pt: ``CMR10_WIDTHS``; bold and ``\\scriptsize`` scaled), and a table wider
+than ``TEXTWIDTH_PT`` is set as several ``tabular`` blocks, each repeating the first column. On the
+tables of the default experiment before this layout, the model gave 641.7, 362.8 and 80.8 pt of
+overflow where pdflatex reported 641, 362 and 80 pt. Columns with one value in every row (queries,
+database size, baseline) go to the caption. Needs ``\\usepackage{booktabs}``.
+
+p-values have one format everywhere (:func:`format_p`): 3 significant digits, ``< 1e-4`` below
+1e-4 and ``< 1e-3`` (etc.) at the resolution of the permutation test (``1 / (n_permutations + 1)``),
+never ``9.999e-05``.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import pandas as pd
 from cbir.fileio import atomic_path, write_text
 
 DECIMALS = 3
+#: p-values below this print as ``< 1e-4``
+P_FLOOR = 1e-4
 
 
 def column_header(key: str) -> str:
@@ -32,7 +43,8 @@ def table_columns(metrics: Mapping[str, Mapping]) -> list[str]:
 
 
 def format_p(p, n_permutations: int | None = None) -> str:
-    """A p-value as text: 3 significant digits; ``< 1e-4`` when it is at the permutation test's floor
+    """A p-value as text, the one format of every table and report: 3 significant digits
+    (``0.126``, ``0.0200``, ``0.000900``, ``1.00``); ``< 1e-4`` below ``P_FLOOR``; ``< 1e-k`` at the permutation test's floor
     ``1 / (n_permutations + 1)`` (the true p is below it); NaN is an en dash."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "–"
@@ -40,8 +52,10 @@ def format_p(p, n_permutations: int | None = None) -> str:
     if n_permutations:
         floor = 1.0 / (int(n_permutations) + 1)
         if p <= floor * (1 + 1e-9):
-            return f"< 1e{math.ceil(math.log10(floor))}"
-    return f"{p:.3g}"
+            return f"< 1e{max(math.ceil(math.log10(floor)), round(math.log10(P_FLOOR)))}"
+    if p < P_FLOOR:
+        return "< 1e-4"
+    return f"{p:#.3g}"
 
 
 def number_text(value) -> str:
@@ -73,14 +87,15 @@ def _bold_best(values: Sequence, bold) -> list[str]:
     return [bold(number_text(v)) if r is not None and r == best else number_text(v) for v, r in zip(values, rounded)]
 
 
-def main_display(frame: pd.DataFrame, bold) -> pd.DataFrame:
-    """``main_frame`` as text cells ``mean [lo, hi]``, the best mean of each column through ``bold``."""
+def main_display(frame: pd.DataFrame, bold, sep: str = " ") -> pd.DataFrame:
+    """``main_frame`` as text cells ``mean [lo, hi]``, the best mean of each column through ``bold``
+    (``sep="\\n"``: the interval on a line of its own, as the LaTeX table sets it)."""
     keys = [c for c in frame.columns if c not in ("method", "kind", "queries", "database")
             and not c.endswith(("_lo", "_hi"))]
     out = pd.DataFrame({"method": frame["method"]})
     for key in keys:
         means = _bold_best(frame[key].tolist(), bold)
-        out[column_header(key)] = [m if lo is None or pd.isna(lo) else f"{m} [{number_text(lo)}, {number_text(hi)}]"
+        out[column_header(key)] = [m if lo is None or pd.isna(lo) else f"{m}{sep}[{number_text(lo)}, {number_text(hi)}]"
                                    for m, lo, hi in zip(means, frame[f"{key}_lo"], frame[f"{key}_hi"])]
     out["queries"], out["database"] = frame["queries"].astype(str), frame["database"].astype(str)
     return out
@@ -121,24 +136,150 @@ def tests_display(frame: pd.DataFrame, n_permutations: int | None) -> pd.DataFra
     return out.astype(str)
 
 
-LATEX_HEADERS = {"mean_diff_ap": r"$\Delta$AP", "p_permutation": "$p$ (perm.)", "p_wilcoxon": "$p$ (Wilcoxon)",
-                 "p_holm": "$p$ (Holm)", "n": "$n$"}
+LATEX_HEADERS = {"mean_diff_ap": r"$\Delta$AP", "p_permutation": "perm.", "p_wilcoxon": "Wilcoxon",
+                 "p_holm": "Holm", "n": "$n$"}
+#: columns set under one spanning header
+LATEX_GROUPS = {"p_permutation": "$p$", "p_wilcoxon": "$p$", "p_holm": "$p$"}
+
+#: ``\textwidth`` of LaTeX's ``article`` class at 10 pt (letter and A4 paper alike), and ``\tabcolsep``
+TEXTWIDTH_PT = 345.0
+TABCOLSEP_PT = 6.0
+#: advance widths of the printable ASCII characters ``!``..``~`` in Computer Modern Roman 10 pt
+#: (cmr10's font metrics, in 1/1000 em; the codes where OT1 puts another glyph are never emitted bare)
+CMR10_WIDTHS = dict(zip(range(33, 127), map(float, """
+277.778 500 833.333 500 833.333 777.778 277.778 388.889 388.889 500 777.778 277.778 333.333 277.778 500 500 500
+500 500 500 500 500 500 500 500 277.778 277.778 277.778 777.778 472.222 472.222 777.778 750 708.333 722.222
+763.889 680.556 652.778 784.722 750 361.111 513.889 777.778 625 916.667 750 777.778 680.556 777.778 736.111
+555.556 722.222 750 750 1027.78 750 750 611.111 277.778 500 277.778 500 277.778 277.778 500 555.556 444.444
+555.556 444.444 305.556 500 555.556 277.778 305.556 527.778 277.778 833.333 555.556 500 555.556 527.778 391.667
+394.444 388.889 555.556 527.778 722.222 527.778 527.778 444.444 500 1000 500 500""".split())))
+SPACE_PT = 3.33333
+#: bold extended (cmbx10) and ``\scriptsize`` (cmr7 at 7 pt) relative to cmr10, rounded up
+BOLD_SCALE, SCRIPTSIZE_SCALE = 1.15, 0.8
+#: the widths (pt at 10 pt) of the macros the tables emit
+_MACROS = {r"\_": 3.6, r"\%": 8.33333, r"\&": 7.77778, r"\#": 8.33333, r"\$": 5.0, "$<$": 7.77778,
+           "$-$": 7.77778, r"$\Delta$": 8.33333, "$p$": 5.03, "$n$": 6.0, "--": 5.0,
+           r"\textbackslash{}": 5.0, r"\textasciitilde{}": 5.0, r"\textasciicircum{}": 5.0, r"\{": 5.0, r"\}": 5.0}
+_SCOPES = ((r"\textbf{", BOLD_SCALE), (r"{\scriptsize ", SCRIPTSIZE_SCALE))
 
 
-def to_latex(display: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs ``table`` of text cells (already formatted; ``\\textbf`` kept, names escaped)."""
-    escaped = display.copy()
-    first = escaped.columns[0]
-    escaped[first] = [_escape(v) for v in escaped[first]]
-    for column in escaped.columns[1:]:
-        if escaped[column].map(lambda v: "\\textbf" not in v).all():
-            escaped[column] = [_escape(v) for v in escaped[column]]
-    escaped.columns = [LATEX_HEADERS.get(c, _escape(str(c))) for c in escaped.columns]
-    align = "l" + "r" * (len(escaped.columns) - 1)
-    styler = escaped.style.hide(axis="index")
-    body = styler.to_latex(column_format=align, hrules=True, caption=caption, label=label, position="t",
-                           position_float="centering")
-    return body.replace("–", "--")
+def text_width(tex: str, scale: float = 1.0) -> float:
+    """Width in pt at which LaTeX sets ``tex`` (a table cell: text, the macros in ``_MACROS``,
+    ``\\textbf{…}`` and ``{\\scriptsize …}``) in Computer Modern 10 pt; unknown characters count 1 em."""
+    total, i = 0.0, 0
+    while i < len(tex):
+        for opening, factor in _SCOPES:
+            if tex.startswith(opening, i):
+                depth, j = 1, i + len(opening)
+                while j < len(tex) and depth:
+                    depth += {"{": 1, "}": -1}.get(tex[j], 0) if tex[j - 1] != "\\" else 0
+                    j += 1
+                total += text_width(tex[i + len(opening):j - 1], scale * factor)
+                i = j
+                break
+        else:
+            for macro, width in _MACROS.items():
+                if tex.startswith(macro, i):
+                    total += width * scale
+                    i += len(macro)
+                    break
+            else:
+                char = tex[i]
+                total += scale * (SPACE_PT if char == " " else CMR10_WIDTHS.get(ord(char), 1000.0) / 100.0)
+                i += 1
+    return total
+
+
+def _blocks(first: float, widths: Sequence[float], limit: float) -> list[list[int]]:
+    """Column indices (after the first) per ``tabular``: as few blocks as fit ``limit``, each led by the
+    first column, filled in order and then evened out."""
+    blocks: list[list[int]] = [[]]
+    used = first
+    for j, w in enumerate(widths):
+        if blocks[-1] and used + w > limit:
+            blocks.append([])
+            used = first
+        blocks[-1].append(j)
+        used += w
+    if len(blocks) > 1:  # same column count per block where that still fits
+        per = -(-len(widths) // len(blocks))
+        even = [list(range(a, min(a + per, len(widths)))) for a in range(0, len(widths), per)]
+        if len(even) == len(blocks) and all(first + sum(widths[j] for j in b) <= limit for b in even):
+            blocks = even
+    return blocks
+
+
+def to_latex(display: pd.DataFrame, caption: str, label: str, textwidth: float = TEXTWIDTH_PT) -> str:
+    """A booktabs ``table`` of text cells (already formatted; ``\\textbf`` kept, names escaped).
+
+    A cell ``"a\\nb"`` sets ``b`` on a second row in ``\\scriptsize`` (the interval under a mean). Columns
+    of ``LATEX_GROUPS`` share a spanning header. Wider than ``textwidth``: several ``tabular`` blocks,
+    each led by the first column (see :func:`text_width`).
+    """
+    columns = list(display.columns)
+    cells = []
+    for j, column in enumerate(columns):
+        values = [str(v) for v in display[column]]
+        if j == 0 or all("\\textbf" not in v for v in values):
+            values = [_escape(v) for v in values]
+        cells.append([v.replace("–", "--") for v in values])
+    headers = [LATEX_HEADERS.get(c, _escape(str(c))) for c in columns]
+    lines_of = [[v.split("\n") for v in col] for col in cells]
+    widths = []
+    for j, col in enumerate(lines_of):
+        lines = [text_width(headers[j])]
+        for parts in col:
+            lines += [text_width(parts[0])] + [text_width(p, SCRIPTSIZE_SCALE) for p in parts[1:]]
+        widths.append(max(lines) + 2 * TABCOLSEP_PT)
+    blocks = _blocks(widths[0], widths[1:], textwidth)
+    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}"]
+    for b, block in enumerate(blocks):
+        picked = [0] + [j + 1 for j in block]
+        if b:
+            out += [r"\par\medskip"]
+        out += [rf"\begin{{tabular}}{{l{'r' * (len(picked) - 1)}}}", r"\toprule"]
+        groups = [LATEX_GROUPS.get(columns[j]) for j in picked]
+        if any(groups):
+            spans, rules, j = [], [], 0
+            while j < len(picked):
+                n = 1
+                while groups[j] and j + n < len(picked) and groups[j + n] == groups[j]:
+                    n += 1
+                spans.append(rf"\multicolumn{{{n}}}{{c}}{{{groups[j]}}}" if groups[j] else "")
+                if groups[j]:
+                    rules.append(rf"\cmidrule(lr){{{j + 1}-{j + n}}}")
+                j += n
+            out += [" & ".join(spans) + r" \\", " ".join(rules)]
+        out += [" & ".join(headers[j] for j in picked) + r" \\", r"\midrule"]
+        for i in range(len(display)):
+            parts = [lines_of[j][i] for j in picked]
+            out.append(" & ".join(p[0] for p in parts) + r" \\")
+            if any(len(p) > 1 for p in parts):
+                out.append(" & ".join(r"{\scriptsize " + p[1] + "}" if len(p) > 1 else "" for p in parts) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+#: constant columns moved from a LaTeX table into its caption, with their wording
+CAPTION_COLUMNS = {"queries": "{} queries", "database": "{} database images", "baseline": "baseline {}",
+                   "n": "{} paired queries"}
+
+
+def constants_to_caption(display: pd.DataFrame,
+                         wording: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, str]:
+    """``display`` without the columns of ``wording`` (default ``CAPTION_COLUMNS``) that hold one value
+    in every row, and the caption text naming those values (``"60 queries, 679 database images."``)."""
+    wording = CAPTION_COLUMNS if wording is None else wording
+    notes, keep = [], []
+    for column in display.columns:
+        values = set(display[column].astype(str)) if column in wording else set()
+        if len(values) == 1 and len(display) > 1:
+            notes.append(wording[column].format(_escape(values.pop())))
+        else:
+            keep.append(column)
+    text = ", ".join(notes)
+    return display[keep], (text[:1].upper() + text[1:] + "." if notes else "")
 
 
 def _escape(text: str) -> str:
@@ -158,13 +299,20 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def write_tables(folder: Path, dataset: str, metrics: Mapping[str, Mapping], per_class: pd.DataFrame,
                  significance: pd.DataFrame, pairs: pd.DataFrame, n_permutations: int | None,
                  kinds: Mapping[str, str] | None = None) -> list[Path]:
-    """Every table as ``<name>.csv`` + ``<name>.tex`` in ``folder``; returns the files written (sorted)."""
+    """Every table as ``<name>.csv`` + ``<name>.tex`` in ``folder``; returns the files written (sorted).
+
+    The CSVs hold every column; the LaTeX tables move constant columns into the caption and leave the
+    Wilcoxon p-values out of the all-pairs table (they are in ``pairs.csv``) so that each fits the page.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bold = (lambda text: rf"\textbf{{{text}}}")
     name = dataset.replace("_", r"\_")
-    tables = {"main": (main_frame(metrics, kinds), lambda f: main_display(f, bold),
-                       f"Retrieval quality on {name}: mean over queries [95\\% bootstrap CI]; best in bold.")}
+    variants = sorted({str(e.get("ap")) for e in metrics.values() if isinstance(e, Mapping) and e.get("ap")})
+    ap_note = f" mAP: {' / '.join(variants)} AP." if variants else ""
+    tables = {"main": (main_frame(metrics, kinds), lambda f: main_display(f, bold, sep="\n"),
+                       f"Retrieval quality on {name}: mean over queries, 95\\% bootstrap CI below; best in bold."
+                       + ap_note)}
     for value in ("p@10", "p@20"):
         frame = per_class_frame(per_class, value, list(metrics))
         if not frame.empty and frame.drop(columns=["class", "queries"]).notna().any().any():
@@ -176,13 +324,16 @@ def write_tables(folder: Path, dataset: str, metrics: Mapping[str, Mapping], per
                                   f"Paired tests of per-query AP against the baseline on {name} (Holm over the "
                                   "comparisons).")
     if pairs is not None and not pairs.empty:
-        tables["pairs"] = (pairs, lambda f: tests_display(f, n_permutations),
+        tables["pairs"] = (pairs, lambda f: tests_display(f, n_permutations).drop(columns=["p_wilcoxon"],
+                                                                                   errors="ignore"),
                            f"Paired tests of per-query AP, every pair of methods on {name} (Holm over all "
-                           "pairs; $\\Delta$AP = a $-$ b).")
+                           "pairs; $\\Delta$AP = a $-$ b; Wilcoxon signed-rank $p$ in pairs.csv).")
     written = []
     for key, (frame, display, caption) in tables.items():
         _write_csv(frame, folder / f"{key}.csv")
-        write_text(folder / f"{key}.tex", to_latex(display(frame), caption, f"tab:{dataset}-{key}"))
+        shown, note = constants_to_caption(display(frame), {**CAPTION_COLUMNS, "queries": "{} queries per class"}
+                                           if key.startswith("per_class") else None)
+        write_text(folder / f"{key}.tex", to_latex(shown, f"{caption} {note}".strip(), f"tab:{dataset}-{key}"))
         written += [folder / f"{key}.csv", folder / f"{key}.tex"]
     for stale in folder.glob("*"):
         if stale.is_file() and stale not in written:

@@ -24,6 +24,9 @@ def l2_normalize(x: np.ndarray, atol: float = 1e-4) -> np.ndarray:
 
     Returns ``x`` itself (no copy) when it is already float32 with unit-norm rows,
     which is what the feature contract promises, so large databases are not copied.
+    Extraction's :func:`cbir.features.common.unit_rows` always divides and sums squares
+    in float32; this one, for search, passes stored unit rows through untouched and sums
+    squares in float64, so the scores of stored features never change by a re-rounding.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
@@ -76,11 +79,25 @@ def available_k(k: int, n_database: int, exclude: np.ndarray | None) -> int:
     return max(0, min(k, n_avail))
 
 
+def full_order(scores: np.ndarray) -> np.ndarray:
+    """Column order of each row: score descending, ties by lower column.
+
+    A quicksort is unique, hence correct, for rows without equal scores; rows that have
+    ties are re-sorted with a stable sort (which is slower, so only where needed).
+    """
+    neg = -scores
+    order = np.argsort(neg, axis=1)
+    ranked = np.take_along_axis(neg, order, axis=1)
+    for row in np.flatnonzero((ranked[:, 1:] == ranked[:, :-1]).any(axis=1)):
+        order[row] = np.argsort(neg[row], kind="stable")
+    return order
+
+
 def _topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Top-``k`` columns of each row: score descending, ties by lower column."""
     n = scores.shape[1]
-    if k >= n:
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    if 2 * k >= n:  # most of the row: sorting it all is cheaper than partitioning first
+        return full_order(scores)[:, :k]
     # partition at k-1 and k: both the k-th and the (k+1)-th best land in place
     part = np.argpartition(-scores, (k - 1, k), axis=1)
     kth = np.take_along_axis(scores, part[:, k - 1:k + 1], axis=1)
@@ -153,6 +170,26 @@ def _block_topk(q: np.ndarray, db: np.ndarray, k: int,
         best_idx = np.take_along_axis(cand_idx, order, axis=1)
         best_sc = np.take_along_axis(cand_sc, order, axis=1)
     return best_idx, best_sc
+
+
+def full_ranking(queries: np.ndarray, database: np.ndarray, exclude: np.ndarray | None = None,
+                 block_size: int = 1024) -> Iterator[tuple[slice, np.ndarray]]:
+    """Each query's ranking of the WHOLE database, block by block: ``(query slice, rows [B, L])``.
+
+    The same search as :func:`exact_topk` with ``k`` = every row a query can return (so
+    ``L = N``, or ``N - 1`` with ``exclude``), yielded in query blocks whose score matrix
+    stays under ``MAX_BLOCK_ELEMENTS`` so memory is bounded for any ``Q x N``.
+    """
+    q, db = check_pair(queries, database)
+    n_q, n_db = q.shape[0], db.shape[0]
+    exclude = check_exclude(exclude, n_q, n_db)
+    length = n_db - (1 if exclude is not None else 0)
+    for blk in query_blocks(n_q, n_db, block_size):
+        if length == 0:
+            yield blk, np.empty((blk.stop - blk.start, 0), dtype=np.int64)
+            continue
+        excl = None if exclude is None else exclude[blk]
+        yield blk, _block_topk(q[blk], db, length, excl)[0]
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cbir import evaluation as ev
+from cbir import statistics as st
 from cbir.config import section
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
@@ -54,8 +55,8 @@ def run(params: dict, root: str | Path) -> None:
     """Metrics of every method: ``metrics/<ds>.json`` and the plot tables in ``reports/<ds>/plots/``.
 
     ``metrics/<ds>.json`` is the compact DVC metrics file (per method mAP and P@10 with their 95%
-    bounds: what ``dvc exp show`` compares); the full detail, with each method's ``kind``, goes to
-    ``reports/<ds>/metrics.json``. Writes ``pk.csv`` (method, k, precision, lo, hi), ``pr.csv``
+    bounds: what ``dvc exp show`` compares); the full detail, with each method's ``kind`` and ``ap`` (the AP
+    variant of ``map``: ``non-interpolated`` for class labels), goes to ``reports/<ds>/metrics.json``. Writes ``pk.csv`` (method, k, precision, lo, hi), ``pr.csv``
     (method, recall, precision, lo, hi), ``per_class.csv`` (method, label, n_queries, p@10, p@20, ap),
     ``per_query.csv`` (method, query_id, label, n_relevant, p@k…, r@k…, ap, ap@10),
     ``significance.csv`` (method, baseline, n, mean_diff_ap, p_permutation, p_wilcoxon, p_holm)
@@ -107,6 +108,7 @@ def run(params: dict, root: str | Path) -> None:
             query_ids=manifest["image_id"].to_numpy()[data["query_rows"]],
             exclude=data["exclude"], curve_k=curve_k, block_size=block_size)
         summaries[method] = ev.summarize(result.per_query, result.n_database, n_bootstrap, seed)
+        summaries[method]["ap"] = result.ap  # the AP variant of map and map@10 (evaluation's AP_VARIANTS)
         if data["search"]["index"] != "exact":
             t1 = time.perf_counter()
             summaries[method]["index"] = index_summary(data, k, int(params.get("seed", 0)), block_size)
@@ -131,14 +133,14 @@ def run(params: dict, root: str | Path) -> None:
             if method == baseline:
                 continue
             other = per_query[method].set_index("query_id")["ap"].reindex(base.index)
-            test = ev.paired_test(other.to_numpy(), base.to_numpy(), n_permutations, seed)
+            test = st.paired_test(other.to_numpy(), base.to_numpy(), n_permutations, seed)
             significance.append({"method": method, "baseline": baseline, "n": test["n"],
                                  "mean_diff_ap": test["mean_diff"],
                                  "p_permutation": test["p_permutation"],
                                  "p_wilcoxon": test["p_wilcoxon"]})
     significance = pd.DataFrame(significance, columns=SIGNIFICANCE_COLUMNS[:-1])
-    significance["p_holm"] = ev.holm(significance["p_permutation"].to_numpy()) if len(significance) else []
-    pairs = ev.all_pairs_tests({m: f.set_index("query_id")["ap"] for m, f in per_query.items()},
+    significance["p_holm"] = st.holm(significance["p_permutation"].to_numpy()) if len(significance) else []
+    pairs = st.all_pairs_tests({m: f.set_index("query_id")["ap"] for m, f in per_query.items()},
                                n_permutations, seed)
     kinds = {m: str((section(params, "methods").get(m) or {}).get("kind", "")) for m in methods}
     for method in methods:

@@ -5,8 +5,8 @@ Every figure is a PNG (``figures.dpi``, 150 by default) with a vector PDF beside
 for the report:
 
 * ``trials_<method>``: the paper's Figures 3-6 — seeded queries plus the method's best and worst
-  query (by AP), each beside its top-k with rank, cosine similarity and label (green frame: same
-  class as the query, red: another class); the seeded queries are the same for every method;
+  query (by AP), each beside its top-k with rank, cosine similarity and label (blue frame and a dot: same
+  class as the query, vermillion frame and a cross: another class); the seeded queries are the same for every method;
 * ``trials_baseline_vs_best``: the same seeded queries under the baseline (the paper's) method and
   the best method by mAP (the runner-up when the baseline is best);
 * ``pk_curves`` / ``pr_curves``: P@k and interpolated precision-recall of every method on one
@@ -166,11 +166,11 @@ def run(params: dict, root: str | Path) -> None:
             order, row_labels = trial_rows(query_ids, seeded, ap[method])
             trials = build_trials(rankings[method], manifest, order, root, k, cfg["thumb_size"], thumbs)
             emit(f"trials_{safe_name(method)}", f"Sample trials: {method}",
-                 f"Query (blue) beside its top-{k} under `{method}`, each with rank, cosine similarity and "
+                 f"Query (black frame) beside its top-{k} under `{method}`, each with rank, cosine similarity and "
                  f"label; {len(seeded)} seeded queries (seed {cfg['seed']}, the same for every method) and the "
                  f"method's best and worst query by AP.",
                  sample_trials_figure, trials, row_labels=row_labels,
-                 title=f"{ds}: {method}, cosine top-{k} (green frame: same class as the query, red: another class)")
+                 title=f"{ds}: {method}, cosine top-{k} (blue, dot: same class as the query; vermillion, cross: another class)")
         ta = build_trials(rankings[baseline], manifest, seeded, root, k, cfg["thumb_size"], thumbs)
         if other is not None:
             tb = build_trials(rankings[other], manifest, seeded, root, k, cfg["thumb_size"], thumbs)
@@ -210,7 +210,7 @@ def run(params: dict, root: str | Path) -> None:
                                           for e in examples.itertuples()]})
             emit(f"confusions_{safe_name(method)}", f"Confused classes: {method}",
                  f"The {len(rows)} (query class → retrieved class) pairs most often wrong in the top-{k} of "
-                 f"`{method}`, with the most similar wrong results (query framed blue, result red).",
+                 f"`{method}`, with the most similar wrong results (query framed black, result vermillion).",
                  confusion_gallery, rows, title=f"{ds}: most confused class pairs, {method}, top-{k}")
         writer.close()
         for entry in index:

@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from cbir.errors import CbirError
-from cbir.features.cnn.openvino_cache import conversion_key
+from cbir.data.manifest import read_manifest
+from cbir.features.cnn.openvino_cache import conversion_key, saved_model
+from cbir.features.cnn.openvino_int8 import Calibration, calibration_for, calibration_inputs, int8_key, quantize
 from cbir.features.cnn.openvino_runtime import (
     OpenVinoTrunk,
     convert_trunk,
@@ -37,7 +39,7 @@ from cbir.features.cnn.runtime import (
 )
 from cbir.features.common import max_pixels, unit_rows
 from cbir.features.resolve import resolve_callable
-from cbir.layout import weights_file
+from cbir.layout import Layout, weights_file
 
 
 def load_backbone(path: Path, arch: str) -> torch.nn.Module:
@@ -62,7 +64,8 @@ class DeepMethod:
 
     ``runtime``: ``torch`` or ``openvino`` (CPU; the trunk is converted on first use, once, and
     serves the extract stage and queries alike; with a ``conversion_key`` the conversion is read
-    from the cache when there); ``precision``: ``fp32`` or ``bf16``.
+    from the cache when there); ``precision``: ``fp32``, ``bf16`` or ``int8`` (OpenVINO only: the
+    conversion quantised on ``calibration``, cached under its own key).
     """
 
     name: str
@@ -78,6 +81,7 @@ class DeepMethod:
     runtime: str = "torch"
     precision: str = "fp32"
     conversion_key: str | None = None
+    calibration: Calibration | None = None
     dim: int = field(init=False)
     kind = "deep"
 
@@ -103,13 +107,32 @@ class DeepMethod:
         if self.runtime != "openvino":
             return self.trunk
         if self._openvino is None:
-            self._openvino = OpenVinoTrunk(lambda: convert_trunk(self.trunk, self.image_size), self.image_size,
-                                           self.precision, key=self.conversion_key)
+            def convert():
+                return convert_trunk(self.trunk, self.image_size)
+
+            key, provenance = self.conversion_key, {}
+            if self.precision == "int8":
+                convert, key = self._int8_conversion(convert)
+                provenance = self.calibration.provenance()
+            self._openvino = OpenVinoTrunk(convert, self.image_size, self.precision, key=key, provenance=provenance)
         return self._openvino
+
+    def _int8_conversion(self, convert_fp32: Callable) -> tuple[Callable, str | None]:
+        """How to make the int8 model (quantise the fp32 conversion, itself read from the cache when
+        there) and its cache key (``None`` where the fp32 conversion has none)."""
+        import openvino as ov
+
+        def convert():
+            fp32 = saved_model(ov.Core(), self.conversion_key, convert_fp32)
+            return quantize(fp32, calibration_inputs(self.calibration.paths, self.image_size, self.max_pixels))
+
+        key = None if self.conversion_key is None else int8_key(self.conversion_key, self.calibration)
+        return convert, key
 
     @property
     def use_amp(self) -> bool:
-        """bf16 autocast for the torch runtime: always on CUDA (as before), on CPU when precision is bf16."""
+        """bf16 autocast for the torch runtime: always on CUDA (its fast path), on the CPU only when
+        ``precision`` is bf16 (fp32 there gives the same results on every machine)."""
         return self.runtime == "torch" and (self.device.type == "cuda" or self.precision == "bf16")
 
     def run_info(self) -> dict:
@@ -183,11 +206,17 @@ def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int 
     runtime = resolve_runtime(settings.get("runtime", "auto"), torch_device)
     image_size = int(cfg.get("image_size") or bcfg.get("image_size", 224))
     cached = runtime == "openvino" and weights is not None  # a factory's model is converted every time
+    precision = resolve_precision(settings.get("precision", "fp32"), torch_device, runtime)
+    calibration = None
+    if precision == "int8":
+        if not settings.get("calibration"):
+            raise CbirError("extract.precision=int8 needs extract.calibration: {size: <n images>, seed: <int>}")
+        calibration = calibration_for(read_manifest(Layout(root, params).manifest), root, settings["calibration"])
     return DeepMethod(
         name=name, config=cfg, make_trunk=make_trunk, pool=make_pool(cfg), device=torch_device,
         image_size=image_size, batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
         scales=[float(x) for x in (cfg.get("scales") or [1.0])], max_pixels=max_pixels(params),
         compile=should_compile(settings.get("compile", "auto"), torch_device, n_images) and runtime == "torch",
-        runtime=runtime, precision=resolve_precision(settings.get("precision", "fp32"), torch_device),
+        runtime=runtime, precision=precision, calibration=calibration,
         conversion_key=conversion_key(weights, bcfg["arch"], image_size) if cached else None,
     )

@@ -1,8 +1,14 @@
 """CPU inference of a CNN trunk with OpenVINO, and the choice of runtime and precision.
 
 ``extract.runtime``: ``auto`` (OpenVINO on CPU, torch on CUDA), ``torch`` or ``openvino``.
-``extract.precision``: ``fp32`` (the default: the same descriptors on every machine), ``bf16``, or
-``auto`` (bf16 only where the CPU computes it natively: AMX or AVX512-BF16; fp32 elsewhere).
+``extract.precision``: ``fp32`` (the default: the same descriptors on every machine), ``bf16``,
+``auto`` (bf16 where OpenVINO compiles bf16 on this CPU, fp32 elsewhere) or ``int8`` (opt-in:
+NNCF post-training quantisation, :mod:`cbir.features.cnn.openvino_int8`; OpenVINO runtime only).
+
+What ran is read from OpenVINO, never guessed: the compiled model's ``INFERENCE_PRECISION_HINT`` (an
+``ov.Type``) and, for int8, the precision of the convolutions in its runtime graph.  ``auto`` asks the
+same question of a one-convolution probe model.  The features ``.json`` records what ran, and a
+warning appears only when a request was not honoured.
 
 The trunk is converted from the same ``torch.nn.Module`` and weights (``openvino.convert_model``, a few
 seconds) once, and the conversion is kept in a cache across stages and runs
@@ -30,11 +36,15 @@ from cbir.features.cnn.openvino_cache import saved_model
 log = logging.getLogger("cbir")
 
 RUNTIMES = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: CPU flags (Linux ``/proc/cpuinfo`` names) that matter for CNN inference, in rising order
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
              "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+#: OpenVINO's inference precision hint per request (int8: the quantised layers run int8, the rest fp32)
+_OV_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: runtime-graph layer types that carry a network's arithmetic
+COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"})
+INT8_TYPES = frozenset({"i8", "u8"})
 
 
 @lru_cache(maxsize=1)
@@ -50,10 +60,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_isa(flags: frozenset[str] | None = None) -> dict:
-    """The CPU's instruction-set summary: its widest vector level and the inference-relevant flags.
+def isa_class(flags: frozenset[str] | None = None) -> str:
+    """The machine kind benchmarks are kept per: ``amx``, ``avx512-bf16``, ``avx512``, ``avx2`` or ``other``."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512f" in flags:
+        return "avx512-bf16" if "avx512_bf16" in flags else "avx512"
+    return "avx2" if "avx2" in flags else "other"
 
-    ``level`` is ``amx`` (AMX-BF16), ``avx512`` (AVX-512F), ``avx2``, ``sse4`` or the machine name.
+
+def cpu_isa(flags: frozenset[str] | None = None) -> dict:
+    """The CPU's instruction-set summary: its widest vector level, its class and the inference-relevant flags.
+
+    ``level`` is ``amx`` (AMX-BF16), ``avx512`` (AVX-512F), ``avx2``, ``sse4`` or the machine name; ``class``
+    is :func:`isa_class`.  Which precision OpenVINO really ran is recorded beside it, never inferred from it.
     """
     flags = cpu_flags() if flags is None else flags
     if "amx_bf16" in flags:
@@ -66,13 +87,66 @@ def cpu_isa(flags: frozenset[str] | None = None) -> dict:
         level = "sse4"
     else:
         level = platform.machine() or "unknown"
-    return {"level": level, "flags": [f for f in ISA_FLAGS if f in flags], "native_bf16": native_bf16(flags)}
+    return {"level": level, "class": isa_class(flags), "flags": [f for f in ISA_FLAGS if f in flags]}
 
 
-def native_bf16(flags: frozenset[str] | None = None) -> bool:
-    """True where the CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16)."""
-    flags = cpu_flags() if flags is None else flags
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+def _type_name(value) -> str:
+    """An OpenVINO type (``ov.Type``, or the ``OVAny`` rt-info wrapping one) as its short name: f32, bf16, u8."""
+    import openvino as ov
+
+    if hasattr(value, "astype") and not isinstance(value, ov.Type):
+        value = value.astype(str)
+    if isinstance(value, ov.Type):
+        return value.get_type_name()
+    return str(value)
+
+
+#: ov.Type short names -> the project's precision names
+_PRECISION_OF_TYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+def compiled_precision(compiled) -> str:
+    """The precision a compiled model computes in: ``int8`` when a compute layer of its runtime graph
+    runs in i8/u8, else its ``INFERENCE_PRECISION_HINT`` type (``fp32``, ``bf16``, ``fp16``)."""
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if (_type_name(info["layerType"]) in COMPUTE_LAYERS
+                and _type_name(info["runtimePrecision"]) in INT8_TYPES):
+            return "int8"
+    hint = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return _PRECISION_OF_TYPE.get(hint, hint)
+
+
+def probe_model():
+    """A one-convolution OpenVINO model: what a CPU compiles it in is what it compiles a CNN in."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    data = ops.parameter([1, 8, 16, 16], ov.Type.f32)
+    weights = ops.constant(np.linspace(-1, 1, 8 * 8 * 9, dtype=np.float32).reshape(8, 8, 3, 3))
+    return ov.Model([ops.convolution(data, weights, [1, 1], [1, 1], [1, 1], [1, 1])], [data])
+
+
+def compiles_bf16(core) -> bool:
+    """True where ``core`` compiles a convolution in bf16 when asked (AMX or AVX512-BF16 CPUs)."""
+    compiled = core.compile_model(probe_model(), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    return compiled_precision(compiled) == "bf16"
+
+
+@lru_cache(maxsize=1)
+def openvino_bf16() -> bool:
+    """Whether OpenVINO compiles bf16 on this CPU (asked once per process)."""
+    import openvino as ov
+
+    return compiles_bf16(ov.Core())
+
+
+def torch_bf16() -> bool:
+    """Whether torch's oneDNN runs bf16 natively on this CPU (its own check)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_runtime(setting: str | None, device: torch.device) -> str:
@@ -88,18 +162,26 @@ def resolve_runtime(setting: str | None, device: torch.device) -> str:
     return setting
 
 
-def resolve_precision(setting: str | None, device: torch.device, flags: frozenset[str] | None = None) -> str:
-    """``extract.precision`` resolved: ``auto`` is bf16 where the CPU has native bf16, else fp32.
+def resolve_precision(setting: str | None, device: torch.device, runtime: str = "openvino",
+                      native_bf16: Callable[[], bool] | None = None) -> str:
+    """``extract.precision`` resolved for ``runtime`` on ``device``: ``auto`` is bf16 where the runtime
+    computes bf16 natively on this CPU (OpenVINO's compile, or torch's oneDNN check; ``native_bf16``
+    replaces that question in tests), else fp32.  ``int8`` runs on the OpenVINO runtime only.
 
     On CUDA the torch path keeps its bf16 autocast whatever this says (the GPU path is unchanged).
     """
     setting = "auto" if setting is None else str(setting).lower()
     if setting not in PRECISIONS:
-        raise CbirError(f"extract.precision is {setting!r}: use fp32, bf16 or auto")
+        raise CbirError(f"extract.precision is {setting!r}: use fp32, bf16, int8 or auto")
+    if setting == "int8" and runtime != "openvino":
+        raise CbirError(f"extract.precision=int8 runs on the OpenVINO runtime, not {runtime} on {device.type}: "
+                        "use extract.runtime=auto or openvino on the CPU")
     if device.type == "cuda":
         return "bf16"
     if setting == "auto":
-        return "bf16" if native_bf16(flags) else "fp32"
+        if native_bf16 is None:
+            native_bf16 = openvino_bf16 if runtime == "openvino" else torch_bf16
+        return "bf16" if native_bf16() else "fp32"
     return setting
 
 
@@ -126,22 +208,31 @@ def quiet_torch_threads() -> None:
         torch.set_num_threads(1)
 
 
+def check_honoured(requested: str, effective: str) -> None:
+    """Warn (one line) when OpenVINO compiled another precision than the one asked for."""
+    if effective != requested:
+        log.warning("OpenVINO runs %s, not the %s asked for: it does not compile %s on this CPU",
+                    effective, requested, requested)
+
+
 class OpenVinoTrunk:
     """A trunk run by OpenVINO on the CPU: ``batch [B, 3, H, W] -> fmap [B, C, h, w]`` like the module.
 
-    ``convert`` makes the OpenVINO model (:func:`convert_trunk`); with a ``key`` its saved conversion is
-    read from the cache instead (:mod:`cbir.features.cnn.openvino_cache`).  Compiled once per input
-    shape (static shapes run faster than one dynamic graph); ``precision`` is the requested one,
-    ``effective_precision`` what OpenVINO runs (a CPU without native bf16 runs fp32 when asked for bf16).
+    ``convert`` makes the OpenVINO model (:func:`convert_trunk`, or an int8 quantisation of it); with a
+    ``key`` its saved result is read from the cache instead (:mod:`cbir.features.cnn.openvino_cache`).
+    Compiled once per input shape (static shapes run faster than one dynamic graph); ``precision`` is
+    the requested one, ``effective_precision`` what OpenVINO compiled (:func:`compiled_precision`).
+    ``provenance`` is recorded beside them (e.g. the int8 calibration set).
     """
 
     def __init__(self, convert: Callable[[], object], image_size: int, precision: str = "fp32",
-                 key: str | None = None):
+                 key: str | None = None, provenance: dict | None = None):
         import openvino as ov
 
-        if precision not in _OV_PRECISION:
-            raise CbirError(f"extract.precision {precision!r} is not one OpenVINO runs: use fp32 or bf16")
+        if precision not in _OV_HINT:
+            raise CbirError(f"extract.precision {precision!r} is not one OpenVINO runs: use fp32, bf16 or int8")
         self.precision = precision
+        self.provenance = dict(provenance or {})
         self.version = ov.__version__.split("-")[0]
         self._core = ov.Core()
         self._model = saved_model(self._core, key, convert)
@@ -158,12 +249,9 @@ class OpenVinoTrunk:
             model = self._model.clone()
             model.reshape(list(shape))
             compiled = self._core.compile_model(model, "CPU", {
-                "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision], "PERFORMANCE_HINT": "LATENCY"})
-            hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-            effective = "bf16" if "bf16" in hint else "fp32"
-            if effective != self.precision:
-                log.warning("OpenVINO runs %s, not the %s asked for: this CPU has no native %s",
-                            effective, self.precision, self.precision)
+                "INFERENCE_PRECISION_HINT": _OV_HINT[self.precision], "PERFORMANCE_HINT": "LATENCY"})
+            effective = compiled_precision(compiled)
+            check_honoured(self.precision, effective)
             self._compiled[shape] = (compiled.create_infer_request(), effective)
         return self._compiled[shape]
 
@@ -175,4 +263,5 @@ class OpenVinoTrunk:
         return torch.from_numpy(np.array(result[0], dtype=np.float32, copy=True))
 
     def info(self) -> dict:
-        return {"runtime": "openvino", "precision": self.effective_precision, "openvino": self.version}
+        return {"runtime": "openvino", "precision": self.effective_precision, "openvino": self.version,
+                **self.provenance}

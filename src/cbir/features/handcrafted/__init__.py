@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from cbir.data.images import load_rgb
 from cbir.errors import CbirError
+from cbir.features.common import unit_rows
 from cbir.features.handcrafted.common import FIX_HINT
 from cbir.features.resolve import resolve_callable
 
@@ -84,12 +85,6 @@ def describe(name: str, image: np.ndarray, params: Mapping[str, object] | None =
     return vec
 
 
-def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
 def fuse(blocks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Late fusion of descriptor blocks ``[N, D_i]`` into ``[N, sum D_i]`` (float32, unit rows).
 
@@ -112,8 +107,8 @@ def fuse(blocks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise CbirError(f"fuse: weights must be finite, >= 0 and not all 0, got {list(weights)}")
-    fused = np.concatenate([np.sqrt(wi) * l2_normalize_rows(a) for wi, a in zip(w, arrays)], axis=1)
-    return l2_normalize_rows(fused).astype(np.float32)
+    fused = np.concatenate([np.sqrt(wi) * unit_rows(a, np.float64) for wi, a in zip(w, arrays)], axis=1)
+    return unit_rows(fused, np.float64).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- a method's config, over files
@@ -171,16 +166,11 @@ def config_working_side(method_cfg: Mapping) -> int | None:
     return None if not sides or None in sides else max(sides)
 
 
-def unit(vec: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vec))
-    return vec / norm if norm > 0 else vec
-
-
 def describe_file(job: tuple) -> tuple[np.ndarray | None, str | None]:
     """``(unit vector, None)`` for one file, or ``(None, error line)`` (errors cross processes as text)."""
     method_cfg, path, max_pixels, max_side = job
     try:
-        return unit(describe_config(method_cfg, load_rgb(path, max_pixels=max_pixels, max_side=max_side))), None
+        return unit_rows(describe_config(method_cfg, load_rgb(path, max_pixels=max_pixels, max_side=max_side))), None
     except CbirError as exc:
         return None, str(exc)
 

@@ -87,7 +87,7 @@ def test_report_and_readme_block(tmp_path):
     sig = pd.DataFrame({"method": ["b"], "baseline": ["a"], "mean_ap_diff": [-0.36], "p_permutation": [0.01]})
     text = build_report(params, METRICS, sig, {"n_images": 24}, ["figures/comparison.png"])
     assert metrics_table(METRICS) in text and "![comparison](figures/comparison.png)" in text
-    assert "| b | a | -0.36 | 0.01 |" in text
+    assert "| b | a | -0.36 | 0.0100 |" in text
     assert "## P@20 per class" in text and "## Every pair of methods" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
@@ -258,9 +258,9 @@ def test_significance_and_per_class_tables():
     lines = significance_table(sig, n_permutations=10000).splitlines()
     assert lines[0] == ("| method | baseline | queries | mean AP difference | "
                         "p (paired permutation) | p (Wilcoxon signed-rank) | p (permutation, Holm) |")
-    assert lines[2] == "| b | a | 12 | +0.01921 | 0.5 | – | 0.5 |"
-    # at the permutation floor 1/(10000 + 1) the p-value is an upper bound; Wilcoxon's is exact
-    assert lines[3] == "| c | a | 40 | -0.2 | < 1e-4 | 3.2e-06 | 0.0002 |"
+    assert lines[2] == "| b | a | 12 | +0.01921 | 0.500 | – | 0.500 |"
+    # at the permutation floor 1/(10000 + 1) the p-value is an upper bound; one format: < 1e-4 for Wilcoxon too
+    assert lines[3] == "| c | a | 40 | -0.2 | < 1e-4 | < 1e-4 | 0.000200 |"
     assert significance_table(pd.DataFrame()).startswith("_No comparison")
     per_class = pd.DataFrame({"method": ["a", "b", "a", "b"], "label": ["y", "y", "x", "x"],
                               "n_queries": [2, 2, 3, 3], "p@10": [0.25, 0.5, 1.0, None], "ap": 0.0})

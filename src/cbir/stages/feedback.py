@@ -1,0 +1,102 @@
+"""Stage ``feedback``: relevance feedback measured with a simulated user (:mod:`cbir.feedback_eval`).
+
+For every method and every feedback method of ``feedback.methods``: P@10 and mAP per round on the
+residual collection with 95% bootstrap intervals, and a paired test of the last round against the
+initial ranking on the same residual collection. Writes ``reports/<ds>/feedback/`` (metrics.json,
+rounds.csv, tests.csv, table.md, table.tex, p10_rounds.png + .pdf), replaced as one folder, and the
+shown top-k of every round to ``data/feedback/<ds>/rankings.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from cbir import feedback_eval as fe
+from cbir.config import section
+from cbir.data.manifest import read_manifest
+from cbir.errors import CbirError
+from cbir.figures.style import save_figure
+from cbir.fileio import atomic_dir, atomic_path, write_json, write_text
+from cbir.layout import Layout
+from cbir.report.tables import to_latex
+from cbir.search.feedback import FEEDBACK_METHODS
+from cbir.search.prepared import load_prepared
+
+log = logging.getLogger("cbir")
+
+
+def settings(params: dict) -> dict:
+    """``feedback`` params with their defaults (``conf/feedback/default.yaml``), checked."""
+    cfg = dict(section(params, "feedback"))
+    methods = list(cfg.get("methods") or ["rocchio"])
+    unknown = [m for m in methods if m not in FEEDBACK_METHODS]
+    if unknown:
+        raise CbirError(f"feedback.methods has {unknown}; expected some of {', '.join(FEEDBACK_METHODS)}")
+    return {**cfg, "methods": methods, "rounds": int(cfg.get("rounds", 3)), "top_k": int(cfg.get("top_k", 10))}
+
+
+def run(params: dict, root: str | Path) -> None:
+    """Simulate the user for every method of params (see :mod:`cbir.feedback_eval` for the protocol)."""
+    start = time.perf_counter()
+    root = Path(root)
+    paths = Layout(root, params)
+    methods = list(section(params, "methods"))
+    if not methods:
+        raise CbirError("params has no methods: add at least one under methods")
+    cfg = settings(params)
+    evaluation = section(params, "evaluation")
+    n_bootstrap = int(evaluation.get("n_bootstrap", 1000))
+    n_permutations = int(evaluation.get("n_permutations", 10000))
+    seed = int(evaluation.get("seed", params.get("seed", 0)))
+    block_size = int(section(params, "retrieval").get("block_size", 1024))
+    manifest = read_manifest(paths.manifest)
+    results: dict = {}
+    traces = []
+    for method in methods:
+        data = load_prepared(params, method, root, manifest)
+        manifest = data["manifest"]
+        results[method] = {}
+        for fb in cfg["methods"]:
+            t0 = time.perf_counter()
+            # one BLAS thread: the work is many one-query products, which threads only slow down
+            # (a query's scores are the same either way: tests/test_feedback_query.py)
+            with threadpool_limits(1):
+                entry, sim = fe.evaluate_method(data, fe.settings_for(cfg, fb), cfg["rounds"], cfg["top_k"],
+                                                n_bootstrap, n_permutations, seed, block_size)
+            results[method][fb] = entry
+            traces.append(sim.trace.assign(method=method, feedback=fb))
+            first, last = entry["rounds"][0], entry["rounds"][-1]
+            log.info("feedback %s %s: P@10 %s -> %s (initial on the same residual collection %s), mAP %s -> %s "
+                     "(%.2fs)", method, fb, first["p@10"], last["p@10"], last["initial_p@10"], first["map"],
+                     last["map"], time.perf_counter() - t0)
+    fe.add_holm(results)
+    frame = fe.table(results)
+    tests = fe.tests_table(results)
+    shown = fe.display(frame, tests)
+    caption = (f"Relevance feedback on {paths.dataset}: a simulated user marks the top {cfg['top_k']} by class label "
+               f"for {cfg['rounds']} rounds; P@10 and mAP on the residual collection [95\\% bootstrap CI]; "
+               "initial = the first ranking on the same residual collection; "
+               "$\\Delta$AP = last round $-$ initial (paired permutation test, Holm).")
+    protocol = {"rounds": cfg["rounds"], "top_k": cfg["top_k"], "feedback_methods": cfg["methods"],
+                "alpha": float(cfg.get("alpha", 1.0)), "beta": float(cfg.get("beta", 0.75)),
+                "gamma": float(cfg.get("gamma", 0.15)), "svm_c": float(cfg.get("svm_c", 1.0)),
+                "scoring": "residual collection: images shown in earlier rounds removed before scoring"}
+    with atomic_dir(paths.feedback_dir) as tmp:
+        write_json(tmp / "metrics.json", {"protocol": protocol, "methods": results})
+        frame.to_csv(tmp / "rounds.csv", index=False)
+        tests.to_csv(tmp / "tests.csv", index=False)
+        write_text(tmp / "table.md", fe.markdown(shown))
+        write_text(tmp / "table.tex", to_latex(shown, caption, f"tab:{paths.dataset}-feedback"))
+        save_figure(fe.rounds_figure(frame, cfg["top_k"]), tmp / "p10_rounds.png")
+    log.info("wrote %s (%s)", paths.feedback_dir, ", ".join(sorted(p.name for p in paths.feedback_dir.iterdir())))
+    trace = pd.concat(traces, ignore_index=True)
+    trace = trace[["method", "feedback", *fe.TRACE_COLUMNS]]
+    with atomic_path(paths.feedback_rankings) as tmp:
+        trace.to_csv(tmp, index=False)
+    log.info("wrote %s (%d rows); feedback: %d methods x %d feedback methods in %.2fs", paths.feedback_rankings,
+             len(trace), len(methods), len(cfg["methods"]), time.perf_counter() - start)
