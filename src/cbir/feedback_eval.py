@@ -29,6 +29,7 @@ import pandas as pd
 
 from cbir import evaluation as ev
 from cbir import statistics as st
+from cbir.report.tables import format_p
 from cbir.search.feedback import FeedbackSettings, Marks, rank
 
 #: the cut-off of the reported precision (the paper's top-10)
@@ -237,7 +238,7 @@ def display(frame: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
             continue
         diff = getattr(t, "mean_diff_ap")
         cells.append("–" if diff is None or np.isnan(diff) else
-                     f"{diff:+.3f} (p={t.p_ap:.4f}, Holm {t.p_holm:.4f})")
+                     f"{diff:+.3f} (p {format_p(t.p_ap)}, Holm {format_p(t.p_holm)})")
     out["ΔAP vs initial"] = cells
     return out.astype(str)
 
