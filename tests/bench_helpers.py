@@ -91,6 +91,36 @@ PALETTE = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200
 
 
 def revisitop_archives(folder: Path, name: str = "roxford5k") -> list[Path]:
+    """Oxford: one flat tgz; Paris: two tgz with ``paris/<landmark>/paris_<landmark>_NNNNNN.jpg``."""
+    if name == "rparis6k":
+        return _paris(folder)
+    return _oxford(folder, name)
+
+
+def _gnd(imlist: list[str], qimlist: list[str], folder: Path, name: str) -> Path:
+    gnd = []
+    for li in range(3):
+        base = li * 4
+        gnd.append({"bbx": [4.0, 4.0, 40.5, 30.2], "easy": [base + 1], "hard": [base + 2], "junk": [base + 3]})
+    gnd_file = folder / f"gnd_{name}.pkl"
+    with open(gnd_file, "wb") as handle:
+        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, handle)
+    return gnd_file
+
+
+def _paris(folder: Path) -> list[Path]:
+    imlist, parts = [], [{}, {}]
+    for li, landmark in enumerate(("defense", "eiffel", "louvre")):
+        for j in range(4):
+            stem = f"paris_{landmark}_{j:06d}"
+            imlist.append(stem)
+            parts[li % 2][f"paris/{landmark}/{stem}.jpg"] = encode(colour_image(PALETTE[li], seed=li * 10 + j))
+    archives = [write_tar(folder / f"paris_{i + 1}-v1.tgz", members) for i, members in enumerate(parts)]
+    qimlist = [imlist[0], imlist[4], imlist[8]]
+    return archives + [_gnd(imlist, qimlist, folder, "rparis6k")]
+
+
+def _oxford(folder: Path, name: str) -> list[Path]:
     """A 12-image Oxford-style tgz (flat ``*.jpg``) and a ``gnd_<name>.pkl`` in revisitop's format with 3 queries.
 
     Landmark ``a`` images are red, ``b`` green, ``c`` blue; query q (of landmark a, b, c) lists its own
@@ -102,12 +132,5 @@ def revisitop_archives(folder: Path, name: str = "roxford5k") -> list[Path]:
             imlist.append(stem)
             members[f"{stem}.jpg"] = encode(colour_image(PALETTE[li], seed=li * 10 + j))
     qimlist = ["a_000000", "b_000000", "c_000000"]
-    gnd = []
-    for li in range(3):
-        base = li * 4
-        gnd.append({"bbx": [4.0, 4.0, 40.5, 30.2], "easy": [base + 1], "hard": [base + 2], "junk": [base + 3]})
     archive = write_tar(folder / "oxbuild_images-v1.tgz", members)
-    gnd_file = folder / f"gnd_{name}.pkl"
-    with open(gnd_file, "wb") as handle:
-        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, handle)
-    return [archive, gnd_file]
+    return [archive, _gnd(imlist, qimlist, folder, name)]

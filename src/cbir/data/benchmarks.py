@@ -88,15 +88,10 @@ def _unpack(file: Path, tmp: Path) -> None:
     safe_extract(file, tmp / stem)
     for nested in sorted((tmp / stem).rglob("*")):  # caltech-101.zip holds 101_ObjectCategories.tar.gz
         if nested.is_file() and nested.name.endswith(NESTED):
-            inner = nested.name
-            for suffix in NESTED:
-                if inner.endswith(suffix):
-                    inner = inner[: -len(suffix)]
-                    break
-            safe_extract(nested, nested.parent / f".{inner}.x")
+            scratch = nested.parent / f".{nested.name}.x"
+            safe_extract(nested, scratch)  # its members land beside it, as `tar -xf` there would put them
             nested.unlink()
-            os.replace(nested.parent / f".{inner}.x", nested.parent / inner) if not (nested.parent / inner).exists() \
-                else _merge(nested.parent / f".{inner}.x", nested.parent / inner)
+            _merge(scratch, nested.parent)
 
 
 def _merge(src: Path, dst: Path) -> None:
