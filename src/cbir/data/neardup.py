@@ -222,6 +222,8 @@ def fetch_neardup(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
                       "stamps": {"originals": [rel(p) for p in originals],
                                  "distractors": [rel(p) for p in distractors],
                                  "absent": [rel(p) for p in absent], "overlay": rel(picked[-1])}}
+        files = [p for p in tmp.rglob("*") if p.is_file()]
+        provenance.update(n_files=len(files), bytes=sum(p.stat().st_size for p in files))
         write_json(tmp / "_source.json", provenance)
     log.info("neardup: %d database images, %d queries (%d without a reference) in %s",
              len(originals) + len(distractors), cfg["n_queries"], cfg["n_absent"], raw_dir)
