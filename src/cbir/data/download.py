@@ -37,7 +37,7 @@ log = logging.getLogger("cbir")
 
 DEFAULT_MAX_BYTES = 8 << 30  # 8 GiB
 DEFAULT_MAX_MEMBERS = 500_000
-_SCHEMES = ("http", "https", "ftp", "file")  # ftp: INRIA Holidays' only official address
+_SCHEMES = ("http", "https", "file")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
