@@ -15,6 +15,7 @@ from cbir.report.tables import TEXTWIDTH_PT, write_tables
 
 METHODS = ["mobilenet_v2-gap", "mobilenet_v2-gem", "efficientnet_lite0-gem", "hsv_hist", "color_moments",
            "correlogram", "lbp", "glcm", "hog", "fusion"]
+SIZES = {"n_queries": 500, "n_database": 1491}
 
 
 def revisitop_metrics(shift: float) -> dict:
@@ -40,8 +41,9 @@ def test_revisitop_side_by_side_columns():
 
 @pytest.mark.parametrize("dataset, metrics, columns", [
     ("roxford5k", revisitop_metrics(0.0), ["method", "ROxf M", "ROxf H", "ROxf E"]),
-    ("holidays", {m: {"map": 0.7, "n_queries": 500, "n_database": 1491, "benchmark": {"kind": "groups"}} for m in METHODS}, ["method", "Holidays mAP"]),
-    ("ukbench", {m: {"map": 0.7, "n_queries": 500, "n_database": 1491, "benchmark": {"kind": "ukbench", "ns": 3.1}} for m in METHODS},
+    ("holidays", {m: {**SIZES, "map": 0.7, "benchmark": {"kind": "groups"}} for m in METHODS},
+     ["method", "Holidays mAP"]),
+    ("ukbench", {m: {**SIZES, "map": 0.7, "benchmark": {"kind": "ukbench", "ns": 3.1}} for m in METHODS},
      ["method", "N-S", "mAP"]),
     ("neardup", pairs_metrics(), ["method", "µAP", "R@P90", "mAP"]),
 ])

@@ -20,8 +20,7 @@ copied), else ``dataset.urls`` (downloaded once into ``data/downloads/<name>/``)
   (``BACKGROUND_Google`` left out unless ``dataset.keep_background``), then curated as class-level data.
 * ``neardup``: generated (:mod:`cbir.data.neardup`).
 
-The SHA-256 of every downloaded or given file is recorded in ``_source.json``; ``dataset.sha256`` (a
-mapping file name -> hash) pins them.
+Every file's SHA-256 goes to ``_source.json``; ``dataset.sha256`` (file name -> hash) pins them.
 """
 
 from __future__ import annotations
@@ -67,7 +66,8 @@ def _as_list(value) -> list[str]:
 def _pins(dataset_cfg: dict) -> dict:
     pins = dataset_cfg.get("sha256") or {}
     if isinstance(pins, str):
-        raise CbirError("dataset.sha256 must map each file name to its sha256 (e.g. dataset.sha256.gnd_roxford5k.pkl=...)")
+        raise CbirError("dataset.sha256 must map each file name to its sha256 "
+                        "(e.g. dataset.sha256: {gnd_roxford5k.pkl: <64 hex digits>})")
     return {str(k): str(v).lower().strip() for k, v in dict(pins).items() if v}
 
 
@@ -87,9 +87,8 @@ def _unpack(file: Path, tmp: Path) -> None:
             break
     safe_extract(file, tmp / stem)
     for nested in sorted((tmp / stem).rglob("*")):  # caltech-101.zip holds 101_ObjectCategories.tar.gz
-        if nested.is_file() and nested.name.endswith(NESTED):
-            scratch = nested.parent / f".{nested.name}.x"
-            safe_extract(nested, scratch)  # its members land beside it, as `tar -xf` there would put them
+        if nested.is_file() and nested.name.endswith(NESTED):  # extracted beside itself, as `tar -xf` there
+            safe_extract(nested, scratch := nested.parent / f".{nested.name}.x")
             nested.unlink()
             _merge(scratch, nested.parent)
 
@@ -199,7 +198,7 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
 def _images(raw_dir: Path) -> list[str]:
     from cbir.data.sources import scan_tree
 
-    return [f for f in scan_tree(raw_dir, IMAGE_EXTENSIONS).files]
+    return scan_tree(raw_dir, IMAGE_EXTENSIONS).files
 
 
 def _by_stem(files: list[str], what: str) -> dict[str, str]:
@@ -276,8 +275,8 @@ def _revisitop(raw_dir: Path, name: str, dataset_cfg: dict, rows: _Rows, root: P
         file = queries_dir / f"{qim}.png" if crop else raw_dir / stems[qim]
         if not rows.add(f"query/{qim}", file, landmark(qim), "query"):
             continue
-        ids = lambda key: [f"jpg/{imlist[int(i)]}" for i in np.asarray(entry.get(key, []), dtype=np.int64).ravel()  # noqa: E731
-                           if kept[int(i)]]
+        ids = lambda key: [f"jpg/{imlist[int(i)]}"  # noqa: E731
+                           for i in np.asarray(entry.get(key, []), dtype=np.int64).ravel() if kept[int(i)]]
         entries.append({"query_id": f"query/{qim}", "easy": ids("easy"), "hard": ids("hard"), "junk": ids("junk"),
                         "bbx": [float(v) for v in entry["bbx"]]})
     return {"kind": "revisitop", "ap": "trapezoidal", "crop_queries": crop, "queries": entries}
@@ -389,7 +388,8 @@ def curate_benchmark(raw_dir: Path, dataset_cfg: dict, settings: dict, root: Pat
                for label, g in manifest.groupby("label", sort=True)}
     report = {"dataset": name, "source": source, "raw_dir": Path(os.path.relpath(raw_dir, root)).as_posix(),
               "settings": settings, "n_candidates": len(rows.rows) + len(rows.dropped), "n_kept": int(len(manifest)),
-              "n_dropped": len(rows.dropped), "drop_counts": dict(sorted(Counter(d["reason"] for d in rows.dropped).items())),
+              "n_dropped": len(rows.dropped),
+              "drop_counts": dict(sorted(Counter(d["reason"] for d in rows.dropped).items())),
               "conversions": dict(sorted(rows.conversions.items())), "classes": classes, "classes_dropped": {},
               "split": {"protocol": f"benchmark:{source}", "manifest_protocol": "holdout", "n_query": n_q,
                         "n_database": int(len(manifest)) - n_q},

@@ -14,8 +14,7 @@ Labels are not decided here but at curation (:mod:`cbir.data.curate`):
 * ``folder``    any folder with one sub-folder per class (all non-hidden files under the
   class folders are copied so that curation reports what it could not use).
 * ``synthetic`` generated images (:mod:`cbir.data.synthetic`).
-* ``neardup`` the generated near-duplicate benchmark (:mod:`cbir.data.neardup`); ``roxford5k``,
-  ``rparis6k``, ``holidays``, ``ukbench``, ``copydays``, ``caltech101``: :mod:`cbir.data.benchmarks`.
+* ``neardup`` (:mod:`cbir.data.neardup`); the standard benchmarks: :mod:`cbir.data.benchmarks`.
 """
 
 from __future__ import annotations
