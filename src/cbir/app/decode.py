@@ -39,10 +39,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cbir.data.images import SAFE_FORMATS, ImageError, open_rgb, to_rgb
+from cbir.data.images import MAX_PIXELS, SAFE_FORMATS, ImageError, open_rgb, to_rgb
 from cbir.errors import CbirError
 
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 #: the web server's default pixel budget for one query image (``serve.max_query_pixels``)
 DEFAULT_QUERY_MAX_PIXELS = 12_000_000
 #: JPEGs are decoded at the smallest DCT scale that keeps both sides at least this long

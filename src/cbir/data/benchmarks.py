@@ -39,6 +39,7 @@ from PIL import Image
 
 from cbir.data.download import archive_kind, fetch_first, safe_extract
 from cbir.data.images import IMAGE_EXTENSIONS, ImageError, decode_rgb
+from cbir.data.local import copy_tree, display_name, existing_folder, scan_tree
 from cbir.data.manifest import MANIFEST_COLUMNS
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, sha256_file, write_json
@@ -127,7 +128,6 @@ def _caltech_layout(tmp: Path, keep_background: bool) -> list[str]:
 
 def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
     """Fill ``raw_dir`` for a standard benchmark (see the module docstring); return the provenance."""
-    from cbir.data.sources import _copy_tree, _existing_folder, display_name, scan_tree
 
     source = dataset_cfg["source"]
     name = str(dataset_cfg.get("name") or source)
@@ -148,9 +148,9 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
            f"(the files of conf/dataset/{name}.yaml's urls)")
     with atomic_dir(raw_dir) as tmp:
         if folder:
-            folder = _existing_folder(folder, "dataset.folder", how)
+            folder = existing_folder(folder, "dataset.folder", how)
             scan = scan_tree(folder)
-            provenance.update(folder=display_name(folder.name), bytes=_copy_tree(folder, tmp, scan.files, scan),
+            provenance.update(folder=display_name(folder.name), bytes=copy_tree(folder, tmp, scan.files, scan),
                               n_files=len(scan.files))
         else:
             files = []
@@ -196,7 +196,6 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
 # ---------------------------------------------------------------- curate
 
 def _images(raw_dir: Path) -> list[str]:
-    from cbir.data.sources import scan_tree
 
     return scan_tree(raw_dir, IMAGE_EXTENSIONS).files
 

@@ -40,7 +40,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from cbir.data.benchmarks import CURATED_SOURCES, curate_benchmark
-from cbir.data.images import IMAGE_EXTENSIONS, ImageError, decode_rgb
+from cbir.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, decode_rgb
+from cbir.data.local import display_name, scan_tree
 from cbir.data.manifest import MANIFEST_COLUMNS, image_ids, name_problem  # noqa: F401 (re-exported)
 from cbir.data.sources import (
     COREL1K_LABELS,
@@ -48,16 +49,14 @@ from cbir.data.sources import (
     FASHION_MNIST_LABELS,
     PROVENANCE_FILE,
     corel1k_label,
-    display_name,
     read_idx,
-    scan_tree,
 )
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, read_json, sha256_file
 
 log = logging.getLogger("cbir")
 
-DEFAULT_CURATE = {"min_side": 32, "max_pixels": 40_000_000, "min_per_class": 10, "dedupe": True}
+DEFAULT_CURATE = {"min_side": 32, "max_pixels": MAX_PIXELS, "min_per_class": 10, "dedupe": True}
 PROTOCOLS = ("holdout", "leave_one_out", "predefined")
 CONVERSIONS = ("cmyk", "palette", "grey", "16bit", "alpha", "exif", "colorspace", "float")
 FASHION_MNIST_SIDE = 28

@@ -29,6 +29,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cbir.errors import CbirError
 
 #: Pillow format names that ``open_rgb`` will decode.
+#: the decoding pixel budget when none is given (``curate.max_pixels`` in conf/ sets the pipeline's)
+MAX_PIXELS = 40_000_000
 SAFE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA")
 
 #: File extensions curation treats as raster images (lower case, with the dot).
@@ -136,7 +138,7 @@ def shrink(image: Image.Image, max_side: int | None) -> Image.Image:
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
-def decode_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1,
+def decode_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: int = 1,
                max_side: int | None = None) -> Decoded:
     """Decode ``path`` completely into 8-bit RGB (EXIF orientation applied) or raise :class:`ImageError`.
 
@@ -196,13 +198,13 @@ def decode_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: 
     return Decoded(image=rgb, source_format=source_format, source_mode=source_mode, conversions=conversions + more)
 
 
-def open_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1,
+def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: int = 1,
              max_side: int | None = None) -> Image.Image:
     """Open an image as a fully decoded 8-bit RGB ``PIL.Image`` (see :func:`decode_rgb`)."""
     return decode_rgb(path, max_pixels=max_pixels, min_side=min_side, max_side=max_side).image
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = 40_000_000, min_side: int = 1,
+def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: int = 1,
              max_side: int | None = None) -> np.ndarray:
     """Open an image as a ``uint8`` array of shape ``[H, W, 3]`` (reduced to ``max_side``, if given)."""
     return np.asarray(open_rgb(path, max_pixels=max_pixels, min_side=min_side, max_side=max_side),

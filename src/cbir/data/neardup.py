@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from cbir.data.local import TUXPAINT_PACKAGE, TUXPAINT_ROOT, debian_version
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, write_json
 
@@ -165,7 +166,6 @@ def settings(dataset_cfg: dict) -> dict:
 
 def fetch_neardup(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     """Generate the benchmark into ``raw_dir`` (see the module docstring); return the provenance."""
-    from cbir.data.sources import TUXPAINT_PACKAGE, TUXPAINT_ROOT, _debian_version
 
     cfg = settings(dataset_cfg)
     root = Path(dataset_cfg.get("root") or TUXPAINT_ROOT)
@@ -217,7 +217,7 @@ def fetch_neardup(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
             writer.writeheader()
             writer.writerows(rows)
         provenance = {"source": "neardup", "name": dataset_cfg.get("name", "neardup"), "root": str(root),
-                      "debian_package": TUXPAINT_PACKAGE, "package_version": _debian_version(TUXPAINT_PACKAGE),
+                      "debian_package": TUXPAINT_PACKAGE, "package_version": debian_version(TUXPAINT_PACKAGE),
                       "license": "GPL-2.0 (the Tux Paint stamps)", **cfg, "families": list(FAMILIES),
                       "stamps": {"originals": [rel(p) for p in originals],
                                  "distractors": [rel(p) for p in distractors],

@@ -19,15 +19,10 @@ Labels are not decided here but at curation (:mod:`cbir.data.curate`):
 
 from __future__ import annotations
 
-import errno
 import gzip
 import logging
 import os
-import shutil
-import stat
-import subprocess
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +30,17 @@ import numpy as np
 from cbir.data.benchmarks import FETCHED_SOURCES, fetch_benchmark
 from cbir.data.download import fetch_first, safe_extract
 from cbir.data.images import IMAGE_EXTENSIONS
+from cbir.data.local import (
+    TUXPAINT_PACKAGE,
+    TUXPAINT_ROOT,
+    VECTOR_EXTENSIONS,
+    copy_tree,
+    debian_version,
+    display_name,
+    existing_folder,
+    list_files,
+    scan_tree,
+)
 from cbir.data.neardup import fetch_neardup
 from cbir.data.synthetic import fetch_synthetic
 from cbir.errors import CbirError
@@ -43,8 +49,6 @@ from cbir.fileio import atomic_dir, sha256_file, write_json
 log = logging.getLogger("cbir")
 
 PROVENANCE_FILE = "_source.json"
-TUXPAINT_ROOT = "/usr/share/tuxpaint/stamps"
-TUXPAINT_PACKAGE = "tuxpaint-stamps-default"
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -56,146 +60,9 @@ FASHION_MNIST_LABELS = ("t-shirt_top", "trouser", "pullover", "dress", "coat",
 COREL1K_LABELS = ("africa", "beach", "buildings", "buses", "dinosaurs",
                   "elephants", "flowers", "horses", "mountains", "food")
 COREL1K_URLS = ("http://wang.ist.psu.edu/~jwang/test1.tar",)
-VECTOR_EXTENSIONS = frozenset({".svg", ".svgz"})
 
 
 # ---------------------------------------------------------------- helpers
-
-def display_name(name: str) -> str:
-    """``name`` as printable UTF-8 text: bytes that are not UTF-8 become ``\\xNN`` escapes."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def _special_kind(mode: int) -> str:
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "special_file"
-
-
-@dataclass
-class TreeScan:
-    """What :func:`scan_tree` found: regular files to use and every entry skipped, with its reason."""
-
-    files: list[str] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
-
-    def skip(self, rel: str, reason: str, detail: str) -> None:
-        self.skipped.append({"path": display_name(rel), "reason": reason, "detail": detail})
-
-
-def scan_tree(root: str | os.PathLike, extensions: frozenset[str] | None = None,
-              empty_folders: bool = False) -> TreeScan:
-    """Walk ``root`` without ever leaving it; sorted relative POSIX paths of the regular files, plus skips.
-
-    Skip reasons: ``hidden`` (a name starting with a dot), ``dangling_link``, ``link_loop``,
-    ``outside_dataset`` (a link whose target lies outside ``root``), ``linked_folder`` (a link to a
-    folder inside ``root``: its files are found there), ``device``, ``fifo``, ``socket``,
-    ``unreadable`` (no permission), and with ``empty_folders`` ``empty_class_folder`` (a top-level
-    folder holding no usable file). A link to a file inside ``root`` is used (its target is read).
-    Files whose extension is not in ``extensions`` are left out silently (a source's own filter).
-    """
-    root = Path(root)
-    real_root = os.path.realpath(root)
-    scan = TreeScan()
-
-    def inside(target: str) -> bool:
-        return target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
-
-    def walk(folder: Path, prefix: str) -> int:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
-        except OSError as exc:
-            scan.skip(prefix.rstrip("/") or ".", "unreadable", exc.strerror or str(exc))
-            return 0
-        used = 0
-        for entry in entries:
-            rel = prefix + entry.name
-            if entry.name.startswith("."):
-                scan.skip(rel, "hidden", "hidden file or folder (name starts with a dot)")
-                continue
-            try:
-                info = os.lstat(entry.path)
-                if stat.S_ISLNK(info.st_mode):
-                    target = os.path.realpath(entry.path)
-                    if not inside(target):
-                        scan.skip(rel, "outside_dataset", "link to a path outside the dataset folder")
-                        continue
-                    info = os.stat(entry.path)
-                    if stat.S_ISDIR(info.st_mode):
-                        scan.skip(rel, "linked_folder", "link to a folder inside the dataset (its files count there)")
-                        continue
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    scan.skip(rel, "link_loop", "symbolic link loop")
-                elif exc.errno == errno.ENOENT:
-                    scan.skip(rel, "dangling_link", "symbolic link to nothing")
-                else:
-                    scan.skip(rel, "unreadable", exc.strerror or str(exc))
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                found = walk(Path(entry.path), rel + "/")
-                if empty_folders and not prefix and not found:
-                    scan.skip(rel, "empty_class_folder", "class folder holds no file")
-                used += found
-            elif stat.S_ISREG(info.st_mode):
-                if extensions is not None and Path(entry.name).suffix.lower() not in extensions:
-                    continue
-                if not os.access(entry.path, os.R_OK):
-                    scan.skip(rel, "unreadable", "permission denied")
-                    continue
-                scan.files.append(rel)
-                used += 1
-            else:
-                scan.skip(rel, _special_kind(info.st_mode), "not a regular file")
-        return used
-
-    walk(root, "")
-    scan.files.sort()
-    return scan
-
-
-def list_files(root: str | os.PathLike, extensions: frozenset[str] | None = None) -> list[str]:
-    """Sorted relative POSIX paths of the usable regular files under ``root`` (see :func:`scan_tree`)."""
-    return scan_tree(root, extensions).files
-
-
-def _copy_tree(src: Path, dst: Path, files: list[str], scan: TreeScan | None = None) -> int:
-    """Copy ``files`` (relative to ``src``) into ``dst`` keeping the tree; return the bytes copied.
-
-    A file that cannot be copied (it vanished, or its path is too long here) is recorded in
-    ``scan.skipped`` as ``unreadable`` when ``scan`` is given, and is an error otherwise.
-    """
-    total = 0
-    for rel in files:
-        target = dst / rel
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / rel, target)
-        except OSError as exc:
-            if scan is None:
-                raise CbirError(f"cannot copy {display_name(str(src / rel))}: {exc.strerror or exc}; "
-                                "check the file and its permissions") from None
-            scan.skip(rel, "unreadable", f"cannot copy: {exc.strerror or exc}")
-            continue
-        total += target.stat().st_size
-    return total
-
-
-def _debian_version(package: str) -> str | None:
-    """Installed version of a Debian package, or ``None`` when unknown."""
-    try:
-        done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                              capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
-
 
 def _finish(tmp: Path, provenance: dict) -> dict:
     """Write ``_source.json``. Local folders and archives are named, never given as absolute paths, so the
@@ -246,22 +113,12 @@ def fetch_tuxpaint(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
         raise CbirError(f"no image files under {root}; reinstall {TUXPAINT_PACKAGE} or fix dataset.root")
     log.info("copying %d image files from %s", len(files), root)
     with atomic_dir(raw_dir) as tmp:
-        n_bytes = _copy_tree(root, tmp, files)
+        n_bytes = copy_tree(root, tmp, files)
         return _finish(tmp, {
             "source": "tuxpaint", "name": dataset_cfg.get("name", "tuxpaint"), "root": str(root),
-            "debian_package": TUXPAINT_PACKAGE, "package_version": _debian_version(TUXPAINT_PACKAGE),
+            "debian_package": TUXPAINT_PACKAGE, "package_version": debian_version(TUXPAINT_PACKAGE),
             "license": "GPL-2.0", "n_files": len(files), "bytes": n_bytes,
         })
-
-
-def _existing_folder(value, key: str, what: str) -> Path:
-    """``value`` as an existing folder; a missing path or a file is one clear error naming ``key``."""
-    folder = Path(str(value)).expanduser()
-    if folder.is_file():
-        raise CbirError(f"{key}={display_name(str(folder))} is a file, not a folder; {what}")
-    if not folder.is_dir():
-        raise CbirError(f"{key}={display_name(str(folder))} does not exist; {what}")
-    return folder
 
 
 def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
@@ -273,7 +130,7 @@ def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     folder = dataset_cfg.get("folder")
     if not folder:
         raise CbirError("dataset.source=folder needs dataset.folder=/path/to/images (one sub-folder per class)")
-    folder = _existing_folder(folder, "dataset.folder", "set dataset.folder= to a folder with one sub-folder "
+    folder = existing_folder(folder, "dataset.folder", "set dataset.folder= to a folder with one sub-folder "
                               "per class")
     scan = scan_tree(folder, empty_folders=True)
     files = [f for f in scan.files if "/" in f]
@@ -286,7 +143,7 @@ def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     log.info("copying %d files from %s (%d entries skipped)", len(files), display_name(str(folder)),
              len(scan.skipped))
     with atomic_dir(raw_dir) as tmp:
-        n_bytes = _copy_tree(folder, tmp, files, scan)
+        n_bytes = copy_tree(folder, tmp, files, scan)
         return _finish(tmp, {
             "source": "folder", "name": dataset_cfg.get("name", folder.name), "folder": display_name(folder.name),
             "n_files": len(files), "bytes": n_bytes, "ignored_top_level_files": [display_name(f) for f in ignored],
@@ -310,11 +167,11 @@ def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str 
     provenance: dict = {"source": "corel1k", "name": name, "labels": list(COREL1K_LABELS)}
     raw_dir = Path(raw_dir)
     if folder:
-        folder = _existing_folder(folder, "dataset.folder", "point it at the extracted Corel-1K folder "
+        folder = existing_folder(folder, "dataset.folder", "point it at the extracted Corel-1K folder "
                                   "(image.orig) or use dataset.archive=")
         scan = scan_tree(folder)
         with atomic_dir(raw_dir) as tmp:
-            provenance.update(folder=display_name(folder.name), bytes=_copy_tree(folder, tmp, scan.files, scan),
+            provenance.update(folder=display_name(folder.name), bytes=copy_tree(folder, tmp, scan.files, scan),
                               n_files=len(scan.files))
             provenance["skipped"] = sorted(scan.skipped, key=lambda d: (d["path"], d["reason"]))
             provenance["n_images"] = _corel_check(tmp, str(folder))
@@ -368,10 +225,10 @@ def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
                         f"{FASHION_MNIST_PACKAGE} (`make setup` or `sudo apt-get install {FASHION_MNIST_PACKAGE}`) "
                         "or set dataset.root= to a folder holding the *-ubyte.gz files")
     with atomic_dir(raw_dir) as tmp:
-        n_bytes = _copy_tree(root, tmp, names)
+        n_bytes = copy_tree(root, tmp, names)
         return _finish(tmp, {
             "source": "fashion_mnist", "name": dataset_cfg.get("name", "fashion_mnist"), "root": str(root),
-            "debian_package": FASHION_MNIST_PACKAGE, "package_version": _debian_version(FASHION_MNIST_PACKAGE),
+            "debian_package": FASHION_MNIST_PACKAGE, "package_version": debian_version(FASHION_MNIST_PACKAGE),
             "license": "MIT", "labels": list(FASHION_MNIST_LABELS), "n_files": len(names), "bytes": n_bytes,
             "sha256": {n: sha256_file(tmp / n) for n in names},
         })

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cbir.data.images import open_rgb
+from cbir.data.images import MAX_PIXELS, open_rgb
 from cbir.errors import CbirError
 from cbir.features.cnn.preprocess import imagenet_input
 
@@ -43,7 +43,7 @@ def make_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
 class ImageFiles(Dataset):
     """Images by path, decoded with the project's safe loader and transformed."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, max_pixels: int = 40_000_000):
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, max_pixels: int = MAX_PIXELS):
         self.paths = [Path(p) for p in paths]
         self.transform = transform
         self.max_pixels = max_pixels
@@ -223,7 +223,7 @@ def feature_dim(trunk: nn.Module, pool: Callable, image_size: int) -> int:
 
 
 def make_loader(paths: Sequence, image_size: int, batch_size: int, device: torch.device,
-                num_workers: int | None = None, max_pixels: int = 40_000_000) -> DataLoader:
+                num_workers: int | None = None, max_pixels: int = MAX_PIXELS) -> DataLoader:
     workers = default_workers(device) if num_workers is None else num_workers
     return DataLoader(
         ImageFiles(paths, make_transform(image_size), max_pixels=max_pixels),
