@@ -4,7 +4,6 @@ copy detection µAP (CSV + Markdown + LaTeX that fits \\textwidth)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pandas as pd
 import pytest
@@ -70,10 +69,6 @@ def test_pdflatex_sets_the_benchmark_tables_without_an_overfull_box(tmp_path):
     write_tables(tmp_path / "t", "neardup", pairs_metrics(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), 1000)
     write_tables(tmp_path / "r", "roxford5k", revisitop_metrics(0.0), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
                  1000)
-    tables = sorted((tmp_path / "t").glob("*.tex")) + sorted((tmp_path / "r").glob("*.tex"))
-    doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                   + "".join(f"\\input{{{p}}}\n\\clearpage\n" for p in tables) + "\\end{document}\n")
-    subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                   check=True, capture_output=True, timeout=120)
-    assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")
+    from test_tables import assert_pdflatex_fits
+
+    assert_pdflatex_fits(sorted((tmp_path / "t").glob("*.tex")) + sorted((tmp_path / "r").glob("*.tex")), tmp_path)

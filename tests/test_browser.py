@@ -50,8 +50,8 @@ def server(tmp_path_factory, random_mobilenet_file):
     thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def browser():
+def chromium(window_size: str = "1400,900"):
+    """A headless Chromium driven by selenium (loopback only, whatever the environment's proxy says)."""
     _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -60,10 +60,16 @@ def browser():
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument("--window-size=1400,900")
-    options.add_argument("--no-proxy-server")  # loopback only, whatever the environment says
+    options.add_argument(f"--window-size={window_size}")
+    options.add_argument("--no-proxy-server")
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium()
     yield driver
     driver.quit()
 

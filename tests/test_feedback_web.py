@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_browser import _require_browser, _results, _thumbnails_loaded
+from test_browser import _results, _thumbnails_loaded
 from test_query import build_pipeline_state
 
 from cbir.app.feedback import query_id_feedback
@@ -110,20 +110,9 @@ def server(site):
 
 @pytest.fixture(scope="module")
 def browser():
-    _require_browser()
-    from test_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+    from test_browser import chromium
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument("--window-size=1400,1000")
-    options.add_argument("--no-proxy-server")
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
+    driver = chromium("1400,1000")
     yield driver
     driver.quit()
 

@@ -48,6 +48,19 @@ def colour_png(path: Path, rgb, seed: int, size: int = 48) -> Path:
     return path
 
 
+def serving_root(root: Path, weights_file: Path, **serve) -> Path:
+    """:func:`build_pipeline_state` with curation's default 40 MP cap (so a query budget binds) and ``serve``
+    as the web server's settings."""
+    import yaml
+
+    build_pipeline_state(root, weights_file)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["curate"]["max_pixels"] = 40_000_000
+    params["serve"] = dict(serve)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
 def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdout") -> dict:
     """Three colour classes x 6 PNGs, their manifest, params.yaml, weights and two methods' features.
 

@@ -27,7 +27,7 @@ import numpy as np
 import psutil
 import pytest
 from PIL import Image
-from test_query import build_pipeline_state
+from test_query import build_pipeline_state, serving_root
 
 pytestmark = pytest.mark.slow
 
@@ -173,15 +173,9 @@ def near_limit_png(seed: int, side: int = NEAR_LIMIT_SIDE) -> bytes:
 @pytest.fixture(scope="module")
 def bounded_server(tmp_path_factory, random_mobilenet_file):
     """A server with the default serve limits and curation's default 40 MP cap (so the query budget binds)."""
-    import yaml
-
-    root = tmp_path_factory.mktemp("bounded_root")
-    build_pipeline_state(root, random_mobilenet_file)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["curate"]["max_pixels"] = 40_000_000
-    params["serve"] = {"max_upload_mb": 16, "thumb_size": 160, "max_query_pixels": 12_000_000, "max_concurrent": 2,
-                       "queue_timeout_s": 10, "request_timeout_s": 30}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = serving_root(tmp_path_factory.mktemp("bounded_root"), random_mobilenet_file, max_upload_mb=16,
+                        thumb_size=160, max_query_pixels=12_000_000, max_concurrent=2, queue_timeout_s=10,
+                        request_timeout_s=30)
     with running_server(root) as server:
         yield server
 

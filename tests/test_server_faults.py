@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
-from test_query import build_pipeline_state
+from test_query import build_pipeline_state, serving_root
 from test_serve_load import OPENER, multipart, noise_png, running_server
 
 from cbir.app.decode import MAX_ASPECT_RATIO, check_budget, decode_image_bytes, resized_pixels
@@ -233,13 +232,8 @@ def test_figure_that_cannot_be_written_leaves_neither_png_nor_pdf(state, tmp_pat
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, random_mobilenet_file):
     """``cbir serve`` in its own process: default query budget, a 2 MB upload cap, a short request deadline."""
-    root = tmp_path_factory.mktemp("faults_server")
-    build_pipeline_state(root, random_mobilenet_file)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["curate"]["max_pixels"] = 40_000_000
-    params["serve"] = {"max_upload_mb": 2, "max_query_pixels": 12_000_000, "max_concurrent": 2,
-                       "queue_timeout_s": 10, "request_timeout_s": DEADLINE_S}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = serving_root(tmp_path_factory.mktemp("faults_server"), random_mobilenet_file, max_upload_mb=2,
+                        max_query_pixels=12_000_000, max_concurrent=2, queue_timeout_s=10, request_timeout_s=DEADLINE_S)
     with running_server(root) as running:
         yield running
 

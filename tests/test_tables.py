@@ -198,9 +198,13 @@ def test_every_latex_table_fits_the_text_width(tmp_path):
 
 @pytest.mark.skipif(not __import__("shutil").which("pdflatex"), reason="pdflatex is not installed")
 def test_pdflatex_sets_every_table_without_an_overfull_box(tmp_path):
+    assert_pdflatex_fits([p for p in paper_sized_tables(tmp_path / "tables") if p.suffix == ".tex"], tmp_path)
+
+
+def assert_pdflatex_fits(tables, tmp_path) -> None:
+    """pdflatex sets every ``.tex`` table in an ``article`` without an overfull box."""
     import subprocess
 
-    tables = [p for p in paper_sized_tables(tmp_path / "tables") if p.suffix == ".tex"]
     doc = tmp_path / "doc.tex"
     doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
                    + "".join(f"\\input{{{p}}}\n\\clearpage\n" for p in tables) + "\\end{document}\n")

@@ -142,6 +142,17 @@ def load_database(params: dict, method: str, root: Path) -> Database:
                     search=settings, index=index)
 
 
+def query_vectors(db: Database, vectors: np.ndarray, k: int) -> np.ndarray:
+    """Query vectors as float32 ``[Q, D]``, checked against the database (``k`` at least 1, same dimension)."""
+    if k < 1:
+        raise CbirError(f"k must be at least 1, got {k}")
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    if vectors.shape[1] != db.dim:
+        raise CbirError(f"the query has {vectors.shape[1]} dimensions but the {db.method} features have {db.dim}: "
+                        f"the features are stale, rebuild them with `dvc repro extract@{db.method}`")
+    return vectors
+
+
 def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024,
            exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of each query vector among the database rows, as the retrieve stage ranks: the
@@ -152,12 +163,7 @@ def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024,
     ties broken by the lower image id (see :func:`cbir.search.exact.exact_topk`).
     """
 
-    if k < 1:
-        raise CbirError(f"k must be at least 1, got {k}")
-    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-    if vectors.shape[1] != db.dim:
-        raise CbirError(f"the query has {vectors.shape[1]} dimensions but the {db.method} features have {db.dim}: "
-                        f"the features are stale, rebuild them with `dvc repro extract@{db.method}`")
+    vectors = query_vectors(db, vectors, k)
     settings = db.search or {"rerank": None, "index": "exact", "faiss": {}}
     rerank = settings["rerank"]
     queries = l2_normalize(vectors)

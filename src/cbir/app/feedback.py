@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from cbir.app.decode import decode_query
-from cbir.app.engine import Database, QueryEngine, result_records
+from cbir.app.engine import Database, QueryEngine, query_vectors, result_records
 from cbir.errors import CbirError
 from cbir.search.exact import l2_normalize
 from cbir.search.feedback import FeedbackSettings, Marks, rank_one
@@ -47,12 +47,7 @@ def feedback_search(db: Database, vector: np.ndarray, marks: Marks, k: int, sett
     """Top-``k`` after feedback for one query vector, as the feedback stage ranks: the method's query expansion
     (as :func:`search`), then :func:`cbir.search.feedback.rank_one` over the database vectors (always exact
     search). Returns manifest rows, scores and the feedback method that ran (``svm`` may fall back to Rocchio)."""
-    if k < 1:
-        raise CbirError(f"k must be at least 1, got {k}")
-    vector = np.atleast_2d(np.asarray(vector, dtype=np.float32))
-    if vector.shape[1] != db.dim:
-        raise CbirError(f"the query has {vector.shape[1]} dimensions but the {db.method} features have {db.dim}: "
-                        f"the features are stale, rebuild them with `dvc repro extract@{db.method}`")
+    vector = query_vectors(db, vector, k)
     query = l2_normalize(vector)
     rerank = (db.search or {}).get("rerank")
     if rerank and "aqe" in rerank["kind"]:

@@ -252,15 +252,19 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
             return page(400, error=str(exc))
         return page(answer=answer, query_src=query_src, method=answer["method"])
 
-    @app.route("/api/search", methods=["GET", "POST"])
-    def api_search():
+    def json_answer(compute):
+        """``compute()``'s answer as JSON: 503 with Retry-After when busy, 400 with the one line of a CbirError."""
         try:
-            answer, _ = run_search()
+            answer = compute()
         except Busy as exc:
             return busy(app.make_response((jsonify(error=str(exc)), 503)), exc)
         except CbirError as exc:
             return jsonify(error=str(exc)), 400
         return jsonify(answer)
+
+    @app.route("/api/search", methods=["GET", "POST"])
+    def api_search():
+        return json_answer(lambda: run_search()[0])
 
     # relevance feedback and region queries of a dataset image (cbir.app.feedback.refine_request)
     @app.get("/refine")
@@ -277,13 +281,8 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
 
     @app.get("/api/refine")
     def api_refine():
-        try:
-            answer = gate.run(refine_request, pick_engine(request.args.get("method")), params, root, request.args)
-        except Busy as exc:
-            return busy(app.make_response((jsonify(error=str(exc)), 503)), exc)
-        except CbirError as exc:
-            return jsonify(error=str(exc)), 400
-        return jsonify(answer)
+        return json_answer(lambda: gate.run(refine_request, pick_engine(request.args.get("method")), params, root,
+                                            request.args))
 
     @app.get("/thumb/<image_id:image_id>")
     def thumb(image_id: str):
