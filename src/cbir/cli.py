@@ -10,6 +10,7 @@ line, ``error: ...``, with exit status 2 — never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from cbir.config import load_params, write_params
 from cbir.errors import CbirError
+from cbir.fileio import clean_stale_temp, write_error
 from cbir.features.resolve import resolve_callable
 
 log = logging.getLogger("cbir")
@@ -181,9 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting is chatty
     try:
+        clean_stale_temp(args.root)  # what a killed run left, and any paired replace it had committed
         args.func(args)
     except CbirError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+            raise
+        # a write failure that no write point named (a library writing on its own): still one line
+        print(f"error: {write_error(exc.filename or 'a file', exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; no output was half-written", file=sys.stderr)
