@@ -79,7 +79,8 @@ def read_features(path: Path, method: str, manifest: pd.DataFrame) -> np.ndarray
     path = Path(path)
     n_rows = len(manifest)
     if not path.is_file():
-        raise CbirError(f"features not found at {path}: run `dvc repro extract@{method}` first")
+        raise CbirError(f"features for method {method!r} not found at {path}: build them with "
+                        f"`dvc repro extract@{method}`")
     try:
         features = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
