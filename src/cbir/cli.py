@@ -18,10 +18,13 @@ from pathlib import Path
 
 from cbir.config import load_params, write_params
 from cbir.errors import CbirError
-from cbir.fileio import clean_stale_temp, write_error
+from cbir.fileio import WRITE_HINTS, clean_stale_temp
 from cbir.features.resolve import resolve_callable
 
 log = logging.getLogger("cbir")
+
+#: OS errors printed as one line even where no write point converted them (never a missing file: that is a bug)
+OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
 #: what each command runs, imported only when that command runs (a stage never loads another's code)
 HANDLERS = {
@@ -189,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        if exc.errno not in OS_ERRORS:
             raise
-        # a write failure that no write point named (a library writing on its own): still one line
-        print(f"error: {write_error(exc.filename or 'a file', exc)}", file=sys.stderr)
+        # a full, read-only or forbidden place that no write point named (a library on its own): one line
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"error: cannot use {where} ({exc.strerror or exc}): {WRITE_HINTS[exc.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; no output was half-written", file=sys.stderr)

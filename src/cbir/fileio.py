@@ -79,11 +79,18 @@ def sha256_bytes(data: bytes) -> str:
 # --------------------------------------------------------------------------- write errors
 
 
-def write_error(target: str | os.PathLike, exc: OSError) -> CbirError:
+class WriteError(CbirError, OSError):
+    """A write that failed for a reason the user can fix; still an ``OSError`` (with the original
+    ``errno``), so code that treats a failed write as optional (a cache) keeps doing so."""
+
+
+def write_error(target: str | os.PathLike, exc: OSError) -> WriteError:
     """One line for a failed write of ``target``: what happened, where, and what to do."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     hint = WRITE_HINTS.get(exc.errno, "check that folder and rerun")
-    return CbirError(f"cannot write {target}: {reason}: {hint}")
+    error = WriteError(f"cannot write {target}: {reason}: {hint}")
+    error.errno = exc.errno
+    return error
 
 
 def is_write_error(exc: BaseException, *inside: Path) -> bool:
@@ -102,6 +109,8 @@ def _writes_to(target: Path, *tmp: Path) -> Iterator[None]:
     """Turn a user-fixable write failure on ``target`` or ``tmp`` into one :class:`CbirError`."""
     try:
         yield
+    except WriteError:
+        raise
     except OSError as exc:
         if is_write_error(exc, target.absolute(), *(t.absolute() for t in tmp)):
             raise write_error(target, exc) from None
@@ -148,13 +157,18 @@ def _owner(name: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _remove(path: Path) -> None:
@@ -280,11 +294,12 @@ def atomic_group(targets: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     for target in targets:
         _mkdir(target.parent, target)
     home = temp_home(targets[0])
-    with _writes_to(targets[0], home):
+    what = Path(" + ".join(str(t) for t in targets))
+    with _writes_to(what, home):
         folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-group.", dir=home))
     names = [f"{i}-{t.name}" for i, t in enumerate(targets)]
     try:
-        with _writes_to(targets[0], folder):
+        with _writes_to(what, folder):
             yield [folder / name for name in names]
             base = folder.parent.parent
             files = []

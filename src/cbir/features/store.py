@@ -34,8 +34,8 @@ def info_path(path: Path) -> Path:
 
 def manifest_digest(manifest: pd.DataFrame) -> str:
     """sha256 of the manifest rows features are computed from: ``image_id<TAB>sha256`` per row, in order."""
-    lines = "".join(f"{i}\t{h}\n" for i, h in zip(manifest["image_id"].astype(str), manifest["sha256"].astype(str)))
-    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+    rows = zip(map(str, manifest["image_id"].tolist()), map(str, manifest["sha256"].tolist()))
+    return hashlib.sha256(("\n".join(map("\t".join, rows)) + "\n").encode("utf-8")).hexdigest()
 
 
 def integrity_record(path: Path, manifest: pd.DataFrame) -> dict:
