@@ -43,6 +43,7 @@ WRITE_HINTS = {
     errno.EPERM: "no permission to write there: fix the folder's permissions or run from a writable checkout",
     errno.EFBIG: "the file is too large for that file system",
     errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EEXIST: "a file stands where that folder should be: move it away",
     errno.ENOENT: "a folder on that path is missing and cannot be created",
 }
 
