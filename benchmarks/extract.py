@@ -13,7 +13,9 @@ a shared machine hits every variant) and the range:
 * ``torch-compile-fp32``: the same with ``torch.compile`` (frozen weights; only with ``--compile``);
 * ``torch-bf16``: bf16 autocast on the CPU (emulated where the CPU has no native bf16);
 * ``openvino-fp32`` / ``openvino-bf16``: the OpenVINO runtime (``extract.runtime=auto`` on CPU); the
-  precision OpenVINO really ran is recorded (a CPU without native bf16 runs fp32).
+  precision OpenVINO really compiled is recorded (a CPU without native bf16 runs fp32);
+* ``openvino-int8``: ``extract.precision=int8``, NNCF post-training quantisation calibrated on
+  ``--n-calibration`` of the generated images (its setup time includes the quantisation).
 
 ``setup_s`` is the one-off cost before the first image (OpenVINO conversion + compile, or torch.compile),
 measured once.  ``peak_fraction`` is the forward pass's share of the CPU's theoretical peak
@@ -21,8 +23,9 @@ measured once.  ``peak_fraction`` is the forward pass's share of the CPU's theor
 the ISA; the clock is ``/proc/cpuinfo``'s current MHz, so it is an estimate).  Traditional descriptors:
 images/second of each default method (decode once at the working size + describe), one process and
 the default workers.  Memory: peak RSS of the default deep path at two dataset sizes, each in a fresh
-process.  Everything goes to ``benchmarks/results/extract.json`` with the CPU model, ISA flags and
-core count.  Ratios measured in one run, not absolute times, are the claims.
+process.  Everything goes to ``benchmarks/results/extract-<isa class>.json`` (one file per machine kind:
+avx2, avx512, avx512-bf16, amx; :func:`cbir.features.cnn.openvino_runtime.isa_class`) with the CPU
+model, ISA flags and core count.  Ratios measured in one run, not absolute times, are the claims.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ if __name__ == "__main__":
     import torch
 
     from cbir.features.cnn.backbones import build_classifier, trunk_of
-    from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, cpu_flags, cpu_isa
+    from cbir.features.cnn.openvino_int8 import calibration_inputs, quantize
+    from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, convert_trunk, cpu_flags, cpu_isa, isa_class
     from cbir.features.cnn.pooling import pool
     from cbir.features.cnn.runtime import embed_batches, make_loader, make_transform, resolve_device
 
@@ -141,7 +145,7 @@ def pipeline(runner, dim, paths, image_size, device, batch_size, workers, out_di
 
 
 FAMILIES = {"torch": ("naive", "torch-fp32", "torch-compile-fp32", "torch-bf16"),
-            "openvino": ("openvino-fp32", "openvino-bf16")}
+            "openvino": ("openvino-fp32", "openvino-bf16", "openvino-int8")}
 
 
 def family_child(arch: str, family: str, folder: str, args) -> None:
@@ -163,7 +167,14 @@ def family_child(arch: str, family: str, folder: str, args) -> None:
                 out[name] = [naive(trunk, paths[:max(16, len(paths) // 2)], args.image_size, device, tmp), 0.0, "fp32"]
                 continue
             start = time.perf_counter()
-            if family == "openvino":
+            if name == "openvino-int8":
+                def convert():
+                    calibration = calibration_inputs(paths[:args.n_calibration], args.image_size, 40_000_000)
+                    return quantize(convert_trunk(trunk, args.image_size), calibration)
+
+                runner = OpenVinoTrunk(convert, args.image_size, "int8")
+                compile, use_amp, precision = False, False, runner.effective_precision
+            elif family == "openvino":
                 runner = OpenVinoTrunk.from_module(trunk, args.image_size, name.split("-")[1])
                 compile, use_amp, precision = False, False, runner.effective_precision
             else:
@@ -187,7 +198,7 @@ def bench_model(arch: str, folder: Path, args, device, isa: str) -> dict:
         for family in families:
             cmd = [sys.executable, __file__, "--family-child", arch, family, str(folder), "--device", args.device,
                    "--n-speed", str(args.n_speed), "--image-size", str(args.image_size),
-                   "--batch-size", str(args.batch_size)] + ([] if args.compile else ["--no-compile"])
+                   "--batch-size", str(args.batch_size), "--n-calibration", str(args.n_calibration)] + ([] if args.compile else ["--no-compile"])
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"{arch} {family} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -196,6 +207,7 @@ def bench_model(arch: str, folder: Path, args, device, isa: str) -> dict:
     rows = []
     naive_rates = [v[0] for v in runs["naive"]]
     eager_rates = [v[0] for v in runs["torch-fp32"]]
+    openvino_rates = [v[0] for v in runs.get("openvino-fp32", [])]
     for name, values in runs.items():
         rates = [v[0] for v in values]
         precision = values[0][2]
@@ -206,6 +218,8 @@ def bench_model(arch: str, folder: Path, args, device, isa: str) -> dict:
                      "vs_naive": round(float(np.median(vs_naive)), 2),
                      "vs_naive_range": [round(min(vs_naive), 2), round(max(vs_naive), 2)],
                      "vs_torch_eager": round(float(np.median([r / e for r, e in zip(rates, eager_rates)])), 2),
+                     "vs_openvino_fp32": (round(float(np.median([r / o for r, o in zip(rates, openvino_rates)])), 2)
+                                          if openvino_rates else None),
                      "setup_s": round(float(np.median([v[1] for v in values])), 2),
                      "peak_fraction": peak_fraction(ips, flops, precision, isa, os.cpu_count() or 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -248,6 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-speed", type=int, default=64, help="images per deep speed measurement")
+    parser.add_argument("--n-calibration", type=int, default=32, help="images the int8 variant calibrates on")
     parser.add_argument("--n-handcrafted", type=int, default=300, help="images per traditional measurement")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians and ranges reported)")
@@ -259,7 +274,8 @@ def main() -> None:
     parser.add_argument("--no-handcrafted", dest="handcrafted", action="store_false")
     parser.add_argument("--rss-sizes", nargs="*", type=int, default=[1000, 10000])
     parser.add_argument("--rss-image-size", type=int, default=64, help="input size for the memory runs")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "extract.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/extract-<isa class>.json (one file per machine kind)")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--family-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,6 +287,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     isa = cpu_isa()
+    args.out = args.out or REPO / "benchmarks" / "results" / f"extract-{isa_class()}.json"
     import openvino
 
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "isa": isa,
@@ -299,15 +316,15 @@ def main() -> None:
         results["rss_growth"] = round(last["peak_rss_mib"] / first["peak_rss_mib"] - 1, 4)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{machine['cpu']}, {machine['cores']} cores, ISA {isa['level']} ({' '.join(isa['flags'])})\n")
-    print("| model | variant | precision run | img/s (median, range) | vs naive | vs torch eager | setup (s) "
-          "| share of peak |\n|---|---|---|---|---|---|---|---|")
+    print(f"\n{machine['cpu']}, {machine['cores']} cores, ISA class {isa['class']} ({' '.join(isa['flags'])})\n")
+    print("| model | variant | precision run | img/s (median, range) | vs naive | vs torch eager | vs OpenVINO fp32 "
+          "| setup (s) | share of peak |\n|---|---|---|---|---|---|---|---|---|")
     for model in results["deep"]:
         for r in model["rows"]:
             lo, hi = r["ips_range"]
             peak = "n/a" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}%"
             print(f"| {r['model']} | {r['variant']} | {r['precision']} | {r['ips']} ({lo}–{hi}) | {r['vs_naive']}x "
-                  f"| {r['vs_torch_eager']}x | {r['setup_s']} | {peak} |")
+                  f"| {r['vs_torch_eager']}x | {r['vs_openvino_fp32'] or 'n/a'}x | {r['setup_s']} | {peak} |")
     if results["handcrafted"]:
         print("\n| method | decoded at (px) | img/s, one process | img/s, default workers |\n|---|---|---|---|")
         for r in results["handcrafted"]:

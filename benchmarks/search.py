@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     report = {
         "benchmark": "search",
-        "config": {key: (str(value) if isinstance(value, Path) else value)
-                   for key, value in vars(args).items()},
+        "config": {key: value for key, value in vars(args).items() if not isinstance(value, Path)},  # no host paths
         "environment": {"python": platform.python_version(), "numpy": np.__version__,
                         "faiss": faiss.__version__, "cpu_count": os.cpu_count(),
                         "faiss_threads": faiss.omp_get_max_threads(),

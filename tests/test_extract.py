@@ -125,7 +125,7 @@ def test_loader_batches(colour_images):
 
 def test_fusion_method_is_weighted_mean_of_member_cosines(tmp_path, colour_images):
     from cbir.data.images import load_rgb
-    from cbir.features.methods import describe_image
+    from cbir.features.methods import describe_config
 
     members = {"hsv_histogram": {"bins": [8, 4, 4]}, "lbp_histogram": {}}
     cfg = {"descriptor": "fusion", "params": {"members": members, "weights": {"hsv_histogram": 3.0}}}
@@ -133,14 +133,14 @@ def test_fusion_method_is_weighted_mean_of_member_cosines(tmp_path, colour_image
 
     def cos(name, params):
         single = {"descriptor": name, "params": params}
-        x, y = describe_image(single, a), describe_image(single, b)
+        x, y = describe_config(single, a), describe_config(single, b)
         return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
     expected = (3.0 * cos("hsv_histogram", members["hsv_histogram"]) + 1.0 * cos("lbp_histogram", {})) / 4.0
-    fa, fb = describe_image(cfg, a), describe_image(cfg, b)
+    fa, fb = describe_config(cfg, a), describe_config(cfg, b)
     assert float(fa @ fb) == pytest.approx(expected, abs=1e-5)
     with pytest.raises(CbirError, match="params.members"):
-        describe_image({"descriptor": "fusion", "params": {}}, a)
+        describe_config({"descriptor": "fusion", "params": {}}, a)
 
 
 def test_multiscale_and_whitening_through_the_stage(tmp_path, colour_images, random_mobilenet_file):

@@ -4,7 +4,9 @@ Pipeline stages (one thin shell each in :mod:`cbir.stages`, run by ``dvc repro``
 (compose ``conf/`` into ``params.yaml``), ``readme`` (the README results block), ``query`` and
 ``serve`` (any image against the database) and ``plots-html`` (the offline DVC plots page).
 Every command reads ``params.yaml`` in ``--root``.  A problem the user can fix is printed as one
-line, ``error: ...``, with exit status 2 — never a traceback.
+line, ``error: ...``, with exit status 2 — never a traceback. Output into a pipe that closes early
+(``cbir query ... --json | head -1``) ends the command quietly with exit status 141 (128 + SIGPIPE, what
+the shell's own tools report, so ``set -o pipefail`` still sees it).
 """
 
 from __future__ import annotations
@@ -188,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clean_stale_temp(args.root)  # what a killed run left, and any paired replace it had committed
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the try, not at interpreter exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # Python's recipe: no second error when stdout is flushed at exit
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
     except CbirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,9 +11,9 @@ Protocol (per query, for one method's features and one feedback method of
   ``0 .. r-1`` (for round 0 that is the whole database), so images the user has already seen are
   not counted again. ``P@10`` and ``AP`` (over the relevant images left in the residual collection,
   :func:`cbir.evaluation.relevance_metrics`) are computed on that ranking, with 95% bootstrap
-  intervals over queries (:func:`cbir.evaluation.bootstrap_ci`);
+  intervals over queries (:func:`cbir.statistics.bootstrap_ci`);
 * the same residual collection also scores the round-0 ranking (``initial_*``: no feedback, the
-  shown images removed), and a paired test (:func:`cbir.evaluation.paired_test`) compares the last
+  shown images removed), and a paired test (:func:`cbir.statistics.paired_test`) compares the last
   round with it, query by query: the gain of feedback on equal footing. Holm over all tests.
 
 Pure: arrays and frames in, frames and dicts out (the stage writes them).
@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cbir import evaluation as ev
+from cbir import statistics as st
+from cbir.report.tables import format_p
 from cbir.search.feedback import FeedbackSettings, Marks, rank
 
 #: the cut-off of the reported precision (the paper's top-10)
@@ -139,7 +141,7 @@ def summarize_rounds(per_query: pd.DataFrame, n_bootstrap: int = 1000, seed: int
                "n_queries_without_relevant": int((frame["n_relevant"] == 0).sum()),
                "n_svm_ranked": int((frame["used"] == "svm").sum())}  # with svm: the rest fell back to Rocchio
         values = frame[list(SUMMARY_KEYS)].to_numpy(dtype=np.float64)
-        lo, hi = ev.bootstrap_ci(values, n_bootstrap, seed)  # queries resampled jointly for the four columns
+        lo, hi = st.bootstrap_ci(values, n_bootstrap, seed)  # queries resampled jointly for the four columns
         for j, key in enumerate(SUMMARY_KEYS.values()):
             finite = values[:, j][np.isfinite(values[:, j])]
             row[key] = ev._number(finite.mean() if finite.size else float("nan"))
@@ -152,8 +154,8 @@ def last_round_test(per_query: pd.DataFrame, n_permutations: int = 10000, seed: 
     """Paired tests of the last round against the round-0 ranking on the same residual collection:
     ``{round, n, mean_diff_ap, p_ap, p_wilcoxon_ap, mean_diff_p@10, p_p@10}`` (sign-flip permutation p-values)."""
     last = per_query[per_query["round"] == per_query["round"].max()]
-    ap = ev.paired_test(last["ap"].to_numpy(), last["initial_ap"].to_numpy(), n_permutations, seed)
-    p10 = ev.paired_test(last[f"p@{P_AT}"].to_numpy(), last[f"initial_p@{P_AT}"].to_numpy(), n_permutations, seed)
+    ap = st.paired_test(last["ap"].to_numpy(), last["initial_ap"].to_numpy(), n_permutations, seed)
+    p10 = st.paired_test(last[f"p@{P_AT}"].to_numpy(), last[f"initial_p@{P_AT}"].to_numpy(), n_permutations, seed)
     return {"round": int(last["round"].max()) if len(last) else 0, "n": ap["n"],
             "mean_diff_ap": ev._number(ap["mean_diff"]), "p_ap": ev._number(ap["p_permutation"]),
             "p_wilcoxon_ap": ev._number(ap["p_wilcoxon"]), f"mean_diff_p@{P_AT}": ev._number(p10["mean_diff"]),
@@ -183,7 +185,7 @@ def settings_for(cfg: Mapping, method: str) -> FeedbackSettings:
 def add_holm(results: Mapping[str, Mapping[str, dict]]) -> None:
     """Holm-adjust every last-round test's AP p-value in place (``p_holm``), over all methods x feedback."""
     tests = [entry["test"] for by_fb in results.values() for entry in by_fb.values()]
-    adjusted = ev.holm([np.nan if t["p_ap"] is None else t["p_ap"] for t in tests])
+    adjusted = st.holm([np.nan if t["p_ap"] is None else t["p_ap"] for t in tests])
     for test, p in zip(tests, adjusted):
         test["p_holm"] = ev._number(p)
 
@@ -236,7 +238,7 @@ def display(frame: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
             continue
         diff = getattr(t, "mean_diff_ap")
         cells.append("–" if diff is None or np.isnan(diff) else
-                     f"{diff:+.3f} (p={t.p_ap:.4f}, Holm {t.p_holm:.4f})")
+                     f"{diff:+.3f} (p {format_p(t.p_ap)}, Holm {format_p(t.p_holm)})")
     out["ΔAP vs initial"] = cells
     return out.astype(str)
 

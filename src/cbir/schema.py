@@ -86,9 +86,16 @@ COUNT = integer(0)
 
 CURATE = {"min_side": POSITIVE, "max_pixels": integer(1, 2 ** 31), "min_per_class": POSITIVE, "dedupe": BOOL}
 DATASET = {
-    "name": NAME, "source": one_of("tuxpaint", "corel1k", "fashion_mnist", "folder", "synthetic"),
+    "name": NAME, "source": one_of("tuxpaint", "corel1k", "fashion_mnist", "folder", "synthetic", "neardup",
+                                   "roxford5k", "rparis6k", "holidays", "ukbench", "copydays", "caltech101"),
     "root": STRING.or_null, "debian_package": STRING.or_null, "urls": list_of(STRING).or_null,
-    "sha256": SHA256.or_null, "archive": STRING.or_null, "folder": STRING.or_null,
+    # benchmarks (cbir.data.benchmarks): sha256 maps each file name to its hash, archive may be a list
+    "sha256": Rule("a sha256 (64 hex digits), or a mapping of file name to sha256", lambda v: SHA256(v) or (
+        isinstance(v, Mapping) and all(x is None or SHA256(x) for x in v.values()))).or_null,
+    "archive": Rule("a path, or a list of paths", lambda v: STRING(v) or list_of(STRING)(v)).or_null,
+    "folder": STRING.or_null, "license": STRING.or_null, "crop_queries": BOOL, "keep_background": BOOL,
+    "rotated": one_of("as_distributed", "manually_rotated"), "n_originals": POSITIVE, "n_distractors": COUNT,
+    "n_queries": POSITIVE, "n_absent": COUNT,
     "per_class": POSITIVE.or_null, "parts": list_of(one_of("train", "test"), 1, True).or_null,
     "curate": CURATE, "n_classes": POSITIVE, "size": integer(8, 4096), "seed": SEED,
     "format": one_of("png", "jpeg", "jpg"), "quality": integer(1, 100), "drop_variants": BOOL,

@@ -13,6 +13,20 @@ A query image's cost is capped before the full decode, from its header:
 The budget is ``max_pixels`` (the web server passes ``serve.max_query_pixels``, smaller than
 curation's ``curate.max_pixels``). Failures are :class:`cbir.data.images.ImageError` (reason
 ``too_large``, ``truncated``, ...) naming the file or upload, never a temporary path.
+
+The budget also covers what the methods do *after* decoding, again from the header alone
+(:func:`check_shape`): a deep method resizes the shorter side to its input size (224 px) before its
+centre crop, so a 100000 x 1 PNG of 373 bytes would become a 22.4 M x 224 image (15 GiB). Such images
+are refused, not fitted (a fitted strip would be a centre crop of a few pixels, no useful query):
+
+* reason ``bad_aspect``: the longer side is more than :data:`MAX_ASPECT_RATIO` (50) times the
+  shorter one (the widest camera panoramas are about 10:1), and
+* reason ``too_large``: the method's resize (``resize_side`` on the shorter side) would make more
+  than ``max_pixels`` pixels.
+
+So one query decodes at most ``max_pixels`` pixels and its resize makes at most ``max_pixels`` more
+(in practice, at 50:1 and 224 px, 2.5 M). The query tool and the web server share this decoder; the
+extract stage decodes through :mod:`cbir.data.images` (curated images only), which it leaves as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +48,8 @@ DEFAULT_QUERY_MAX_PIXELS = 12_000_000
 #: JPEGs are decoded at the smallest DCT scale that keeps both sides at least this long
 DRAFT_SIDE = 1024
 _DRAFT_FORMATS = ("JPEG", "MPO")
+#: the longest side may be at most this many times the shortest (reason ``bad_aspect`` beyond)
+MAX_ASPECT_RATIO = 50
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -62,10 +78,35 @@ def draft_size(size: tuple[int, int], side: int = DRAFT_SIDE) -> tuple[int, int]
     return -(-width // factor), -(-height // factor)
 
 
+def resized_pixels(size: tuple[int, int], resize_side: int) -> int:
+    """Pixels of ``size`` with its shorter side resized to ``resize_side`` (the deep methods' first step)."""
+    short, long = sorted(size)
+    return resize_side * -(-resize_side * long // max(short, 1))
+
+
+def check_shape(name: str, size: tuple[int, int], max_pixels: int, resize_side: int | None = None) -> None:
+    """Refuse, from the header's ``size``, an image whose shape makes the methods' resizing unbounded:
+    reason ``bad_aspect`` beyond :data:`MAX_ASPECT_RATIO`, ``too_large`` when resizing the shorter side to
+    ``resize_side`` would make more than ``max_pixels`` pixels (see the module docstring)."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(name, "empty", f"{width}x{height} image")
+    short, long = sorted((width, height))
+    if long > MAX_ASPECT_RATIO * short:
+        raise ImageError(name, "bad_aspect", f"{width}x{height} is a strip ({long / short:.4g}:1), wider than "
+                                             f"{MAX_ASPECT_RATIO}:1")
+    if resize_side and resized_pixels(size, resize_side) > max_pixels:
+        resized = resized_pixels(size, resize_side)
+        raise ImageError(name, "too_large", f"{width}x{height} resized to {resize_side} px on its shorter side makes "
+                                            f"{resized} pixels > max_pixels {max_pixels}")
+
+
 def check_budget(path: str | os.PathLike | bytes, name: str, max_pixels: int,
-                 max_declared: int = DEFAULT_MAX_PIXELS) -> tuple[str, tuple[int, int], bool]:
+                 max_declared: int = DEFAULT_MAX_PIXELS,
+                 resize_side: int | None = None) -> tuple[str, tuple[int, int], bool]:
     """Read the header only (of a file, or of bytes); return ``(format, declared size, drafted)`` or raise
-    ``too_large`` (or the reason the header cannot be read). ``drafted``: a JPEG decoded at reduced size.
+    ``too_large`` or ``bad_aspect`` (:func:`check_shape`), or the reason the header cannot be read.
+    ``drafted``: a JPEG decoded at reduced size.
     """
     if isinstance(path, bytes) and not path:
         raise ImageError(name, "empty", "zero-byte file")
@@ -73,6 +114,7 @@ def check_budget(path: str | os.PathLike | bytes, name: str, max_pixels: int,
     with _open_header(source, name) as image:
         fmt, (width, height) = image.format or "", image.size
     declared = width * height
+    check_shape(name, (width, height), max_pixels, resize_side)
     if fmt in _DRAFT_FORMATS:
         reduced = draft_size((width, height))
         if declared > max_declared:
@@ -107,15 +149,16 @@ def _decode_drafted(path: Path, name: str) -> Image.Image:
 
 
 def decode_query(path: str | os.PathLike, name: str, max_pixels: int = DEFAULT_QUERY_MAX_PIXELS,
-                 max_declared: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode a query image within ``max_pixels`` decoded pixels (see the module docstring)."""
+                 max_declared: int = DEFAULT_MAX_PIXELS, resize_side: int | None = None) -> Image.Image:
+    """Decode a query image within ``max_pixels`` decoded pixels, refusing a shape whose resize to
+    ``resize_side`` would not be (see the module docstring)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageError(name, "empty", "zero-byte file")
     except OSError as exc:
         raise ImageError(name, "unreadable", exc.strerror or exc) from None
-    _, _, drafted = check_budget(path, name, max_pixels, max(max_declared, max_pixels))
+    _, _, drafted = check_budget(path, name, max_pixels, max(max_declared, max_pixels), resize_side)
     if drafted:
         return _decode_drafted(path, name)
     try:
@@ -126,7 +169,8 @@ def decode_query(path: str | os.PathLike, name: str, max_pixels: int = DEFAULT_Q
     return image.reduce(factor) if factor >= 2 else image
 
 
-def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     resize_side: int | None = None) -> Image.Image:
     """Decode a query image file safely, within ``max_pixels`` decoded pixels."""
 
     path = Path(path)
@@ -134,10 +178,11 @@ def open_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXE
         raise CbirError(f"query image {path} not found: give the path of an image file")
     if path.is_dir():
         raise CbirError(f"query image {path} is a folder: give the path of an image file")
-    return decode_query(path, str(path), max_pixels)
+    return decode_query(path, str(path), max_pixels, resize_side=resize_side)
 
 
-def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
+                       resize_side: int | None = None) -> Image.Image:
     """Decode uploaded bytes with the same bounded decoder as files; errors name ``name``, not a temp file."""
 
     if not data:
@@ -145,4 +190,4 @@ def decode_image_bytes(data: bytes, name: str = "upload", max_pixels: int = DEFA
     with tempfile.TemporaryDirectory(prefix="cbir-query-") as tmp:
         path = Path(tmp) / "upload"
         path.write_bytes(data)
-        return decode_query(path, name, max_pixels)
+        return decode_query(path, name, max_pixels, resize_side=resize_side)

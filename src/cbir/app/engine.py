@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.app.decode import DEFAULT_MAX_PIXELS, decode_image_bytes, open_query_image
+from cbir.app.decode import DEFAULT_MAX_PIXELS, check_shape, decode_image_bytes, open_query_image
 from cbir.data.curate import pixel_hash
 from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
@@ -216,6 +216,13 @@ class QueryEngine:
     def method(self) -> str:
         return self.db.method
 
+    @property
+    def resize_side(self) -> int | None:
+        """The side a deep method resizes a query's shorter side to (``None`` for other methods): the
+        decoder refuses a shape whose resize would exceed the pixel budget (:func:`cbir.app.decode.check_shape`)."""
+        side = getattr(getattr(self.embedder, "method", None), "image_size", None)
+        return int(side) if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
+
     @classmethod
     def from_params(cls, params: dict, method: str, root: Path, db: Database | None = None) -> "QueryEngine":
 
@@ -223,8 +230,10 @@ class QueryEngine:
         return cls(db, QueryEmbedder.from_params(params, method, Path(root)), root=Path(root),
                    **query_settings(params))
 
-    def embed(self, image: Image.Image) -> np.ndarray:
-        """The image's L2-normalised descriptor ``[1, D]``."""
+    def embed(self, image: Image.Image, name: str = "query") -> np.ndarray:
+        """The image's L2-normalised descriptor ``[1, D]``. Its shape is checked first (a region cut from an
+        image, too, is refused beyond 50:1 or when the method's resize would exceed the pixel budget)."""
+        check_shape(name, image.size, self.max_pixels, self.resize_side)
         with self._lock:
             return self.embedder.embed([image])
 
@@ -281,6 +290,8 @@ class QueryEngine:
         """:meth:`query_image` for a batch, embedded together (what ``cbir query DIR`` runs)."""
         if not images:
             return []
+        for image, source in zip(images, sources):
+            check_shape(source, image.size, self.max_pixels, self.resize_side)
         with self._lock:
             vectors = self.embedder.embed(list(images))
         answers = []
@@ -294,7 +305,7 @@ class QueryEngine:
                     exclude_self: bool = False) -> tuple[dict, Image.Image]:
         """Decode uploaded bytes and rank the database; returns (answer, decoded image)."""
         start = time.perf_counter()
-        image = decode_image_bytes(data, name, self.max_pixels)
+        image = decode_image_bytes(data, name, self.max_pixels, self.resize_side)
         decode_ms = (time.perf_counter() - start) * 1e3
         digest = sha256_bytes(data)
         answer = self.query_image(image, k, self.describe_query(digest, name), exclude_self, digest)
@@ -305,7 +316,7 @@ class QueryEngine:
                    exclude_self: bool = False) -> tuple[dict, Image.Image]:
         """Decode an image file and rank the database; returns (answer, decoded image)."""
         start = time.perf_counter()
-        image = open_query_image(path, self.max_pixels)
+        image = open_query_image(path, self.max_pixels, self.resize_side)
         decode_ms = (time.perf_counter() - start) * 1e3
         digest = sha256_file(path)
         answer = self.query_image(image, k, self.describe_query(digest, str(path)), exclude_self, digest)

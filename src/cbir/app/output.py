@@ -6,6 +6,8 @@ import glob
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from cbir.app.decode import check_shape
 from cbir.app.engine import (
     QueryEngine,
     default_method,
@@ -129,17 +132,49 @@ def results_frame(answers: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
+def write_failed(option: str, target: Path, exc: OSError) -> CbirError:
+    """One line for a write that failed (a read-only folder, a full disk, ...): nothing was left behind."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return CbirError(f"cannot write {option} {target}: {reason}; nothing was written: pick a writable folder "
+                     "with free space")
+
+
 def write_results(answers: list[dict], out: Path) -> Path:
-    """``--out``: CSV (one row per query and rank) or JSON (the answers) by the file's ending, atomically."""
+    """``--out``: CSV (one row per query and rank) or JSON (the answers) by the file's ending, atomically
+    (a failed write leaves no file, and an older ``out`` as it was)."""
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".json"):
         raise CbirError(f"--out {out}: give a .csv or .json file")
-    with atomic_path(out) as tmp:
-        if out.suffix.lower() == ".csv":
-            results_frame(answers).to_csv(tmp, index=False)
-        else:
-            tmp.write_text(json.dumps(answers, indent=2) + "\n", encoding="utf-8")
+    try:
+        with atomic_path(out) as tmp:
+            if out.suffix.lower() == ".csv":
+                results_frame(answers).to_csv(tmp, index=False)
+            else:
+                tmp.write_text(json.dumps(answers, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise write_failed("--out", out, exc) from None
     return out
+
+
+def write_query_figure(answer: dict, image: Image.Image, root: Path, target: Path) -> list[Path]:
+    """``--figure``: :func:`save_query_figure`'s PNG and PDF, both written into a temporary folder beside
+    ``target`` and then renamed into place, so a failed write (read-only folder, full disk) leaves neither."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise write_failed("--figure", target, exc) from None
+    try:
+        written = save_query_figure(answer, image, root, staging / target.name)
+        final = [target.with_suffix(path.suffix) for path in written]
+        for path, dest in zip(written, final):
+            os.replace(path, dest)
+        return final
+    except OSError as exc:
+        raise write_failed("--figure", target, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _batch_answers(engine: QueryEngine, paths: list[Path], k: int, exclude_self: bool, max_pixels: int,
@@ -155,7 +190,7 @@ def _batch_answers(engine: QueryEngine, paths: list[Path], k: int, exclude_self:
 
     for path in tqdm(paths, desc=f"query {engine.method}", unit="img", disable=quiet or None, leave=False):
         try:
-            chunk.append((open_query_image(path, max_pixels), str(path), sha256_file(path)))
+            chunk.append((open_query_image(path, max_pixels, engine.resize_side), str(path), sha256_file(path)))
         except (ImageError, CbirError) as exc:
             log.warning("skipped %s", exc)
             continue
@@ -213,6 +248,7 @@ def run_query(params: dict, root: Path, image, method: str | None = None, k: int
         feedback_marks(db, rel_ids, irr_ids)  # an unknown id fails before the model loads
     decode_ms = (time.perf_counter() - start) * 1e3
     engine = QueryEngine.from_params(params, method, root, db=db)
+    check_shape(str(paths[0]), decoded.size, settings["max_pixels"], engine.resize_side)  # the method's resize
     digest = sha256_file(paths[0])
     described = engine.describe_query(digest, str(paths[0]))
     if region is not None:
@@ -225,7 +261,7 @@ def run_query(params: dict, root: Path, image, method: str | None = None, k: int
         answer = engine.query_image(decoded, k, described, exclude_self, digest)
     answer["timings_ms"] = {"decode": round(decode_ms, 3), **answer["timings_ms"]}
     if figure is not None:
-        written = save_query_figure(answer, decoded, root, Path(figure))
+        written = write_query_figure(answer, decoded, root, Path(figure))
         answer["figure"] = [str(p) for p in written]
     if out is not None:
         write_results([answer], Path(out))

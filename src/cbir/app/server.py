@@ -8,10 +8,13 @@ the manifest, never by a path taken from the request (any id, even one holding a
 
 Work is bounded (``serve:`` in params): a query image's decoded pixels are capped from its header
 before decoding (``max_query_pixels``, at most ``curate.max_pixels``; large JPEGs decoded at reduced
-size, see :mod:`cbir.app.decode`); at most ``max_concurrent`` queries compute at once, others wait up
-to ``queue_timeout_s`` and then get ``503`` with ``Retry-After``; a query that takes longer than
-``request_timeout_s`` is answered ``503`` (its work still holds its slot until done, so the bound
-holds); and a client gets ``request_timeout_s`` per socket read or write.
+size; strips beyond 50:1, or whose resize would exceed the budget, refused: see :mod:`cbir.app.decode`);
+at most ``max_concurrent`` queries compute at once, others wait up to ``queue_timeout_s`` and then get
+``503`` with ``Retry-After``; a query that takes longer than ``request_timeout_s`` is answered ``503``
+(its work still holds its slot until done, so the bound holds). A malformed form is one line saying why
+(:mod:`cbir.app.forms`). Connections are bounded by the WSGI server (:mod:`cbir.app.wsgi`, waitress): a
+fixed thread pool, a connection cap, a total deadline of ``request_timeout_s`` for a request to arrive,
+and every error reply closes its connection.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ from flask import Flask, Response, abort, jsonify, render_template, request, url
 from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
-from werkzeug.serving import WSGIRequestHandler
-from werkzeug.serving import make_server as werkzeug_server
 
-from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, check_budget, decode_query
+from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, MAX_ASPECT_RATIO, check_budget, decode_query
 from cbir.app.engine import QueryEngine, load_database
 from cbir.app.feedback import refine_request
+from cbir.app.forms import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, MalformedForm, TooManyParts, UploadRequest
+from cbir.app.wsgi import BoundedServer
 from cbir.data.images import ImageError
 from cbir.errors import CbirError
 from cbir.layout import Layout
@@ -175,8 +178,10 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
     gate = Gate(settings["max_concurrent"], settings["queue_timeout_s"], settings["request_timeout_s"])
 
     app = Flask(__name__, template_folder=str(WEB_DIR / "templates"), static_folder=str(WEB_DIR / "static"))
+    app.request_class = UploadRequest
     app.url_map.converters["image_id"] = ImageIdConverter
-    app.config["MAX_CONTENT_LENGTH"] = settings["max_upload_bytes"]
+    app.config.update(MAX_CONTENT_LENGTH=settings["max_upload_bytes"], MAX_FORM_PARTS=MAX_FORM_PARTS,
+                      MAX_FORM_MEMORY_SIZE=MAX_FORM_FIELD_BYTES)
     app.extensions["cbir"] = {"engines": engines, "root": root, "settings": settings, "gate": gate}
 
     @functools.lru_cache(maxsize=THUMB_CACHE_SIZE)
@@ -194,8 +199,11 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         try:
             return answer_request()
         except ImageError as exc:  # say what to do, in the server's terms
-            advice = (f"send an image of at most {settings['max_query_pixels']} pixels (serve.max_query_pixels)"
-                      if exc.reason == "too_large" else "send a JPEG, PNG, GIF, BMP, TIFF or WebP image")
+            advice = {"too_large": f"send an image of at most {settings['max_query_pixels']} pixels "
+                                   "(serve.max_query_pixels)",
+                      "bad_aspect": f"send an image whose long side is at most {MAX_ASPECT_RATIO} times its short "
+                                    "side (crop the strip)"}.get(exc.reason, "send a JPEG, PNG, GIF, BMP, TIFF or "
+                                                                            "WebP image")
             raise CbirError(f"{exc}: {advice}") from None
 
     def answer_request() -> tuple[dict, str]:
@@ -203,14 +211,11 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         if request.method == "POST":
             upload = request.files.get("image")
             data = upload.read() if upload is not None else b""
-            if upload is None and not request.form and (request.content_length or 0) > 0 and \
-                    request.mimetype == "multipart/form-data":  # werkzeug drops a form whose headers are not UTF-8
-                raise CbirError("the upload could not be read: its file name is not UTF-8 text (or the form is "
-                                "malformed); rename the file, then upload it again")
             if upload is None or (not upload.filename and not data):
                 raise CbirError("no image was chosen: pick or drop an image file, then search")
             name = upload_name(upload.filename)
-            check_budget(data, name, engine.max_pixels)  # the header only, before waiting for a slot
+            # the header only, before waiting for a slot: pixels, shape and the method's resize
+            check_budget(data, name, engine.max_pixels, resize_side=engine.resize_side)
 
             def work():
                 answer, image = engine.query_bytes(data, name=name)
@@ -292,13 +297,21 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         response.headers["Cache-Control"] = "public, max-age=3600"
         return response
 
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(_exc):
-        message = (f"the upload is larger than the {app.config['MAX_CONTENT_LENGTH'] / 2 ** 20:.3g} MB limit: "
-                   "choose a smaller image")
+    def form_error(status: int, message: str):
         if request.path.startswith("/api/"):
-            return jsonify(error=message), 413
-        return page(413, error=message, method=next(iter(engines)))
+            return jsonify(error=message), status
+        return page(status, error=message, method=next(iter(engines)))  # request.values would re-raise
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        if isinstance(exc, TooManyParts):
+            return form_error(413, exc.description)
+        return form_error(413, f"the upload is larger than the {app.config['MAX_CONTENT_LENGTH'] / 2 ** 20:.3g} "
+                               "MB limit: choose a smaller image")
+
+    @app.errorhandler(MalformedForm)
+    def malformed(exc):
+        return form_error(400, exc.description)
 
     return app
 
@@ -312,10 +325,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000):
-    """A threaded WSGI server for ``app`` (``port=0`` picks a free port: read ``server.server_port``).
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> BoundedServer:
+    """The production WSGI server for ``app`` (``port=0`` picks a free port: read ``server.server_port``).
 
-    Each connection gets ``serve.request_timeout_s`` per socket read or write (a stalled client is dropped).
+    waitress with a fixed pool of threads and a connection cap; a request must arrive whole within
+    ``serve.request_timeout_s`` of its first byte (see :mod:`cbir.app.wsgi`).
     """
 
     def refuse(reason) -> CbirError:
@@ -324,11 +338,11 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000):
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise CbirError(f"--port {port} is not a TCP port: give a number from 1 to 65535 (0 picks a free one)")
-    timeout = (app.extensions.get("cbir") or {}).get("settings", {}).get("request_timeout_s",
-                                                                         DEFAULTS["request_timeout_s"])
-    handler = type("TimedRequestHandler", (WSGIRequestHandler,), {"timeout": timeout})
+    settings = (app.extensions.get("cbir") or {}).get("settings", {})
+    timeout = settings.get("request_timeout_s", DEFAULTS["request_timeout_s"])
+    max_upload = settings.get("max_upload_bytes", DEFAULT_MAX_UPLOAD_MB * 2 ** 20)
 
-    if port:  # werkzeug exits the process on a busy port: find out first
+    if port:  # a busy port is one clear line, found out before the server starts its threads
         try:
             family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
             with socket.socket(family, kind, proto) as probe:
@@ -337,9 +351,9 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000):
         except OSError as exc:
             raise refuse(exc.strerror or exc) from None
     try:
-        return werkzeug_server(host, port, app, threaded=True, request_handler=handler)
-    except (OSError, SystemExit) as exc:
-        raise refuse(getattr(exc, "strerror", None) or "address in use") from None
+        return BoundedServer(app, host, port, deadline_s=timeout, max_upload_bytes=max_upload)
+    except (OSError, ValueError) as exc:
+        raise refuse(getattr(exc, "strerror", None) or exc) from None
 
 
 def run_server(params: dict, root: Path, host: str = "127.0.0.1", port: int = 8000,

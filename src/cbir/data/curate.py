@@ -39,6 +39,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from cbir.data.benchmarks import CURATED_SOURCES, curate_benchmark
 from cbir.data.images import IMAGE_EXTENSIONS, ImageError, decode_rgb
 from cbir.data.manifest import MANIFEST_COLUMNS, image_ids, name_problem  # noqa: F401 (re-exported)
 from cbir.data.sources import (
@@ -271,6 +272,8 @@ def curate(raw_dir: str | os.PathLike, dataset_cfg: dict, curate_cfg: dict | Non
     if not raw_dir.is_dir():
         raise CbirError(f"raw data folder {raw_dir} not found; run the download stage first (python -m cbir download)")
 
+    if source in CURATED_SOURCES:  # benchmarks: their own queries and judgements (cbir.data.benchmarks)
+        return curate_benchmark(raw_dir, dataset_cfg, settings, root)
     dropped: list[dict] = _source_skips(raw_dir, root)
 
     def drop(path: Path, reason: str, detail: str, image_id: str | None = None, **extra) -> None:

@@ -14,6 +14,7 @@ Labels are not decided here but at curation (:mod:`cbir.data.curate`):
 * ``folder``    any folder with one sub-folder per class (all non-hidden files under the
   class folders are copied so that curation reports what it could not use).
 * ``synthetic`` generated images (:mod:`cbir.data.synthetic`).
+* ``neardup`` (:mod:`cbir.data.neardup`); the standard benchmarks: :mod:`cbir.data.benchmarks`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir.data.benchmarks import FETCHED_SOURCES, fetch_benchmark
 from cbir.data.download import fetch_first, safe_extract
 from cbir.data.images import IMAGE_EXTENSIONS
+from cbir.data.neardup import fetch_neardup
 from cbir.data.synthetic import fetch_synthetic
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, sha256_file, write_json
@@ -374,7 +377,7 @@ def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
         })
 
 
-SOURCES = ("tuxpaint", "corel1k", "fashion_mnist", "folder", "synthetic")
+SOURCES = ("tuxpaint", "corel1k", "fashion_mnist", "folder", "synthetic", "neardup", *FETCHED_SOURCES)
 
 
 def fetch(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
@@ -390,4 +393,8 @@ def fetch(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.Pat
         return fetch_folder(dataset_cfg, raw_dir)
     if source == "synthetic":
         return fetch_synthetic(dataset_cfg, raw_dir)
+    if source == "neardup":
+        return fetch_neardup(dataset_cfg, raw_dir)
+    if source in FETCHED_SOURCES:
+        return fetch_benchmark(dataset_cfg, raw_dir, cache_dir=cache_dir)
     raise CbirError(f"unknown dataset.source {source!r}; use one of {', '.join(SOURCES)}")

@@ -39,10 +39,6 @@ KINDS = ("deep", "handcrafted", "precomputed")
 # --------------------------------------------------------------------------- handcrafted
 
 
-#: one descriptor or a fusion, on a decoded image: :func:`describe_config`, the name the tests import from here
-describe_image = describe_config
-
-
 @dataclass
 class HandcraftedMethod:
     """A traditional descriptor ``image -> vector`` (or a fusion of several), on the CPU.

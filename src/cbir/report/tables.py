@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cbir.fileio import atomic_path, write_text
+from cbir.report.benchmark_tables import write_benchmark_tables
 
 DECIMALS = 3
 #: p-values below this print as ``< 1e-4``
@@ -140,6 +141,7 @@ LATEX_HEADERS = {"mean_diff_ap": r"$\Delta$AP", "p_permutation": "perm.", "p_wil
                  "p_holm": "Holm", "n": "$n$"}
 #: columns set under one spanning header
 LATEX_GROUPS = {"p_permutation": "$p$", "p_wilcoxon": "$p$", "p_holm": "$p$"}
+LATEX_HEADERS.update({"µAP": r"$\mu$AP"})  # copy detection (cbir.report.benchmark_tables)
 
 #: ``\textwidth`` of LaTeX's ``article`` class at 10 pt (letter and A4 paper alike), and ``\tabcolsep``
 TEXTWIDTH_PT = 345.0
@@ -158,7 +160,7 @@ SPACE_PT = 3.33333
 BOLD_SCALE, SCRIPTSIZE_SCALE = 1.15, 0.8
 #: the widths (pt at 10 pt) of the macros the tables emit
 _MACROS = {r"\_": 3.6, r"\%": 8.33333, r"\&": 7.77778, r"\#": 8.33333, r"\$": 5.0, "$<$": 7.77778,
-           "$-$": 7.77778, r"$\Delta$": 8.33333, "$p$": 5.03, "$n$": 6.0, "--": 5.0,
+           "$-$": 7.77778, r"$\Delta$": 8.33333, r"$\mu$": 6.02, "$p$": 5.03, "$n$": 6.0, "--": 5.0,
            r"\textbackslash{}": 5.0, r"\textasciitilde{}": 5.0, r"\textasciicircum{}": 5.0, r"\{": 5.0, r"\}": 5.0}
 _SCOPES = ((r"\textbf{", BOLD_SCALE), (r"{\scriptsize ", SCRIPTSIZE_SCALE))
 
@@ -335,6 +337,7 @@ def write_tables(folder: Path, dataset: str, metrics: Mapping[str, Mapping], per
                                            if key.startswith("per_class") else None)
         write_text(folder / f"{key}.tex", to_latex(shown, f"{caption} {note}".strip(), f"tab:{dataset}-{key}"))
         written += [folder / f"{key}.csv", folder / f"{key}.tex"]
+    written += write_benchmark_tables(folder, dataset, metrics, to_latex)  # a benchmark's own columns
     for stale in folder.glob("*"):
         if stale.is_file() and stale not in written:
             stale.unlink()

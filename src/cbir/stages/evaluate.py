@@ -11,9 +11,11 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from cbir import benchmark_eval as be
 from cbir import evaluation as ev
 from cbir import statistics as st
 from cbir.config import section
+from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path, write_json
@@ -38,6 +40,7 @@ def compact_metrics(summaries: Mapping[str, Mapping]) -> dict:
                 row[key] = entry[key]
                 lo_hi = (entry.get("ci95") or {}).get(key) or [None, None]
                 row[f"{key}_lo"], row[f"{key}_hi"] = lo_hi[0], lo_hi[1]
+        row.update(be.compact_entry(entry.get("benchmark")))  # a benchmark's official scores, if any
         out[method] = row
     return out
 
@@ -93,6 +96,7 @@ def run(params: dict, root: str | Path) -> None:
     per_query: dict[str, pd.DataFrame] = {}
     pk, pr, classes = [], [], []
     manifest = read_manifest(paths.manifest)
+    judgements_file = paths.curated_dir / JUDGEMENTS_FILE
     for method in methods:
         t0 = time.perf_counter()
         data = load_prepared(params, method, root, manifest)
@@ -102,13 +106,23 @@ def run(params: dict, root: str | Path) -> None:
         if any(k > ranked for k in ks):
             log.warning("evaluate %s: evaluation.ks %s exceed the %d database images a query ranks; no P@k or R@k "
                         "for them (lower them in conf/evaluation/)", method, [k for k in ks if k > ranked], ranked)
-        result = ev.ranking_statistics(
-            data["queries"], data["database"], labels[data["query_rows"]],
-            labels[data["database_rows"]], ks=ks,
-            query_ids=manifest["image_id"].to_numpy()[data["query_rows"]],
-            exclude=data["exclude"], curve_k=curve_k, block_size=block_size)
+        official = None
+        if judgements_file.is_file():  # a benchmark's own judgements (cbir.benchmark_eval)
+            bench = be.load_judgements(judgements_file, manifest, data["query_rows"], data["database_rows"])
+            result, official = be.score(
+                bench, data["queries"], data["database"], ks, curve_k,
+                manifest["image_id"].to_numpy()[data["query_rows"]], labels[data["query_rows"]],
+                exclude=data["exclude"], block_size=block_size, top_k=k, n_bootstrap=n_bootstrap, seed=seed)
+        else:
+            result = ev.ranking_statistics(
+                data["queries"], data["database"], labels[data["query_rows"]],
+                labels[data["database_rows"]], ks=ks,
+                query_ids=manifest["image_id"].to_numpy()[data["query_rows"]],
+                exclude=data["exclude"], curve_k=curve_k, block_size=block_size)
         summaries[method] = ev.summarize(result.per_query, result.n_database, n_bootstrap, seed)
         summaries[method]["ap"] = result.ap  # the AP variant of map and map@10 (evaluation's AP_VARIANTS)
+        if official is not None:
+            summaries[method]["benchmark"] = official
         if data["search"]["index"] != "exact":
             t1 = time.perf_counter()
             summaries[method]["index"] = index_summary(data, k, int(params.get("seed", 0)), block_size)

@@ -10,7 +10,7 @@ from cbir.features.handcrafted.common import (
     as_rgb,
     fit_working_size,
     int_list_param,
-    l1_normalise,
+    l1_normalize,
     max_side_param,
     quantise,
 )
@@ -27,4 +27,4 @@ def hsv_histogram(image: np.ndarray, bins: Sequence[int] = (8, 4, 4),
     bins = int_list_param(where, "bins", bins, 1, length=3)
     image = fit_working_size(as_rgb(image, where), max_side_param(where, max_side))
     codes = quantise(image, bins, "hsv")
-    return l1_normalise(np.bincount(codes.ravel(), minlength=int(np.prod(bins))).astype(np.float64))
+    return l1_normalize(np.bincount(codes.ravel(), minlength=int(np.prod(bins))).astype(np.float64))

@@ -139,6 +139,6 @@ def quantise(image: np.ndarray, bins: Sequence[int], space: str) -> np.ndarray:
     return (idx[0] * bins[1] + idx[1]) * bins[2] + idx[2]  # row-major, as np.ravel_multi_index
 
 
-def l1_normalise(hist: np.ndarray) -> np.ndarray:
+def l1_normalize(hist: np.ndarray) -> np.ndarray:
     total = hist.sum()
     return (hist / total if total > 0 else hist).astype(np.float32)

@@ -14,7 +14,7 @@ from cbir.features.handcrafted.common import (
     float_param,
     grey_u8,
     int_param,
-    l1_normalise,
+    l1_normalize,
     max_side_param,
 )
 
@@ -35,4 +35,4 @@ def lbp_histogram(image: np.ndarray, P: int = 8, R: float = 1.0, max_side: int |
                         f"use a smaller R or images larger than {2 * border} pixels per side")
     codes = local_binary_pattern(grey, P, R, method="uniform")
     codes = codes[border:grey.shape[0] - border, border:grey.shape[1] - border]
-    return l1_normalise(np.bincount(codes.astype(np.int64).ravel(), minlength=P + 2).astype(np.float64))
+    return l1_normalize(np.bincount(codes.astype(np.int64).ravel(), minlength=P + 2).astype(np.float64))

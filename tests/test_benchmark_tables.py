@@ -1,0 +1,79 @@
+"""The benchmark tables in the literature's columns: ROxf/RPar M and H side by side, Holidays mAP, UKBench N-S,
+copy detection µAP (CSV + Markdown + LaTeX that fits \\textwidth)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+from test_tables import tabular_widths
+
+from cbir.report.benchmark_tables import benchmark_frames, revisitop_frame
+from cbir.report.tables import TEXTWIDTH_PT, write_tables
+
+METHODS = ["mobilenet_v2-gap", "mobilenet_v2-gem", "efficientnet_lite0-gem", "hsv_hist", "color_moments",
+           "correlogram", "lbp", "glcm", "hog", "fusion"]
+SIZES = {"n_queries": 500, "n_database": 1491}
+
+
+def revisitop_metrics(shift: float) -> dict:
+    return {m: {"map": 0.3, "p@10": 0.2, "ap": "trapezoidal", "ci95": {}, "n_queries": 70, "n_database": 4993,
+                "benchmark": {"kind": "revisitop", **{p: {"map": v + shift + i / 100} for p, v in
+                                                      (("easy", 0.5), ("medium", 0.3), ("hard", 0.1))}}}
+            for i, m in enumerate(METHODS)}
+
+
+def pairs_metrics() -> dict:
+    families = ["blur", "color", "combo", "crop", "flip", "jpeg", "overlay_stamp", "overlay_text", "rescale", "rotate"]
+    return {m: {"map": 0.5, "p@10": 0.1, "ap": "non-interpolated", "ci95": {}, "n_queries": 70, "n_database": 4993,
+                "benchmark": {"kind": "pairs", "micro_ap": 0.4 + i / 100, "recall@p0.9": 0.2, "top_k": 10,
+                              "families": {f: {"micro_ap": 0.1 * j} for j, f in enumerate(families)}}}
+            for i, m in enumerate(METHODS)}
+
+
+def test_revisitop_side_by_side_columns():
+    frame = revisitop_frame({"rparis6k": revisitop_metrics(0.1), "roxford5k": revisitop_metrics(0.0)})
+    assert list(frame.columns) == ["method", "ROxf M", "ROxf H", "RPar M", "RPar H", "ROxf E", "RPar E"]
+    assert frame.loc[0, "ROxf M"] == pytest.approx(30.0) and frame.loc[0, "RPar H"] == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("dataset, metrics, columns", [
+    ("roxford5k", revisitop_metrics(0.0), ["method", "ROxf M", "ROxf H", "ROxf E"]),
+    ("holidays", {m: {**SIZES, "map": 0.7, "benchmark": {"kind": "groups"}} for m in METHODS},
+     ["method", "Holidays mAP"]),
+    ("ukbench", {m: {**SIZES, "map": 0.7, "benchmark": {"kind": "ukbench", "ns": 3.1}} for m in METHODS},
+     ["method", "N-S", "mAP"]),
+    ("neardup", pairs_metrics(), ["method", "µAP", "R@P90", "mAP"]),
+])
+def test_benchmark_tables_are_written_and_fit(tmp_path, dataset, metrics, columns):
+    written = write_tables(tmp_path, dataset, metrics, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), 1000)
+    names = {p.name for p in written}
+    assert {"benchmark.csv", "benchmark.md", "benchmark.tex"} <= names
+    assert list(pd.read_csv(tmp_path / "benchmark.csv").columns) == columns
+    for tex in (p for p in written if p.suffix == ".tex"):
+        widths = tabular_widths(tex.read_text())
+        assert widths and max(widths) <= TEXTWIDTH_PT, (tex.name, widths)
+    md = (tmp_path / "benchmark.md").read_text()
+    assert md.count("\n|") == len(METHODS) + 2 and "**" in md
+    if dataset == "neardup":
+        assert "benchmark_families.tex" in names and r"$\mu$AP" in (tmp_path / "benchmark.tex").read_text()
+
+
+def test_class_level_metrics_have_no_benchmark_table():
+    assert benchmark_frames("corel1k", {"a": {"map": 0.5}}) == {}
+
+
+@pytest.mark.skipif(not shutil.which("pdflatex"), reason="pdflatex is not installed")
+def test_pdflatex_sets_the_benchmark_tables_without_an_overfull_box(tmp_path):
+    write_tables(tmp_path / "t", "neardup", pairs_metrics(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), 1000)
+    write_tables(tmp_path / "r", "roxford5k", revisitop_metrics(0.0), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                 1000)
+    tables = sorted((tmp_path / "t").glob("*.tex")) + sorted((tmp_path / "r").glob("*.tex"))
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                   + "".join(f"\\input{{{p}}}\n\\clearpage\n" for p in tables) + "\\end{document}\n")
+    subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                   check=True, capture_output=True, timeout=120)
+    assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")

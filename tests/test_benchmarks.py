@@ -1,0 +1,288 @@
+"""The standard benchmarks offline: tiny archives in each dataset's real layout through download -> curate ->
+extract (a cheap handcrafted method) -> retrieve -> evaluate, the judgements they produce, the official scores
+with hand-worked answers, and the generated near-duplicate benchmark (byte-identical on a rerun)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bench_helpers import (PALETTE, bench_params, colour_image, encode, revisitop_archives, run_stages, write_tar,
+                           write_zip)
+from PIL import Image
+
+from cbir import benchmark_eval as be
+from cbir.benchmark_metrics import revisitop_scores
+from cbir.data.benchmarks import JUDGEMENTS_FILE
+from cbir.data.manifest import read_manifest, split_indices
+from cbir.data.neardup import FAMILIES, fetch_neardup
+from cbir.errors import CbirError
+from cbir.judgements import Judgement, Judgements
+from cbir.search.exact import full_ranking
+
+SMALL_NEARDUP = ["dataset.n_originals=20", "dataset.n_distractors=10", "dataset.n_queries=30", "dataset.n_absent=5",
+                 "dataset.size=64"]
+
+
+def _tree_bytes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- official scores, hand-worked
+
+def _circle(angles_deg) -> np.ndarray:
+    a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    return np.stack([np.cos(a), np.sin(a)], axis=1).astype(np.float32)
+
+
+def test_revisitop_scores_hand_worked():
+    # the database ranks 0, 1, 2, 3 for the query; easy [1], hard [3], junk [0]
+    bench = be.Benchmark("roxford5k", "revisitop", "trapezoidal",
+                         Judgements.from_revisitop([{"easy": [1], "hard": [3], "junk": [0]}], "medium", 4),
+                         [{"easy": np.array([1]), "hard": np.array([3]), "junk": np.array([0])}], None, None)
+    result, official = be.score(bench, _circle([0]), _circle([10, 20, 30, 40]), [1, 5], 5, ["q"], ["x"],
+                                n_bootstrap=0)
+    # Easy: junk 0 and 3 removed -> 1 first: AP 1. Medium: 0 removed -> hits at 1 and 3:
+    # (1/2)(1 + 1)/2 + (1/2)(1/2 + 2/3)/2 = 0.5 + 0.291667. Hard: 0, 1 removed -> 3 at rank 2, R = 1: (0 + 1/2)/2
+    assert official["easy"]["map"] == pytest.approx(1.0)
+    assert official["medium"]["map"] == pytest.approx(0.5 + (0.5 + 2 / 3) / 4, abs=1e-6)
+    assert official["hard"]["map"] == pytest.approx(0.25)
+    assert official["compact"] == {"e_map": 1.0, "m_map": pytest.approx(0.791667), "h_map": 0.25}
+    assert result.ap == "trapezoidal" and result.per_query["ap"].iloc[0] == pytest.approx(0.791667, abs=1e-6)
+
+
+@pytest.mark.parametrize("reference_first, expected", [(True, 1.0), (False, 0.5)])
+def test_pairs_micro_ap_hand_worked(reference_first, expected):
+    # q0's reference is row 0; q1 has none (its top-1 is a false pair). Pooled by score, the true pair first or second
+    q = _circle([0, 90])
+    db = _circle([5 if reference_first else 30, 90 + (20 if reference_first else 2)])
+    bench = be.Benchmark("neardup", "pairs", "non-interpolated",
+                         Judgements((Judgement([0]), Judgement([])), 2), None, np.array(["crop", "jpeg"], object), None)
+    _, official = be.score(bench, q, db, [1], 1, ["q0", "q1"], ["crop", "jpeg"], top_k=1, n_bootstrap=0)
+    assert official["micro_ap"] == pytest.approx(expected)
+    assert official["recall@p0.9"] == (1.0 if reference_first else 0.0)
+    assert official["families"]["crop"]["micro_ap"] == 1.0 and official["families"]["jpeg"]["micro_ap"] is None
+    assert official["families"]["jpeg"]["n_without_reference"] == 1
+
+
+def test_ukbench_ns_counts_the_query():
+    # 2 groups of 2 rows: query 0's group {0, 1}; ranking 0, 1, 2, 3 -> N-S (top 4) = 2 for the group of 2
+    items = (Judgement([1], [0]),)
+    bench = be.Benchmark("ukbench", "ukbench", "non-interpolated", Judgements(items, 4), None, None,
+                         Judgements((Judgement([0, 1]),), 4))
+    _, official = be.score(bench, _circle([0]), _circle([1, 2, 30, 40]), [1], 1, ["q"], ["g"], n_bootstrap=0)
+    assert official["ns"] == 2.0
+
+
+# ---------------------------------------------------------------- the near-duplicate benchmark
+
+def test_neardup_is_byte_identical_and_complete(tmp_path):
+    cfg = {"n_originals": 20, "n_distractors": 10, "n_queries": 30, "n_absent": 5, "size": 64, "seed": 3}
+    fetch_neardup(cfg, tmp_path / "a")
+    fetch_neardup(cfg, tmp_path / "b")
+    first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
+    assert first == second
+    assert len([k for k in first if k.startswith("database/")]) == 30
+    assert len([k for k in first if k.startswith("queries/")]) == 30
+    truth = (tmp_path / "a" / "ground_truth.csv").read_text().splitlines()[1:]
+    assert {line.split(",")[2] for line in truth} == set(FAMILIES)
+    assert sum(1 for line in truth if line.split(",")[1] == "") == 5
+    assert any(k.endswith(".jpg") for k in first if k.startswith("queries/"))  # JPEG queries stay JPEG
+    other = fetch_neardup({**cfg, "seed": 4}, tmp_path / "c")
+    assert other["stamps"] != json.loads((tmp_path / "a" / "_source.json").read_text())["stamps"]
+
+
+def test_neardup_pipeline_scores_every_family(tmp_path):
+    metrics = run_stages(bench_params("neardup", *SMALL_NEARDUP), tmp_path)
+    official = metrics["color_moments"]["benchmark"]
+    assert official["kind"] == "pairs" and set(official["families"]) == set(FAMILIES)
+    assert 0.0 <= official["micro_ap"] <= 1.0 and official["n_positives"] == 25
+    assert official["micro_ap_ci95"][0] <= official["micro_ap"] <= official["micro_ap_ci95"][1]
+    compact = json.loads((tmp_path / "metrics" / "neardup.json").read_text())["color_moments"]
+    assert {"map", "p@10", "micro_ap", "recall@p0.9"} <= set(compact)
+    assert metrics["color_moments"]["n_queries_without_relevant"] == 5
+
+
+# ---------------------------------------------------------------- archives in each dataset's layout
+
+@pytest.mark.parametrize("name", ["roxford5k", "rparis6k"])
+def test_revisitop_archives_end_to_end(tmp_path, name):
+    files = revisitop_archives(tmp_path, name)
+    params = bench_params(name, "dataset.archive=[" + ",".join(map(str, files)) + "]")
+    root = tmp_path / "repo"
+    metrics = run_stages(params, root)
+    curated = root / "data" / "curated" / name
+    manifest = read_manifest(curated / "manifest.csv")
+    assert (manifest["split"] == "query").sum() == 3 and (manifest["split"] == "database").sum() == 12
+    with Image.open(next((curated / "queries").iterdir())) as query:  # bbx [4, 4, 40.5, 30.2] as PIL's crop rounds it
+        assert query.size == (36, 26)
+    provenance = json.loads((root / "data" / "raw" / name / "_source.json").read_text())
+    assert all(len(f["sha256"]) == 64 and not f["sha256_pinned"] for f in provenance["files"])
+    # the stage's E/M/H are revisitop's compute_map on the same exact ranking
+    judged = json.loads((curated / JUDGEMENTS_FILE).read_text())
+    q_rows, db_rows, _ = split_indices(manifest)
+    bench = be.load_judgements(curated / JUDGEMENTS_FILE, manifest, q_rows, db_rows)
+    x = np.load(root / "data" / "features" / name / "color_moments.npy")
+    ranking = np.concatenate([r for _, r in full_ranking(x[q_rows], x[db_rows])])
+    expected = revisitop_scores(ranking, bench.gnd, len(db_rows))
+    for protocol in ("easy", "medium", "hard"):
+        assert metrics["color_moments"]["benchmark"][protocol]["map"] == pytest.approx(expected[protocol]["map"],
+                                                                                       abs=1e-6)
+    assert judged["ap"] == "trapezoidal" and metrics["color_moments"]["ap"] == "trapezoidal"
+
+
+def test_revisitop_missing_gnd_is_one_line(tmp_path):
+    archive, _ = revisitop_archives(tmp_path)
+    params = bench_params("roxford5k", f"dataset.archive=[{archive}]")
+    from cbir.stages import curate, download
+
+    download.run(params, tmp_path / "repo")
+    with pytest.raises(CbirError, match="gnd_roxford5k.pkl not found") as err:
+        curate.run(params, tmp_path / "repo")
+    assert "\n" not in str(err.value)
+
+
+def test_pinned_sha256_mismatch_is_refused(tmp_path):
+    files = revisitop_archives(tmp_path)
+    params = bench_params("roxford5k", "dataset.archive=[" + ",".join(map(str, files)) + "]")
+    params["dataset"]["sha256"] = {"gnd_roxford5k.pkl": "0" * 64}
+    from cbir.stages import download
+
+    with pytest.raises(CbirError, match="sha256 mismatch for gnd_roxford5k.pkl"):
+        download.run(params, tmp_path / "repo")
+
+
+def _holidays(tmp_path: Path) -> list[Path]:
+    # 3 groups (1000, 1001, 1002) of 3, 2 and 2 images, one colour per group, split over jpg1/jpg2 as published
+    parts = [{}, {}]
+    for g, n in enumerate((3, 2, 2)):
+        for j in range(n):
+            parts[j % 2][f"jpg/{100000 + g * 100 + j}.jpg"] = encode(colour_image(PALETTE[g], seed=g * 10 + j))
+    return [write_tar(tmp_path / f"jpg{i + 1}.tar.gz", members) for i, members in enumerate(parts)]
+
+
+def test_holidays_archives_end_to_end(tmp_path):
+    files = _holidays(tmp_path)
+    metrics = run_stages(bench_params("holidays", "dataset.archive=[" + ",".join(map(str, files)) + "]"),
+                         tmp_path / "repo")
+    judged = json.loads((tmp_path / "repo" / "data" / "curated" / "holidays" / JUDGEMENTS_FILE).read_text())
+    first = {q["query_id"]: q for q in judged["queries"]}
+    assert sorted(first) == ["query/100000", "query/100100", "query/100200"]
+    assert first["query/100000"] == {"query_id": "query/100000", "positives": ["db/100001", "db/100002"],
+                                     "junk": ["db/100000"]}
+    entry = metrics["color_moments"]
+    assert entry["n_queries"] == 3 and entry["n_database"] == 7 and entry["benchmark"]["kind"] == "groups"
+    # an independent oracle: rank by cosine, drop the query itself, AP = mean precision at each hit
+    root = tmp_path / "repo"
+    manifest = read_manifest(root / "data" / "curated" / "holidays" / "manifest.csv")
+    x = np.load(root / "data" / "features" / "holidays" / "color_moments.npy")
+    ids = manifest["image_id"].tolist()
+    aps = []
+    for q in first.values():
+        qi = ids.index(q["query_id"])
+        db = [i for i, image_id in enumerate(ids) if image_id.startswith("db/") and image_id != q["junk"][0]]
+        order = [db[j] for j in np.argsort(-(x[db] @ x[qi]), kind="stable")]
+        hits = np.cumsum([ids[i] in q["positives"] for i in order])
+        aps.append(np.mean([hits[r] / (r + 1) for r, i in enumerate(order) if ids[i] in q["positives"]]))
+    assert entry["map"] == pytest.approx(float(np.mean(aps)), abs=1e-6)
+
+
+def test_holidays_manually_rotated_needs_a_folder(tmp_path):
+    params = bench_params("holidays", "dataset.rotated=manually_rotated")
+    from cbir.stages import download
+
+    with pytest.raises(CbirError, match="manually_rotated needs dataset.folder"):
+        download.run(params, tmp_path)
+
+
+def test_ukbench_zip_end_to_end(tmp_path):
+    members = {f"full/ukbench{i:05d}.jpg": encode(colour_image(PALETTE[i // 4], seed=i)) for i in range(12)}
+    archive = write_zip(tmp_path / "ukbench.zip", {**members, "index.html": b"<html></html>"})
+    metrics = run_stages(bench_params("ukbench", f"dataset.archive={archive}"), tmp_path / "repo")
+    entry = metrics["color_moments"]
+    # an independent oracle: each query ranks all 12 (itself included); N-S = its group's images in the top 4
+    root = tmp_path / "repo"
+    manifest = read_manifest(root / "data" / "curated" / "ukbench" / "manifest.csv")
+    x = np.load(root / "data" / "features" / "ukbench" / "color_moments.npy")
+    ids = manifest["image_id"].tolist()
+    db = [i for i, image_id in enumerate(ids) if image_id.startswith("db/")]
+    ns = []
+    for qi in (i for i, image_id in enumerate(ids) if image_id.startswith("query/")):
+        group = int(ids[qi][-5:]) // 4
+        top = [db[j] for j in np.argsort(-(x[db] @ x[qi]), kind="stable")[:4]]
+        ns.append(sum(int(ids[i][-5:]) // 4 == group for i in top))
+    assert entry["n_queries"] == 12 and entry["benchmark"]["ns"] == pytest.approx(np.mean(ns))
+    assert 1.0 <= entry["benchmark"]["ns"] <= 4.0
+    compact = json.loads((root / "metrics" / "ukbench.json").read_text())
+    assert compact["color_moments"]["ns"] == entry["benchmark"]["ns"]
+
+
+def test_copydays_archives_end_to_end(tmp_path):
+    originals = {b: colour_image(PALETTE[i], seed=i) for i, b in enumerate(("2000", "2001", "2002"))}
+    archives = [write_tar(tmp_path / "copydays_original.tar.gz",
+                          {f"original/{b}00.jpg": encode(px) for b, px in originals.items()})]
+    archives.append(write_tar(tmp_path / "copydays_jpeg.tar.gz", {
+        f"jpegqual/{q}/{b}00.jpg": encode(px) for b, px in originals.items() for q in (10, 50)}))
+    archives.append(write_tar(tmp_path / "copydays_crop.tar.gz", {
+        f"crops/{c}/{b}00.jpg": encode(px[5:30, 5:40]) for b, px in originals.items() for c in (20,)}))
+    archives.append(write_tar(tmp_path / "copydays_strong.tar.gz", {
+        f"strong/{b}01.jpg": encode(255 - px) for b, px in originals.items()}))
+    metrics = run_stages(bench_params("copydays", "dataset.archive=[" + ",".join(map(str, archives)) + "]"),
+                         tmp_path / "repo")
+    official = metrics["color_moments"]["benchmark"]
+    assert set(official["families"]) == {"original", "jpeg", "crop", "strong"}
+    assert official["families"]["original"]["micro_ap"] == pytest.approx(1.0)
+    assert official["families"]["jpeg"]["n_queries"] == 6 and official["n_positives"] == 3 + 6 + 3 + 3
+
+
+def test_caltech101_nested_archive_is_class_level(tmp_path):
+    inner = {f"101_ObjectCategories/{c}/image_{j:04d}.jpg": encode(colour_image(PALETTE[i], seed=i * 20 + j))
+             for i, c in enumerate(("accordion", "airplanes", "BACKGROUND_Google")) for j in range(1, 13)}
+    inner_tgz = write_tar(tmp_path / "101_ObjectCategories.tar.gz", inner)
+    archive = write_zip(tmp_path / "caltech-101.zip",
+                        {"caltech-101/101_ObjectCategories.tar.gz": inner_tgz.read_bytes(),
+                         "caltech-101/show_annotation.m": b"%"})
+    root = tmp_path / "repo"
+    metrics = run_stages(bench_params("caltech101", f"dataset.archive={archive}"), root)
+    manifest = read_manifest(root / "data" / "curated" / "caltech101" / "manifest.csv")
+    assert sorted(set(manifest["label"])) == ["accordion", "airplanes"]
+    assert (manifest["split"] == "query").sum() == 10  # conf/split/holdout.yaml: 5 per class, seed 0
+    assert not (root / "data" / "curated" / "caltech101" / JUDGEMENTS_FILE).exists()
+    assert "benchmark" not in metrics["color_moments"] and metrics["color_moments"]["ap"] == "non-interpolated"
+    provenance = json.loads((root / "data" / "raw" / "caltech101" / "_source.json").read_text())
+    assert provenance["left_out"] == ["BACKGROUND_Google"]
+
+
+def test_unsafe_member_in_a_benchmark_archive_is_refused(tmp_path):
+    archive = tmp_path / "ukbench.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../evil.jpg")
+        info.size = 0
+        tar.addfile(info)
+    from cbir.stages import download
+
+    with pytest.raises(CbirError, match="unsafe archive"):
+        download.run(bench_params("ukbench", f"dataset.archive={archive}"), tmp_path / "repo")
+
+
+def test_holidays_ftp_address_says_how_to_give_a_local_copy(tmp_path):
+    from cbir.stages import download
+
+    with pytest.raises(CbirError, match="unsupported URL scheme 'ftp'.*dataset.archive") as err:
+        download.run(bench_params("holidays"), tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_broken_gnd_pickle_is_one_line(tmp_path):
+    archive, gnd = revisitop_archives(tmp_path)
+    gnd.write_bytes(b"not a pickle")
+    params = bench_params("roxford5k", f"dataset.archive=[{archive},{gnd}]")
+    from cbir.stages import curate, download
+
+    download.run(params, tmp_path / "repo")
+    with pytest.raises(CbirError, match="is not a revisitop ground-truth file") as err:
+        curate.run(params, tmp_path / "repo")
+    assert "\n" not in str(err.value)
