@@ -157,7 +157,7 @@ def _owner(name: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
@@ -189,7 +189,7 @@ def clean_stale_temp(root: str | os.PathLike) -> list[str]:
     handled = []
     for entry in sorted(home.iterdir()):
         pid = _owner(entry.name)
-        if pid is not None and _alive(pid):
+        if pid is not None and process_alive(pid):
             continue
         if (entry / COMMIT).is_file():
             _finish_group(entry)

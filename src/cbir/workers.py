@@ -17,26 +17,13 @@ import sys
 import threading
 import time
 
+from cbir.fileio import process_alive
+
 PR_SET_PDEATHSIG = 1
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
-
-
 def _watch(pid: int, period: float) -> None:
-    while _alive(pid):
+    while process_alive(pid):
         time.sleep(period)
     os._exit(1)
 
@@ -49,6 +36,6 @@ def die_with_parent(stage_pid: int, period: float = 0.5) -> None:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - a libc without prctl: the thread still watches
             pass
-    if not _alive(stage_pid):  # it died before the signal was armed
+    if not process_alive(stage_pid):  # it died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch, args=(stage_pid, period), daemon=True, name="die-with-parent").start()
