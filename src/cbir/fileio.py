@@ -82,7 +82,11 @@ def sha256_bytes(data: bytes) -> str:
 
 class WriteError(CbirError, OSError):
     """A write that failed for a reason the user can fix; still an ``OSError`` (with the original
-    ``errno``), so code that treats a failed write as optional (a cache) keeps doing so."""
+    ``errno``, ``strerror`` and ``filename``), so code that treats a failed write as optional (a cache), or
+    words it itself, keeps doing so; ``str()`` is the one line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def write_error(target: str | os.PathLike, exc: OSError) -> WriteError:
@@ -90,7 +94,7 @@ def write_error(target: str | os.PathLike, exc: OSError) -> WriteError:
     reason = exc.strerror or str(exc) or type(exc).__name__
     hint = WRITE_HINTS.get(exc.errno, "check that folder and rerun")
     error = WriteError(f"cannot write {target}: {reason}: {hint}")
-    error.errno = exc.errno
+    error.errno, error.strerror, error.filename = exc.errno, exc.strerror, exc.filename
     return error
 
 
