@@ -35,6 +35,7 @@ from cbir.search.faiss_index import (
 )
 from cbir.stages.evaluate import run as run_evaluate
 from cbir.stages.retrieve import run as run_retrieve
+from integrity_helpers import write_features
 
 K = 10
 
@@ -161,8 +162,7 @@ def write_dataset(root, n_per_class: int = 40, dim: int = 16):
     codes = manifest["label"].map({lab: i for i, lab in enumerate(LABELS)}).to_numpy()
     x = l2_normalize((centres[codes] + 0.9 * np.random.default_rng(6).standard_normal((len(codes), dim)))
                      .astype(np.float32))
-    (root / "data/features/toy").mkdir(parents=True)
-    np.save(root / "data/features/toy/m.npy", x)
+    write_features(root / "data/features/toy/m.npy", x, manifest)
     return manifest, x
 
 

@@ -14,6 +14,7 @@ from cbir.evaluation import per_query_metrics
 from cbir.search.exact import exact_topk
 from cbir.stages.evaluate import run as run_evaluate
 from cbir.stages.retrieve import run as run_retrieve
+from integrity_helpers import write_features
 
 LABELS = ["cat", "dog", "fox"]
 PER_CLASS = 6
@@ -40,7 +41,7 @@ def write_dataset(root: Path, protocol: str = "holdout", noise: dict | None = No
     for method, sigma in (noise or {"good": 0.05, "noisy": 3.0}).items():
         x = centres[codes] + sigma * rng.standard_normal((len(manifest), 16))
         x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-        np.save(features_dir / f"{method}.npy", x)
+        write_features(features_dir / f"{method}.npy", x, manifest)
     return manifest
 
 
@@ -193,7 +194,7 @@ def test_mismatched_row_count_raises(tmp_path):
 
 @pytest.mark.parametrize("params, method, message", [
     (make_params(), "missing", "method 'missing' is not in params.yaml"),
-    (make_params(methods={"absent": {}}), "absent", r"features not found .*extract@absent"),
+    (make_params(methods={"absent": {}}), "absent", r"features for method 'absent' not found .*extract@absent"),
     (make_params(retrieval={"k": 3, "index": "annoy"}), "good", "unknown retrieval.index 'annoy'"),
     (make_params(retrieval={"k": 3, "index": "ivf", "faiss": {"nprobes": 3}}), "good",
      r"unknown retrieval.faiss keys \['nprobes'\]"),

@@ -15,8 +15,10 @@ import yaml
 
 from cbir.app.engine import QueryEngine
 from cbir.config import compose_yaml
+from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.stages.retrieve import run as run_retrieve
+from integrity_helpers import rehash
 from test_query import build_pipeline_state, run_cli
 
 AQE = {"kind": "aqe", "n": 2, "alpha": 3.0}
@@ -33,6 +35,7 @@ def with_settings(params: dict, root, k: int = 5) -> dict:
     params["methods"]["hsv_dba"] = params["methods"]["hsv_hist"]
     features = root / "data/features/toy"
     shutil.copy(features / "hsv_hist.npy", features / "hsv_dba.npy")
+    shutil.copy(features / "hsv_hist.json", features / "hsv_dba.json")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -110,6 +113,10 @@ def test_stale_or_missing_index_is_refused(built, tmp_path):
     shutil.copytree(root, copy)
     features = copy / "data/features/toy/hsv_hist.npy"
     np.save(features, np.load(features)[:, ::-1].copy())
+    with pytest.raises(CbirError, match=r"hsv_hist\.npy does not match hsv_hist\.json \(rows permuted or edited\): "
+                                        r"run `dvc repro extract@hsv_hist`"):
+        QueryEngine.from_params(params, "hsv_hist", copy)
+    rehash(features, read_manifest(copy / "data/curated/toy/manifest.csv"))  # as a fresh extract would
     with pytest.raises(CbirError, match=r"saved index .* was built from other features .* \(stale\): rebuild it "
                                         r"with `dvc repro retrieve@hsv_hist`"):
         QueryEngine.from_params(params, "hsv_hist", copy)

@@ -12,6 +12,7 @@ the shell's own tools report, so ``set -o pipefail`` still sees it).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -19,9 +20,13 @@ from pathlib import Path
 
 from cbir.config import load_params, write_params
 from cbir.errors import CbirError
+from cbir.fileio import WRITE_HINTS, clean_stale_temp
 from cbir.features.resolve import resolve_callable
 
 log = logging.getLogger("cbir")
+
+#: OS errors printed as one line even where no write point converted them (never a missing file: that is a bug)
+OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
 #: what each command runs, imported only when that command runs (a stage never loads another's code)
 HANDLERS = {
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting is chatty
     try:
+        clean_stale_temp(args.root)  # what a killed run left, and any paired replace it had committed
         args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the try, not at interpreter exit
     except BrokenPipeError:
@@ -192,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except CbirError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in OS_ERRORS:
+            raise
+        # a full, read-only or forbidden place that no write point named (a library on its own): one line
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"error: cannot use {where} ({exc.strerror or exc}): {WRITE_HINTS[exc.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; no output was half-written", file=sys.stderr)

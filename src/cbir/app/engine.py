@@ -26,6 +26,7 @@ from cbir.data.curate import pixel_hash
 from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
 from cbir.features.methods import build_method
+from cbir.features.store import read_features, recorded_hashes
 from cbir.features.whitening import apply_whitening, load_whitening
 from cbir.fileio import sha256_bytes, sha256_file
 from cbir.layout import Layout
@@ -116,18 +117,7 @@ def load_database(params: dict, method: str, root: Path) -> Database:
     paths = Layout(root, params)
     manifest = read_manifest(paths.manifest).reset_index(drop=True)
     path = paths.features(method)
-    if not path.exists():
-        raise CbirError(f"features for method {method!r} not found at {path}: build them with "
-                        f"`dvc repro extract@{method}`")
-    try:
-        features = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise CbirError(f"cannot read features {path} ({exc}): rebuild them with "
-                        f"`dvc repro -f extract@{method}`") from None
-    if features.ndim != 2 or features.shape[0] != len(manifest):
-        raise CbirError(f"features {path} have shape {features.shape} but the manifest has {len(manifest)} rows: "
-                        f"they are stale, rebuild them with `dvc repro extract@{method}`")
-    features = np.ascontiguousarray(features, dtype=np.float32)
+    features = np.ascontiguousarray(read_features(path, method, manifest))  # verified against its hashes
     rows = database_rows(manifest)
     vectors = l2_normalize(np.ascontiguousarray(features[rows]))
     rerank = settings["rerank"]
@@ -137,7 +127,8 @@ def load_database(params: dict, method: str, root: Path) -> Database:
     index = None
     if settings["index"] != "exact":
         index = load_index(paths.index_dir(method), method, settings, path,
-                           manifest["image_id"].astype(str).to_numpy()[rows])
+                           manifest["image_id"].astype(str).to_numpy()[rows],
+                           features_sha256=recorded_hashes(path, method)["features_sha256"])
     return Database(method=method, manifest=manifest, features=features, rows=rows, vectors=vectors,
                     search=settings, index=index)
 

@@ -1,36 +1,102 @@
-"""Reading a features file: ``[N, D]`` float32 rows aligned with the manifest, finite, memory-mapped."""
+"""Reading a features file: ``[N, D]`` float32 rows aligned with the manifest, finite, memory-mapped,
+and verified on every read against the hashes its ``.json`` sidecar recorded when it was extracted.
+
+``<method>.json`` records ``manifest_sha256`` (the manifest rows the features were computed from: image
+ids and content hashes, in order, :func:`manifest_digest`) and ``features_sha256`` (the ``.npy`` file
+itself).  :func:`read_features`, the one reader (retrieve, evaluate, figures, ``query`` and ``serve``),
+refuses features whose rows were permuted or edited, or whose manifest changed since, in one line
+naming the file and the stage to rerun.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cbir.errors import CbirError
+from cbir.fileio import sha256_file
 
 log = logging.getLogger("cbir")
 
-def read_features(path: Path, method: str, n_rows: int) -> np.ndarray:
-    """Feature matrix of ``method`` at ``path``, checked against the manifest's row count (memory-mapped)."""
+#: the sidecar keys written by the extract stage and checked by :func:`read_features`
+HASH_KEYS = ("manifest_sha256", "features_sha256")
+
+
+def info_path(path: Path) -> Path:
+    """The ``.json`` sidecar of a features file."""
+    return Path(path).with_suffix(".json")
+
+
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """sha256 of the manifest rows features are computed from: ``image_id<TAB>sha256`` per row, in order."""
+    rows = zip(map(str, manifest["image_id"].tolist()), map(str, manifest["sha256"].tolist()))
+    return hashlib.sha256(("\n".join(map("\t".join, rows)) + "\n").encode("utf-8")).hexdigest()
+
+
+def integrity_record(path: Path, manifest: pd.DataFrame) -> dict:
+    """``{manifest_sha256, features_sha256}`` of the features file at ``path``, computed from ``manifest``
+    (what the extract stage adds to the sidecar)."""
+    return {"manifest_sha256": manifest_digest(manifest), "features_sha256": sha256_file(path)}
+
+
+def recorded_hashes(path: Path, method: str) -> dict:
+    """The hashes the sidecar of ``path`` recorded; a missing or older sidecar is one clear error."""
+    info = info_path(path)
+    rerun = f"run `dvc repro extract@{method}` (add -f -s if DVC sees no change)"
+    try:
+        record = json.loads(info.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CbirError(f"features {path} have no {info.name} beside them: {rerun}") from None
+    except (OSError, ValueError) as exc:
+        raise CbirError(f"cannot read {info} ({type(exc).__name__}): {rerun}") from None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in HASH_KEYS):
+        raise CbirError(f"{info} records no integrity hashes (written by an older extract): {rerun}")
+    return {k: record[k] for k in HASH_KEYS}
+
+
+def verify_features(path: Path, method: str, manifest: pd.DataFrame) -> str:
+    """Check the features file at ``path`` against its sidecar and ``manifest``; returns its sha256."""
     path = Path(path)
+    recorded = recorded_hashes(path, method)
+    rerun = f"run `dvc repro extract@{method}` (add -f -s if DVC sees no change)"
+    if manifest_digest(manifest) != recorded["manifest_sha256"]:
+        raise CbirError(f"{path} was computed from other manifest rows than the manifest now holds (lines "
+                        f"swapped, added or edited since extract): {rerun}")
+    actual = sha256_file(path)
+    if actual != recorded["features_sha256"]:
+        raise CbirError(f"{path} does not match {info_path(path).name} (rows permuted or edited): {rerun}")
+    return actual
+
+
+def read_features(path: Path, method: str, manifest: pd.DataFrame) -> np.ndarray:
+    """Feature matrix of ``method`` at ``path``, checked against ``manifest`` (row count, then the rows
+    it was computed from) and against its own recorded hash (memory-mapped)."""
+    path = Path(path)
+    n_rows = len(manifest)
     if not path.is_file():
-        raise CbirError(f"features not found at {path}: run `dvc repro extract@{method}` first")
+        raise CbirError(f"features for method {method!r} not found at {path}: build them with "
+                        f"`dvc repro extract@{method}`")
     try:
         features = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise CbirError(f"cannot read features {path} ({exc}): re-run `dvc repro extract@{method}`") from exc
+    except (OSError, ValueError) as exc:
+        raise CbirError(f"cannot read features {path} ({exc}): re-run `dvc repro extract@{method}`") from None
     if features.ndim != 2:
         raise CbirError(f"features {path} have shape {features.shape}, expected [N, D]: "
                         f"re-run `dvc repro extract@{method}`")
     if features.shape[0] != n_rows:
         raise CbirError(f"features {path} have {features.shape[0]} rows but the manifest has {n_rows}: "
                         f"re-run `dvc repro extract@{method}` after curate")
+    verify_features(path, method, manifest)
     features = np.asarray(features, dtype=np.float32)
     if not all_finite(features):
         raise CbirError(f"features {path} contain NaN or infinite values: "
                         f"re-run `dvc repro extract@{method}`")
-    log.info("read %s %s", path, features.shape)
+    log.info("read %s %s (hashes verified)", path, features.shape)
     return features
 
 

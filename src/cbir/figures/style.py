@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path
+from cbir.workers import die_with_parent
 
 #: trial frames, colour-blind safe (Okabe-Ito blue and vermillion, told apart under every common colour
 #: vision deficiency and in grey scale) and never by colour alone: each result also carries a mark
@@ -207,7 +208,8 @@ class FigureWriter:
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or os.cpu_count() or 1)
         forkable = "forkserver" in multiprocessing.get_all_start_methods() and self.workers > 1
-        self._pool = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+        self._pool = (ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
+                                          initializer=die_with_parent, initargs=(os.getpid(),))  # no orphans
                       if forkable else None)
         self._pending: list[tuple[Future, Path]] = []
 

@@ -103,7 +103,7 @@ def load_prepared(params: dict, method: str, root: Path, manifest: pd.DataFrame)
     the result also holds the method's ``search`` settings (:func:`search_settings`)."""
     paths = Layout(root, params)
     settings = search_settings(params, method)
-    features = read_features(paths.features(method), method, len(manifest))
+    features = read_features(paths.features(method), method, manifest)  # verified against its hashes
     block_size = int(section(params, "retrieval").get("block_size", 1024))
     return {**prepare(manifest, features, method, settings["rerank"], block_size), "search": settings}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from cbir.config import dataset_config
 from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.data.curate import curate
-from cbir.fileio import atomic_path, write_json
+from cbir.fileio import atomic_group
 from cbir.layout import Layout
 
 log = logging.getLogger("cbir")
@@ -24,12 +25,16 @@ def run(params: dict, root: str | Path) -> tuple:
     manifest, report = curate(paths.raw_dir, dataset, params.get("curate") or {}, params.get("split") or {},
                               Path(root))
     judgements = report.pop("judgements", None)  # benchmarks' per-query relevance, beside the manifest
-    with atomic_path(paths.manifest) as tmp:
-        manifest.to_csv(tmp, index=False)
-    write_json(paths.curation, report)
+    documents = {paths.manifest: None, paths.curation: report}
     if judgements is not None:
-        write_json(paths.curated_dir / JUDGEMENTS_FILE, judgements)
-    elif (paths.curated_dir / JUDGEMENTS_FILE).exists():
+        documents[paths.curated_dir / JUDGEMENTS_FILE] = judgements
+    with atomic_group(list(documents)) as temps:  # replaced together, or not at all
+        for (target, data), tmp in zip(documents.items(), temps):
+            if data is None:
+                manifest.to_csv(tmp, index=False)
+            else:
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    if judgements is None and (paths.curated_dir / JUDGEMENTS_FILE).exists():
         (paths.curated_dir / JUDGEMENTS_FILE).unlink()
     log.info("curate %s: wrote %s (%d rows: %d query, %d database) and %s in %.1f s", paths.dataset,
              paths.manifest, len(manifest), report["split"]["n_query"], report["split"]["n_database"],

@@ -1,7 +1,9 @@
 """Stage ``extract``: one method's descriptors for every manifest row, L2-normalised float32 ``[N, D]``.
 
-Writes ``data/features/<ds>/<method>.npy`` (streamed into a memmap, renamed into place when complete)
-and ``<method>.json`` (dimension, device, settings; no timings, so reruns give the same bytes).
+Writes ``data/features/<ds>/<method>.npy`` (streamed into a memmap whose blocks are allocated first, so a
+full disk is one error at the start, never a bus error; renamed into place when complete) and
+``<method>.json`` (dimension, device, settings, and the sha256 of the manifest rows and of the ``.npy``
+that every reader verifies; no timings, so reruns give the same bytes).
 With ``whiten:`` the features are PCA-whitened, learnt on the database rows only, and the learnt
 projection is saved beside them for queries.
 """
@@ -9,6 +11,7 @@ projection is saved beside them for queries.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from cbir.config import method_config
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.features.methods import build_method
+from cbir.features.store import integrity_record
 from cbir.features.whitening import apply_whitening, fit_whitening, save_whitening
 from cbir.fileio import atomic_path, write_json
 from cbir.layout import Layout
@@ -41,6 +45,20 @@ def whiten_file(target: Path, is_database: np.ndarray, whiten_cfg: dict | bool, 
     return int(whitened.shape[1])
 
 
+def preallocated_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
+    """A float32 ``.npy`` memmap at ``path`` (the bytes ``open_memmap`` writes) whose blocks are allocated
+    on disk before it is mapped: a full disk is an ``OSError`` here, never a SIGBUS on a later page."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": tuple(int(s) for s in shape)}
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        size = handle.tell() + int(np.prod(shape)) * 4
+        handle.flush()
+        if size > handle.tell():
+            os.posix_fallocate(handle.fileno(), 0, size)
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
 def run(params: dict, name: str, root: str | Path) -> None:
     """Extract method ``name`` for every manifest row."""
     root = Path(root)
@@ -56,7 +74,7 @@ def run(params: dict, name: str, root: str | Path) -> None:
     start = time.perf_counter()
     method = build_method(name, params, root, n_images=len(images))
     with atomic_path(target) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(images), method.dim))
+        out = preallocated_memmap(tmp, (len(images), method.dim))
         if engine == "ray":
             from cbir.features.ray_engine import (
                 extract_with_ray,  # optional extra: imported on use
@@ -74,7 +92,8 @@ def run(params: dict, name: str, root: str | Path) -> None:
         dim = whiten_file(target, is_database, cfg["whiten"], paths.whitening(name))
         whitening = paths.whitening(name).name
     write_json(paths.features_info(name), {"method": name, "n": len(images), "dim": dim, **info,
-                                           "whitening": whitening, "config": cfg})
+                                           "whitening": whitening, "config": cfg,
+                                           **integrity_record(target, manifest)})
     seconds = time.perf_counter() - start
     log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%.1f images/s, %s)", name,
              paths.manifest, len(images), target, len(images), dim, seconds, len(images) / max(seconds, 1e-9),

@@ -141,7 +141,7 @@ def run(params: dict, root: str | Path) -> None:
         maps = None
         if len(sample) >= MIN_TSNE_POINTS:
             maps = [(f"{method} ({role_name})",
-                     writer.run(embed_2d, read_features(paths.features(method), method, n_rows)[sample], cfg["seed"],
+                     writer.run(embed_2d, read_features(paths.features(method), method, manifest)[sample], cfg["seed"],
                                 cfg["tsne_perplexity"], cfg["pca_dims"], cfg["tsne_iterations"]))
                     for method, role_name in ((baseline, "baseline"), (other, role)) if method is not None]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from cbir.config import method_config, section
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
+from cbir.features.store import recorded_hashes
 from cbir.fileio import atomic_path, write_json
 from cbir.layout import Layout
 from cbir.search.exact import exact_topk, ranking_frame, recall_at_k
@@ -60,6 +61,6 @@ def run(params: dict, method: str, root: str | Path) -> None:
         frame.to_csv(tmp, index=False)
     write_json(paths.retrieval_info(method), info)
     save_index(paths.index_dir(method), method, settings, paths.features(method), ids[data["database_rows"]],
-               index)
+               index, features_sha256=recorded_hashes(paths.features(method), method)["features_sha256"])
     log.info("retrieve %s: wrote %s (%d rows), %s and %s in %.2fs", method, out, len(frame),
              out.with_suffix(".json").name, paths.index_dir(method), time.perf_counter() - start)

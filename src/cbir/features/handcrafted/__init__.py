@@ -33,6 +33,7 @@ from cbir.errors import CbirError
 from cbir.features.common import unit_rows
 from cbir.features.handcrafted.common import FIX_HINT
 from cbir.features.resolve import resolve_callable
+from cbir.workers import die_with_parent
 
 #: built-in descriptors: name -> ``module:function`` (imported on first use)
 DESCRIPTORS: dict[str, str] = {
@@ -196,7 +197,7 @@ def describe_files(method_cfg: Mapping, paths: Sequence[Path], out: np.ndarray, 
     workers = int(workers) if "forkserver" in multiprocessing.get_all_start_methods() else 0
     bar = tqdm(total=len(jobs), desc=label, unit="img", disable=not progress)
     if workers > 1:
-        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        with multiprocessing.get_context("forkserver").Pool(workers, die_with_parent, (os.getpid(),)) as pool:
             results = pool.imap(describe_file, jobs, chunksize=16)
             _fill(results, out, bar)
     else:
