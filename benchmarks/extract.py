@@ -56,7 +56,14 @@ if __name__ == "__main__":
 
     from cbir.features.cnn.backbones import build_classifier, trunk_of
     from cbir.features.cnn.openvino_int8 import calibration_inputs, quantize
-    from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, convert_trunk, cpu_flags, cpu_isa, isa_class
+    from cbir.features.cnn.openvino_runtime import (
+        OpenVinoTrunk,
+        convert_trunk,
+        cpu_flags,
+        cpu_isa,
+        cpu_model,
+        isa_class,
+    )
     from cbir.features.cnn.pooling import pool
     from cbir.features.cnn.runtime import embed_batches, make_loader, make_transform, resolve_device
 
@@ -76,16 +83,6 @@ def images(folder: Path, n: int, size: int) -> list[Path]:
     per_class = -(-n // 10)
     rel = generate(folder, n_classes=10, per_class=per_class, size=size, seed=0, fmt="jpeg")
     return [folder / p for p in sorted(rel)[:n]]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_mhz() -> float | None:

@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cbir.features.cnn.openvino_runtime import isa_class  # noqa: E402
+from cbir.features.cnn.openvino_runtime import cpu_model, isa_class  # noqa: E402
 from cbir.features.store import (  # noqa: E402
     all_finite,
     info_path,
@@ -44,18 +44,6 @@ from cbir.features.store import (  # noqa: E402
     read_features,
 )
 from cbir.fileio import sha256_file  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def manifest_of(n: int, seed: int = 0) -> pd.DataFrame:

@@ -60,6 +60,17 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's answer elsewhere), for benchmark records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def isa_class(flags: frozenset[str] | None = None) -> str:
     """The machine kind benchmarks are kept per: ``amx``, ``avx512-bf16``, ``avx512``, ``avx2`` or ``other``."""
     flags = cpu_flags() if flags is None else flags
