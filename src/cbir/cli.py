@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from cbir.config import load_params, write_params
+from cbir.config import load_params, select_dataset, write_params
 from cbir.errors import CbirError
 from cbir.features.resolve import resolve_callable
 
@@ -78,12 +78,15 @@ def choices_epilog(root: Path = Path(".")) -> str:
     if methods:
         lines.append("methods in params.yaml: " + ", ".join(methods))
     for group, what in (("method", "method configs (add with -S '+method@methods.NAME=NAME')"),
-                        ("dataset", "datasets (dvc exp run -S dataset=NAME)"),
+                        ("dataset", "datasets (dvc exp run -S '+dataset@datasets.NAME=NAME')"),
                         ("split", "splits (dvc exp run -S split=NAME)")):
         names = sorted(p.stem for p in (Path(root) / "conf" / group).glob("*.yaml"))
         if names:
             lines.append(f"{what}: " + ", ".join(names))
     return "\n".join(lines)
+
+
+DATASET_HELP = "dataset of params.yaml's datasets (default: the only one; with several, name one)"
 
 
 def add_stage_parsers(sub, epilog: str = "") -> None:
@@ -92,10 +95,15 @@ def add_stage_parsers(sub, epilog: str = "") -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if operand:
             p.add_argument(operand)
+        if name != "weights":  # weights are shared by every dataset
+            p.add_argument("--dataset", default=None, help=DATASET_HELP)
 
         def call(args, name=name, operand=operand):
             extra = [getattr(args, operand)] if operand else []
-            handler(name)(load_params(args.root), *extra, args.root)
+            params = load_params(args.root)
+            if name != "weights":
+                params = select_dataset(params, args.dataset)
+            handler(name)(params, *extra, args.root)
         p.set_defaults(func=call)
 
 
@@ -126,8 +134,9 @@ def add_query_parsers(sub, epilog: str = "") -> None:
                         "Rocchio when only one kind of mark is given); default: the first of feedback.methods")
     p.add_argument("--box", default=None, metavar="x0,y0,x1,y1",
                    help="query a region of the image: pixel box, top-left origin, x1 and y1 exclusive")
+    p.add_argument("--dataset", default=None, help=DATASET_HELP)
     p.set_defaults(func=lambda a: handler("query")(
-        load_params(a.root), a.root, a.image, method=a.method, k=a.k, figure=a.figure, as_json=a.json,
+        select_dataset(load_params(a.root), a.dataset), a.root, a.image, method=a.method, k=a.k, figure=a.figure, as_json=a.json,
         out=a.out, exclude_self=a.exclude_self, quiet=a.quiet or a.query_quiet, relevant=a.relevant,
         irrelevant=a.irrelevant, feedback=a.feedback, box=a.box))
 
@@ -137,7 +146,8 @@ def add_query_parsers(sub, epilog: str = "") -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--method", action="append", default=None,
                    help="method to offer (repeatable; default: every method whose features are built)")
-    p.set_defaults(func=lambda a: handler("serve")(load_params(a.root), a.root, host=a.host, port=a.port,
+    p.add_argument("--dataset", default=None, help=DATASET_HELP)
+    p.set_defaults(func=lambda a: handler("serve")(select_dataset(load_params(a.root), a.dataset), a.root, host=a.host, port=a.port,
                                              methods=a.method or None))
 
 
