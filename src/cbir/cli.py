@@ -33,6 +33,7 @@ HANDLERS = {
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
     "update-template": "cbir.report.plots_page:update_template",
+    "compare": "cbir.report.compare:run_compare",
 }
 
 
@@ -174,6 +175,11 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     sub.add_parser("readme", help="rewrite README.md's results block from metrics/ (one table per dataset)"
                    ).set_defaults(func=lambda a: handler("readme")(a.root))
     add_query_parsers(sub, epilog)
+    p = sub.add_parser("compare", help="every experiment x dataset x method, one metric, on one screen "
+                                       "(from dvc exp show --json)")
+    p.add_argument("--metric", choices=("map", "p@10"), default="map", help="the metric shown (default: map)")
+    p.add_argument("--format", choices=("text", "csv", "latex"), default="text", help="output form (default: text)")
+    p.set_defaults(func=lambda a: handler("compare")(a.root, a.metric, a.format))
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.add_argument("--update-template", action="store_true",
