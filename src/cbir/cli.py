@@ -66,6 +66,7 @@ STAGES = {
     "feedback": (None, "relevance feedback measured: a simulated user over rounds, residual collection"),
     "figures": (None, "sample-trial figures and charts"),
     "report": (None, "reports/<dataset>/report.md from metrics and figures"),
+    "across": (None, "reports/datasets.md (+ .csv, .tex): methods x datasets, P@10 and mAP with 95% intervals"),
 }
 
 
@@ -96,13 +97,13 @@ def add_stage_parsers(sub, epilog: str = "") -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if operand:
             p.add_argument(operand)
-        if name != "weights":  # weights are shared by every dataset
+        if name not in ("weights", "across"):  # weights are shared by every dataset; across reads them all
             p.add_argument("--dataset", default=None, help=DATASET_HELP)
 
         def call(args, name=name, operand=operand):
             extra = [getattr(args, operand)] if operand else []
             params = load_params(args.root)
-            if name != "weights":
+            if name not in ("weights", "across"):
                 params = select_dataset(params, args.dataset)
             handler(name)(params, *extra, args.root)
         p.set_defaults(func=call)
