@@ -191,6 +191,15 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     return parser
 
 
+def exp_run_hint() -> str:
+    """Inside a failed ``dvc exp run`` (DVC sets ``DVC_EXP_BASELINE_REV``), what restores the workspace: DVC has
+    already rewritten ``params.yaml`` (without its header) and the stages before this one."""
+    if not os.environ.get("DVC_EXP_BASELINE_REV"):
+        return ""
+    return ("; this `dvc exp run` failed: restore the workspace with "
+            "`git checkout -- params.yaml dvc.lock metrics reports && dvc checkout`")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(_root_of(argv)).parse_args(argv)
     if args.quiet or getattr(args, "query_quiet", False):
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         return 141
     except CbirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{exp_run_hint()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; no output was half-written", file=sys.stderr)
