@@ -29,7 +29,7 @@ HANDLERS = {
     "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
     "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.evaluate:run",
     "feedback": "cbir.stages.feedback:run",
-    "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run",
+    "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run", "across": "cbir.report.across:run",
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
     "update-template": "cbir.report.plots_page:update_template",
@@ -66,7 +66,7 @@ STAGES = {
     "feedback": (None, "relevance feedback measured: a simulated user over rounds, residual collection"),
     "figures": (None, "sample-trial figures and charts"),
     "report": (None, "reports/<dataset>/report.md from metrics and figures"),
-    "across": (None, "reports/datasets.md (+ .csv, .tex): methods x datasets, P@10 and mAP with 95% intervals"),
+    "across": (None, "reports/datasets.md (+ .csv, .tex): methods x datasets, P@10 and mAP with 95%% intervals"),
 }
 
 
