@@ -102,3 +102,43 @@ def test_adding_or_switching_datasets_deletes_nothing(built):
     _run(["git", "checkout", "--", "."], work, env)
     _run(DVC + ["checkout", "-q"], work, env)
     assert of_dataset(md5s(work), "synthetic") == first
+
+
+def _printed_commands(repo_root: Path) -> list[str]:
+    """The bash block of docs/experiments.md's "Comparing experiments" section, as printed."""
+    import re
+
+    text = (repo_root / "docs" / "experiments.md").read_text()
+    section = text.split("## Comparing experiments", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_comparing_experiments_commands_run_as_printed(tmp_path, repo_root, random_weights):  # noqa: F811
+    import os
+    import shutil
+
+    from pipeline_repo import copy_repo, init_repo, use_random_mobilenet
+    from test_pipeline_e2e import EXPERIMENT
+
+    from cbir.fileio import sha256_file
+
+    commands = _printed_commands(repo_root)
+    assert any(c.startswith("dvc exp run") for c in commands) and "make compare" in commands
+    work, env = tmp_path / "repo", pipeline_env()
+    copy_repo(repo_root, work)
+    shutil.copy(repo_root / "Makefile", work / "Makefile")
+    use_random_mobilenet(work, random_weights, sha256_file(random_weights))
+    (work / "conf" / "experiment" / "default.yaml").write_text(EXPERIMENT + "  - /method@methods.hog: hog\n")
+    init_repo(work, repo_root, env)
+    os.symlink(Path(sys.executable).parent.parent, work / ".venv")  # the printed `.venv/bin/python`
+    _run(DVC + ["repro"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "results"], work, env)
+    outputs = []
+    for command in commands:
+        outputs.append(_run(["bash", "-c", command], work, env).stdout)
+    shown = "\n".join(outputs)
+    assert "hog-aqe" in shown and "k20" in shown and "synthetic" in shown
+    assert max(len(line) for line in outputs[2].splitlines()) <= 120
+    assert outputs[-1].startswith("experiment,dataset,")
