@@ -1,7 +1,7 @@
 # make repro : set up everything the offline default needs, then run the whole DVC pipeline
 # make test  : same set-up if missing, then the full test suite (in parallel: PYTEST_PARALLEL= runs it serially)
 # make paper : the paper's configuration (Corel-1K, ResNet50 ImageNet, GAP, cosine top-10)
-# make compare : every experiment x method, mAP and P@10 (the compact DVC metrics file), on one screen
+# make compare : every experiment x dataset x method, one metric (METRIC=map|p@10), on one screen
 SHELL := /bin/bash
 PY := .venv/bin/python
 export DVC_NO_ANALYTICS := 1
@@ -53,8 +53,9 @@ test: setup .venv/.installed-ray
 test-fast: setup
 	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
-# `dvc exp show` keeps the compact metrics only (metrics/<dataset>.json: per method mAP and P@10; their 95%
-# bounds are the *_lo / *_hi columns: COMPARE_KEEP='Experiment|.*map.*|.*p@10.*' shows them too)
-COMPARE_KEEP ?= Experiment|.*\.map$$|.*\.p@10$$
+# every experiment x dataset x method, one metric at a time, fits 120 columns (cbir.report.compare reads
+# `dvc exp show --json`): make compare METRIC=p@10; COMPARE_FORMAT=csv or latex for the same table as a file
+METRIC ?= map
+COMPARE_FORMAT ?= text
 compare:
-	$(PY) -m dvc exp show --no-pager --drop '.*' --keep '$(COMPARE_KEEP)'
+	$(PY) -m cbir compare --metric '$(METRIC)' --format $(COMPARE_FORMAT)

@@ -24,7 +24,7 @@ def test_missing_params_is_one_line(tmp_path, capsys):
 
 
 def test_unknown_method_is_one_line(repo_root, capsys):
-    assert main(["--root", str(repo_root), "extract", "no-such-method"]) == 2
+    assert main(["--root", str(repo_root), "extract", "--dataset", "tuxpaint", "no-such-method"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and "no-such-method" in err[0]
 
@@ -55,7 +55,7 @@ def test_help_lists_methods_datasets_and_splits(repo_root, capsys):
     assert "methods in params.yaml: " + ", ".join(methods) in text
     datasets = sorted(p.stem for p in (repo_root / "conf" / "dataset").glob("*.yaml"))
     assert {"corel1k", "fashion_mnist", "folder", "synthetic", "tuxpaint", "neardup", "roxford5k"} <= set(datasets)
-    assert "datasets (dvc exp run -S dataset=NAME): " + ", ".join(datasets) in text
+    assert "datasets (dvc exp run -S '+dataset@datasets.NAME=NAME'): " + ", ".join(datasets) in text
     assert "splits (dvc exp run -S split=NAME): holdout, leave_one_out, predefined" in text
     assert "mobilenet_v2-gap-aqe" in text  # a method config not in the default experiment
     with pytest.raises(SystemExit):

@@ -24,9 +24,14 @@ def _options(repo_root: Path, group: str) -> list[str]:
 
 @pytest.mark.parametrize("group", ["dataset", "split", "retrieval", "evaluation", "figures", "curate", "experiment"])
 def test_every_option_of_every_group_composes(repo_root, group):
+    default = yaml.safe_load(compose_yaml(repo_root / "conf"))
     for option in _options(repo_root, group):
-        cfg = yaml.safe_load(compose_yaml(repo_root / "conf", [f"{group}={option}"]))
-        assert cfg["dataset"]["name"]
+        override = f"+dataset@datasets.{option}={option}" if group == "dataset" else f"{group}={option}"
+        cfg = yaml.safe_load(compose_yaml(repo_root / "conf", [] if option in default["datasets"] and
+                                          group == "dataset" else [override]))
+        assert cfg["datasets"] and "dataset" not in cfg
+        if group == "dataset":
+            assert option in cfg["datasets"]
         assert cfg["methods"], f"{group}={option} leaves no method"
         for name, method in cfg["methods"].items():
             assert method["kind"] in {"deep", "handcrafted"}, name
@@ -57,6 +62,8 @@ def test_every_method_file_composes_and_names_its_dependency(repo_root):
             assert (repo_root / method["requires"]["code"]).is_file()
         cfg = yaml.safe_load(compose_yaml(repo_root / "conf", overrides))
         assert cfg["methods"][option] == method
+        # its own search settings entry (empty by default): retrieve of this method depends on it alone
+        assert option in cfg["retrieval"]["per_method"], f"{option}: no retrieval.per_method.{option} default"
 
 
 def test_default_experiment_has_deep_and_traditional_methods(repo_root):
@@ -68,7 +75,7 @@ def test_default_experiment_has_deep_and_traditional_methods(repo_root):
 
 def test_paper_experiment_is_the_papers_setup(repo_root):
     cfg = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper"]))
-    assert cfg["dataset"]["name"] == "corel1k"
+    assert list(cfg["datasets"]) == ["corel1k"]
     assert cfg["backbones"]["resnet50"]["arch"] == "resnet50"
     assert cfg["backbones"]["resnet50"]["weights"] == "IMAGENET1K_V1"
     # the paper's row, the baseline of the paired tests
@@ -77,29 +84,29 @@ def test_paper_experiment_is_the_papers_setup(repo_root):
                                                            "data": "models/resnet50.pt"}}
     assert cfg["evaluation"]["baseline"] == "resnet50-gap"
     assert cfg["retrieval"]["k"] == 10
-    assert cfg["split"]["protocol"] == "holdout" and cfg["split"]["queries_per_class"] == 10
+    assert cfg["split"]["protocol"] == "holdout" and cfg["datasets"]["corel1k"]["split"]["queries_per_class"] == 10
     # beside it: a ResNet50 ablation, every traditional baseline and the offline backbones
     resnet = [m for m in cfg["methods"] if m.startswith("resnet50")]
     traditional = [m for m, c in cfg["methods"].items() if c["kind"] == "handcrafted"]
     assert len(cfg["methods"]) >= 12 and len(resnet) >= 4 and len(traditional) >= 6
     assert {"mobilenet_v2-gap", "efficientnet_lite0-gem", "fusion", "gabor"} <= set(cfg["methods"])
     loo = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper_loo"]))
-    assert loo["split"]["protocol"] == "leave_one_out" and loo["methods"] == cfg["methods"]
+    assert loo["datasets"]["corel1k"]["split"]["protocol"] == "leave_one_out" and loo["methods"] == cfg["methods"]
 
 
 def test_write_params_roundtrip(tmp_path, repo_root):
     import shutil
 
     shutil.copytree(repo_root / "conf", tmp_path / "conf")
-    write_params(tmp_path, ["dataset=synthetic", "split=leave_one_out"])
+    write_params(tmp_path, ["+dataset@datasets.synthetic=synthetic", "split=leave_one_out"])
     params = load_params(tmp_path)
-    assert params["dataset"]["source"] == "synthetic"
+    assert params["datasets"]["synthetic"]["source"] == "synthetic"
     assert params["split"]["protocol"] == "leave_one_out"
 
 
 def test_bad_override_is_one_clear_error(repo_root):
     with pytest.raises(CbirError, match="cannot compose"):
-        compose_yaml(repo_root / "conf", ["dataset=no_such_dataset"])
+        compose_yaml(repo_root / "conf", ["+dataset@datasets.x=no_such_dataset"])
 
 
 def test_missing_params_file(tmp_path):

@@ -165,13 +165,16 @@ def test_report_table_matches_metrics_exactly(run):
             shown = np.array([float(g) for g in match.groups()])
             assert np.all(np.abs(shown - [entry[key], lo, hi]) <= 5e-4 + 1e-9)  # half a unit in the last place
         assert row[7:] == [str(entry["n_queries"]), str(entry["n_database"])]
-    # no stage writes README.md; `cbir readme` puts the same table in its results block
+    # no stage writes README.md; `cbir readme` puts the same P@10 and mAP in its table across datasets
     from cbir.report.readme import write_readme_results
 
     readme = root / "README.md"
     assert "\nold\n" in readme.read_text(), "a pipeline stage wrote README.md, an undeclared output"
     assert write_readme_results(root)
-    assert "\n".join(f"| {' | '.join(r)} |" for r in rows) in readme.read_text()
+    text = readme.read_text()
+    for method, entry in metrics.items():
+        cells = [f"{entry[k]:.3f} [{entry['ci95'][k][0]:.3f}, {entry['ci95'][k][1]:.3f}]" for k in ("p@10", "map")]
+        assert f"| `{method}` | {cells[0]} | {cells[1]} |" in text
 
 
 def test_report_significance_curation_and_figures(run):

@@ -12,6 +12,8 @@ from dvc.repo import Repo
 from PIL import Image
 
 from cbir.app.engine import QueryEngine
+from cbir.config import dataset_names, select_dataset
+from cbir.errors import CbirError
 from cbir.data.manifest import read_manifest
 from cbir.layout import PLOT_TABLES, Layout, weights_file
 from cbir.stages import curate, download, evaluate, extract, retrieve
@@ -25,33 +27,54 @@ def _resolved_stages(repo_root: Path) -> dict[str, dict[str, set[str]]]:
 
 
 def test_dvc_yaml_paths_are_the_layout(repo_root):
+    """Every stage of every dataset x method, as DVC resolves dvc.yaml, writes where cbir.layout says."""
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    paths = Layout(repo_root, params)
     stages = _resolved_stages(repo_root)
-    absolute = {str(p) for p in (paths.raw_dir,)}
-    assert stages["download"]["outs"] == absolute
-    assert stages["curate"]["outs"] == {str(paths.curated_dir)}
+    assert len(dataset_names(params)) >= 2, "the default experiment runs at least two datasets"
     for backbone in params["backbones"]:
         out = weights_file(repo_root, backbone)
         assert stages[f"weights@{backbone}"]["outs"] == {str(out), str(out.with_suffix(".json"))}
-    for method, cfg in params["methods"].items():
-        extract_stage = stages[f"extract@{method}"]
-        assert extract_stage["outs"] == {str(paths.features(method)), str(paths.features_info(method))}
-        assert str(paths.curated_dir) in extract_stage["deps"]
-        assert {str(repo_root / cfg["requires"]["code"]), str(repo_root / cfg["requires"]["data"])} <= \
-            extract_stage["deps"]
-        retrieve_stage = stages[f"retrieve@{method}"]
-        assert retrieve_stage["outs"] == {str(paths.retrieval(method)), str(paths.retrieval_info(method)),
-                                          str(paths.index_dir(method))}
-        assert {str(paths.manifest), str(paths.features(method))} <= retrieve_stage["deps"]
-    assert stages["evaluate"]["outs"] == {str(paths.metrics), str(paths.compact_metrics), str(paths.pairs)} | \
-        {str(paths.plot(n)) for n in PLOT_TABLES}
-    assert stages["figures"]["outs"] == {str(paths.figures_dir)}
-    assert str(paths.metrics) in stages["figures"]["deps"] and str(paths.metrics) in stages["report"]["deps"]
-    assert stages["report"]["outs"] == {str(paths.report), str(paths.tables_dir)}
-    assert stages["feedback"]["outs"] == {str(paths.feedback_dir), str(paths.feedback_rankings)}
-    assert {str(paths.manifest), str(paths.features_dir)} <= stages["feedback"]["deps"]
-    assert str(repo_root / "README.md") not in set().union(*(s["outs"] for s in stages.values()))
+    every_out: list[str] = []
+    for ds in dataset_names(params):
+        paths = Layout(repo_root, select_dataset(params, ds))
+        assert paths.dataset == ds
+        assert stages[f"download@{ds}"]["outs"] == {str(paths.raw_dir)}
+        assert stages[f"curate@{ds}"]["outs"] == {str(paths.curated_dir)}
+        for method in params["methods"]:
+            extract_stage = stages[f"extract@{ds}-{method}"]
+            assert extract_stage["outs"] == {str(paths.features(method)), str(paths.features_info(method))}
+            assert str(paths.curated_dir) in extract_stage["deps"]
+            retrieve_stage = stages[f"retrieve@{ds}-{method}"]
+            assert retrieve_stage["outs"] == {str(paths.retrieval(method)), str(paths.retrieval_info(method)),
+                                              str(paths.index_dir(method))}
+            assert {str(paths.manifest), str(paths.features(method))} <= retrieve_stage["deps"]
+        assert stages[f"evaluate@{ds}"]["outs"] == {str(paths.metrics), str(paths.compact_metrics),
+                                                    str(paths.pairs)} | {str(paths.plot(n)) for n in PLOT_TABLES}
+        assert stages[f"figures@{ds}"]["outs"] == {str(paths.figures_dir)}
+        assert str(paths.metrics) in stages[f"figures@{ds}"]["deps"]
+        assert str(paths.metrics) in stages[f"report@{ds}"]["deps"]
+        assert stages[f"report@{ds}"]["outs"] == {str(paths.report), str(paths.tables_dir)}
+        assert stages[f"feedback@{ds}"]["outs"] == {str(paths.feedback_dir), str(paths.feedback_rankings)}
+        assert {str(paths.manifest), str(paths.features_dir)} <= stages[f"feedback@{ds}"]["deps"]
+    every_out = [o for s in stages.values() for o in s["outs"]]
+    assert len(every_out) == len(set(every_out)), "two stages share an output"
+    assert str(repo_root / "README.md") not in set(every_out)
+
+
+def test_a_stage_sees_its_own_dataset():
+    params = {"split": {"protocol": "holdout", "queries_per_class": 5},
+              "datasets": {"a": {"name": "ignored", "source": "folder", "folder": "/x"},
+                           "b": {"source": "fashion_mnist", "split": {"protocol": "predefined"}}}}
+    with pytest.raises(CbirError, match="2 datasets .a, b.: choose one with --dataset"):
+        select_dataset(params)
+    with pytest.raises(CbirError, match=r"dataset 'c' is not in params.yaml \(datasets: a, b\)"):
+        select_dataset(params, "c")
+    a = select_dataset(params, "a")
+    assert a["dataset"]["name"] == "a" and a["split"] == params["split"]
+    b = select_dataset(params, "b")
+    assert b["dataset"] == {"name": "b", "source": "fashion_mnist"}
+    assert b["split"] == {"protocol": "predefined", "queries_per_class": 5}
+    assert select_dataset({"datasets": {"only": {"source": "tuxpaint"}}})["dataset"]["name"] == "only"
 
 
 def test_every_code_dependency_exists(repo_root):

@@ -18,7 +18,8 @@ from cbir.fileio import sha256_file
 pytestmark = pytest.mark.slow
 
 
-EXPERIMENT = ("# @package _global_\ndefaults:\n  - /backbone@backbones.mobilenet_v2: mobilenet_v2\n"
+EXPERIMENT = ("# @package _global_\ndefaults:\n  - /dataset@datasets.synthetic: synthetic\n"
+              "  - /backbone@backbones.mobilenet_v2: mobilenet_v2\n"
               "  - /method@methods.mobilenet_v2-gap: mobilenet_v2-gap\n  - /method@methods.hsv_hist: hsv_hist\n"
               "  - /method@methods.fusion: fusion\n")
 
@@ -27,8 +28,6 @@ def build_pipeline(work: Path, repo_root: Path, weights: Path, env: dict) -> sub
     """A copy of the repo on the synthetic dataset with three methods, committed, then `dvc repro`."""
     copy_repo(repo_root, work)
     use_random_mobilenet(work, weights, sha256_file(weights))
-    config = (work / "conf" / "config.yaml").read_text().replace("- dataset: tuxpaint", "- dataset: synthetic")
-    (work / "conf" / "config.yaml").write_text(config)
     (work / "conf" / "experiment" / "default.yaml").write_text(EXPERIMENT)
     init_repo(work, repo_root, env)
     return _run([sys.executable, "-m", "dvc", "repro"], work, env)
@@ -162,9 +161,10 @@ def test_editing_one_descriptor_reruns_only_its_own_stages(pipeline_repo):
         stale = _stale_stages(work, env) - before
     finally:
         module.write_text(original)
-    # the HSV histogram's own stages and the fusion that uses it; never the deep method's
-    assert {"extract@hsv_hist", "extract@fusion"} <= stale
-    assert not {s for s in stale if s.endswith("@mobilenet_v2-gap")}
+    # the handcrafted extract stages (a matrix stage depends on the descriptor packages, not on one module);
+    # never download or curate
+    assert {"extract@synthetic-hsv_hist", "extract@synthetic-fusion"} <= stale
+    assert not {s for s in stale if s.startswith(("download@", "curate@", "weights@"))}
     assert _stale_stages(work, env) == before
 
 
@@ -196,7 +196,7 @@ def _tiny_jpeg(path: Path, colour: tuple[int, int, int], seed: int) -> None:
 
 @pytest.mark.parametrize("source", ["corel1k", "folder"])
 def test_local_sources_curate_through_dvc(tmp_path, pipeline_repo, source):
-    """Corel-1K from a local archive and a folder of your own: `dvc repro curate` with `-S dataset=...`."""
+    """Corel-1K from a local archive and a folder of your own, added beside the synthetic dataset."""
     import tarfile
 
     work, state = pipeline_repo
@@ -208,17 +208,17 @@ def test_local_sources_curate_through_dvc(tmp_path, pipeline_repo, source):
         archive = tmp_path / "test1.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(images, arcname="image.orig")
-        overrides = ["dataset=corel1k", f"dataset.archive={archive}"]
+        overrides = ["+dataset@datasets.corel1k=corel1k", f"datasets.corel1k.archive={archive}"]
         expected = {"africa", "beach", "food"}
     else:
         for label, colour in (("cats", (200, 120, 40)), ("sea", (30, 90, 200))):
             for i in range(11):
                 _tiny_jpeg(tmp_path / "mine" / label / f"{i}.jpg", colour, i)
-        overrides = ["dataset=folder", f"dataset.folder={tmp_path / 'mine'}"]
+        overrides = ["+dataset@datasets.mine=folder", f"datasets.mine.folder={tmp_path / 'mine'}"]
         expected = {"cats", "sea"}
     _run([sys.executable, "-m", "cbir", "params", *overrides], work, env)
-    _run([sys.executable, "-m", "dvc", "repro", "curate"], work, env)
-    name = "corel1k" if source == "corel1k" else "folder"
+    name = "corel1k" if source == "corel1k" else "mine"  # a folder dataset is named by its key
+    _run([sys.executable, "-m", "dvc", "repro", f"curate@{name}"], work, env)
     import pandas as pd
 
     manifest = pd.read_csv(work / "data" / "curated" / name / "manifest.csv", keep_default_na=False)

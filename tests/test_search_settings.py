@@ -151,8 +151,10 @@ def test_search_settings_never_reach_extract(repo_root):
     assert base["methods"]["mobilenet_v2-gap-aqe"] == {**base["methods"]["mobilenet_v2-gap"]}
     assert base["methods"] == alpha["methods"] and base["retrieval"] != alpha["retrieval"]
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
-    assert stages["extract"]["do"]["params"] == ["methods.${key}", "device", "extract"]
-    assert "retrieval" in stages["retrieve"]["do"]["params"] and "retrieval" in stages["evaluate"]["params"]
+    assert stages["extract"]["params"] == ["methods.${item.m}", "device", "extract"]
+    # retrieve of one method reads its own search settings only; evaluate reads every method's
+    assert "retrieval.per_method.${item.m}" in stages["retrieve"]["params"]
+    assert "retrieval" not in stages["retrieve"]["params"] and "retrieval" in stages["evaluate"]["do"]["params"]
 
 
 # --------------------------------------------------------------------------- batch queries

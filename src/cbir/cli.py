@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from cbir.config import load_params, write_params
+from cbir.config import load_params, select_dataset, write_params
 from cbir.errors import CbirError
 from cbir.fileio import WRITE_HINTS, clean_stale_temp
 from cbir.features.resolve import resolve_callable
@@ -34,10 +34,11 @@ HANDLERS = {
     "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
     "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.evaluate:run",
     "feedback": "cbir.stages.feedback:run",
-    "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run",
+    "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run", "across": "cbir.report.across:run",
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
     "update-template": "cbir.report.plots_page:update_template",
+    "compare": "cbir.report.compare:run_compare",
 }
 
 
@@ -70,6 +71,7 @@ STAGES = {
     "feedback": (None, "relevance feedback measured: a simulated user over rounds, residual collection"),
     "figures": (None, "sample-trial figures and charts"),
     "report": (None, "reports/<dataset>/report.md from metrics and figures"),
+    "across": (None, "reports/datasets.md (+ .csv, .tex): methods x datasets, P@10 and mAP with 95%% intervals"),
 }
 
 
@@ -83,12 +85,15 @@ def choices_epilog(root: Path = Path(".")) -> str:
     if methods:
         lines.append("methods in params.yaml: " + ", ".join(methods))
     for group, what in (("method", "method configs (add with -S '+method@methods.NAME=NAME')"),
-                        ("dataset", "datasets (dvc exp run -S dataset=NAME)"),
+                        ("dataset", "datasets (dvc exp run -S '+dataset@datasets.NAME=NAME')"),
                         ("split", "splits (dvc exp run -S split=NAME)")):
         names = sorted(p.stem for p in (Path(root) / "conf" / group).glob("*.yaml"))
         if names:
             lines.append(f"{what}: " + ", ".join(names))
     return "\n".join(lines)
+
+
+DATASET_HELP = "dataset of params.yaml's datasets (default: the only one; with several, name one)"
 
 
 def add_stage_parsers(sub, epilog: str = "") -> None:
@@ -97,10 +102,15 @@ def add_stage_parsers(sub, epilog: str = "") -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if operand:
             p.add_argument(operand)
+        if name not in ("weights", "across"):  # weights are shared by every dataset; across reads them all
+            p.add_argument("--dataset", default=None, help=DATASET_HELP)
 
         def call(args, name=name, operand=operand):
             extra = [getattr(args, operand)] if operand else []
-            handler(name)(load_params(args.root), *extra, args.root)
+            params = load_params(args.root)
+            if name not in ("weights", "across"):
+                params = select_dataset(params, args.dataset)
+            handler(name)(params, *extra, args.root)
         p.set_defaults(func=call)
 
 
@@ -131,8 +141,9 @@ def add_query_parsers(sub, epilog: str = "") -> None:
                         "Rocchio when only one kind of mark is given); default: the first of feedback.methods")
     p.add_argument("--box", default=None, metavar="x0,y0,x1,y1",
                    help="query a region of the image: pixel box, top-left origin, x1 and y1 exclusive")
+    p.add_argument("--dataset", default=None, help=DATASET_HELP)
     p.set_defaults(func=lambda a: handler("query")(
-        load_params(a.root), a.root, a.image, method=a.method, k=a.k, figure=a.figure, as_json=a.json,
+        select_dataset(load_params(a.root), a.dataset), a.root, a.image, method=a.method, k=a.k, figure=a.figure, as_json=a.json,
         out=a.out, exclude_self=a.exclude_self, quiet=a.quiet or a.query_quiet, relevant=a.relevant,
         irrelevant=a.irrelevant, feedback=a.feedback, box=a.box))
 
@@ -142,7 +153,8 @@ def add_query_parsers(sub, epilog: str = "") -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--method", action="append", default=None,
                    help="method to offer (repeatable; default: every method whose features are built)")
-    p.set_defaults(func=lambda a: handler("serve")(load_params(a.root), a.root, host=a.host, port=a.port,
+    p.add_argument("--dataset", default=None, help=DATASET_HELP)
+    p.set_defaults(func=lambda a: handler("serve")(select_dataset(load_params(a.root), a.dataset), a.root, host=a.host, port=a.port,
                                              methods=a.method or None))
 
 
@@ -169,6 +181,11 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     sub.add_parser("readme", help="rewrite README.md's results block from metrics/ (one table per dataset)"
                    ).set_defaults(func=lambda a: handler("readme")(a.root))
     add_query_parsers(sub, epilog)
+    p = sub.add_parser("compare", help="every experiment x dataset x method, one metric, on one screen "
+                                       "(from dvc exp show --json)")
+    p.add_argument("--metric", choices=("map", "p@10"), default="map", help="the metric shown (default: map)")
+    p.add_argument("--format", choices=("text", "csv", "latex"), default="text", help="output form (default: text)")
+    p.set_defaults(func=lambda a: handler("compare")(a.root, a.metric, a.format))
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.add_argument("--update-template", action="store_true",
@@ -177,6 +194,15 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     p.add_argument("--tarballs", type=Path, nargs="*", help="use these npm pack .tgz files (no download)")
     p.set_defaults(func=cmd_plots_html)
     return parser
+
+
+def exp_run_hint() -> str:
+    """Inside a failed ``dvc exp run`` (DVC sets ``DVC_EXP_BASELINE_REV``), what restores the workspace: DVC has
+    already rewritten ``params.yaml`` (without its header) and the stages before this one."""
+    if not os.environ.get("DVC_EXP_BASELINE_REV"):
+        return ""
+    return ("; this `dvc exp run` failed: restore the workspace with "
+            "`git checkout -- params.yaml dvc.lock metrics reports && dvc checkout`")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         return 141
     except CbirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{exp_run_hint()}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in OS_ERRORS:

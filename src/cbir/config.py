@@ -86,6 +86,42 @@ def section(params: Mapping, name: str) -> Mapping:
     return value
 
 
+def dataset_names(params: Mapping) -> list[str]:
+    """The experiment's datasets: the keys of ``datasets`` (or the one legacy ``dataset.name``)."""
+    datasets = params.get("datasets")
+    if isinstance(datasets, Mapping) and datasets:
+        return list(datasets)
+    legacy = params.get("dataset")
+    return [legacy["name"]] if isinstance(legacy, Mapping) and legacy.get("name") else []
+
+
+def select_dataset(params: Mapping, name: str | None = None) -> dict:
+    """``params`` seen by one dataset's stages: ``dataset`` = ``datasets.<name>`` (its key is its name),
+    with the dataset's own ``split`` over the shared one.  ``name=None`` picks the only dataset; with
+    several, the error lists them (``--dataset NAME``)."""
+    names = dataset_names(params)
+    if not names:
+        raise CbirError("params.yaml names no dataset (datasets: {NAME: ...}): pick one of conf/dataset/*.yaml "
+                        "and regenerate params.yaml with `python -m cbir params`")
+    if name is None:
+        if len(names) > 1:
+            raise CbirError(f"this experiment has {len(names)} datasets ({', '.join(names)}): "
+                            "choose one with --dataset NAME")
+        name = names[0]
+    if name not in names:
+        raise CbirError(f"dataset {name!r} is not in params.yaml (datasets: {', '.join(names)})")
+    view = dict(params)
+    datasets = params.get("datasets")
+    if isinstance(datasets, Mapping) and datasets:
+        entry = dict(datasets[name] or {})
+        entry["name"] = name
+        own_split = entry.pop("split", None) or {}
+        if own_split:
+            view["split"] = {**dict(section(params, "split")), **own_split}
+        view["dataset"] = entry
+    return view
+
+
 def dataset_config(params: Mapping) -> dict:
     """The ``dataset`` section, with ``name`` and ``source`` required."""
     dataset = dict(section(params, "dataset"))

@@ -21,6 +21,9 @@ one experiment never overwrites another dataset's outputs::
     reports/<ds>/feedback/              relevance feedback, simulated user: metrics.json, rounds.csv, tests.csv,
                                         table.md, table.tex, p10_rounds.png + .pdf
     data/feedback/<ds>/rankings.csv     what the simulated user was shown (and marked) in every round
+    reports/datasets.md                 the table across the experiment's datasets (+ .csv, .tex)
+
+``<ds>`` is a key of params.yaml's ``datasets`` (``cbir.config.select_dataset`` gives a stage its dataset).
 """
 
 from __future__ import annotations
@@ -168,6 +171,11 @@ class Layout:
     def feedback_rankings(self) -> Path:
         """``data/feedback/<ds>/rankings.csv``: the top-k the simulated user saw in every round."""
         return self.root / "data" / "feedback" / self.dataset / "rankings.csv"
+
+
+def across_files(root: str | Path) -> dict[str, Path]:
+    """``reports/datasets.{md,csv,tex}``: the table across datasets (stage ``across``)."""
+    return {ext: Path(root) / "reports" / f"datasets.{ext}" for ext in ("md", "csv", "tex")}
 
 
 def metrics_files(root: str | Path) -> list[Path]:

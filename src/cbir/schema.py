@@ -102,6 +102,8 @@ DATASET = {
 }
 SPLIT = {"protocol": one_of("holdout", "leave_one_out", "predefined"), "queries_per_class": POSITIVE.or_null,
          "query_fraction": number(0, 1, open_lo=True).or_null, "seed": SEED}
+#: ``datasets.<name>``: a dataset of the experiment (its key is its name), optionally with its own split
+DATASET_ENTRY = {**DATASET, "split": SPLIT}
 FAISS = {"nlist": POSITIVE.or_null, "nprobe": POSITIVE.or_null, "m": POSITIVE.or_null, "nbits": integer(1, 16).or_null,
          "M": POSITIVE.or_null, "efSearch": POSITIVE.or_null, "efConstruction": POSITIVE.or_null,
          "refine": POSITIVE.or_null, "gpu": BOOL}
@@ -146,7 +148,7 @@ METHOD = {"kind": one_of("deep", "handcrafted", "precomputed"), "backbone": NAME
           "batch_size": integer(1, 4096)}
 SCHEMA: dict = {
     "seed": SEED, "device": text(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:<n> or mps"),
-    "dataset": DATASET, "curate": CURATE, "split": SPLIT, "retrieval": RETRIEVAL, "evaluation": EVALUATION,
+    "dataset": DATASET, "datasets": ("named", DATASET_ENTRY), "curate": CURATE, "split": SPLIT, "retrieval": RETRIEVAL, "evaluation": EVALUATION,
     "feedback": FEEDBACK, "figures": FIGURES, "serve": SERVE, "extract": EXTRACT,
     "backbones": ("named", BACKBONE), "methods": ("named", METHOD),
 }

@@ -11,6 +11,8 @@ and the web page all print.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import threading
 import time
@@ -74,6 +76,21 @@ class Database:
     vectors: np.ndarray
     search: dict | None = None
     index: object = None
+    #: the dataset served, and ``{path: (mtime_ns, size)}`` of every file it was loaded from
+    dataset: str = ""
+    sources: dict = dataclasses.field(default_factory=dict)
+
+    def changed_sources(self) -> list[str]:
+        """The files this database was loaded from that differ on disk now (mtime or size; cheap: one stat each)."""
+        return [path for path, seen in self.sources.items() if file_signature(Path(path)) != seen]
+
+    def check_fresh(self) -> None:
+        """Refuse, in one line, to answer from a database rebuilt on disk since it was loaded."""
+        changed = self.changed_sources()
+        if changed:
+            raise StaleDatabase(f"the database of method {self.method!r} (dataset {self.dataset or '?'}) was rebuilt "
+                                f"on disk since it was loaded ({Path(changed[0]).name} changed): restart `cbir serve` "
+                                "to serve the new one")
 
     def __post_init__(self):
         self._row_of = {image_id: i for i, image_id in enumerate(self.manifest["image_id"])}
@@ -109,12 +126,34 @@ class Database:
         return int(hits[0]) if hits.size else -1
 
 
+class StaleDatabase(CbirError):
+    """The features, manifest or index behind a loaded database changed on disk."""
+
+
+def file_signature(path: Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of ``path``, ``None`` when it is missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def source_signatures(paths: list[Path]) -> dict:
+    """:func:`file_signature` of each file (a folder: each file in it)."""
+    files: list[Path] = []
+    for path in paths:
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p): file_signature(p) for p in files}
+
+
 def load_database(params: dict, method: str, root: Path) -> Database:
     """Read the manifest, ``data/features/<ds>/<method>.npy`` and, for a FAISS index, the saved index
     ``data/index/<ds>/<method>/`` of a method the pipeline has built (a stale one is refused)."""
 
     settings = search_settings(params, method)  # an unknown method or a bad setting is one clear error
     paths = Layout(root, params)
+    sources = source_signatures([paths.manifest, paths.features(method), paths.index_dir(method)])
     manifest = read_manifest(paths.manifest).reset_index(drop=True)
     path = paths.features(method)
     features = np.ascontiguousarray(read_features(path, method, manifest))  # verified against its hashes
@@ -130,7 +169,7 @@ def load_database(params: dict, method: str, root: Path) -> Database:
                            manifest["image_id"].astype(str).to_numpy()[rows],
                            features_sha256=recorded_hashes(path, method)["features_sha256"])
     return Database(method=method, manifest=manifest, features=features, rows=rows, vectors=vectors,
-                    search=settings, index=index)
+                    search=settings, index=index, dataset=paths.dataset, sources=sources)
 
 
 def query_vectors(db: Database, vectors: np.ndarray, k: int) -> np.ndarray:

@@ -192,6 +192,7 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         name = name or next(iter(engines))
         if name not in engines:
             raise CbirError(f"unknown method {name!r}: pick one of {', '.join(engines)}")
+        engines[name].db.check_fresh()  # never answer from features or a manifest rebuilt under the server
         return engines[name]
 
     def run_search() -> tuple[dict, str]:
@@ -230,7 +231,7 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
     def page(status: int = 200, **context):
         if "method" not in context:  # request.values would re-raise for a too-large upload
             context["method"] = request.values.get("method") or next(iter(engines))
-        return render_template("index.html", methods=list(engines), max_upload_mb=app.config[
+        return render_template("index.html", methods=list(engines), dataset=first.db.dataset, max_upload_mb=app.config[
             "MAX_CONTENT_LENGTH"] / 2 ** 20, **context), status
 
     @app.get("/")
@@ -364,7 +365,7 @@ def run_server(params: dict, root: Path, host: str = "127.0.0.1", port: int = 80
         log.warning("serve: listening on %s, which is reachable from other machines", host)
     app = create_app(params, root, methods)
     server = make_server(app, host, port)
-    print(f"serving on http://{host}:{server.server_port}/ (methods: "
+    print(f"serving {params['dataset']['name']} on http://{host}:{server.server_port}/ (methods: "
           f"{', '.join(app.extensions['cbir']['engines'])}); press Ctrl-C to stop", flush=True)
     try:
         server.serve_forever()

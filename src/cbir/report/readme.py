@@ -1,5 +1,6 @@
-"""The README's generated results block: one table per dataset present in ``metrics/``, then a short
-cross-dataset summary (per dataset, the best deep and the best traditional method by P@10).
+"""The README's generated results block: the table across datasets (methods x datasets, P@10 and mAP with
+95% intervals, each dataset's protocol stated under it; :mod:`cbir.report.across`), a link to each dataset's
+report, then a short summary (per dataset, the best deep and the best traditional method by P@10).
 
 Written by ``python -m cbir readme`` (``make repro`` runs it after ``dvc repro``), never by a DVC
 stage, so no stage writes an undeclared file.  The block sits between the
@@ -14,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from cbir.fileio import read_json, write_text
-from cbir.report.markdown import cell, metrics_table
+from cbir.report.across import markdown as across_markdown
+from cbir.report.markdown import cell
 from cbir.report.tables import best_by
 
 log = logging.getLogger("cbir")
@@ -69,18 +71,51 @@ def summary_table(root: Path, datasets: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def compact_entry(entry: dict) -> dict:
+    """A full metrics entry (``key`` + ``ci95.key = [lo, hi]``) as a compact one (``key``, ``key_lo``, ``key_hi``)."""
+    out = {}
+    for key in ("p@10", "map"):
+        if isinstance(entry, dict) and key in entry:
+            out[key] = entry[key]
+            lo_hi = (entry.get("ci95") or {}).get(key) or entry.get(f"{key}_lo") and \
+                [entry.get(f"{key}_lo"), entry.get(f"{key}_hi")]
+            if lo_hi:
+                out[f"{key}_lo"], out[f"{key}_hi"] = lo_hi
+    return out
+
+
+def protocol_entry(metrics: dict) -> dict:
+    entry = next(iter(metrics.values()), {}) if metrics else {}
+    n_queries, n_database = entry.get("n_queries", "?"), entry.get("n_database", "?")
+    loo = isinstance(n_queries, int) and isinstance(n_database, int) and n_queries == n_database + 1
+    return {"protocol": "leave_one_out" if loo else "holdout", "n_queries": n_queries, "n_database": n_database}
+
+
+def experiment_datasets(root: Path) -> list[str]:
+    """The datasets of params.yaml's experiment that have committed metrics, else every ``metrics/*.json``."""
+    present = [p.stem for p in sorted((Path(root) / "metrics").glob("*.json"))]
+    params_file = Path(root) / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.is_file() else {}
+    named = [ds for ds in ((params or {}).get("datasets") or {}) if ds in present]
+    return named or present
+
+
 def results_block(root: str | Path) -> str:
-    """One results table per dataset in ``root/metrics/`` (read from the committed metrics and reports
-    only), then the cross-dataset summary."""
-    blocks, datasets = [], {}
-    for path in sorted((Path(root) / "metrics").glob("*.json")):
-        metrics = dataset_metrics(Path(root), path.stem)
+    """The table across the experiment's datasets (read from the committed metrics and reports only), a
+    link to each dataset's report, then the best-method summary."""
+    datasets = {}
+    for ds in experiment_datasets(Path(root)):
+        metrics = dataset_metrics(Path(root), ds)
         if metrics:
-            datasets[path.stem] = metrics
-            blocks.append(f"{dataset_context(path.stem, metrics)}\n\n{metrics_table(metrics)}")
-    if not blocks:
+            datasets[ds] = metrics
+    if not datasets:
         return "_No results yet: run `make repro`._"
-    blocks.append("Across datasets: the best deep and the best traditional method by P@10 (mean [95% CI]):\n\n"
+    found = {ds: {"metrics": {m: compact_entry(e) for m, e in metrics.items()}, **protocol_entry(metrics)}
+             for ds, metrics in datasets.items()}
+    blocks = ["Across datasets: P@10 and mAP per method (mean [95% CI]); the full tables, figures and tests are "
+              "in each dataset's report (" + ", ".join(f"[`{ds}`](reports/{ds}/report.md)" for ds in datasets)
+              + "), the same table as CSV and LaTeX in `reports/datasets.csv` / `.tex`.\n\n" + across_markdown(found)]
+    blocks.append("Best per dataset: the best deep and the best traditional method by P@10 (mean [95% CI]):\n\n"
                   + summary_table(Path(root), datasets))
     return "\n\n".join(blocks)
 

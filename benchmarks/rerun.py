@@ -1,0 +1,76 @@
+"""One method's search setting changed, end to end: how long `dvc exp run` takes, and which stages it reran.
+
+Run on a built workspace (`make repro` first, `dvc status` clean).  It runs
+`dvc exp run -S +retrieval/search@retrieval.per_method.<method>=aqe` (alpha QE) (default method: hog), records the wall time
+and the stages DVC ran, then puts the workspace back (`dvc exp remove`, `git checkout` of params.yaml,
+dvc.lock, metrics/ and reports/, `dvc checkout`).  Writes benchmarks/results/rerun-<isa class>.json.
+
+    python benchmarks/rerun.py [--method hog]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cbir.features.cnn.openvino_runtime import cpu_isa, isa_class
+
+ROOT = Path(__file__).resolve().parent.parent
+RESTORE = ["params.yaml", "dvc.lock", "metrics", "reports", "README.md"]
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True, check=check)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="hog")
+    parser.add_argument("--name", default="bench-rerun-aqe")
+    args = parser.parse_args()
+    dvc = [sys.executable, "-m", "dvc"]
+    status = sh(*dvc, "status", "-q", check=False)
+    if status.returncode != 0:
+        print("error: the workspace is not built or not clean (dvc status): run `make repro` first", file=sys.stderr)
+        return 2
+    override = f"+retrieval/search@retrieval.per_method.{args.method}=aqe"
+    start = time.perf_counter()
+    done = sh(*dvc, "exp", "run", "-n", args.name, "-S", override, check=False)
+    seconds = time.perf_counter() - start
+    ran = re.findall(r"Running stage '([^']+)'", done.stdout + done.stderr)
+    try:
+        if done.returncode != 0:
+            print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
+            return 1
+    finally:
+        sh(*dvc, "exp", "remove", args.name, check=False)
+        sh("git", "checkout", "--", *RESTORE, check=False)
+        sh(*dvc, "checkout", "-q", check=False)
+    isa = isa_class()
+    result = {"what": f"dvc exp run -S {override}", "method": args.method, "seconds": round(seconds, 1),
+              "stages_run": ran, "n_stages_run": len(ran), "cpu": cpu_model(), "isa": cpu_isa(),
+              "isa_class": isa, "target_s": 15, "before_s": 82}
+    out = ROOT / "benchmarks" / "results" / f"rerun-{isa}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{seconds:.1f} s, {len(ran)} stages: {', '.join(ran)} -> {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""`cbir compare`: experiments x datasets x methods from `dvc exp show --json`, one metric, 120 columns."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from cbir.errors import CbirError
+from cbir.report.compare import compare
+
+METHODS = ["mobilenet_v2-gap", "mobilenet_v2-gem", "efficientnet_lite0-gem", "hsv_hist", "color_moments",
+           "correlogram", "lbp", "glcm", "hog", "fusion"]
+
+
+def _metrics(offset: float) -> dict:
+    return {f"metrics/{ds}.json": {"data": {m: {"map": round(0.1 + offset + i / 100 + j / 1000, 6),
+                                                "p@10": round(0.2 + offset + i / 100, 6)}
+                                            for i, m in enumerate(METHODS)}}
+            for j, ds in enumerate(["tuxpaint", "fashion_mnist"])}
+
+
+def exp_json() -> list:
+    """The shape `dvc exp show --json` prints: workspace, the baseline commit with its experiments."""
+    return [{"rev": "workspace", "name": None, "data": {"metrics": _metrics(0.0)}},
+            {"rev": "0123456789abcdef", "name": "main", "data": {"metrics": _metrics(0.0)},
+             "experiments": [{"name": f"exp-{n}", "revs": [{"rev": f"{n}abcdef0", "name": f"exp-{n}",
+                                                             "data": {"metrics": _metrics(n / 10)}}]}
+                             for n in (1, 2, 3)]}]
+
+
+def test_text_fits_120_columns_and_names_every_row():
+    text = compare(None, "map", "text", exp_json=exp_json())
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    rows = [line for line in lines[3:] if line and line.split()[0] in {"workspace", "main", "exp-1", "exp-2",
+                                                                        "exp-3"}]
+    assert len(rows) == 5 * 2  # every experiment x dataset, each naming its experiment
+    first = rows[0].split()
+    assert first[:2] == ["workspace", "fashion_mnist"] and first[2] == ".101" and len(first) == 12
+    assert "A mobilenet_v2-gap" in text and "J fusion" in text
+
+
+def test_csv_and_latex_carry_the_same_numbers():
+    rows = list(csv.DictReader(io.StringIO(compare(None, "p@10", "csv", exp_json=exp_json()))))
+    assert [r["experiment"] for r in rows] == ["workspace"] * 2 + ["main"] * 2 + ["exp-1"] * 2 + ["exp-2"] * 2 + \
+        ["exp-3"] * 2
+    assert all(r["experiment"] for r in rows)
+    assert rows[4]["dataset"] == "fashion_mnist" and rows[4]["hog"] == "0.380"
+    tex = compare(None, "p@10", "latex", exp_json=exp_json())
+    assert r"\begin{tabular}{ll" + "r" * 10 + "}" in tex and r"exp-1 & tuxpaint & 0.300" in tex
+    assert r"mobilenet\_v2-gap" in tex
+
+
+def test_bad_metric_and_no_metrics_are_one_line():
+    with pytest.raises(CbirError, match="--metric 'ndcg': choose one of map, p@10"):
+        compare(None, "ndcg", exp_json=exp_json())
+    with pytest.raises(CbirError, match="no metrics/<dataset>.json"):
+        compare(None, "map", exp_json=[{"rev": "workspace", "data": {"metrics": {}}}])
