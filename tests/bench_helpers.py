@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from cbir.config import compose_yaml
+from cbir.config import compose_yaml, select_dataset
 from cbir.stages import curate, download, evaluate, extract, retrieve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,10 @@ METHOD = {"kind": "handcrafted", "descriptor": "color_moments", "params": {}}
 
 def bench_params(dataset: str, *overrides: str) -> dict:
     """``experiment=<dataset>``'s params with one cheap handcrafted method and small bootstraps."""
-    params = yaml.safe_load(compose_yaml(REPO / "conf", [f"dataset={dataset}", *overrides]))
+    overrides = [f"datasets.{dataset}." + o.removeprefix("dataset.") if o.startswith("dataset.") else o
+                 for o in overrides]  # the dataset's own keys sit under datasets.<name>
+    params = select_dataset(yaml.safe_load(compose_yaml(REPO / "conf", [f"experiment={dataset}", *overrides])),
+                            dataset)
     params["methods"] = {"color_moments": dict(METHOD)}
     params["backbones"] = {}
     params["evaluation"].update(n_bootstrap=50, n_permutations=50, baseline=None)

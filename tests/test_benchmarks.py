@@ -194,7 +194,7 @@ def test_holidays_manually_rotated_needs_a_folder(tmp_path):
     params = bench_params("holidays", "dataset.rotated=manually_rotated")
     from cbir.stages import download
 
-    with pytest.raises(CbirError, match="manually_rotated needs dataset.folder"):
+    with pytest.raises(CbirError, match="manually_rotated needs datasets.holidays.folder"):
         download.run(params, tmp_path)
 
 
@@ -271,7 +271,7 @@ def test_unsafe_member_in_a_benchmark_archive_is_refused(tmp_path):
 def test_holidays_ftp_address_says_how_to_give_a_local_copy(tmp_path):
     from cbir.stages import download
 
-    with pytest.raises(CbirError, match="unsupported URL scheme 'ftp'.*dataset.archive") as err:
+    with pytest.raises(CbirError, match="unsupported URL scheme 'ftp'.*datasets.holidays.archive") as err:
         download.run(bench_params("holidays"), tmp_path)
     assert "\n" not in str(err.value)
 

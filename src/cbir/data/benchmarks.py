@@ -139,16 +139,16 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
     if source == "holidays":
         rotated = dataset_cfg.get("rotated") or "as_distributed"
         if rotated not in ROTATIONS:
-            raise CbirError(f"dataset.rotated={rotated!r}; use one of {', '.join(ROTATIONS)}")
+            raise CbirError(f"datasets.{name}.rotated={rotated!r}; use one of {', '.join(ROTATIONS)}")
         if rotated == "manually_rotated" and not folder:
-            raise CbirError("dataset.rotated=manually_rotated needs dataset.folder= pointing at your local copy of "
-                            "the manually rotated Holidays images (no official download exists)")
+            raise CbirError(f"datasets.{name}.rotated=manually_rotated needs datasets.{name}.folder= pointing at your "
+                            "local copy of the manually rotated Holidays images (no official download exists)")
         provenance["rotated"] = rotated
-    how = (f"give a local copy with dataset.folder=/path/to/extracted or dataset.archive=[file, ...] "
+    how = (f"give a local copy with datasets.{name}.folder=/path/to/extracted or datasets.{name}.archive=[file, ...] "
            f"(the files of conf/dataset/{name}.yaml's urls)")
     with atomic_dir(raw_dir) as tmp:
         if folder:
-            folder = existing_folder(folder, "dataset.folder", how)
+            folder = existing_folder(folder, f"datasets.{name}.folder", how)
             scan = scan_tree(folder)
             provenance.update(folder=display_name(folder.name), bytes=copy_tree(folder, tmp, scan.files, scan),
                               n_files=len(scan.files))
@@ -158,7 +158,7 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
                 for given in archives:
                     path = Path(given).expanduser()
                     if not path.is_file():
-                        raise CbirError(f"dataset.archive entry {display_name(str(path))} is not a file; {how}")
+                        raise CbirError(f"datasets.{name}.archive entry {display_name(str(path))} is not a file; {how}")
                     files.append({"path": path, "name": path.name})
             elif urls:
                 cache = Path(cache_dir) if cache_dir is not None else raw_dir.parent.parent / "downloads"
