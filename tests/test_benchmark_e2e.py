@@ -17,7 +17,7 @@ def test_exp_run_roxford5k_on_a_tiny_archive(tmp_path, repo_root):
     work, env = tmp_path / "repo", pipeline_env()
     files = revisitop_archives(tmp_path)
     copy_repo(repo_root, work)
-    (work / "conf" / "experiment" / "default.yaml").write_text(
+    (work / "conf" / "method_set" / "default.yaml").write_text(
         "# @package _global_\ndefaults:\n  - /backbone@backbones.mobilenet_v2: mobilenet_v2\n"
         "  - /method@methods.color_moments: color_moments\n")  # the backbone is declared, never run
     edit_yaml(work / "conf" / "evaluation" / "default.yaml", baseline=None)

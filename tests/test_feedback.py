@@ -235,3 +235,14 @@ def test_summary_and_tables():
     shown = fe.display(frame, tests)
     assert shown["ΔAP vs initial"].tolist()[:2] == ["", ""] and shown["ΔAP vs initial"].iloc[2]
     assert fe.markdown(shown).count("\n") == 5
+
+
+def test_the_report_carries_the_feedback_table_when_the_stage_wrote_one():
+    from cbir.report.markdown import feedback_section
+
+    table = "| method | feedback | round |\n|---|---|---|\n| hog | svm | 3 |\n"
+    section = feedback_section("toy", table)
+    assert section.startswith("## Relevance feedback (simulated user, residual collection)")
+    assert table.strip() in section and "reports/toy/feedback/" in section
+    assert "![P@10 against the feedback round](feedback/p10_rounds.png)" in section
+    assert feedback_section("toy", None) == "" and feedback_section("toy", "") == ""

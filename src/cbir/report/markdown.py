@@ -172,12 +172,31 @@ def figures_section(figures: Sequence) -> str:
     return "\n\n".join(blocks)
 
 
+def feedback_section(ds: str, table: str | None) -> str:
+    """The relevance-feedback section (simulated user, residual collection), or nothing without a table."""
+    if not table:
+        return ""
+    return f"""## Relevance feedback (simulated user, residual collection)
+
+A simulated user marks the top results by class label each round; every round is scored after removing
+the images already shown, beside the first ranking scored on the same residual collection
+(`reports/{ds}/feedback/`: `metrics.json`, `rounds.csv`, `tests.csv`, `table.tex`; docs/feedback.md).
+ΔAP is the last round against the first ranking: paired sign-flip test, Holm-adjusted.
+
+{table.strip()}
+
+![P@10 against the feedback round](feedback/p10_rounds.png)
+
+"""
+
+
 def build_report(params: dict, metrics: dict, significance: pd.DataFrame, curation: dict,
                  figures: list, features_info: Mapping[str, Mapping] | None = None,
                  per_class: pd.DataFrame | None = None, pairs: pd.DataFrame | None = None,
-                 weights: Mapping[str, Mapping] | None = None) -> str:
+                 weights: Mapping[str, Mapping] | None = None, feedback: str | None = None) -> str:
     """The whole Markdown report; ``figures`` are ``figures.json`` entries or relative image paths;
-    ``weights`` maps backbone -> ``models/<backbone>.json``."""
+    ``weights`` maps backbone -> ``models/<backbone>.json``; ``feedback`` is the feedback stage's
+    Markdown table (``reports/<ds>/feedback/table.md``), when there is one."""
     ds = dataset_name(params)
     split = params.get("split") or {}
     retrieval = params.get("retrieval") or {}
@@ -244,7 +263,7 @@ The same tests for every pair (mean difference = a − b), Holm's correction ove
 
 {per_class_table(per_class if per_class is not None else pd.DataFrame(), "p@20", list(metrics))}
 
-## Tables for the paper
+{feedback_section(ds, feedback)}## Tables for the paper
 
 `reports/{ds}/tables/`: `main`, `per_class_p10`, `per_class_p20`, `significance` and `pairs`, each as
 CSV (numbers) and LaTeX (booktabs; `\\usepackage{{booktabs}}`; best value in bold).

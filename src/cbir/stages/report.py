@@ -54,7 +54,10 @@ def run(params: dict, root: str | Path) -> None:
         figures = [f for f in read_json(index) if (fig_dir / f["png"]).is_file()]
     else:
         figures = sorted(f"figures/{p.name}" for p in fig_dir.glob("*.png"))
-    text = build_report(params, metrics, significance, curation, figures, features_info, per_class, pairs, weights)
+    feedback_table = paths.feedback_file("table.md")
+    feedback = feedback_table.read_text(encoding="utf-8") if feedback_table.is_file() else None
+    text = build_report(params, metrics, significance, curation, figures, features_info, per_class, pairs, weights,
+                        feedback)
     write_text(paths.report, text)
     paths.report.chmod(0o644)
     kinds = {m: str((cfg or {}).get("kind", "")) for m, cfg in (params.get("methods") or {}).items()}
