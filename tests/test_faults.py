@@ -188,7 +188,7 @@ def test_killed_extract_leaves_no_process_no_debris_and_reruns_identically(refer
     assert not no_strays(proc.pid), "worker processes outlived the killed stage"
     if kill.startswith("after-replace"):  # the features are there, their sidecar is not: refused
         with pytest.raises(CbirError, match=r"hsv_hist\.npy have no hsv_hist\.json beside them: run `dvc repro "
-                                            r"extract@hsv_hist`"):
+                                            r"extract@\w+-hsv_hist`"):
             run_retrieve(params_for(), "hsv_hist", root)
     else:
         assert not (root / f"data/features/{DS}/hsv_hist.npy").exists()
@@ -418,7 +418,7 @@ def test_permuted_feature_rows_are_refused(damaged, capsys):
     order[:10] = order[:10][::-1]
     np.save(path, x[order])
     refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy does not match hsv_hist\.json \(rows permuted or "
-                                            r"edited\): run `dvc repro extract@hsv_hist`", capsys)
+                                            r"edited\): run `dvc repro extract@\w+-hsv_hist`", capsys)
 
 
 def test_flipped_feature_bytes_are_refused(damaged, capsys):
@@ -440,7 +440,7 @@ def test_swapped_manifest_lines_are_refused(damaged, capsys):
     lines[3], lines[4] = lines[4], lines[3]
     manifest.write_text("".join(lines))
     refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy was computed from other manifest rows than the "
-                                            r"manifest now holds .*: run `dvc repro extract@hsv_hist`", capsys)
+                                            r"manifest now holds .*: run `dvc repro extract@\w+-hsv_hist`", capsys)
 
 
 def test_flipped_bytes_in_hnsw_stored_vectors_are_refused(damaged, capsys):
@@ -457,7 +457,7 @@ def test_flipped_bytes_in_hnsw_stored_vectors_are_refused(damaged, capsys):
     index_file.write_bytes(bytes(data))
     params = params_for()
     pattern = (r"index\.faiss does not match index\.json \(its stored vectors or graph were damaged or edited\): "
-               r"rebuild it with `dvc repro retrieve@hsv_hist`")
+               r"rebuild it with `dvc repro retrieve@\w+-hsv_hist`")
     with pytest.raises(CbirError, match=pattern):
         load_database(params, "hsv_hist", damaged)
     image = damaged / manifest["path"].iloc[0]

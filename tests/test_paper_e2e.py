@@ -54,7 +54,7 @@ def paper_run(tmp_path_factory, repo_root):
     before = {p.relative_to(work): p.read_bytes() for p in [*(work / "metrics").glob("*.json"),
                                                               *(work / "reports").rglob("*")] if p.is_file()}
     assert (work / "metrics" / "tuxpaint.json").is_file()
-    overrides = ["experiment=paper", f"dataset.archive={archive}", f"backbones.resnet50.file={weights}",
+    overrides = ["experiment=paper", f"datasets.corel1k.archive={archive}", f"backbones.resnet50.file={weights}",
                  f"backbones.resnet50.sha256={sha256_file(weights)}", "split.queries_per_class=2",
                  *(f"backbones.{b}.image_size=64" for b in ("resnet50", "mobilenet_v2", "efficientnet_lite0")),
                  # the torch runtime (what a GPU machine runs) skips nine OpenVINO conversions; test_openvino
@@ -68,7 +68,7 @@ def paper_run(tmp_path_factory, repo_root):
 def test_every_paper_method_is_evaluated(paper_run):
     work, _, _ = paper_run
     params = yaml.safe_load((work / "params.yaml").read_text())
-    assert params["dataset"]["name"] == "corel1k" and params["evaluation"]["baseline"] == "resnet50-gap"
+    assert list(params["datasets"]) == ["corel1k"] and params["evaluation"]["baseline"] == "resnet50-gap"
     methods = list(params["methods"])
     resnet = [m for m in methods if m.startswith("resnet50")]
     traditional = [m for m, c in params["methods"].items() if c["kind"] == "handcrafted"]

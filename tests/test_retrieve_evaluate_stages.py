@@ -194,7 +194,7 @@ def test_mismatched_row_count_raises(tmp_path):
 
 @pytest.mark.parametrize("params, method, message", [
     (make_params(), "missing", "method 'missing' is not in params.yaml"),
-    (make_params(methods={"absent": {}}), "absent", r"features for method 'absent' not found .*extract@absent"),
+    (make_params(methods={"absent": {}}), "absent", r"features for method 'absent' not found .*extract@\w+-absent"),
     (make_params(retrieval={"k": 3, "index": "annoy"}), "good", "unknown retrieval.index 'annoy'"),
     (make_params(retrieval={"k": 3, "index": "ivf", "faiss": {"nprobes": 3}}), "good",
      r"unknown retrieval.faiss keys \['nprobes'\]"),

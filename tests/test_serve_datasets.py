@@ -3,6 +3,7 @@ shows it, and a server refuses to answer from a database rebuilt on disk under i
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ from test_serve import parse
 from cbir.app.server import create_app, load_engines
 from cbir.cli import main
 from cbir.config import select_dataset
+from cbir.fileio import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +42,14 @@ def test_a_rebuilt_database_is_refused_not_served_stale(state):
     client = _client(params, root)
     assert client.get("/api/search", query_string={"id": "red/0", "method": "hsv_hist"}).status_code == 200
     features = root / "data" / "features" / "toy" / "hsv_hist.npy"
-    before = features.read_bytes()
+    sidecar = features.with_suffix(".json")
+    before, sidecar_before = features.read_bytes(), sidecar.read_bytes()
     try:
         rebuilt = np.load(features)[::-1].copy()  # same shape, other rows: what a rebuild under the server does
         np.save(features, rebuilt)
+        info = json.loads(sidecar_before)
+        info["features_sha256"] = sha256_file(features)  # extract records the new array's hash beside it
+        sidecar.write_text(json.dumps(info))
         st = features.stat()
         os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
         response = client.get("/api/search", query_string={"id": "red/0", "method": "hsv_hist"})
@@ -58,6 +64,7 @@ def test_a_rebuilt_database_is_refused_not_served_stale(state):
                                           ).status_code == 200
     finally:
         features.write_bytes(before)
+        sidecar.write_bytes(sidecar_before)
 
 
 def test_manifest_change_is_noticed_too(state):

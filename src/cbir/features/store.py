@@ -38,6 +38,11 @@ def manifest_digest(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(("\n".join(map("\t".join, rows)) + "\n").encode("utf-8")).hexdigest()
 
 
+def extract_stage(path: Path, method: str) -> str:
+    """The DVC stage that writes the features file ``path`` (``data/features/<ds>/<method>.npy``)."""
+    return f"extract@{Path(path).parent.name}-{method}"
+
+
 def integrity_record(path: Path, manifest: pd.DataFrame) -> dict:
     """``{manifest_sha256, features_sha256}`` of the features file at ``path``, computed from ``manifest``
     (what the extract stage adds to the sidecar)."""
@@ -47,7 +52,7 @@ def integrity_record(path: Path, manifest: pd.DataFrame) -> dict:
 def recorded_hashes(path: Path, method: str) -> dict:
     """The hashes the sidecar of ``path`` recorded; a missing or older sidecar is one clear error."""
     info = info_path(path)
-    rerun = f"run `dvc repro extract@{method}` (add -f -s if DVC sees no change)"
+    rerun = f"run `dvc repro {extract_stage(path, method)}` (add -f -s if DVC sees no change)"
     try:
         record = json.loads(info.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -63,7 +68,7 @@ def verify_features(path: Path, method: str, manifest: pd.DataFrame) -> str:
     """Check the features file at ``path`` against its sidecar and ``manifest``; returns its sha256."""
     path = Path(path)
     recorded = recorded_hashes(path, method)
-    rerun = f"run `dvc repro extract@{method}` (add -f -s if DVC sees no change)"
+    rerun = f"run `dvc repro {extract_stage(path, method)}` (add -f -s if DVC sees no change)"
     if manifest_digest(manifest) != recorded["manifest_sha256"]:
         raise CbirError(f"{path} was computed from other manifest rows than the manifest now holds (lines "
                         f"swapped, added or edited since extract): {rerun}")
@@ -80,22 +85,22 @@ def read_features(path: Path, method: str, manifest: pd.DataFrame) -> np.ndarray
     n_rows = len(manifest)
     if not path.is_file():
         raise CbirError(f"features for method {method!r} not found at {path}: build them with "
-                        f"`dvc repro extract@{method}`")
+                        f"`dvc repro {extract_stage(path, method)}`")
     try:
         features = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise CbirError(f"cannot read features {path} ({exc}): re-run `dvc repro extract@{method}`") from None
+        raise CbirError(f"cannot read features {path} ({exc}): re-run `dvc repro {extract_stage(path, method)}`") from None
     if features.ndim != 2:
         raise CbirError(f"features {path} have shape {features.shape}, expected [N, D]: "
-                        f"re-run `dvc repro extract@{method}`")
+                        f"re-run `dvc repro {extract_stage(path, method)}`")
     if features.shape[0] != n_rows:
         raise CbirError(f"features {path} have {features.shape[0]} rows but the manifest has {n_rows}: "
-                        f"re-run `dvc repro extract@{method}` after curate")
+                        f"re-run `dvc repro {extract_stage(path, method)}` after curate")
     verify_features(path, method, manifest)
     features = np.asarray(features, dtype=np.float32)
     if not all_finite(features):
         raise CbirError(f"features {path} contain NaN or infinite values: "
-                        f"re-run `dvc repro extract@{method}`")
+                        f"re-run `dvc repro {extract_stage(path, method)}`")
     log.info("read %s %s (hashes verified)", path, features.shape)
     return features
 

@@ -117,7 +117,7 @@ def run(params: dict, root: str | Path) -> None:
     rankings, ap = {}, {}
     for method in methods:
         csv = paths.retrieval(method)
-        rankings[method] = _read_csv(csv, f"retrieve@{method}", {"query_id", "rank", "image_id", "score"})
+        rankings[method] = _read_csv(csv, f"retrieve@{paths.dataset}-{method}", {"query_id", "rank", "image_id", "score"})
         part = per_query[per_query["method"] == method]
         ap[method] = dict(zip(part["query_id"], part["ap"].astype(float)))
     query_ids = sorted(rankings[methods[0]]["query_id"].unique().tolist())
