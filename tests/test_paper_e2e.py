@@ -55,7 +55,7 @@ def paper_run(tmp_path_factory, repo_root):
                                                               *(work / "reports").rglob("*")] if p.is_file()}
     assert (work / "metrics" / "tuxpaint.json").is_file()
     overrides = ["experiment=paper", f"datasets.corel1k.archive={archive}", f"backbones.resnet50.file={weights}",
-                 f"backbones.resnet50.sha256={sha256_file(weights)}", "split.queries_per_class=2",
+                 f"backbones.resnet50.sha256={sha256_file(weights)}", "datasets.corel1k.split.queries_per_class=2",
                  *(f"backbones.{b}.image_size=64" for b in ("resnet50", "mobilenet_v2", "efficientnet_lite0")),
                  # the torch runtime (what a GPU machine runs) skips nine OpenVINO conversions; test_openvino
                  # covers that runtime. Figures for a subset: every kind of figure, a third of the drawing.
