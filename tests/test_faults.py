@@ -259,7 +259,7 @@ def small_fs(tmp_path):
     if proc.returncode != 0:
         reason = f"cannot mount a tmpfs here ({(proc.stderr or proc.stdout).strip() or proc.returncode})"
         print(f"SKIP: {reason}; the injected-ENOSPC tests below cover the same path")
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     try:
         yield mount
     finally:
