@@ -32,6 +32,7 @@ from cbir.features.handcrafted import describe
 from cbir.fileio import sha256_file
 from cbir.stages.extract import run as run_extract
 from cbir.stages.weights import run as run_weights
+from cbir.features.handcrafted import descriptor_node
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 40, 200)}
 PER_CLASS = 6
@@ -78,7 +79,7 @@ def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdou
     out = root / "data" / "curated" / "toy"
     out.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(out / "manifest.csv", index=False)
-    hsv = {"kind": "handcrafted", "descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}}
+    hsv = {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {"bins": [8, 4, 4]})}
     params = {
         "seed": 0, "device": "cpu",
         "dataset": {"name": "toy", "source": "folder"},

@@ -29,12 +29,13 @@ from cbir.features.ray_engine import (
 from cbir.fileio import sha256_file
 from cbir.stages.extract import run as run_extract
 from cbir.stages.weights import run as run_weights
+from cbir.features.handcrafted import descriptor_node
 
 # Ray Data's own configuration warns about its deprecated options on first use.
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning")
 
 DEEP = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gem", "pooling_params": {"p": 3.0}}
-HOG = {"kind": "handcrafted", "descriptor": "hog_descriptor", "params": {"size": 32, "pixels_per_cell": 8}}
+HOG = {"kind": "handcrafted", "descriptor": descriptor_node("hog_descriptor", {"size": 32, "pixels_per_cell": 8})}
 
 
 @pytest.fixture(scope="module")
