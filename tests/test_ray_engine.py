@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from methods_helpers import extract_rows
+from methods_helpers import with_defaults, extract_rows
 from PIL import Image
 
 from cbir.errors import CbirError
@@ -68,7 +68,7 @@ def workspace(tmp_path_factory, random_mobilenet_file):
     curated = root / "data" / "curated" / "toy"
     curated.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(curated / "manifest.csv", index=False)
-    params = {
+    params = with_defaults({
         "device": "cpu",
         "dataset": {"name": "toy"},
         "curate": {"max_pixels": 1_000_000},
@@ -77,7 +77,7 @@ def workspace(tmp_path_factory, random_mobilenet_file):
                                        "image_size": 64, "batch_size": 4}},
         "methods": {"mnv2-gem": DEEP, "hog": HOG},
         "extract": {"engine": "ray", "compile": False, "ray": {"num_actors": None, "batch_size": 3}},
-    }
+    })
     run_weights(params, "mobilenet_v2", root)
     return root, params, [root / r["path"] for r in rows]
 

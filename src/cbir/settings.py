@@ -164,7 +164,8 @@ class MethodRun:
             and not method.trunk else None
         return cls(method=method, backbone=backbone,
                    extract=Extract.from_params(params) if method.kind == "deep" else None,
-                   device=device or _top(params, "device"), max_pixels=max_pixels(params))
+                   device=(device or _top(params, "device")) if method.kind == "deep" else "cpu",
+                   max_pixels=max_pixels(params))
 
 
 def max_pixels(params: Mapping) -> int:

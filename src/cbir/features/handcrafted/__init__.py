@@ -207,12 +207,13 @@ def working_side(name: str, params: Mapping[str, object] | None = None) -> int |
     """
     if name not in DESCRIPTORS or not isinstance(params or {}, Mapping):
         return None
-    params, accepted = dict(params or {}), descriptor_params(name)
+    accepted = descriptor_params(name)
+    params = {**accepted, **dict(params or {})}  # an argument not given takes the function's own default
     if "max_side" in accepted:
-        side = params.get("max_side", accepted["max_side"])
+        side = params["max_side"]
         return int(side) if isinstance(side, (int, np.integer)) and not isinstance(side, bool) else None
     if "size" in accepted:
-        size = params.get("size", accepted["size"])
+        size = params["size"]
         sides = [size] if isinstance(size, (int, np.integer)) else size
         if isinstance(sides, Sequence) and sides and all(isinstance(v, (int, np.integer)) for v in sides):
             return 2 * int(max(sides))
