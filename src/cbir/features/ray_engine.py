@@ -252,8 +252,8 @@ def extract_with_ray(paths: Sequence[Path], params: dict, method: str, root: Pat
                 "ray_nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
                 "ray_cpus": float(cluster.get("CPU", 0)), "ray_gpus": float(cluster.get("GPU", 0))}
         if kind == "deep":
-            info.update(image_size=image_size(params, method_cfg),
-                        scales=[float(x) for x in (method_cfg.get("scales") or [1.0])])
+            info.update(image_size=image_size(params, method),
+                        scales=list(Method.from_params(params, method).scales or (1.0,)))
         log.info("ray: %d rows in %.1fs", n, seconds)
         return info
     finally:
