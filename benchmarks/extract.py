@@ -46,9 +46,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cbir.data.images import open_rgb  # noqa: E402
+from cbir.data.images import MAX_PIXELS, open_rgb  # noqa: E402
 from cbir.data.synthetic import generate  # noqa: E402
-from cbir.features.handcrafted import descriptor_node
+from cbir.features.handcrafted import build_descriptor, descriptor_node  # noqa: E402
 
 if __name__ == "__main__":
     # torch, torchvision and OpenVINO only in the benchmark process itself: the traditional methods' worker
@@ -229,7 +229,8 @@ def bench_handcrafted(paths, rounds: int) -> list[dict]:
 
     results = []
     for name, cfg in HANDCRAFTED.items():
-        method = HandcraftedMethod(name=name, config={"kind": "handcrafted", **cfg}, max_pixels=40_000_000)
+        method = HandcraftedMethod(name=name, config={"kind": "handcrafted", **cfg},
+                                   descriptor=build_descriptor(cfg["descriptor"]), max_pixels=MAX_PIXELS)
         out = np.zeros((len(paths), method.dim), np.float32)
         rates = {"one_process": [], "default_workers": []}
         for _ in range(rounds):
