@@ -148,12 +148,13 @@ class Method:
 
 @dataclass(frozen=True)
 class MethodRun:
-    """Everything building one method reads: its own config, its backbone's, the extract settings,
-    the device and the decoding pixel budget."""
+    """Everything building one method reads: its own config, its backbone's (a deep method on a configured
+    backbone), the extract settings and the device (a deep method; a traditional one runs on the CPU), and
+    the decoding pixel budget."""
 
     method: Method
     backbone: Backbone | None
-    extract: Extract
+    extract: Extract | None
     device: str
     max_pixels: int
 
