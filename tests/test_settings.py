@@ -181,3 +181,19 @@ def test_every_extract_setting_is_read_from_conf(repo_root):
     assert dataclasses.asdict(typed) == {**{k: v for k, v in conf.items() if k not in ("calibration", "ray")},
                                          "calibration": conf["calibration"], "ray": conf["ray"]}
     assert Path(repo_root / "conf" / "method_base" / "deep.yaml").is_file()
+
+
+def test_the_plug_in_example_composes_in_the_new_form(repo_root):
+    from cbir.config import compose_yaml
+
+    searchpath = (repo_root / "examples" / "my_descriptor" / "conf").as_uri()
+    cfg = yaml.safe_load(compose_yaml(repo_root / "conf", [f"hydra.searchpath=[{searchpath}]",
+                                                           "+method@methods.colour_layout=colour_layout"]))
+    method = cfg["methods"]["colour_layout"]
+    assert method["descriptor"] == {"_target_": "examples.my_descriptor.descriptor.colour_layout", "grid": 4}
+    assert "params" not in method and "_target_" not in method
+    descriptor = build_descriptor(method["descriptor"])
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:4, :4] = 255  # the top-left quarter white: one cell of the 4 x 4 grid... of 2 x 2 pixels each
+    vector = descriptor(image)
+    assert vector.shape == (48,) and vector[:3].tolist() == [1.0, 1.0, 1.0] and vector[6:9].tolist() == [0.0] * 3
