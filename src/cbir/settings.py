@@ -95,6 +95,21 @@ class Backbone:
 KIND_KEYS = {"deep": ("pooling",), "handcrafted": ("descriptor",), "precomputed": ("file",)}
 
 
+def method_mapping(params: Mapping, name: str) -> Mapping:
+    """``params['methods'][name]``; an unknown name lists the known ones."""
+    methods = params.get("methods") or {}
+    if not isinstance(methods, Mapping):
+        raise CbirError(f"params.yaml: methods must be a mapping of name -> method config, got {methods!r}: "
+                        f"{REGENERATE}")
+    if name not in methods:
+        known = ", ".join(sorted(methods)) or "none"
+        raise CbirError(f"method {name!r} is not in params.yaml (known: {known})")
+    cfg = methods[name]
+    if not isinstance(cfg, Mapping):
+        raise CbirError(f"params.yaml: methods.{name} must be a mapping (kind, ...), got {cfg!r}")
+    return cfg
+
+
 @dataclass(frozen=True)
 class Method:
     """``methods.<name>``: what one method computes.  ``descriptor`` (handcrafted) and ``trunk`` (a deep
@@ -116,14 +131,7 @@ class Method:
 
     @classmethod
     def from_params(cls, params: Mapping, name: str) -> "Method":
-        methods = mapping(params, "methods")
-        if name not in methods:
-            known = ", ".join(sorted(methods)) or "none"
-            raise CbirError(f"method {name!r} is not in params.yaml (known: {known})")
-        cfg = methods[name]
-        if not isinstance(cfg, Mapping):
-            raise CbirError(f"params.yaml: methods.{name} must be a mapping (kind, ...), got {cfg!r}")
-        return cls.from_mapping(name, cfg)
+        return cls.from_mapping(name, method_mapping(params, name))
 
     @classmethod
     def from_mapping(cls, name: str, cfg: Mapping) -> "Method":
