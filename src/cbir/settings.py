@@ -18,25 +18,20 @@ from cbir.errors import CbirError
 REGENERATE = "regenerate params.yaml with `python -m cbir params` (conf/ sets every key)"
 
 
-def need(section: Mapping, key: str, where: str) -> Any:
-    """``section[key]``; a missing key is one line naming it."""
+def need(section: Mapping, key: str, where: str = "") -> Any:
+    """``section[key]`` (``where``: the section's own path); a missing key is one line naming it."""
     if key not in section:
-        raise CbirError(f"params.yaml: {where}.{key} is missing: {REGENERATE}")
+        raise CbirError(f"params.yaml: {where + '.' if where else ''}{key} is missing: {REGENERATE}")
     return section[key]
 
 
-def mapping(params: Mapping, key: str, where: str = "") -> Mapping:
-    """``params[key]`` as a mapping (missing is one line)."""
-    value = need(params, key, where.rstrip(".") or "params") if where else _top(params, key)
+def mapping(section: Mapping, key: str, where: str = "") -> Mapping:
+    """``section[key]``, which must be a mapping; missing or anything else is one line."""
+    value = need(section, key, where)
     if not isinstance(value, Mapping):
-        raise CbirError(f"params.yaml: {where}{key} must be a mapping, got {value!r}: {REGENERATE}")
+        raise CbirError(f"params.yaml: {where + '.' if where else ''}{key} must be a mapping, got {value!r}: "
+                        f"{REGENERATE}")
     return value
-
-
-def _top(params: Mapping, key: str) -> Any:
-    if key not in params:
-        raise CbirError(f"params.yaml: {key} is missing: {REGENERATE}")
-    return params[key]
 
 
 @dataclass(frozen=True)
@@ -62,13 +57,13 @@ class Extract:
     @classmethod
     def from_params(cls, params: Mapping) -> "Extract":
         cfg = mapping(params, "extract")
-        calibration = mapping(cfg, "calibration", "extract.")
+        calibration = mapping(cfg, "calibration", "extract")
         return cls(engine=need(cfg, "engine", "extract"), num_workers=need(cfg, "num_workers", "extract"),
                    runtime=need(cfg, "runtime", "extract"), precision=need(cfg, "precision", "extract"),
                    compile=need(cfg, "compile", "extract"),
                    calibration=Calibration(int(need(calibration, "size", "extract.calibration")),
                                            int(need(calibration, "seed", "extract.calibration"))),
-                   ray=dict(mapping(cfg, "ray", "extract.")))
+                   ray=dict(mapping(cfg, "ray", "extract")))
 
 
 @dataclass(frozen=True)
@@ -173,7 +168,7 @@ class MethodRun:
             and not method.trunk else None
         return cls(method=method, backbone=backbone,
                    extract=Extract.from_params(params) if method.kind == "deep" else None,
-                   device=(device or _top(params, "device")) if method.kind == "deep" else "cpu",
+                   device=(device or need(params, "device")) if method.kind == "deep" else "cpu",
                    max_pixels=max_pixels(params))
 
 
