@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,7 @@ from cbir.data.images import shrink
 from cbir.errors import CbirError
 from cbir.features.common import unit_rows
 from cbir.features.handcrafted import Descriptor, build_descriptor, describe_files
+from cbir.layout import Layout
 from cbir.settings import MethodRun
 
 
@@ -128,19 +129,20 @@ Method = "DeepMethod | HandcraftedMethod | PrecomputedMethod"
 def build_method(name: str, params: Mapping, root: str | Path, n_images: int | None = None,
                  device: str | None = None) -> Method:
     """The method ``name`` of ``params``, ready to extract or embed (models loaded once, here)."""
-    return build(MethodRun.from_params(params, name, device), Path(root), params, n_images)
+    root = Path(root)
+    return build(MethodRun.from_params(params, name, device), root, lambda: Layout(root, params).manifest, n_images)
 
 
-def build(run: MethodRun, root: Path, params: Mapping, n_images: int | None = None) -> Method:
-    """The method of ``run`` (its own config and the sections it reads); ``params`` only locates the
-    manifest an int8 calibration samples."""
+def build(run: MethodRun, root: Path, manifest: Callable[[], Path], n_images: int | None = None) -> Method:
+    """The method of ``run`` (its own config and the sections it reads); ``manifest()`` is the manifest an
+    int8 calibration samples."""
     cfg = run.method
     if cfg.kind == "deep":
         from cbir.features.cnn.method import (
             build_deep,  # torch is imported only by deep methods (seconds)
         )
 
-        return build_deep(run, root, params, n_images)
+        return build_deep(run, root, manifest, n_images)
     if cfg.kind == "handcrafted":
         descriptor = build_descriptor(cfg.descriptor, f"methods.{cfg.name}.descriptor")
         return HandcraftedMethod(name=cfg.name, config=dict(cfg.raw), descriptor=descriptor,

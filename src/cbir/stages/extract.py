@@ -68,7 +68,7 @@ def run(params: dict, name: str, root: str | Path) -> None:
     images = [root / p for p in manifest["path"]]
     target = paths.features(name)
     start = time.perf_counter()
-    method = build(config, root, params, n_images=len(images))
+    method = build(config, root, lambda: paths.manifest, n_images=len(images))
     with atomic_path(target) as tmp:
         out = preallocated_memmap(tmp, (len(images), method.dim))
         if settings.engine == "ray":

@@ -39,7 +39,7 @@ from cbir.features.cnn.runtime import (
 )
 from cbir.features.common import unit_rows
 from cbir.features.resolve import instantiate_node, resolve_callable
-from cbir.layout import Layout, weights_file
+from cbir.layout import weights_file
 from cbir.settings import MethodRun
 
 
@@ -201,8 +201,8 @@ def own_or_backbone(run: MethodRun, key: str) -> int:
     return int(value if value is not None else getattr(run.backbone, key))
 
 
-def build_deep(run: MethodRun, root: Path, params: Mapping, n_images: int | None) -> DeepMethod:
-    """The deep method of ``run``; ``params`` only locates the manifest an int8 calibration samples."""
+def build_deep(run: MethodRun, root: Path, manifest: Callable[[], Path], n_images: int | None) -> DeepMethod:
+    """The deep method of ``run``; ``manifest()`` is the manifest an int8 calibration samples."""
     cfg, settings = run.method, run.extract
     make_trunk, weights = trunk_maker(run, root)
     torch_device = resolve_device(run.device)
@@ -212,7 +212,7 @@ def build_deep(run: MethodRun, root: Path, params: Mapping, n_images: int | None
     precision = resolve_precision(settings.precision, torch_device, runtime)
     calibration = None
     if precision == "int8":
-        calibration = calibration_for(read_manifest(Layout(root, params).manifest), root,
+        calibration = calibration_for(read_manifest(manifest()), root,
                                       {"size": settings.calibration.size, "seed": settings.calibration.seed})
     return DeepMethod(
         name=cfg.name, config=dict(cfg.raw), make_trunk=make_trunk, pool=make_pool(cfg.pooling, cfg.pooling_params),

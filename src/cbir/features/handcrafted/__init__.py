@@ -69,7 +69,7 @@ def _lookup(name: str) -> Callable[..., np.ndarray]:
     if ":" in name or "." in name:
         return resolve_callable(name, "descriptor")
     raise CbirError(f"unknown descriptor {name!r}; choose one of {sorted(DESCRIPTORS)} for "
-                    "methods.<name>.descriptor in params.yaml, or name your own function as module:function")
+                    "a fusion member in params.yaml, or name your own function as module:function")
 
 
 def describe_check(name: str, fn: Callable, params: object) -> None:
