@@ -9,8 +9,9 @@ variant, and adds the benchmark's official scores (:mod:`cbir.benchmark_metrics`
   intervals of each mAP; the main ``map`` is the Medium protocol's;
 * ``groups`` (Holidays): mAP, the query itself ignored;
 * ``ukbench``: the N-S score (0–4, the query counted as one of its 4) beside mAP;
-* ``pairs`` (Copydays, neardup): µAP over all (query, top-k) pairs and recall at precision 0.9, overall and
-  per transformation family, with mAP per family; queries without a reference contribute false pairs.
+* ``pairs`` (Copydays, neardup): µAP over all (query, top-k) pairs and recall at precision 0.9, overall (each
+  with a 95% bootstrap interval over queries: the pairs of the resampled queries pooled again) and per
+  transformation family, with mAP per family; queries without a reference contribute false pairs.
 """
 
 from __future__ import annotations
@@ -122,6 +123,16 @@ def _micro_ci(rows, scores, judgements: Judgements, n_bootstrap: int, seed: int)
     return [[_num(lo[j]), _num(hi[j])] for j in range(2)]
 
 
+def pair_compact(overall: Mapping) -> dict:
+    """µAP and recall@P0.9 with their 95% bounds (``key``, ``key_lo``, ``key_hi``), as the compact file
+    gives mAP and P@10."""
+    out = {}
+    for key in ("micro_ap", f"recall@p{PRECISION:g}"):
+        lo, hi = overall.get(f"{key}_ci95") or (None, None)
+        out.update({key: overall.get(key), f"{key}_lo": lo, f"{key}_hi": hi})
+    return out
+
+
 def score(bench: Benchmark, queries: np.ndarray, database: np.ndarray, ks: Sequence[int], curve_k: int,
           query_ids: Sequence, labels: Sequence, exclude=None, block_size: int = 1024, top_k: int = 10,
           n_bootstrap: int = 1000, seed: int = 0) -> tuple[ev.RankingStats, dict]:
@@ -166,7 +177,7 @@ def score(bench: Benchmark, queries: np.ndarray, database: np.ndarray, ks: Seque
             entry["n_without_reference"] = int(sum(1 for i in pick if bench.judgements.items[i].n_relevant == 0))
             per_family[family] = entry
         official["families"] = per_family
-        official["compact"] = {"micro_ap": overall["micro_ap"], "recall@p0.9": overall[f"recall@p{PRECISION:g}"]}
+        official["compact"] = pair_compact(overall)
     else:
         official["compact"] = {}
     return result, official
