@@ -110,12 +110,16 @@ def _micro_ci(rows, scores, judgements: Judgements, n_bootstrap: int, seed: int)
     if n_bootstrap < 1 or n_q < 2:
         return [[None, None], [None, None]]
     rng = np.random.default_rng(seed)
+    # each pair's label once; a resample pools the pairs of its queries (a query drawn twice counts twice)
+    positive, keep = bm.pair_labels(rows, judgements)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_relevant = judgements.n_relevant()
     draws = []
     for _ in range(n_bootstrap):
         pick = rng.integers(0, n_q, n_q)
-        sub = Judgements(tuple(judgements.items[i] for i in pick), judgements.n_database)
-        out = bm.copy_detection_scores(rows[pick], scores[pick], sub, PRECISION)
-        draws.append((out["micro_ap"], out[f"recall@p{PRECISION:g}"]))
+        kept = keep[pick]
+        s, p, n_pos = scores[pick][kept], positive[pick][kept], int(n_relevant[pick].sum())
+        draws.append((bm.micro_ap(s, p, n_pos), bm.recall_at_precision(s, p, n_pos, PRECISION)))
     draws = np.asarray(draws, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
