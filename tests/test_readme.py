@@ -152,6 +152,7 @@ def test_across_reads_a_benchmark_kind_from_its_judgements(tmp_path):
                                                 "m,near,benchmark:pairs,3,2,map,1.0,1.0,1.0"]
     tex = latex(found)
     assert r"\multicolumn{3}{c}{near}" in tex and r"$\mu$AP & R@P90 & mAP" in tex and "µ" not in tex
-    (tmp_path / "near" / "judgements.json").write_text(json.dumps({"kind": "pairs"}))
-    with pytest.raises(CbirError, match=r"judgements.json is not a judgements file; run `dvc repro curate@near`"):
-        protocol_of(tmp_path / "near" / "manifest.csv")
+    for bad in (json.dumps({"kind": "pairs"}), json.dumps({"kind": "pairs", "queries": [1]}), "{not json"):
+        (tmp_path / "near" / "judgements.json").write_text(bad)
+        with pytest.raises(CbirError, match=r"judgements.json is not a judgements file; run `dvc repro curate@near`"):
+            protocol_of(tmp_path / "near" / "manifest.csv")

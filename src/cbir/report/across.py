@@ -59,9 +59,13 @@ def protocol_of(manifest_file: Path) -> dict:
     out = {"protocol": protocol, "n_queries": int(len(queries)), "n_database": int(len(database))}
     judgements = Path(manifest_file).parent / JUDGEMENTS
     if judgements.is_file():
-        spec = read_json(judgements)
+        try:
+            spec = read_json(judgements)
+        except (OSError, ValueError):
+            spec = None
         entries = spec.get("queries") if isinstance(spec, Mapping) else None
-        if not isinstance(entries, list) or spec.get("kind") not in METRICS or spec.get("kind") is None:
+        if (not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries)
+                or spec.get("kind") not in METRICS or spec.get("kind") is None):
             raise CbirError(f"{judgements} is not a judgements file; run `dvc repro curate@{manifest_file.parent.name}`")
         out.update(kind=spec["kind"], n_without_reference=sum(1 for e in entries if not e.get("positives")))
     return out
