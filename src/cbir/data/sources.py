@@ -115,7 +115,7 @@ def fetch_tuxpaint(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     with atomic_dir(raw_dir) as tmp:
         n_bytes = copy_tree(root, tmp, files)
         return _finish(tmp, {
-            "source": "tuxpaint", "name": dataset_cfg["name"], "root": str(root),
+            "source": "tuxpaint", "name": dataset_cfg.get("name", "tuxpaint"), "root": str(root),
             "debian_package": TUXPAINT_PACKAGE, "package_version": debian_version(TUXPAINT_PACKAGE),
             "license": "GPL-2.0", "n_files": len(files), "bytes": n_bytes,
         })
@@ -145,7 +145,7 @@ def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     with atomic_dir(raw_dir) as tmp:
         n_bytes = copy_tree(folder, tmp, files, scan)
         return _finish(tmp, {
-            "source": "folder", "name": dataset_cfg["name"], "folder": display_name(folder.name),
+            "source": "folder", "name": dataset_cfg.get("name", folder.name), "folder": display_name(folder.name),
             "n_files": len(files), "bytes": n_bytes, "ignored_top_level_files": [display_name(f) for f in ignored],
             "skipped": sorted(scan.skipped, key=lambda d: (d["path"], d["reason"])),
         })
@@ -161,7 +161,7 @@ def _corel_check(tmp: Path, where: str) -> int:
 
 def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
     """Corel-1K from ``folder``, else ``archive``, else the first working URL of ``urls`` (sha256-checked)."""
-    name = dataset_cfg["name"]
+    name = dataset_cfg.get("name", "corel1k")
     pinned = (dataset_cfg.get("sha256") or "").lower().strip() or None
     folder, archive = dataset_cfg.get("folder"), dataset_cfg.get("archive")
     provenance: dict = {"source": "corel1k", "name": name, "labels": list(COREL1K_LABELS)}
@@ -227,7 +227,7 @@ def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     with atomic_dir(raw_dir) as tmp:
         n_bytes = copy_tree(root, tmp, names)
         return _finish(tmp, {
-            "source": "fashion_mnist", "name": dataset_cfg["name"], "root": str(root),
+            "source": "fashion_mnist", "name": dataset_cfg.get("name", "fashion_mnist"), "root": str(root),
             "debian_package": FASHION_MNIST_PACKAGE, "package_version": debian_version(FASHION_MNIST_PACKAGE),
             "license": "MIT", "labels": list(FASHION_MNIST_LABELS), "n_files": len(names), "bytes": n_bytes,
             "sha256": {n: sha256_file(tmp / n) for n in names},
