@@ -29,6 +29,11 @@ def with_defaults(params: dict) -> dict:
     return merged
 
 
+def conf_dataset(conf: str, **values) -> dict:
+    """``conf/dataset/<conf>.yaml`` (every key its source reads) with ``values`` over it."""
+    return {**yaml.safe_load((REPO / "conf" / "dataset" / f"{conf}.yaml").read_text(encoding="utf-8")), **values}
+
+
 def extract_rows(paths, method_cfg, params=None, root=".", name="m"):
     """``(features [N, D], run info)`` of ``method_cfg`` for ``paths`` (no decoding worker, no progress bar)."""
     params = with_defaults({**(params or {}), "methods": {name: dict(method_cfg)}})
@@ -53,7 +58,7 @@ def params_for(weights, runtime="openvino", precision="fp32", image_size=96):
         "device": "cpu",
         "curate": {"max_pixels": MAX_PIXELS},
         "extract": {"compile": False, "runtime": runtime, "precision": precision},
-        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights),
+        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(weights),
                                        "allow_unverified": True,  # a random network: nothing to verify
                                        "image_size": image_size, "batch_size": 5}},
     })

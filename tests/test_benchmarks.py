@@ -124,7 +124,7 @@ def test_ukbench_ns_counts_the_query():
 # ---------------------------------------------------------------- the near-duplicate benchmark
 
 def test_neardup_is_byte_identical_and_complete(tmp_path):
-    cfg = {"n_originals": 20, "n_distractors": 10, "n_queries": 30, "n_absent": 5, "size": 64, "seed": 3}
+    cfg = {"name": "nd", "n_originals": 20, "n_distractors": 10, "n_queries": 30, "n_absent": 5, "size": 64, "seed": 3}
     fetch_neardup(cfg, tmp_path / "a")
     fetch_neardup(cfg, tmp_path / "b")
     first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")

@@ -200,7 +200,7 @@ def test_keys_other_parts_add_are_accepted_and_params_stay_free_form(tmp_path):
     params = {
         "extract": {"runtime": "openvino", "precision": "bf16", "compile": "auto", "engine": "local"},
         "figures": {"methods": ["a", "b"], "width": 7.5, "font_size": None},
-        "backbones": {"b": {"arch": "resnet50", "source": "file", "file": "x.pt", "allow_unverified": True,
+        "backbones": {"b": {"arch": "resnet50", "source": "file", "format": "torch", "file": "x.pt", "allow_unverified": True,
                             "weights": None}},
         "methods": {"mine": {"kind": "handcrafted", "descriptor": {"_target_": "pkg.mod.fn", "anything": [1, {"x": 2}]},
                              "search": {"rerank": "aqe"}, "requires": {"code": "src/x.py", "data": None}},

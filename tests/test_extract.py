@@ -38,7 +38,7 @@ def _setup(tmp_path, images, weights_file):
         "dataset": {"name": "toy"},
         "curate": {"max_pixels": 1_000_000},
         "extract": {"compile": False},  # eager here; the compiled path has its own test below
-        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights_file),
+        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(weights_file),
                                        "allow_unverified": True,  # a random network: nothing to verify
                                        "image_size": 64, "batch_size": 4}},
         "methods": {

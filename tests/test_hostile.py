@@ -161,7 +161,7 @@ def hostile(tmp_path_factory):
     folder.mkdir()
     expected = build_folder(folder)
     root = base / "repo"
-    params = {"dataset": {"name": "hostile", "source": "folder", "folder": str(folder)},
+    params = {"dataset": {"name": "hostile", "source": "folder", "folder": str(folder), "drop_variants": False},
               "curate": {"min_side": 8, "max_pixels": 20_000_000, "min_per_class": 1, "dedupe": False},
               "split": {"protocol": "holdout", "queries_per_class": 1, "seed": 0}}
     fetch(params["dataset"], root / "data/raw/hostile")
@@ -220,7 +220,7 @@ def test_archive_members_with_undecodable_names_are_dropped_not_fatal(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     raw = tmp_path / "raw"
     fetch({"source": "corel1k", "name": "corel1k", "archive": str(archive)}, raw)
-    manifest, report = curate(raw, {"source": "corel1k", "name": "corel1k"}, {"min_side": 8, "min_per_class": 1},
+    manifest, report = curate(raw, {"source": "corel1k", "name": "corel1k", "drop_variants": False}, {"min_side": 8, "min_per_class": 1},
                               {"protocol": "leave_one_out"}, tmp_path)
     assert sorted(manifest["image_id"]) == ["image.orig/1", "image.orig/2"]
     assert report["drop_counts"] == {"undecodable_name": 1}
@@ -374,7 +374,7 @@ def test_curation_of_random_bytes_under_random_names_never_crashes(tmp_path_fact
     raw = base / "raw"
     try:
         fetch({"source": "folder", "name": "p", "folder": str(folder)}, raw)
-        manifest, report = curate(raw, {"source": "folder", "name": "p"}, {"min_side": 8, "min_per_class": 1},
+        manifest, report = curate(raw, {"source": "folder", "name": "p", "drop_variants": False}, {"min_side": 8, "min_per_class": 1},
                                   {"protocol": "leave_one_out"}, base)
     except CbirError as exc:  # nothing usable at all: one line, never a traceback
         assert "\n" not in str(exc)

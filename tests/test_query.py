@@ -88,7 +88,7 @@ def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdou
         "split": {"protocol": protocol},
         "retrieval": {"k": 10, "block_size": 4, "index": "exact"},
         "extract": {**with_defaults({})["extract"], "compile": False},
-        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights_file),
+        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(weights_file),
                                        "allow_unverified": True,  # a random network: nothing to verify
                                        "image_size": 64, "batch_size": 8}},
         "methods": {"hsv_hist": hsv,

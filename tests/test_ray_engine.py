@@ -72,7 +72,7 @@ def workspace(tmp_path_factory, random_mobilenet_file):
         "device": "cpu",
         "dataset": {"name": "toy"},
         "curate": {"max_pixels": 1_000_000},
-        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(random_mobilenet_file),
+        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(random_mobilenet_file),
                                        "allow_unverified": True,  # a random network: nothing to verify
                                        "image_size": 64, "batch_size": 4}},
         "methods": {"mnv2-gem": DEEP, "hog": HOG},

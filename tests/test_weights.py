@@ -75,7 +75,7 @@ def _params(cfg: dict) -> dict:
 
 
 def test_weights_stage_from_local_file(tmp_path, random_mobilenet_file):
-    cfg = {"arch": "mobilenet_v2", "source": "file", "file": str(random_mobilenet_file),
+    cfg = {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(random_mobilenet_file),
            "sha256": sha256_file(random_mobilenet_file)}
     run_weights(_params(cfg), "mobilenet_v2", tmp_path)
     saved = torch.load(tmp_path / "models" / "mobilenet_v2.pt", weights_only=True)
@@ -85,7 +85,7 @@ def test_weights_stage_from_local_file(tmp_path, random_mobilenet_file):
 
 
 def test_wrong_checksum_keeps_nothing(tmp_path, random_mobilenet_file):
-    cfg = {"arch": "mobilenet_v2", "source": "file", "file": str(random_mobilenet_file), "sha256": "0" * 64}
+    cfg = {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(random_mobilenet_file), "sha256": "0" * 64}
     with pytest.raises(CbirError, match="sha256 mismatch.*expected 0000.*got [0-9a-f]{64}"):
         run_weights(_params(cfg), "mobilenet_v2", tmp_path)
     assert not (tmp_path / "models" / "mobilenet_v2.pt").exists()
@@ -93,7 +93,7 @@ def test_wrong_checksum_keeps_nothing(tmp_path, random_mobilenet_file):
 
 
 def test_missing_weight_file_names_the_fix(tmp_path):
-    cfg = {"arch": "resnet50", "source": "torchvision", "file": str(tmp_path / "nope.pth")}
+    cfg = {"arch": "resnet50", "source": "torchvision", "format": "torch", "file": str(tmp_path / "nope.pth")}
     with pytest.raises(CbirError, match=r"does not exist: fix backbones.resnet50.file"):
         fetch_weight_bytes("resnet50", cfg, tmp_path)
 
@@ -102,12 +102,12 @@ def test_not_a_weight_file(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_text("hello")
     with pytest.raises(CbirError, match="not a readable PyTorch weight file"):
-        prepare_weights("m", {"arch": "mobilenet_v2", "source": "file", "file": str(bad), "allow_unverified": True},
+        prepare_weights("m", {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(bad), "allow_unverified": True},
                         tmp_path)
 
 
 def test_offline_torchvision_url_says_both_ways(tmp_path):
-    cfg = {"arch": "resnet50", "source": "torchvision", "url": "http://127.0.0.1:9/resnet50-0676ba61.pth"}
+    cfg = {"arch": "resnet50", "source": "torchvision", "format": "torch", "url": "http://127.0.0.1:9/resnet50-0676ba61.pth"}
     with pytest.raises(CbirError) as info:
         fetch_weight_bytes("resnet50", cfg, tmp_path)
     message = str(info.value)
@@ -129,7 +129,7 @@ def fake_v1(tmp_path_factory):
 
 
 def test_a_local_file_is_verified_like_a_download(fake_v1, tmp_path):
-    cfg = {"arch": "resnet50", "source": "torchvision", "weights": "IMAGENET1K_V1", "file": str(fake_v1)}
+    cfg = {"arch": "resnet50", "source": "torchvision", "format": "torch", "weights": "IMAGENET1K_V1", "file": str(fake_v1)}
     with pytest.raises(CbirError) as info:
         prepare_weights("resnet50", cfg, tmp_path)
     message = str(info.value)
@@ -139,7 +139,7 @@ def test_a_local_file_is_verified_like_a_download(fake_v1, tmp_path):
 
 
 def test_a_pinned_sha256_accepts_the_file_it_names(fake_v1, tmp_path):
-    cfg = {"arch": "resnet50", "source": "torchvision", "weights": "IMAGENET1K_V1", "file": str(fake_v1),
+    cfg = {"arch": "resnet50", "source": "torchvision", "format": "torch", "weights": "IMAGENET1K_V1", "file": str(fake_v1),
            "sha256": sha256_file(fake_v1)}
     state, provenance = prepare_weights("resnet50", cfg, tmp_path)
     assert provenance["verified"] is True and provenance["check"].startswith("pinned sha256")
@@ -149,7 +149,7 @@ def test_a_pinned_sha256_accepts_the_file_it_names(fake_v1, tmp_path):
 
 
 def test_unverifiable_weights_need_the_explicit_opt_out(fake_v1, tmp_path):
-    cfg = {"arch": "resnet50", "source": "file", "file": str(fake_v1)}
+    cfg = {"arch": "resnet50", "source": "file", "format": "torch", "file": str(fake_v1)}
     with pytest.raises(CbirError, match="cannot be verified.*allow_unverified=true"):
         prepare_weights("resnet50", cfg, tmp_path)
     _, provenance = prepare_weights("resnet50", {**cfg, "allow_unverified": True}, tmp_path)
@@ -157,7 +157,7 @@ def test_unverifiable_weights_need_the_explicit_opt_out(fake_v1, tmp_path):
 
 
 def test_imagenet_v2_can_be_selected_and_names_are_checked():
-    v2 = {"arch": "resnet50", "source": "torchvision", "weights": "IMAGENET1K_V2"}
+    v2 = {"arch": "resnet50", "source": "torchvision", "format": "torch", "weights": "IMAGENET1K_V2"}
     assert torchvision_url("resnet50", v2).endswith("/resnet50-11ad3fa6.pth")
     assert expected_hash("resnet50", v2) == ("11ad3fa6", "torchvision hash prefix 11ad3fa6 of IMAGENET1K_V2")
     assert expected_hash("resnet50", {**v2, "weights": "IMAGENET1K_V1"})[0] == "0676ba61"
@@ -176,7 +176,7 @@ def test_every_configured_backbone_can_be_verified(repo_root):
 
 
 def test_weight_files_are_written_deterministically(tmp_path, random_mobilenet_file):
-    cfg = {"arch": "mobilenet_v2", "source": "file", "file": str(random_mobilenet_file),
+    cfg = {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(random_mobilenet_file),
            "sha256": sha256_file(random_mobilenet_file)}
     digests = []
     for run in ("a", "b"):

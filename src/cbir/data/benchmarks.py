@@ -43,6 +43,7 @@ from cbir.data.local import copy_tree, display_name, existing_folder, scan_tree
 from cbir.data.manifest import MANIFEST_COLUMNS
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, sha256_file, write_json
+from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
@@ -130,14 +131,14 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
     """Fill ``raw_dir`` for a standard benchmark (see the module docstring); return the provenance."""
 
     source = dataset_cfg["source"]
-    name = str(dataset_cfg.get("name") or source)
+    name = str(need(dataset_cfg, "name", "dataset"))
     raw_dir = Path(raw_dir)
     pins = _pins(dataset_cfg)
     folder, archives, urls = dataset_cfg.get("folder"), _as_list(dataset_cfg.get("archive")), \
         _as_list(dataset_cfg.get("urls"))
     provenance: dict = {"source": source, "name": name, "license": dataset_cfg.get("license")}
     if source == "holidays":
-        rotated = dataset_cfg.get("rotated") or "as_distributed"
+        rotated = need(dataset_cfg, "rotated", f"datasets.{name}")
         if rotated not in ROTATIONS:
             raise CbirError(f"datasets.{name}.rotated={rotated!r}; use one of {', '.join(ROTATIONS)}")
         if rotated == "manually_rotated" and not folder:
@@ -187,7 +188,7 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
                                 **({"url": entry["url"]} if "url" in entry else {})})
             provenance["files"] = records
         if source == "caltech101":
-            provenance["left_out"] = _caltech_layout(tmp, bool(dataset_cfg.get("keep_background", False)))
+            provenance["left_out"] = _caltech_layout(tmp, bool(need(dataset_cfg, "keep_background", f"datasets.{name}")))
         provenance["n_files"] = sum(1 for p in tmp.rglob("*") if p.is_file())
         write_json(tmp / "_source.json", provenance)
     return provenance
@@ -260,7 +261,7 @@ def _revisitop(raw_dir: Path, name: str, dataset_cfg: dict, rows: _Rows, root: P
                         f"(first: {missing[0]}.jpg); check dataset.archive / dataset.folder")
     landmark = lambda im: im.rsplit("_", 1)[0]  # noqa: E731
     kept = [rows.add(f"jpg/{im}", raw_dir / stems[im], landmark(im), "database") for im in imlist]
-    crop = bool(dataset_cfg.get("crop_queries", True))
+    crop = bool(need(dataset_cfg, "crop_queries", "dataset"))
     queries_dir = root / "data" / "curated" / name / "queries"
     entries = []
     with atomic_dir(queries_dir) as tmp:
@@ -366,7 +367,7 @@ def curate_benchmark(raw_dir: Path, dataset_cfg: dict, settings: dict, root: Pat
     """The manifest (sorted by ``image_id``) and curation report of a benchmark; the report's ``judgements``
     entry is what the curate stage writes to ``judgements.json`` beside the manifest."""
     source = dataset_cfg["source"]
-    name = str(dataset_cfg.get("name") or source)
+    name = str(need(dataset_cfg, "name", "dataset"))
     rows = _Rows(root, settings)
     if source in ("roxford5k", "rparis6k"):
         judgements = _revisitop(raw_dir, source, dataset_cfg, rows, root)

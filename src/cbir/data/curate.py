@@ -53,6 +53,7 @@ from cbir.data.sources import (
 )
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, read_json, sha256_file
+from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
@@ -184,7 +185,7 @@ def _folder_candidates(raw_dir: Path, source: str, dataset_cfg: dict, drop) -> t
             drop(raw_dir / rel, *problem)
         elif rel != PROVENANCE_FILE:
             files.append(rel)
-    drop_variants = bool(dataset_cfg.get("drop_variants", source == "tuxpaint"))
+    drop_variants = bool(need(dataset_cfg, "drop_variants", "dataset"))
     if source == "corel1k":
         classes = list(COREL1K_LABELS)
     else:
@@ -264,8 +265,8 @@ def curate(raw_dir: str | os.PathLike, dataset_cfg: dict, curate_cfg: dict | Non
            root: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     """Build the manifest (sorted by ``image_id``) and the curation report for ``raw_dir``."""
     raw_dir, root = Path(raw_dir), Path(root)
-    source = dataset_cfg.get("source")
-    name = dataset_cfg.get("name") or source
+    source = need(dataset_cfg, "source", "dataset")
+    name = need(dataset_cfg, "name", "dataset")
     settings = curation_settings(curate_cfg, dataset_cfg)
     split = split_settings(split_cfg)
     if not raw_dir.is_dir():

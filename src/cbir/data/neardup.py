@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 from cbir.data.local import TUXPAINT_PACKAGE, TUXPAINT_ROOT, debian_version
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, write_json
+from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
@@ -37,7 +38,8 @@ FAMILIES = ("crop", "rescale", "rotate", "jpeg", "color", "blur", "overlay_text"
             "combo")
 #: what a ``combo`` query chains (two or three of them, seeded)
 COMBO_PARTS = ("crop", "rotate", "jpeg", "color", "blur", "overlay_text", "flip")
-DEFAULTS = {"n_originals": 150, "n_distractors": 150, "n_queries": 200, "n_absent": 30, "size": 160, "seed": 0}
+#: the generator's settings, each read from ``dataset`` (conf/dataset/neardup.yaml sets them)
+SETTINGS = ("n_originals", "n_distractors", "n_queries", "n_absent", "size", "seed")
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",)
 WORDS = ("COPY", "SAMPLE", "2024", "meme", "LOL", "hello", "@user", "SALE")
 
@@ -155,8 +157,7 @@ def make_query(im: Image.Image, family: str, rng: np.random.Generator, overlay: 
 
 
 def settings(dataset_cfg: dict) -> dict:
-    cfg = {k: dataset_cfg.get(k, v) if dataset_cfg.get(k) is not None else v for k, v in DEFAULTS.items()}
-    cfg = {k: int(v) for k, v in cfg.items()}
+    cfg = {k: int(need(dataset_cfg, k, "dataset")) for k in SETTINGS}
     if cfg["n_absent"] > cfg["n_queries"]:
         raise CbirError(f"dataset.n_absent={cfg['n_absent']} exceeds dataset.n_queries={cfg['n_queries']}")
     if min(cfg["n_originals"], cfg["n_queries"], cfg["size"]) < 1 or min(cfg["n_distractors"], cfg["n_absent"]) < 0:
@@ -168,6 +169,7 @@ def fetch_neardup(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     """Generate the benchmark into ``raw_dir`` (see the module docstring); return the provenance."""
 
     cfg = settings(dataset_cfg)
+    name = need(dataset_cfg, "name", "dataset")
     root = Path(dataset_cfg.get("root") or TUXPAINT_ROOT)
     if not root.is_dir():
         raise CbirError(f"Tux Paint stamps not found at {root}: install the Debian package {TUXPAINT_PACKAGE} or "
@@ -216,7 +218,7 @@ def fetch_neardup(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
                                     lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-        provenance = {"source": "neardup", "name": dataset_cfg.get("name", "neardup"), "root": str(root),
+        provenance = {"source": "neardup", "name": name, "root": str(root),
                       "debian_package": TUXPAINT_PACKAGE, "package_version": debian_version(TUXPAINT_PACKAGE),
                       "license": "GPL-2.0 (the Tux Paint stamps)", **cfg, "families": list(FAMILIES),
                       "stamps": {"originals": [rel(p) for p in originals],

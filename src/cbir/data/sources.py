@@ -1,7 +1,8 @@
 """Dataset sources: each ``fetch_<source>(dataset_cfg, raw_dir)`` fills ``raw_dir`` atomically.
 
 ``raw_dir`` receives the collection exactly as delivered (files copied, archives
-safely extracted) plus ``_source.json``, the provenance returned by ``fetch``.
+safely extracted) plus ``_source.json``, the provenance returned by ``fetch``.  Each source checks
+its inputs first, then reads ``name`` (which conf/dataset/ always sets) for the provenance.
 Labels are not decided here but at curation (:mod:`cbir.data.curate`):
 
 * ``tuxpaint``  the image files (raster and SVG) of the Tux Paint stamps tree; label =
@@ -45,6 +46,7 @@ from cbir.data.neardup import fetch_neardup
 from cbir.data.synthetic import fetch_synthetic
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, sha256_file, write_json
+from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
@@ -111,11 +113,12 @@ def fetch_tuxpaint(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     files = list_files(root, IMAGE_EXTENSIONS | VECTOR_EXTENSIONS)
     if not files:
         raise CbirError(f"no image files under {root}; reinstall {TUXPAINT_PACKAGE} or fix dataset.root")
+    name = need(dataset_cfg, "name", "dataset")
     log.info("copying %d image files from %s", len(files), root)
     with atomic_dir(raw_dir) as tmp:
         n_bytes = copy_tree(root, tmp, files)
         return _finish(tmp, {
-            "source": "tuxpaint", "name": dataset_cfg.get("name", "tuxpaint"), "root": str(root),
+            "source": "tuxpaint", "name": name, "root": str(root),
             "debian_package": TUXPAINT_PACKAGE, "package_version": debian_version(TUXPAINT_PACKAGE),
             "license": "GPL-2.0", "n_files": len(files), "bytes": n_bytes,
         })
@@ -140,12 +143,13 @@ def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     if not files:
         raise CbirError(f"no files inside class sub-folders of {display_name(str(folder))}; "
                         "expected <folder>/<class>/<image>")
+    name = need(dataset_cfg, "name", "dataset")
     log.info("copying %d files from %s (%d entries skipped)", len(files), display_name(str(folder)),
              len(scan.skipped))
     with atomic_dir(raw_dir) as tmp:
         n_bytes = copy_tree(folder, tmp, files, scan)
         return _finish(tmp, {
-            "source": "folder", "name": dataset_cfg.get("name", folder.name), "folder": display_name(folder.name),
+            "source": "folder", "name": name, "folder": display_name(folder.name),
             "n_files": len(files), "bytes": n_bytes, "ignored_top_level_files": [display_name(f) for f in ignored],
             "skipped": sorted(scan.skipped, key=lambda d: (d["path"], d["reason"])),
         })
@@ -159,16 +163,32 @@ def _corel_check(tmp: Path, where: str) -> int:
     return count
 
 
+def _corel_input(dataset_cfg: dict) -> tuple[Path | None, Path | None]:
+    """The checked local copy of Corel-1K: ``(folder, None)``, ``(None, archive)`` or ``(None, None)`` (download)."""
+    folder, archive = dataset_cfg.get("folder"), dataset_cfg.get("archive")
+    if folder:
+        return existing_folder(folder, "dataset.folder", "point it at the extracted Corel-1K folder "
+                               "(image.orig) or use dataset.archive="), None
+    if not archive:
+        return None, None
+    archive = Path(str(archive)).expanduser()
+    if archive.is_dir():
+        raise CbirError(f"dataset.archive={display_name(str(archive))} is a folder, not an archive file; "
+                        "give the path of test1.tar, or use dataset.folder= for an extracted folder")
+    if not archive.is_file():
+        raise CbirError(f"dataset.archive={display_name(str(archive))} does not exist; give the path of "
+                        "test1.tar (or use dataset.folder=)")
+    return None, archive
+
+
 def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
     """Corel-1K from ``folder``, else ``archive``, else the first working URL of ``urls`` (sha256-checked)."""
-    name = dataset_cfg.get("name", "corel1k")
     pinned = (dataset_cfg.get("sha256") or "").lower().strip() or None
-    folder, archive = dataset_cfg.get("folder"), dataset_cfg.get("archive")
+    folder, archive = _corel_input(dataset_cfg)
+    name = need(dataset_cfg, "name", "dataset")
     provenance: dict = {"source": "corel1k", "name": name, "labels": list(COREL1K_LABELS)}
     raw_dir = Path(raw_dir)
     if folder:
-        folder = existing_folder(folder, "dataset.folder", "point it at the extracted Corel-1K folder "
-                                  "(image.orig) or use dataset.archive=")
         scan = scan_tree(folder)
         with atomic_dir(raw_dir) as tmp:
             provenance.update(folder=display_name(folder.name), bytes=copy_tree(folder, tmp, scan.files, scan),
@@ -178,13 +198,6 @@ def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str 
             return _finish(tmp, provenance)
 
     if archive:
-        archive = Path(str(archive)).expanduser()
-        if archive.is_dir():
-            raise CbirError(f"dataset.archive={display_name(str(archive))} is a folder, not an archive file; "
-                            "give the path of test1.tar, or use dataset.folder= for an extracted folder")
-        if not archive.is_file():
-            raise CbirError(f"dataset.archive={display_name(str(archive))} does not exist; give the path of "
-                            "test1.tar (or use dataset.folder=)")
         observed = sha256_file(archive)
         if pinned and observed != pinned:
             raise CbirError(f"sha256 mismatch for {archive}: expected {pinned}, got {observed}; "
@@ -224,10 +237,11 @@ def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
         raise CbirError(f"Fashion-MNIST files missing in {root}: {', '.join(missing)}; install the Debian package "
                         f"{FASHION_MNIST_PACKAGE} (`make setup` or `sudo apt-get install {FASHION_MNIST_PACKAGE}`) "
                         "or set dataset.root= to a folder holding the *-ubyte.gz files")
+    name = need(dataset_cfg, "name", "dataset")
     with atomic_dir(raw_dir) as tmp:
         n_bytes = copy_tree(root, tmp, names)
         return _finish(tmp, {
-            "source": "fashion_mnist", "name": dataset_cfg.get("name", "fashion_mnist"), "root": str(root),
+            "source": "fashion_mnist", "name": name, "root": str(root),
             "debian_package": FASHION_MNIST_PACKAGE, "package_version": debian_version(FASHION_MNIST_PACKAGE),
             "license": "MIT", "labels": list(FASHION_MNIST_LABELS), "n_files": len(names), "bytes": n_bytes,
             "sha256": {n: sha256_file(tmp / n) for n in names},

@@ -20,6 +20,7 @@ from PIL import Image
 
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, write_json
+from cbir.settings import need
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
 TEXTURES = ("solid", "stripes", "checker", "dots")
@@ -123,19 +124,20 @@ def generate(out_dir: str | os.PathLike, n_classes: int = 10, per_class: int = 2
 
 def fetch_synthetic(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     """Generate the collection described by ``dataset_cfg`` into ``raw_dir`` (atomically); return provenance."""
+    name = need(dataset_cfg, "name", "dataset")
     settings = {
-        "n_classes": int(dataset_cfg.get("n_classes", 10)),
-        "per_class": int(dataset_cfg.get("per_class", 20)),
-        "size": int(dataset_cfg.get("size", 64)),
-        "seed": int(dataset_cfg.get("seed", 0)),
-        "fmt": str(dataset_cfg.get("format", "png")),
-        "quality": int(dataset_cfg.get("quality", 90)),
+        "n_classes": int(need(dataset_cfg, "n_classes", "dataset")),
+        "per_class": int(need(dataset_cfg, "per_class", "dataset")),
+        "size": int(need(dataset_cfg, "size", "dataset")),
+        "seed": int(need(dataset_cfg, "seed", "dataset")),
+        "fmt": str(need(dataset_cfg, "format", "dataset")),
+        "quality": int(need(dataset_cfg, "quality", "dataset")),
     }
     with atomic_dir(raw_dir) as tmp:
         files = generate(tmp, **settings)
         provenance = {
             "source": "synthetic",
-            "name": dataset_cfg.get("name", "synthetic"),
+            "name": name,
             "generator": "cbir.data.synthetic",
             "settings": settings,
             "classes": class_names(settings["n_classes"]),

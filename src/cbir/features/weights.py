@@ -33,6 +33,7 @@ from cbir.data.download import download
 from cbir.errors import CbirError
 from cbir.features.cnn.backbones import flax_vgg16_to_torchvision, to_torchvision_layout
 from cbir.fileio import cache_dir, sha256_bytes
+from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
@@ -219,7 +220,7 @@ def prepare_weights(name: str, cfg: dict, cache: Path | None = None) -> tuple[di
     where = provenance.get("file") or provenance.get("url") or provenance.get("member")
     check = verify_weights(name, cfg, digest, where)
     what = f"the {name} weights ({where})"
-    if cfg.get("format", "torch") == "flax_vgg16":
+    if need(cfg, "format", f"backbones.{name}") == "flax_vgg16":
         delivered = flax_vgg16_to_torchvision(parse_flax_pickle(data, what))
     else:
         delivered = parse_state_dict(data, what)

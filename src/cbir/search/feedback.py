@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cbir.search.exact import exact_topk, l2_normalize
+from cbir.settings import need
 
 FEEDBACK_METHODS = ("rocchio", "svm")
 
@@ -57,10 +58,10 @@ class FeedbackSettings:
     @classmethod
     def from_config(cls, cfg: Mapping, method: str | None = None) -> "FeedbackSettings":
         """From the ``feedback`` section of params (``method`` overrides its first ``methods`` entry)."""
-        methods = list(cfg.get("methods") or FEEDBACK_METHODS)
-        return cls(method=method or methods[0], alpha=float(cfg.get("alpha", 1.0)), beta=float(cfg.get("beta", 0.75)),
-                   gamma=float(cfg.get("gamma", 0.15)), svm_c=float(cfg.get("svm_c", 1.0)),
-                   seed=int(cfg.get("seed", 0)))
+        methods = list(need(cfg, "methods", "feedback"))
+        return cls(method=method or methods[0], alpha=float(need(cfg, "alpha", "feedback")),
+                   beta=float(need(cfg, "beta", "feedback")), gamma=float(need(cfg, "gamma", "feedback")),
+                   svm_c=float(need(cfg, "svm_c", "feedback")), seed=int(need(cfg, "seed", "feedback")))
 
 
 @dataclass(frozen=True)
