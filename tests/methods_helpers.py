@@ -29,9 +29,9 @@ def with_defaults(params: dict) -> dict:
     return merged
 
 
-def conf_dataset(conf: str, **values) -> dict:
-    """``conf/dataset/<conf>.yaml`` (every key its source reads) with ``values`` over it."""
-    return {**yaml.safe_load((REPO / "conf" / "dataset" / f"{conf}.yaml").read_text(encoding="utf-8")), **values}
+def from_conf(option: str, **values) -> dict:
+    """``conf/<option>.yaml`` (e.g. ``dataset/synthetic``: every key its code reads) with ``values`` over it."""
+    return {**yaml.safe_load((REPO / "conf" / f"{option}.yaml").read_text(encoding="utf-8")), **values}
 
 
 def extract_rows(paths, method_cfg, params=None, root=".", name="m"):

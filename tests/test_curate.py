@@ -35,7 +35,7 @@ from cbir.errors import CbirError
 from cbir.fileio import sha256_file
 from cbir.stages.curate import run as run_curate
 from cbir.stages.download import run as run_download
-from methods_helpers import conf_dataset
+from methods_helpers import from_conf
 
 CURATE = {"min_side": 16, "max_pixels": MAX_PIXELS, "min_per_class": 3, "dedupe": True}
 HOLDOUT = {"protocol": "holdout", "queries_per_class": 1, "query_fraction": None, "seed": 0}
@@ -320,7 +320,7 @@ def test_fashion_mnist_curation(tmp_path):
 
 
 def test_stages_write_manifest_and_report(tmp_path):
-    params = {"dataset": conf_dataset("synthetic", name="syn", n_classes=3, per_class=4, size=32),
+    params = {"dataset": from_conf("dataset/synthetic", name="syn", n_classes=3, per_class=4, size=32),
               "curate": CURATE, "split": HOLDOUT}
     provenance = run_download(params, tmp_path)
     assert json.loads((tmp_path / "data/raw/syn/_source.json").read_text()) == provenance

@@ -20,11 +20,11 @@ from cbir.data.images import MAX_PIXELS
 from cbir.errors import CbirError
 from cbir.fileio import read_json
 from cbir.features.handcrafted import descriptor_node
-from methods_helpers import conf_dataset, with_defaults
+from methods_helpers import from_conf, with_defaults
 
 SMALL_PARAMS = with_defaults({
     "seed": 0,
-    "dataset": conf_dataset("synthetic", name="syn", n_classes=4, per_class=8, size=32, seed=0),
+    "dataset": from_conf("dataset/synthetic", name="syn", n_classes=4, per_class=8, size=32, seed=0),
     "curate": {"min_side": 8, "max_pixels": MAX_PIXELS, "min_per_class": 3, "dedupe": True},
     "split": {"protocol": "holdout", "queries_per_class": 2, "query_fraction": None, "seed": 0},
     "methods": {"hsv_hist": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {"bins": [8, 4, 4]})},

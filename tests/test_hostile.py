@@ -33,7 +33,7 @@ from cbir.errors import CbirError
 from cbir.stages.curate import run as run_curate
 from cbir.stages.extract import run as run_extract
 from cbir.features.handcrafted import descriptor_node
-from methods_helpers import with_defaults
+from methods_helpers import from_conf, with_defaults
 
 B = os.fsdecode  # a file name from raw bytes (not UTF-8 ones survive as surrogates)
 
@@ -280,7 +280,7 @@ def web(hostile):
     root = hostile["root"]
     params = {**with_defaults(hostile["params"]), "device": "cpu", "retrieval": {"k": 5, "block_size": 4, "index": "exact"},
               "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {})}},
-              "serve": {"max_query_pixels": 12_000_000}}
+              "serve": from_conf("serve/default", max_query_pixels=12_000_000)}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_extract(params, "hsv", root)
     return create_app(params, root).test_client()

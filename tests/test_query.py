@@ -32,7 +32,7 @@ from cbir.features.handcrafted import describe
 from cbir.fileio import sha256_file
 from cbir.stages.extract import run as run_extract
 from cbir.stages.weights import run as run_weights
-from methods_helpers import with_defaults
+from methods_helpers import from_conf, with_defaults
 from cbir.features.handcrafted import descriptor_node
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 40, 200)}
@@ -85,10 +85,12 @@ def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdou
         "seed": 0, "device": "cpu",
         "dataset": {"name": "toy", "source": "folder"},
         "curate": {"min_side": 8, "max_pixels": 1_000_000},
+        "serve": from_conf("serve/default"), "feedback": from_conf("feedback/default"),
         "split": {"protocol": protocol},
         "retrieval": {"k": 10, "block_size": 4, "index": "exact"},
         "extract": {**with_defaults({})["extract"], "compile": False},
-        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(weights_file),
+        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "format": "torch",
+                                       "file": str(weights_file),
                                        "allow_unverified": True,  # a random network: nothing to verify
                                        "image_size": 64, "batch_size": 8}},
         "methods": {"hsv_hist": hsv,

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from PIL import Image
+from methods_helpers import from_conf
 from test_query import build_pipeline_state, colour_png
 
 from cbir.app.engine import QueryEngine
@@ -171,7 +172,7 @@ def test_too_many_pixels_is_refused(client):
 
 
 def test_upload_size_limit(state):
-    params = {**state["params"], "serve": {"max_upload_mb": 0.05}}  # 52,428 bytes
+    params = {**state["params"], "serve": {**state["params"]["serve"], "max_upload_mb": 0.05}}  # 52,428 bytes
     app = create_app(params, state["root"], engines=state["engines"])
     assert app.config["MAX_CONTENT_LENGTH"] == 52428
     client = app.test_client()
@@ -257,7 +258,7 @@ def test_gate_bounds_concurrent_work_and_time():
 
 
 def test_busy_server_answers_503_with_retry_after(state):
-    params = {**state["params"], "serve": {"queue_timeout_s": 0, "max_concurrent": 1}}
+    params = {**state["params"], "serve": {**state["params"]["serve"], "queue_timeout_s": 0, "max_concurrent": 1}}
     app = create_app(params, state["root"], engines=state["engines"])
     gate = app.extensions["cbir"]["gate"]
     assert gate.slots.acquire(timeout=1)
@@ -275,10 +276,20 @@ def test_busy_server_answers_503_with_retry_after(state):
 def test_query_budget_is_capped_by_curation_and_configurable(state):
     from cbir.app.server import serve_settings
 
-    assert serve_settings({"curate": {"max_pixels": 1000}})["max_query_pixels"] == 1000
-    assert serve_settings({})["max_query_pixels"] == 12_000_000
-    settings = serve_settings({"serve": {"max_query_pixels": 500, "max_concurrent": 3, "request_timeout_s": 5}})
+    serve, curate = from_conf("serve/default"), from_conf("curate/default")
+    assert serve_settings({"serve": serve, "curate": {**curate, "max_pixels": 1000}})["max_query_pixels"] == 1000
+    settings = serve_settings({"serve": serve, "curate": curate})
+    assert settings == {"max_upload_bytes": 16 * 2 ** 20, "thumb_size": 160, "max_query_pixels": 12_000_000,
+                        "max_concurrent": 2, "queue_timeout_s": 10.0, "request_timeout_s": 30.0}
+    settings = serve_settings({"serve": {**serve, "max_query_pixels": 500, "max_concurrent": 3, "request_timeout_s": 5},
+                               "curate": curate})
     assert (settings["max_query_pixels"], settings["max_concurrent"], settings["request_timeout_s"]) == (500, 3, 5.0)
+    for section, key in (("serve", "thumb_size"), ("curate", "max_pixels")):
+        params = {"serve": dict(serve), "curate": dict(curate)}
+        del params[section][key]
+        with pytest.raises(CbirError) as info:
+            serve_settings(params)
+        assert str(info.value).startswith(f"params.yaml: {section}.{key} is missing: regenerate params.yaml")
 
 
 @pytest.mark.parametrize("port", [99999, -1, 65536])
@@ -299,7 +310,7 @@ def test_refused_upload_says_what_to_do(client):
 def test_a_stalled_client_is_dropped_after_the_request_time_limit(state):
     import threading
 
-    params = {**state["params"], "serve": {"request_timeout_s": 0.5}}
+    params = {**state["params"], "serve": {**state["params"]["serve"], "request_timeout_s": 0.5}}
     server = make_server(create_app(params, state["root"], engines=state["engines"]), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -23,7 +23,7 @@ from cbir.data import sources
 from cbir.data.sources import COREL1K_LABELS, corel1k_label, fetch, list_files, read_idx
 from cbir.data.synthetic import class_names, generate, synthetic_image
 from cbir.errors import CbirError
-from methods_helpers import conf_dataset
+from methods_helpers import from_conf
 
 
 def _provenance(raw: Path) -> dict:
@@ -101,7 +101,7 @@ def test_synthetic_images_are_jittered():
 
 def test_fetch_synthetic_jpeg(tmp_path):
     raw = tmp_path / "raw"
-    provenance = fetch(conf_dataset("synthetic", name="syn", n_classes=2, per_class=3, size=24, format="jpeg"), raw)
+    provenance = fetch(from_conf("dataset/synthetic", name="syn", n_classes=2, per_class=3, size=24, format="jpeg"), raw)
     assert provenance["n_files"] == 6 and _provenance(raw) == provenance
     assert list_files(raw) == ["_source.json"] + [f"{c}/{i:04d}.jpg" for c in class_names(2) for i in range(3)]
     assert Image.open(raw / "c00_disc_solid/0000.jpg").format == "JPEG"
@@ -109,7 +109,7 @@ def test_fetch_synthetic_jpeg(tmp_path):
 
 def test_synthetic_bad_settings(tmp_path):
     with pytest.raises(CbirError, match="n_classes >= 1"):
-        fetch(conf_dataset("synthetic", n_classes=0), tmp_path / "raw")
+        fetch(from_conf("dataset/synthetic", n_classes=0), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
-from cbir.app.decode import DEFAULT_QUERY_MAX_PIXELS, MAX_ASPECT_RATIO, check_budget, decode_query
+from cbir.app.decode import MAX_ASPECT_RATIO, check_budget, decode_query
 from cbir.app.engine import QueryEngine, load_database
 from cbir.app.feedback import refine_request
 from cbir.app.forms import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, MalformedForm, TooManyParts, UploadRequest
@@ -46,15 +46,12 @@ from cbir.app.wsgi import BoundedServer
 from cbir.data.images import ImageError
 from cbir.errors import CbirError
 from cbir.layout import Layout
+from cbir.settings import mapping, need
 
 log = logging.getLogger("cbir")
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-DEFAULT_MAX_UPLOAD_MB = 16
-DEFAULT_THUMB_SIZE = 160
 THUMB_CACHE_SIZE = 2048
-DEFAULTS = {"max_query_pixels": DEFAULT_QUERY_MAX_PIXELS, "max_concurrent": 2, "queue_timeout_s": 10.0,
-            "request_timeout_s": 30.0}
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -73,18 +70,22 @@ class ImageIdConverter(PathConverter):
 
 
 def serve_settings(params: dict) -> dict:
-    """The web server's limits from the optional ``serve:`` section of params (validated by :mod:`cbir.schema`).
+    """The web server's limits from the ``serve`` section of params (conf/serve/default.yaml sets every
+    key; :mod:`cbir.schema` checks them).
 
     ``max_query_pixels`` is capped at ``curate.max_pixels``: a query never decodes more than curation would.
     """
-    cfg = {**DEFAULTS, **{k: v for k, v in (params.get("serve") or {}).items() if v is not None}}
-    curate_limit = (params.get("curate") or {}).get("max_pixels")
-    budget = int(cfg["max_query_pixels"])
-    return {"max_upload_bytes": int(float(cfg.get("max_upload_mb", DEFAULT_MAX_UPLOAD_MB)) * 1024 * 1024),
-            "thumb_size": int(cfg.get("thumb_size", DEFAULT_THUMB_SIZE)),
-            "max_query_pixels": min(budget, int(curate_limit)) if curate_limit else budget,
-            "max_concurrent": int(cfg["max_concurrent"]), "queue_timeout_s": float(cfg["queue_timeout_s"]),
-            "request_timeout_s": float(cfg["request_timeout_s"])}
+    serve = mapping(params, "serve")
+
+    def value(key: str):
+        return need(serve, key, "serve")
+
+    curate_limit = int(need(mapping(params, "curate"), "max_pixels", "curate"))
+    return {"max_upload_bytes": int(float(value("max_upload_mb")) * 1024 * 1024),
+            "thumb_size": int(value("thumb_size")),
+            "max_query_pixels": min(int(value("max_query_pixels")), curate_limit),
+            "max_concurrent": int(value("max_concurrent")), "queue_timeout_s": float(value("queue_timeout_s")),
+            "request_timeout_s": float(value("request_timeout_s"))}
 
 
 def upload_name(filename: str | None) -> str:
@@ -338,9 +339,8 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 8000) -> Bounde
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise CbirError(f"--port {port} is not a TCP port: give a number from 1 to 65535 (0 picks a free one)")
-    settings = (app.extensions.get("cbir") or {}).get("settings", {})
-    timeout = settings.get("request_timeout_s", DEFAULTS["request_timeout_s"])
-    max_upload = settings.get("max_upload_bytes", DEFAULT_MAX_UPLOAD_MB * 2 ** 20)
+    settings = app.extensions["cbir"]["settings"]  # create_app's serve_settings
+    timeout, max_upload = settings["request_timeout_s"], settings["max_upload_bytes"]
 
     if port:  # a busy port is one clear line, found out before the server starts its threads
         try:

@@ -16,6 +16,9 @@ from cbir.errors import CbirError
 from cbir.search.exact import exact_topk, l2_normalize
 
 RERANK_KINDS = ("aqe", "dba", "dba+aqe")
+#: a ``rerank`` mapping is free-form in the schema (its own keys): ``n`` and ``alpha`` where it leaves them
+#: out (conf/retrieval/search/*.yaml sets both)
+RERANK_N, RERANK_ALPHA = 3, 3.0
 
 
 def _weights(sims: np.ndarray, alpha: float) -> np.ndarray:
@@ -77,8 +80,8 @@ def rerank_config(config: Mapping | None) -> dict | None:
     if kind not in RERANK_KINDS:
         raise CbirError(f"unknown rerank kind '{kind}'; expected one of {', '.join(RERANK_KINDS)}")
     try:
-        n = int(config.get("n", 3))
-        alpha = float(config.get("alpha", 3.0))
+        n = int(config.get("n", RERANK_N))
+        alpha = float(config.get("alpha", RERANK_ALPHA))
     except (TypeError, ValueError) as exc:
         raise CbirError(f"rerank n must be an integer and alpha a number, got {dict(config)}") from exc
     if n < 1 or alpha < 0:
