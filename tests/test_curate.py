@@ -41,6 +41,11 @@ CURATE = {"min_side": 16, "max_pixels": MAX_PIXELS, "min_per_class": 3, "dedupe"
 HOLDOUT = {"protocol": "holdout", "queries_per_class": 1, "query_fraction": None, "seed": 0}
 
 
+def folder_source(name: str) -> dict:
+    """A ``folder`` dataset's config as conf/dataset/folder.yaml sets it."""
+    return {"name": name, "source": "folder", "drop_variants": False}
+
+
 def noise(seed: int, h: int = 24, w: int = 20) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
@@ -123,7 +128,7 @@ def messy(tmp_path):
 
 def test_every_drop_has_its_reason(messy):
     root, raw = messy
-    manifest, report = curate(raw, {"name": "messy", "source": "folder", "drop_variants": False}, CURATE, HOLDOUT, root)
+    manifest, report = curate(raw, folder_source("messy"), CURATE, HOLDOUT, root)
     assert report["drop_counts"] == {
         "class_too_small": 2, "duplicate": 1, "empty": 2, "no_class_folder": 1, "not_an_image": 1,
         "too_large": 1, "too_small": 1, "truncated": 1, "unsupported_extension": 1,
@@ -150,7 +155,7 @@ def test_every_drop_has_its_reason(messy):
 
 def test_manifest_contract(messy):
     root, raw = messy
-    manifest, _ = curate(raw, {"name": "messy", "source": "folder", "drop_variants": False}, CURATE, HOLDOUT, root)
+    manifest, _ = curate(raw, folder_source("messy"), CURATE, HOLDOUT, root)
     assert list(manifest.columns) == MANIFEST_COLUMNS
     assert manifest["image_id"].tolist() == sorted(manifest["image_id"])
     assert manifest["image_id"].tolist()[:3] == ["blue/cmyk", "blue/deep", "blue/img00"]
@@ -169,11 +174,11 @@ def test_duplicates_keep_the_first_by_image_id(tmp_path):
     class_folder(raw, "a", 3, 1)
     shutil.copyfile(raw / "a/img01.png", raw / "a/img00_dup.png")  # sorts after img00 but before img01
     save(raw / "a/same_pixels.bmp", load_rgb(raw / "a/img02.png"))  # other bytes, same pixels
-    manifest, report = curate(raw, {"name": "d", "source": "folder", "drop_variants": False}, CURATE, HOLDOUT, tmp_path)
+    manifest, report = curate(raw, folder_source("d"), CURATE, HOLDOUT, tmp_path)
     assert manifest["image_id"].tolist() == ["a/img00", "a/img00_dup", "a/img02"]
     duplicates = {d["image_id"]: d["duplicate_of"] for d in report["dropped"] if d["reason"] == "duplicate"}
     assert duplicates == {"a/img01": "a/img00_dup", "a/same_pixels": "a/img02"}
-    manifest, report = curate(raw, {"name": "d", "source": "folder", "drop_variants": False}, {**CURATE, "dedupe": False}, HOLDOUT, tmp_path)
+    manifest, report = curate(raw, folder_source("d"), {**CURATE, "dedupe": False}, HOLDOUT, tmp_path)
     assert len(manifest) == 5 and "duplicate" not in report["drop_counts"]
 
 
@@ -224,14 +229,14 @@ def test_split_is_stable_across_runs_and_fraction_caps(tmp_path):
     raw = tmp_path / "raw"
     class_folder(raw, "big", 10, 1)
     class_folder(raw, "few", 3, 2)
-    first, _ = curate(raw, {"name": "s", "source": "folder", "drop_variants": False}, CURATE, {**HOLDOUT, "queries_per_class": 5}, tmp_path)
-    again, report = curate(raw, {"name": "s", "source": "folder", "drop_variants": False}, CURATE, {**HOLDOUT, "queries_per_class": 5},
+    first, _ = curate(raw, folder_source("s"), CURATE, {**HOLDOUT, "queries_per_class": 5}, tmp_path)
+    again, report = curate(raw, folder_source("s"), CURATE, {**HOLDOUT, "queries_per_class": 5},
                            tmp_path)
     pd.testing.assert_frame_equal(first, again)
     assert report["classes"]["big"]["query"] == 5 and report["classes"]["few"] == {"images": 3, "query": 2,
                                                                                      "database": 1}
     assert report["split"]["queries_capped"] == {"few": 2}
-    _, report = curate(raw, {"name": "s", "source": "folder", "drop_variants": False}, CURATE, {**HOLDOUT, "query_fraction": 0.2}, tmp_path)
+    _, report = curate(raw, folder_source("s"), CURATE, {**HOLDOUT, "query_fraction": 0.2}, tmp_path)
     assert report["classes"]["big"]["query"] == 2 and report["classes"]["few"]["query"] == 1
 
 
@@ -239,7 +244,7 @@ def test_leave_one_out_manifest(tmp_path):
     raw = tmp_path / "raw"
     class_folder(raw, "a", 3, 1)
     class_folder(raw, "b", 4, 2)
-    manifest, report = curate(raw, {"name": "l", "source": "folder", "drop_variants": False}, CURATE,
+    manifest, report = curate(raw, folder_source("l"), CURATE,
                               {"protocol": "leave_one_out", "seed": 0}, tmp_path)
     assert set(manifest["split"]) == {"database"} and set(manifest["protocol"]) == {"leave_one_out"}
     assert report["split"]["n_query"] == 7 and report["split"]["n_database"] == 7
@@ -251,7 +256,7 @@ def test_nothing_survives(tmp_path):
     (raw / "a/zero.png").write_bytes(b"")
     (raw / "a/readme.md").write_text("x")
     with pytest.raises(CbirError) as info:
-        curate(raw, {"name": "n", "source": "folder", "drop_variants": False}, CURATE, HOLDOUT, tmp_path)
+        curate(raw, folder_source("n"), CURATE, HOLDOUT, tmp_path)
     assert str(info.value) == (f"curation of {raw} kept no images (dropped: empty=1, unsupported_extension=1); "
                                "check the dataset and the curate.* settings in params")
 
@@ -266,9 +271,9 @@ def test_split_settings_errors(tmp_path):
     raw = tmp_path / "raw"
     class_folder(raw, "a", 3, 1)
     with pytest.raises(CbirError, match="predefined needs a dataset with a standard split"):
-        curate(raw, {"name": "p", "source": "folder", "drop_variants": False}, CURATE, {"protocol": "predefined"}, tmp_path)
+        curate(raw, folder_source("p"), CURATE, {"protocol": "predefined"}, tmp_path)
     with pytest.raises(CbirError, match="raw data folder .* not found; run the download stage"):
-        curate(tmp_path / "missing", {"name": "p", "source": "folder", "drop_variants": False}, CURATE, HOLDOUT, tmp_path)
+        curate(tmp_path / "missing", folder_source("p"), CURATE, HOLDOUT, tmp_path)
 
 
 def test_tuxpaint_variants_and_svg(tmp_path):
@@ -365,7 +370,7 @@ def test_download_skips_are_counted_by_curation(tmp_path):
     (src / "a" / "out.png").symlink_to("/etc/hostname")
     (src / "empty").mkdir()
     fetch({"source": "folder", "name": "p", "folder": str(src)}, tmp_path / "raw")
-    manifest, report = curate(tmp_path / "raw", {"source": "folder", "name": "p", "drop_variants": False}, {"min_side": 8, "min_per_class": 1},
+    manifest, report = curate(tmp_path / "raw", folder_source("p"), {"min_side": 8, "min_per_class": 1},
                               {"protocol": "leave_one_out"}, tmp_path)
     assert len(manifest) == 4 and report["drop_counts"] == {"empty_class_folder": 1, "outside_dataset": 1}
     assert {(d["path"], d["reason"], d["stage"]) for d in report["dropped"]} == {

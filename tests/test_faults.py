@@ -37,6 +37,7 @@ from cbir.fileio import TMP_DIR, WriteError, atomic_group, atomic_path, cache_di
 from cbir.stages.evaluate import run as run_evaluate
 from cbir.stages.extract import run as run_extract
 from cbir.stages.retrieve import run as run_retrieve
+from methods_helpers import from_conf
 from test_figures_report_stages import SMALL_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,7 @@ def params_for(**split) -> dict:
     params["extract"] = {**params["extract"], "num_workers": 2}  # worker processes, so a kill can orphan them
     params["retrieval"]["per_method"] = {"hsv_hist": {"index": "faiss-hnsw", "faiss": {"M": 8, "efSearch": 16}}}
     params["split"].update(split)
+    params["feedback"] = from_conf("feedback/default")  # `cbir query` reads its feedback settings
     return params
 
 

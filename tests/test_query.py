@@ -58,7 +58,7 @@ def serving_root(root: Path, weights_file: Path, **serve) -> Path:
     build_pipeline_state(root, weights_file)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["curate"]["max_pixels"] = MAX_PIXELS
-    params["serve"] = dict(serve)
+    params["serve"] = {**params["serve"], **serve}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 

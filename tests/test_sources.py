@@ -231,6 +231,22 @@ def test_folder_source_errors(tmp_path):
         fetch({"source": "folder", "folder": str(tmp_path / "flat")}, tmp_path / "raw")
 
 
+def test_a_source_checks_its_inputs_then_needs_its_name(tmp_path):
+    """conf/dataset/ names every dataset: a valid source without ``name`` is one line, and nothing written."""
+    (tmp_path / "photos/cats").mkdir(parents=True)
+    (tmp_path / "photos/cats/a.png").write_bytes(b"x")
+    missing = "params.yaml: dataset.name is missing: regenerate params.yaml with `python -m cbir params`"
+    for cfg in ({"source": "folder", "folder": str(tmp_path / "photos")},
+                {"source": "corel1k", "folder": str(tmp_path / "photos")},
+                {k: v for k, v in from_conf("dataset/synthetic").items() if k != "name"}):
+        with pytest.raises(CbirError) as info:
+            fetch(cfg, tmp_path / "raw")
+        assert str(info.value).startswith(missing) and "\n" not in str(info.value), cfg
+        assert not (tmp_path / "raw").exists()
+    with pytest.raises(CbirError, match="is a folder, not an archive"):  # the input's own error comes first
+        fetch({"source": "corel1k", "archive": str(tmp_path / "photos")}, tmp_path / "raw")
+
+
 # ---------------------------------------------------------------- tuxpaint
 
 def test_tuxpaint_copies_image_files_only(tmp_path):

@@ -129,7 +129,6 @@ def _caltech_layout(tmp: Path, keep_background: bool) -> list[str]:
 
 def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
     """Fill ``raw_dir`` for a standard benchmark (see the module docstring); return the provenance."""
-
     source = dataset_cfg["source"]
     name = str(need(dataset_cfg, "name", "dataset"))
     raw_dir = Path(raw_dir)
@@ -188,7 +187,7 @@ def fetch_benchmark(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: st
                                 **({"url": entry["url"]} if "url" in entry else {})})
             provenance["files"] = records
         if source == "caltech101":
-            provenance["left_out"] = _caltech_layout(tmp, bool(need(dataset_cfg, "keep_background", f"datasets.{name}")))
+            provenance["left_out"] = _caltech_layout(tmp, bool(need(dataset_cfg, "keep_background", "dataset")))
         provenance["n_files"] = sum(1 for p in tmp.rglob("*") if p.is_file())
         write_json(tmp / "_source.json", provenance)
     return provenance
