@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import subprocess
@@ -39,6 +40,31 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def timed_run(cmd: list[str]) -> tuple[int, str, list[tuple[float, str]]]:
+    """Run ``cmd``; its return code, output and ``(seconds since start, line)`` for every output line."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - start, line.rstrip("\n")))
+    proc.wait()
+    lines.append((time.perf_counter() - start, ""))
+    return proc.returncode, "\n".join(line for _, line in lines), lines
+
+
+def stage_seconds(lines: list[tuple[float, str]]) -> tuple[dict[str, float], float, float]:
+    """Seconds per stage (one "Running stage" line to the next), before the first and after the last."""
+    marks = [(t, m.group(1)) for t, line in lines if (m := re.match(r"Running stage '([^']+)'", line))]
+    end = lines[-1][0]
+    if not marks:
+        return {}, round(end, 1), 0.0
+    per_stage = {name: round(nxt - t, 1) for (t, name), (nxt, _) in zip(marks, marks[1:])}
+    last_t, last = marks[-1]
+    finished = next((t for t, line in lines if t > last_t and line.startswith("Ran experiment")), end)
+    per_stage[last] = round(finished - last_t, 1)
+    return per_stage, round(marks[0][0], 1), round(end - finished, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="hog")
@@ -50,13 +76,15 @@ def main() -> int:
         print("error: the workspace is not built or not clean (dvc status): run `make repro` first", file=sys.stderr)
         return 2
     override = f"+retrieval/search@retrieval.per_method.{args.method}=aqe"
+    load_before = os.getloadavg()
     start = time.perf_counter()
-    done = sh(*dvc, "exp", "run", "-n", args.name, "-S", override, check=False)
+    returncode, output, lines = timed_run([*dvc, "exp", "run", "-n", args.name, "-S", override])
     seconds = time.perf_counter() - start
-    ran = re.findall(r"Running stage '([^']+)'", done.stdout + done.stderr)
+    ran = re.findall(r"Running stage '([^']+)'", output)
+    per_stage, dvc_start, dvc_finish = stage_seconds(lines)
     try:
-        if done.returncode != 0:
-            print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
+        if returncode != 0:
+            print(output[-4000:], file=sys.stderr)
             return 1
     finally:
         sh(*dvc, "exp", "remove", args.name, check=False)
@@ -64,8 +92,11 @@ def main() -> int:
         sh(*dvc, "checkout", "-q", check=False)
     isa = isa_class()
     result = {"what": f"dvc exp run -S {override}", "method": args.method, "seconds": round(seconds, 1),
-              "stages_run": ran, "n_stages_run": len(ran), "cpu": cpu_model(), "isa": cpu_isa(),
-              "isa_class": isa, "target_s": 15, "before_s": 82}
+              "stages_run": ran, "n_stages_run": len(ran), "stage_seconds": per_stage,
+              "dvc_start_s": dvc_start, "dvc_finish_s": dvc_finish,
+              "load_average_before": [round(x, 2) for x in load_before],
+              "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
+              "cpu": cpu_model(), "isa": cpu_isa(), "isa_class": isa, "target_s": 15}
     out = ROOT / "benchmarks" / "results" / f"rerun-{isa}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{seconds:.1f} s, {len(ran)} stages: {', '.join(ran)} -> {out.relative_to(ROOT)}")

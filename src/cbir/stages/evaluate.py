@@ -58,16 +58,6 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     log.info("wrote %s (%d rows)", path, len(frame))
 
 
-def read_table(path: Path, what: str) -> pd.DataFrame:
-    """A CSV one stage wrote for another, read back exactly: ids and labels stay strings (a class named NA
-    too) and floats round-trip bit for bit, so a combined table has the bytes of one computed in memory."""
-    if not path.is_file():
-        raise CbirError(f"{path} not found: run `dvc repro {what}` first")
-    return pd.read_csv(path, dtype={"method": str, "query_id": str, "image_id": str, "label": str,
-                                    "feedback": str}, keep_default_na=False, na_values=[""],
-                       float_precision="round_trip")
-
-
 def _first(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[["method"] + [c for c in frame.columns if c != "method"]]
 
@@ -194,7 +184,7 @@ def combine(params: dict, root: str | Path) -> None:
             raise CbirError(f"{summary} not found: run `dvc repro evaluate@{paths.dataset}-{method}` first")
         summaries[method] = read_json(summary)
         for name, parts in tables.items():
-            parts.append(read_table(paths.evaluation_file(method, f"{name}.csv"),
+            parts.append(ev.read_table(paths.evaluation_file(method, f"{name}.csv"),
                                     f"evaluate@{paths.dataset}-{method}"))
     per_query = {m: frame.drop(columns="method") for m, frame in zip(methods, tables["per_query"])}
 

@@ -20,6 +20,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from cbir import feedback_eval as fe
+from cbir.evaluation import read_table
 from cbir.config import method_config, section
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
@@ -27,7 +28,6 @@ from cbir.fileio import atomic_dir, atomic_path, read_json, write_json, write_te
 from cbir.layout import Layout
 from cbir.search.feedback import FEEDBACK_METHODS
 from cbir.search.prepared import load_prepared
-from cbir.stages.evaluate import read_table
 
 log = logging.getLogger("cbir")
 
