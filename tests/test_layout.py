@@ -62,7 +62,7 @@ def test_dvc_yaml_paths_are_the_layout(repo_root):
         summarize = stages[f"summarize@{ds}"]
         assert summarize["outs"] == {str(paths.metrics), str(paths.compact_metrics), str(paths.pairs),
                                      str(paths.feedback_dir), str(paths.feedback_rankings),
-                                     str(paths.figures_dir / "figures.json")} | {
+                                     str(paths.figures_dir / "figures.json"), str(paths.embeddings_dir)} | {
             str(paths.plot(n)) for n in PLOT_TABLES} | {
             str(paths.figure(name, suffix)) for name in SUMMARY_FIGURES for suffix in (".png", ".pdf")}
         assert {str(paths.evaluation_dir(m).parent), str(paths.feedback_methods_dir),

@@ -14,6 +14,8 @@ one experiment never overwrites another dataset's outputs::
                                         per_class.csv (the summarize stage combines them)
     data/feedback/<ds>/methods/<method>/  one method's feedback simulation: results.json, rankings.csv
     data/figures/<ds>/<method>.json     the index entries of one method's figures
+    data/embeddings/<ds>/<method>-<key>.npy  the t-SNE maps of the summary chart, kept between runs (reused
+                                        while the features and t-SNE settings, hashed into <key>, stay)
     data/index/<ds>/<method>/           the saved search index: index.json, ids.txt (+ index.faiss)
     metrics/<ds>.json                   DVC metrics, compact: per method mAP and P@10 with 95% bounds
     reports/<ds>/metrics.json           every method's metrics with intervals (report, figures, README)
@@ -144,6 +146,11 @@ class Layout:
     def feedback_method_dir(self, method: str) -> Path:
         """``data/feedback/<ds>/methods/<method>/``: results.json (per feedback method) and rankings.csv."""
         return self.feedback_methods_dir / method
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """``data/embeddings/<ds>/``: the summary chart's t-SNE maps, a persistent output of summarize."""
+        return self.root / "data" / "embeddings" / self.dataset
 
     @property
     def figure_index_dir(self) -> Path:

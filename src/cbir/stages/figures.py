@@ -27,6 +27,7 @@ Figures are deterministic: seeded choices, stable sorting, one-thread t-SNE, no 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -39,7 +40,7 @@ import pandas as pd
 
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
-from cbir.features.store import read_features
+from cbir.features.store import read_features, recorded_hashes
 from cbir.figures.charts import (
     comparison_figure,
     confusion_gallery,
@@ -70,7 +71,7 @@ from cbir.figures.trials import (
     comparison_trials_figure,
     sample_trials_figure,
 )
-from cbir.fileio import atomic_dir, atomic_group, read_json, temp_home, write_json
+from cbir.fileio import atomic_dir, atomic_group, read_json, sha256_bytes, temp_home, write_json
 from cbir.layout import METHOD_FIGURES, SUMMARY_FIGURES, Layout
 
 log = logging.getLogger("cbir")
@@ -199,8 +200,10 @@ def _draw_confusions(ctx: dict, emit, index: list, method: str, ranking: pd.Data
          confusion_gallery, rows, title=f"{ds}: most confused class pairs, {method}, top-{k}")
 
 
-def _draw_summary(params: dict, ctx: dict, inputs: dict, writer: FigureWriter, emit) -> tuple[list, list]:
-    """The charts comparing methods, in reading order: (those before the trials, those after them)."""
+def _draw_summary(params: dict, ctx: dict, inputs: dict, writer: FigureWriter, emit,
+                  maps_made: dict | None = None) -> tuple[list, list, dict]:
+    """The charts comparing methods, in reading order: (those before the trials, those after them, and the
+    t-SNE coordinates of each mapped method). ``maps_made`` (method -> coordinates) are used, not recomputed."""
     cfg, ds, paths, manifest, methods = ctx["cfg"], ctx["ds"], ctx["paths"], ctx["manifest"], ctx["methods"]
     metrics, baseline, other, role = inputs["metrics"], inputs["baseline"], inputs["other"], inputs["role"]
     k = ctx["k"]
@@ -213,8 +216,9 @@ def _draw_summary(params: dict, ctx: dict, inputs: dict, writer: FigureWriter, e
     tsne_caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, {cfg['tsne_iterations']} iterations, "
                     f"seed {cfg['seed']}) of {len(sample)} of {n_rows} images, coloured by class.")
     maps = None
+    made = dict(maps_made or {})
     if len(sample) >= MIN_TSNE_POINTS:
-        maps = [(f"{method} ({role_name})",
+        maps = [(method, f"{method} ({role_name})", made[method] if method in made else
                  writer.run(embed_2d, read_features(paths.features(method), method, manifest)[sample], cfg["seed"],
                             cfg["tsne_perplexity"], cfg["pca_dims"], cfg["tsne_iterations"]))
                 for method, role_name in ((baseline, "baseline"), (other, role)) if method is not None]
@@ -251,8 +255,11 @@ def _draw_summary(params: dict, ctx: dict, inputs: dict, writer: FigureWriter, e
              f"The seeded queries under `{baseline}`, the only method configured: nothing to compare with.",
              sample_trials_figure, ta, title=f"{ds}: {baseline} (the only method), top-{k}",
              row_labels=[shorten(baseline, 20)] * len(ta))
+    coordinates = {}
     if maps is not None:
-        panels = [(name, writer.result(future, f"t-SNE map of {name}"), labels_shown) for name, future in maps]
+        for method, name, future in maps:
+            coordinates[method] = future if isinstance(future, np.ndarray) else writer.result(future, f"t-SNE map of {name}")
+        panels = [(name, coordinates[method], labels_shown) for method, name, _ in maps]
         emit(after, "embedding_tsne", "Embedding maps (t-SNE)", tsne_caption,
              embedding_figure, panels, title=f"t-SNE of the embeddings, {ds}")
     else:
@@ -260,8 +267,21 @@ def _draw_summary(params: dict, ctx: dict, inputs: dict, writer: FigureWriter, e
         emit(after, "embedding_tsne", "Embedding maps (t-SNE)", f"No map: {len(sample)} images are too few for t-SNE.",
              message_figure, f"{len(sample)} images: too few for a t-SNE map (needs {MIN_TSNE_POINTS})",
              f"t-SNE of the embeddings, {ds}")
-    return before, after
+    return before, after, coordinates
 
+
+def _map_files(ctx: dict, methods) -> dict[str, Path]:
+    """``data/embeddings/<ds>/<method>-<key>.npy`` of each method: the key hashes the method's features (their
+    recorded sha256) and every t-SNE setting, so a file of that name holds exactly the map they give."""
+    cfg, paths = ctx["cfg"], ctx["paths"]
+    settings = {k: cfg[k] for k in ("seed", "tsne_max_points", "tsne_perplexity", "pca_dims", "tsne_iterations")}
+    files = {}
+    for method in methods:
+        record = {"features": recorded_hashes(paths.features(method), method)["features_sha256"],
+                  "rows": len(ctx["manifest"]), **settings}
+        key = sha256_bytes(json.dumps(record, sort_keys=True).encode())[:16]
+        files[method] = paths.embeddings_dir / f"{safe_name(method)}-{key}.npy"
+    return files
 
 def _resolved(entries: list[dict]) -> list[dict]:
     """Index entries with their panel counts (after ``writer.close()``)."""
@@ -326,21 +346,32 @@ def combine(params: dict, root: str | Path) -> None:
         if not file.is_file():
             raise CbirError(f"{file} not found: run `dvc repro figures@{paths.dataset}-{method}` first")
         method_entries[method] = {e["name"].split("_", 1)[0]: e for e in read_json(file)}
+    files = _map_files(ctx, [m for m in (inputs["baseline"], inputs["other"]) if m is not None])
+    made = {m: np.load(f) for m, f in files.items() if f.is_file()}
+    paths.embeddings_dir.mkdir(parents=True, exist_ok=True)  # a DVC output even when no map is drawn
     stage = _staging(paths)
     try:
         with FigureWriter() as writer:
-            before, after = _draw_summary(params, ctx, inputs, writer, _emitter(ctx, writer, stage))
+            before, after, maps = _draw_summary(params, ctx, inputs, writer, _emitter(ctx, writer, stage), made)
         before, after = _resolved(before), _resolved(after)
         figures = (before + [method_entries[m]["trials"] for m in ctx["methods"]] + after
                    + [method_entries[m]["confusions"] for m in ctx["methods"]])
         write_json(stage / FIGURES_INDEX, figures)
-        files = {stage / FIGURES_INDEX: paths.figures_dir / FIGURES_INDEX}
+        files_out = {stage / FIGURES_INDEX: paths.figures_dir / FIGURES_INDEX}
         for entry in before + after:
             for key in ("png", "pdf"):
-                files[stage / entry[key]] = paths.figures_dir / entry[key]
-        _publish(files)
+                files_out[stage / entry[key]] = paths.figures_dir / entry[key]
+        for method, coordinates in maps.items():
+            np.save(stage / files[method].name, coordinates)
+            files_out[stage / files[method].name] = files[method]
+        _publish(files_out)
+        keep = {files[m].name for m in maps}  # the folder holds exactly this run's maps (same bytes every run)
+        for old in paths.embeddings_dir.glob("*.npy"):
+            if old.name not in keep:
+                old.unlink()
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    log.info("figures: reused %d of %d t-SNE maps (%s)", len(made), len(maps), paths.embeddings_dir)
     log.info("figures: wrote %d summary charts (PNG + PDF) and %s in %.1fs", len(before) + len(after),
              paths.figures_dir / FIGURES_INDEX, time.perf_counter() - start)
 
@@ -357,7 +388,7 @@ def run(params: dict, root: str | Path) -> None:
     own: dict[str, list[dict]] = {m: [] for m in methods}
     with atomic_dir(paths.figures_dir) as tmp, FigureWriter() as writer:
         emit = _emitter(ctx, writer, tmp)
-        before, after = _draw_summary(params, ctx, inputs, writer, emit)
+        before, after, _ = _draw_summary(params, ctx, inputs, writer, emit)
         for method, (ranking, ap) in per_method.items():
             _draw_trials(ctx, emit, own[method], method, ranking, ap)
             _draw_confusions(ctx, emit, own[method], method, ranking)
