@@ -32,7 +32,7 @@ OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES,
 HANDLERS = {
     "download": "cbir.stages.download:run", "weights": "cbir.stages.weights:run",
     "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
-    "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.evaluate:run_method",
+    "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.per_method:run",
     "feedback": "cbir.stages.feedback:run_method", "figures": "cbir.stages.figures:run_method",
     "summarize": "cbir.stages.summarize:run", "report": "cbir.stages.report:run", "across": "cbir.report.across:run",
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
@@ -67,7 +67,8 @@ STAGES = {
     "curate": (None, "decode, clean and split the dataset into a manifest"),
     "extract": ("method", "compute one method's features"),
     "retrieve": ("method", "cosine top-k for every query"),
-    "evaluate": ("method", "one method's metrics, confidence intervals and plot tables"),
+    "evaluate": ("method", "one method's metrics with confidence intervals, its relevance feedback and its "
+                           "figures (the stage; feedback and figures redo one part)"),
     "feedback": ("method", "one method's relevance feedback measured: a simulated user over rounds, residual "
                            "collection"),
     "figures": ("method", "one method's sample-trial and confused-classes figures"),
