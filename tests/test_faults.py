@@ -42,9 +42,7 @@ from test_figures_report_stages import SMALL_PARAMS
 REPO = Path(__file__).resolve().parents[1]
 DS = "syn"
 STAGES = (["download"], ["curate"], ["extract", "hsv_hist"], ["extract", "color_moments"], ["retrieve", "hsv_hist"],
-          ["retrieve", "color_moments"], ["evaluate", "hsv_hist"], ["evaluate", "color_moments"],
-          ["feedback", "hsv_hist"], ["feedback", "color_moments"], ["figures", "hsv_hist"], ["figures", "color_moments"],
-          ["summarize"])
+          ["retrieve", "color_moments"], ["evaluate", "hsv_hist"], ["evaluate", "color_moments"], ["summarize"])
 OUTPUTS = ("data/curated", "data/features", "data/retrieval", "data/index", "data/evaluation", "data/feedback",
            "data/figures", "metrics", "reports")
 

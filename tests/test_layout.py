@@ -50,22 +50,19 @@ def test_dvc_yaml_paths_are_the_layout(repo_root):
             assert {str(paths.manifest), str(paths.features(method))} <= retrieve_stage["deps"]
         for method in params["methods"]:
             evaluate_stage = stages[f"evaluate@{ds}-{method}"]
-            assert evaluate_stage["outs"] == {str(paths.evaluation_dir(method))}
-            assert {str(paths.curated_dir), str(paths.features(method))} <= evaluate_stage["deps"]
-            feedback_stage = stages[f"feedback@{ds}-{method}"]
-            assert feedback_stage["outs"] == {str(paths.feedback_method_dir(method))}
-            assert {str(paths.manifest), str(paths.features(method))} <= feedback_stage["deps"]
-            figures_stage = stages[f"figures@{ds}-{method}"]
-            assert figures_stage["outs"] == {str(paths.figure_index(method))} | {
+            assert evaluate_stage["outs"] == {
+                str(paths.evaluation_dir(method)), str(paths.feedback_method_dir(method)),
+                str(paths.figure_index(method))} | {
                 str(paths.figure(f"{name}_{method}", suffix)) for name in METHOD_FIGURES for suffix in (".png", ".pdf")}
-            assert {str(paths.retrieval(method)), str(paths.evaluation_dir(method))} <= figures_stage["deps"]
+            assert {str(paths.curated_dir), str(paths.features(method)), str(paths.retrieval(method))} \
+                <= evaluate_stage["deps"]
         summarize = stages[f"summarize@{ds}"]
         assert summarize["outs"] == {str(paths.metrics), str(paths.compact_metrics), str(paths.pairs),
                                      str(paths.feedback_dir), str(paths.feedback_rankings),
                                      str(paths.figures_dir / "figures.json"), str(paths.embeddings_dir)} | {
             str(paths.plot(n)) for n in PLOT_TABLES} | {
             str(paths.figure(name, suffix)) for name in SUMMARY_FIGURES for suffix in (".png", ".pdf")}
-        assert {str(paths.evaluation_dir(m).parent), str(paths.feedback_methods_dir),
+        assert {str(paths.evaluation_dir(method).parent), str(paths.feedback_methods_dir),
                 str(paths.figure_index_dir)} <= summarize["deps"]
         assert str(paths.metrics) in stages[f"report@{ds}"]["deps"]
         assert str(paths.figures_dir / "figures.json") in stages[f"report@{ds}"]["deps"]
@@ -142,8 +139,8 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
 
 def test_one_methods_search_setting_reruns_only_that_methods_stages(repo_root):
     """A change of ``retrieval.per_method.hog`` reaches, as DVC resolves dvc.yaml's params and graph, hog's
-    retrieve, evaluate, feedback and figures of every dataset, then only the per-dataset summarize and report
-    and the across table: no other method's stage."""
+    retrieve and evaluate (metrics, feedback, figures) of every dataset, then only the per-dataset summarize and
+    report and the across table: no other method's stage."""
     import networkx as nx
 
     key = "retrieval.per_method.hog"
@@ -154,6 +151,6 @@ def test_one_methods_search_setting_reruns_only_that_methods_stages(repo_root):
         reached = set().union(*({s, *nx.ancestors(graph, s)} for s in direct))  # edges point to dependencies
         names = {stage.addressing for stage in reached}
         datasets = dataset_names(yaml.safe_load((repo_root / "params.yaml").read_text()))
-    expected = {f"{stage}@{ds}-hog" for stage in ("retrieve", "evaluate", "feedback", "figures") for ds in datasets}
+    expected = {f"{stage}@{ds}-hog" for stage in ("retrieve", "evaluate") for ds in datasets}
     expected |= {f"{stage}@{ds}" for stage in ("summarize", "report") for ds in datasets} | {"across"}
     assert names == expected
