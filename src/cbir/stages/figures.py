@@ -40,37 +40,13 @@ import pandas as pd
 
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
-from cbir.features.store import read_features, recorded_hashes
-from cbir.figures.charts import (
-    comparison_figure,
-    confusion_gallery,
-    curves_figure,
-    embedding_figure,
-    per_class_heatmap,
-)
-from cbir.figures.select import (
-    compared_methods,
-    confused_pairs,
-    confusion_examples,
-    embed_2d,
-    pick_queries,
-    stratified_subsample,
-    trial_rows,
-)
-from cbir.figures.style import (
-    FIGURES_INDEX,
-    MIN_TSNE_POINTS,
-    FigureWriter,
-    figure_settings,
-    message_figure,
-    safe_name,
-)
-from cbir.figures.thumbnails import Thumbnails, shorten
-from cbir.figures.trials import (
-    build_trials,
-    comparison_trials_figure,
-    sample_trials_figure,
-)
+from cbir.features.store import recorded_hashes
+from cbir.figures.charts import confusion_gallery
+from cbir.figures.select import compared_methods, confused_pairs, confusion_examples, pick_queries, trial_rows
+from cbir.figures.style import FIGURES_INDEX, FigureWriter, figure_settings, safe_name
+from cbir.figures.summary import draw_summary
+from cbir.figures.thumbnails import Thumbnails
+from cbir.figures.trials import build_trials, sample_trials_figure
 from cbir.fileio import atomic_dir, atomic_group, read_json, sha256_bytes, temp_home, write_json
 from cbir.layout import METHOD_FIGURES, SUMMARY_FIGURES, Layout
 
@@ -86,11 +62,6 @@ def _read_csv(path: Path, what: str, columns: set[str]) -> pd.DataFrame:
     if missing:
         raise CbirError(f"{path} lacks columns {sorted(missing)}: re-run `dvc repro {what}`")
     return frame
-
-
-def _fmt(value) -> str:
-    """A metric for a caption: three decimals, or n/a."""
-    return "n/a" if value is None or not np.isfinite(value) else f"{float(value):.3f}"
 
 
 def _context(params: dict, root: Path) -> dict:
@@ -143,6 +114,7 @@ def _summary_inputs(params: dict, ctx: dict) -> dict:
             inputs["rankings"][method] = _ranking(ctx, method)
             part = per_query[per_query["method"] == method]
             inputs["ap"][method] = dict(zip(part["query_id"], part["ap"].astype(float)))
+    inputs["seeded"] = _seeded(ctx, inputs["rankings"][baseline])[1]
     return inputs
 
 
@@ -200,76 +172,6 @@ def _draw_confusions(ctx: dict, emit, index: list, method: str, ranking: pd.Data
          confusion_gallery, rows, title=f"{ds}: most confused class pairs, {method}, top-{k}")
 
 
-def _draw_summary(params: dict, ctx: dict, inputs: dict, writer: FigureWriter, emit,
-                  maps_made: dict | None = None) -> tuple[list, list, dict]:
-    """The charts comparing methods, in reading order: (those before the trials, those after them, and the
-    t-SNE coordinates of each mapped method). ``maps_made`` (method -> coordinates) are used, not recomputed."""
-    cfg, ds, paths, manifest, methods = ctx["cfg"], ctx["ds"], ctx["paths"], ctx["manifest"], ctx["methods"]
-    metrics, baseline, other, role = inputs["metrics"], inputs["baseline"], inputs["other"], inputs["role"]
-    k = ctx["k"]
-    before: list[dict] = []
-    after: list[dict] = []
-    # the t-SNE maps (the slowest computation) start first, in the workers, while the other figures are built
-    n_rows = len(manifest)
-    sample = stratified_subsample(manifest["label"].to_numpy(), cfg["tsne_max_points"], cfg["seed"])
-    labels_shown = manifest["label"].to_numpy()[sample]
-    tsne_caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, {cfg['tsne_iterations']} iterations, "
-                    f"seed {cfg['seed']}) of {len(sample)} of {n_rows} images, coloured by class.")
-    maps = None
-    made = dict(maps_made or {})
-    if len(sample) >= MIN_TSNE_POINTS:
-        maps = [(method, f"{method} ({role_name})", made[method] if method in made else
-                 writer.run(embed_2d, read_features(paths.features(method), method, manifest)[sample], cfg["seed"],
-                            cfg["tsne_perplexity"], cfg["pca_dims"], cfg["tsne_iterations"]))
-                for method, role_name in ((baseline, "baseline"), (other, role)) if method is not None]
-    emit(before, "comparison", "Method comparison",
-         f"P@10 and mAP per method with 95% bootstrap confidence intervals; the baseline `{baseline}` is hatched.",
-         comparison_figure, metrics, baseline)
-    pk = inputs["pk"]
-    ks = pk["k"].max()
-    emit(before, "pk_curves", "Precision at k",
-         f"Mean P@k over queries for k = 1..{ks}, with the 95% percentile bootstrap band over queries "
-         f"(evaluation seed {(params.get('evaluation') or {}).get('seed', 0)}).",
-         curves_figure, pk, "k", "k (results inspected)", "P@k", f"Precision at k, {ds}", methods,
-         xlim=(1, ks) if ks > 1 else None)
-    emit(before, "pr_curves", "Precision-recall",
-         "11-point interpolated precision-recall, mean over queries with a relevant item, with the 95% "
-         "percentile bootstrap band over queries.",
-         curves_figure, inputs["pr"], "recall", "recall", "interpolated precision", f"Precision-recall, {ds}",
-         methods, xlim=(0, 1))
-    emit(before, "per_class_p10", "P@10 per class", "Mean P@10 of each class's queries, per method.",
-         per_class_heatmap, inputs["per_class"], "p@10", methods, title=f"P@10 per class, {ds}")
-
-    rankings, ap = inputs["rankings"], inputs["ap"]
-    _, seeded = _seeded(ctx, rankings[baseline])
-    ta = build_trials(rankings[baseline], manifest, seeded, ctx["root"], k, cfg["thumb_size"], ctx["thumbs"])
-    if other is not None:
-        tb = build_trials(rankings[other], manifest, seeded, ctx["root"], k, cfg["thumb_size"], ctx["thumbs"])
-        emit(after, "trials_baseline_vs_best", f"Baseline `{baseline}` against the {role} method `{other}`",
-             f"The same seeded queries under the baseline `{baseline}` (mAP {_fmt(metrics[baseline].get('map'))}) "
-             f"and the {role} method by mAP, `{other}` (mAP {_fmt(metrics[other].get('map'))}).",
-             comparison_trials_figure, ta, tb, baseline, other, ap[baseline], ap[other],
-             title=f"{ds}: baseline {baseline} vs {role} {other} (by mAP), top-{k}")
-    else:
-        emit(after, "trials_baseline_vs_best", f"Baseline `{baseline}` (the only method)",
-             f"The seeded queries under `{baseline}`, the only method configured: nothing to compare with.",
-             sample_trials_figure, ta, title=f"{ds}: {baseline} (the only method), top-{k}",
-             row_labels=[shorten(baseline, 20)] * len(ta))
-    coordinates = {}
-    if maps is not None:
-        for method, name, future in maps:
-            coordinates[method] = future if isinstance(future, np.ndarray) else writer.result(future, f"t-SNE map of {name}")
-        panels = [(name, coordinates[method], labels_shown) for method, name, _ in maps]
-        emit(after, "embedding_tsne", "Embedding maps (t-SNE)", tsne_caption,
-             embedding_figure, panels, title=f"t-SNE of the embeddings, {ds}")
-    else:
-        log.warning("figures: only %d images, too few for a t-SNE map", len(sample))
-        emit(after, "embedding_tsne", "Embedding maps (t-SNE)", f"No map: {len(sample)} images are too few for t-SNE.",
-             message_figure, f"{len(sample)} images: too few for a t-SNE map (needs {MIN_TSNE_POINTS})",
-             f"t-SNE of the embeddings, {ds}")
-    return before, after, coordinates
-
-
 def _map_files(ctx: dict, methods) -> dict[str, Path]:
     """``data/embeddings/<ds>/<method>-<key>.npy`` of each method: the key hashes the method's features (their
     recorded sha256) and every t-SNE setting, so a file of that name holds exactly the map they give."""
@@ -315,7 +217,7 @@ def run_method(params: dict, method: str, root: str | Path) -> None:
     stage = _staging(paths)
     try:
         index: list[dict] = []
-        with FigureWriter(workers=len(METHOD_FIGURES)) as writer:
+        with FigureWriter(workers=1) as writer:  # two figures: drawn here, a worker pool costs more to start
             emit = _emitter(ctx, writer, stage)
             _draw_trials(ctx, emit, index, method, ranking, ap)
             _draw_confusions(ctx, emit, index, method, ranking)
@@ -352,7 +254,7 @@ def combine(params: dict, root: str | Path) -> None:
     stage = _staging(paths)
     try:
         with FigureWriter() as writer:
-            before, after, maps = _draw_summary(params, ctx, inputs, writer, _emitter(ctx, writer, stage), made)
+            before, after, maps = draw_summary(params, ctx, inputs, writer, _emitter(ctx, writer, stage), made)
         before, after = _resolved(before), _resolved(after)
         figures = (before + [method_entries[m]["trials"] for m in ctx["methods"]] + after
                    + [method_entries[m]["confusions"] for m in ctx["methods"]])
@@ -388,7 +290,7 @@ def run(params: dict, root: str | Path) -> None:
     own: dict[str, list[dict]] = {m: [] for m in methods}
     with atomic_dir(paths.figures_dir) as tmp, FigureWriter() as writer:
         emit = _emitter(ctx, writer, tmp)
-        before, after, _ = _draw_summary(params, ctx, inputs, writer, emit)
+        before, after, _ = draw_summary(params, ctx, inputs, writer, emit)
         for method, (ranking, ap) in per_method.items():
             _draw_trials(ctx, emit, own[method], method, ranking, ap)
             _draw_confusions(ctx, emit, own[method], method, ranking)
