@@ -99,10 +99,10 @@ def combine(params: dict, root: str | Path) -> None:
     for method in methods:
         folder = paths.feedback_method_dir(method)
         if not (folder / "results.json").is_file():
-            raise CbirError(f"{folder / 'results.json'} not found: run `dvc repro feedback@{paths.dataset}-{method}` "
+            raise CbirError(f"{folder / 'results.json'} not found: run `dvc repro evaluate@{paths.dataset}-{method}` "
                             "first")
         results[method] = read_json(folder / "results.json")
-        traces.append(read_table(folder / "rankings.csv", f"feedback@{paths.dataset}-{method}"))
+        traces.append(read_table(folder / "rankings.csv", f"evaluate@{paths.dataset}-{method}"))
     fe.add_holm(results)
     frame = fe.table(results)
     tests = fe.tests_table(results)

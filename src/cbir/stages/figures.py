@@ -95,18 +95,18 @@ def _summary_inputs(params: dict, ctx: dict) -> dict:
     paths = ctx["paths"]
     metrics_file = paths.metrics
     if not metrics_file.exists():
-        raise CbirError(f"{metrics_file} not found: run the evaluate stage first")
+        raise CbirError(f"{metrics_file} not found: run the summarize stage first")
     metrics = read_json(metrics_file)
     methods = ctx["methods"]
     missing = [m for m in methods if m not in metrics]
     if missing:
-        raise CbirError(f"{metrics_file} has no entry for {', '.join(missing)}: re-run `dvc repro evaluate`")
+        raise CbirError(f"{metrics_file} has no entry for {', '.join(missing)}: re-run `dvc repro summarize`")
     metrics = {m: metrics[m] for m in methods}
-    per_query = _read_csv(paths.plot("per_query"), "evaluate", {"method", "query_id", "ap"})
+    per_query = _read_csv(paths.plot("per_query"), "summarize", {"method", "query_id", "ap"})
     inputs = {"metrics": metrics,
-              "pk": _read_csv(paths.plot("pk"), "evaluate", {"method", "k", "precision"}),
-              "pr": _read_csv(paths.plot("pr"), "evaluate", {"method", "recall", "precision", "lo", "hi"}),
-              "per_class": _read_csv(paths.plot("per_class"), "evaluate", {"method", "label", "p@10"})}
+              "pk": _read_csv(paths.plot("pk"), "summarize", {"method", "k", "precision"}),
+              "pr": _read_csv(paths.plot("pr"), "summarize", {"method", "recall", "precision", "lo", "hi"}),
+              "per_class": _read_csv(paths.plot("per_class"), "summarize", {"method", "label", "p@10"})}
     baseline, other, role = compared_methods(metrics, (params.get("evaluation") or {}).get("baseline"))
     inputs.update(baseline=baseline, other=other, role=role, rankings={}, ap={})
     for method in (baseline, other):
@@ -246,7 +246,7 @@ def combine(params: dict, root: str | Path) -> None:
     for method in ctx["methods"]:
         file = paths.figure_index(method)
         if not file.is_file():
-            raise CbirError(f"{file} not found: run `dvc repro figures@{paths.dataset}-{method}` first")
+            raise CbirError(f"{file} not found: run `dvc repro evaluate@{paths.dataset}-{method}` first")
         method_entries[method] = {e["name"].split("_", 1)[0]: e for e in read_json(file)}
     files = _map_files(ctx, [m for m in (inputs["baseline"], inputs["other"]) if m is not None])
     made = {m: np.load(f) for m, f in files.items() if f.is_file()}
