@@ -72,3 +72,24 @@ def test_pdflatex_sets_the_benchmark_tables_without_an_overfull_box(tmp_path):
     from test_tables import assert_pdflatex_fits
 
     assert_pdflatex_fits(sorted((tmp_path / "t").glob("*.tex")) + sorted((tmp_path / "r").glob("*.tex")), tmp_path)
+
+
+def test_report_section_of_copy_detection_has_intervals_and_every_family():
+    from cbir.report.benchmark_tables import report_section
+
+    metrics = pairs_metrics()
+    for entry in metrics.values():
+        entry["ci95"] = {"map": [0.45, 0.55]}
+        entry["benchmark"].update({"micro_ap_ci95": [0.3, 0.6], "recall@p0.9_ci95": [0.0, 0.3], "n_positives": 60})
+        for family in entry["benchmark"]["families"].values():
+            family.update({"recall@p0.9": 0.25, "map": 0.75, "n_queries": 7})
+    text = report_section("neardup", metrics)
+    assert text.startswith("## Benchmark scores (`neardup`)\n\n") and text.endswith("(CSV, Markdown, LaTeX).\n\n")
+    lines = text.splitlines()
+    assert "| `mobilenet_v2-gap` | 40.0 [30.0, 60.0] | 20.0 [0.0, 30.0] | 50.0 [45.0, 55.0] |" in lines
+    assert "60 of the queries have one" in text and "top-10" in text and "queries: blur 7, color 7" in text
+    family_rows = [line for line in lines if line.startswith("| `fusion` |")]
+    assert family_rows[1:] == ["| `fusion` | " + " | ".join(f"{10 * j:.1f}" for j in range(10)) + " |",
+                               "| `fusion` | " + " | ".join(["25.0"] * 10) + " |",
+                               "| `fusion` | " + " | ".join(["75.0"] * 10) + " |"]
+    assert report_section("corel1k", {"a": {"map": 0.5}}) == ""

@@ -68,6 +68,50 @@ def test_pairs_micro_ap_hand_worked(reference_first, expected):
     assert official["families"]["jpeg"]["n_without_reference"] == 1
 
 
+@pytest.mark.parametrize("reference_first, micro_ap_ci, recall_ci", [(True, [1.0, 1.0], [1.0, 1.0]),
+                                                                     (False, [0.5, 1.0], [0.0, 1.0])])
+def test_pairs_intervals_pool_the_pairs_of_each_resample(reference_first, micro_ap_ci, recall_ci):
+    # q0's reference is row 0, q1 has none. A resample of two queries holds q0 twice (1/4: µAP 1), q0 and q1
+    # (1/2: µAP 1 when the true pair scores higher, else 1/2), or q1 twice (1/4: no true pair, NaN, left out),
+    # so of 1000 resamples about 2/3 of the finite ones are 1/2 when the false pair outscores the true one
+    q = _circle([0, 90])
+    db = _circle([5 if reference_first else 30, 90 + (20 if reference_first else 2)])
+    bench = be.Benchmark("neardup", "pairs", "non-interpolated",
+                         Judgements((Judgement([0]), Judgement([])), 2), None, np.array(["crop", "jpeg"], object), None)
+    _, official = be.score(bench, q, db, [1], 1, ["q0", "q1"], ["crop", "jpeg"], top_k=1, n_bootstrap=1000, seed=0)
+    assert official["micro_ap_ci95"] == micro_ap_ci and official["recall@p0.9_ci95"] == recall_ci
+    assert official["compact"] == {"micro_ap": official["micro_ap"], "micro_ap_lo": micro_ap_ci[0],
+                                   "micro_ap_hi": micro_ap_ci[1], "recall@p0.9": official["recall@p0.9"],
+                                   "recall@p0.9_lo": recall_ci[0], "recall@p0.9_hi": recall_ci[1]}
+
+
+def test_pairs_interval_agrees_with_pooling_each_resample_by_hand():
+    """The µAP bootstrap against a second implementation: the same seeded resamples, every pair of the picked
+    queries sorted by score by hand (ties: false pairs first), AP summed over the true pairs."""
+    rng = np.random.default_rng(7)
+    q, db = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    refs = [[i % 9] if i < 9 else [] for i in range(12)]
+    bench = be.Benchmark("neardup", "pairs", "non-interpolated", Judgements(tuple(Judgement(r) for r in refs), 9),
+                         None, np.array(["crop"] * 12, object), None)
+    _, official = be.score(bench, q, db, [1], 1, list(range(12)), ["crop"] * 12, top_k=3, n_bootstrap=200, seed=5)
+    sims = q @ db.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :3]
+    draws, pick_rng = [], np.random.default_rng(5)
+    for _ in range(200):
+        pick = pick_rng.integers(0, 12, 12)
+        pairs = sorted(((float(sims[i, j]), j in refs[i]) for i in pick for j in top[i]), key=lambda p: (-p[0], p[1]))
+        n_pos = sum(len(refs[i]) for i in pick)
+        hits, ap = 0, 0.0
+        for rank, (_, true) in enumerate(pairs, 1):
+            hits += true
+            ap += hits / rank if true else 0.0
+        draws.append(ap / n_pos if n_pos else np.nan)
+    expected = np.nanpercentile(draws, [2.5, 97.5])
+    assert official["micro_ap_ci95"] == pytest.approx(list(expected), abs=1e-6)
+
+
 def test_ukbench_ns_counts_the_query():
     # 2 groups of 2 rows: query 0's group {0, 1}; ranking 0, 1, 2, 3 -> N-S (top 4) = 2 for the group of 2
     items = (Judgement([1], [0]),)

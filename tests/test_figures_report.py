@@ -96,6 +96,25 @@ def test_report_and_readme_block(tmp_path):
     assert not update_readme(readme, "NEW TABLE")
 
 
+def test_report_of_a_benchmark_states_its_protocol_and_scores():
+    """A benchmark's report names its own protocol and relevance (not the params' split or labels) and has the
+    benchmark's section between the metrics table and the tests; a class-level report has neither."""
+    params = {"dataset": {"name": "nd", "source": "neardup"}, "split": {"protocol": "holdout", "queries_per_class": 5},
+              "retrieval": {"k": 10}, "methods": {"a": {"kind": "deep"}}, "evaluation": {"baseline": "a"}}
+    bench = {"kind": "pairs", "micro_ap": 0.5, "micro_ap_ci95": [0.4, 0.6], "recall@p0.9": 0.25, "top_k": 10,
+             "n_positives": 3, "families": {"crop": {"micro_ap": 1.0, "recall@p0.9": 1.0, "map": 1.0, "n_queries": 4}}}
+    metrics = {"a": {**METRICS["a"], "benchmark": bench}}
+    curation = {"split": {"protocol": "benchmark:neardup", "n_query": 4, "n_database": 20}}
+    text = build_report(params, metrics, pd.DataFrame(), curation, [])
+    assert "- protocol: benchmark:neardup (the benchmark's own queries and database)" in text
+    assert "Relevant = the benchmark's judgements (`data/curated/nd/judgements.json`; see below)." in text
+    assert text.index(metrics_table(metrics)) < text.index("## Benchmark scores (`nd`)") < text.index("## Significance")
+    assert "| `a` | 50.0 [40.0, 60.0] | 25.0 | 61.0 [50.0, 70.0] |" in text
+    plain = build_report(params, METRICS, pd.DataFrame(), {"split": {"protocol": "holdout"}}, [])
+    assert "## Benchmark scores" not in plain and "Relevant = same\nlabel." in plain
+    assert "- protocol: holdout (5 queries per class, seed None)" in plain
+
+
 # --- pure helpers of viz.py ------------------------------------------------------------------
 
 def test_confused_pairs_counts_wrong_results_by_class_pair():

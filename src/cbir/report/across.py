@@ -1,9 +1,11 @@
-"""The table across datasets: methods x datasets, P@10 and mAP with 95% intervals, each dataset's protocol
-(queries, database size) stated under it.
+"""The table across datasets: methods x datasets, each dataset in its own metrics with 95% intervals (P@10
+and mAP for class labels; µAP, recall at precision 0.9 and mAP for copy detection; the headline scores of
+the other benchmarks), each dataset's protocol (queries, database size, relevance, metrics) stated under it.
 
 Stage ``across`` (one for the experiment, after every dataset's evaluate) writes ``reports/datasets.md``,
 ``reports/datasets.csv`` and ``reports/datasets.tex`` from the compact ``metrics/<ds>.json`` of each dataset of
-params.yaml and its manifest; the README's results block shows the same Markdown (:mod:`cbir.report.readme`).
+params.yaml, its manifest and, for a benchmark, the kind and query count of its ``judgements.json``; the
+README's results block shows the same Markdown (:mod:`cbir.report.readme`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from cbir.fileio import read_json, write_text
 from cbir.layout import Layout, across_files
 
 log = logging.getLogger("cbir")
-METRICS = (("p@10", "P@10"), ("map", "mAP"))
+#: the columns of a dataset, by its benchmark kind (``None``: class labels); ``(compact key, header)``
+METRICS = {None: (("p@10", "P@10"), ("map", "mAP")),
+           "pairs": (("micro_ap", "µAP"), ("recall@p0.9", "R@P90"), ("map", "mAP")),
+           "revisitop": (("m_map", "mAP M"), ("h_map", "mAP H")),
+           "ukbench": (("ns", "N-S"), ("map", "mAP")),
+           "groups": (("map", "mAP"),)}
+#: written by the curate stage beside a benchmark's manifest (:mod:`cbir.data.benchmarks`)
+JUDGEMENTS = "judgements.json"
 
 
 def _number(value) -> str:
@@ -36,12 +45,30 @@ def interval(entry: Mapping, key: str) -> str:
     return _number(entry[key]) + (f" [{_number(lo)}, {_number(hi)}]" if lo is not None and hi is not None else "")
 
 
+def columns(entry: Mapping) -> tuple:
+    """``(compact key, header)`` of a dataset's columns (its ``kind``)."""
+    return METRICS.get(entry.get("kind"), METRICS[None])
+
+
 def protocol_of(manifest_file: Path) -> dict:
-    """``{protocol, n_queries, n_database}`` of a curated manifest (what evaluate searched)."""
+    """``{protocol, n_queries, n_database}`` of a curated manifest (what evaluate searched), with ``kind`` and
+    ``n_without_reference`` (queries without a relevant database image) when a ``judgements.json`` is beside it."""
     manifest = read_manifest(manifest_file)
     queries, database, _ = split_indices(manifest)
     protocol = str(manifest["protocol"].iloc[0]) if len(manifest) else "?"
-    return {"protocol": protocol, "n_queries": int(len(queries)), "n_database": int(len(database))}
+    out = {"protocol": protocol, "n_queries": int(len(queries)), "n_database": int(len(database))}
+    judgements = Path(manifest_file).parent / JUDGEMENTS
+    if judgements.is_file():
+        try:
+            spec = read_json(judgements)
+        except (OSError, ValueError):
+            spec = None
+        entries = spec.get("queries") if isinstance(spec, Mapping) else None
+        if (not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries)
+                or spec.get("kind") not in METRICS or spec.get("kind") is None):
+            raise CbirError(f"{judgements} is not a judgements file; run `dvc repro curate@{manifest_file.parent.name}`")
+        out.update(kind=spec["kind"], n_without_reference=sum(1 for e in entries if not e.get("positives")))
+    return out
 
 
 def collect(root: Path, params: Mapping) -> dict[str, dict]:
@@ -64,18 +91,37 @@ def _methods(found: Mapping[str, dict]) -> list[str]:
     return methods
 
 
+#: what each kind of dataset is scored against, and how
+SCORING = {None: "relevant = same class; P@10, mAP",
+           "pairs": "copy detection: relevant = the image a query was made from; µAP and R@P90 (recall at "
+                    "precision 0.9) over the (query, top-k) pairs of all queries pooled by score, mAP over the "
+                    "queries with a reference",
+           "revisitop": "revisitop's Medium and Hard protocols, trapezoidal AP",
+           "ukbench": "the same object's 4 images; N-S (0–4, the query counted), mAP",
+           "groups": "the same group, the query itself ignored; mAP"}
+
+
 def protocol_line(ds: str, entry: Mapping) -> str:
-    name = {"leave_one_out": "leave-one-out (every image queries the others)",
-            "holdout": "held-out queries"}.get(entry.get("protocol"), str(entry.get("protocol")))
-    return f"`{ds}`: {name}, {entry.get('n_queries')} queries against {entry.get('n_database')} database images"
+    """``ds``: queries, database size and the scoring of one dataset."""
+    kind = entry.get("kind")
+    if kind:
+        absent = entry.get("n_without_reference")
+        queries = (f"{entry.get('n_queries')} benchmark queries"
+                   + (f" ({absent} without a reference in the database)" if absent else ""))
+    else:
+        name = {"leave_one_out": "leave-one-out (every image queries the others)",
+                "holdout": "held-out queries"}.get(entry.get("protocol"), str(entry.get("protocol")))
+        queries = f"{name}, {entry.get('n_queries')} queries"
+    return f"`{ds}`: {queries} against {entry.get('n_database')} database images; {SCORING.get(kind, SCORING[None])}"
 
 
 def markdown(found: Mapping[str, dict]) -> str:
     datasets = list(found)
-    head = "| method | " + " | ".join(f"{ds} {label}" for ds in datasets for _, label in METRICS) + " |"
-    lines = [head, "|---|" + "---|" * (2 * len(datasets))]
+    head = "| method | " + " | ".join(f"{ds} {label}" for ds in datasets for _, label in columns(found[ds])) + " |"
+    lines = [head, "|---|" + "---|" * sum(len(columns(found[ds])) for ds in datasets)]
     for method in _methods(found):
-        cells = [interval(found[ds]["metrics"].get(method) or {}, key) for ds in datasets for key, _ in METRICS]
+        cells = [interval(found[ds]["metrics"].get(method) or {}, key) for ds in datasets
+                 for key, _ in columns(found[ds])]
         lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
     notes = ["", "Mean over queries [95% percentile bootstrap interval]; per dataset:", ""]
     notes += [f"- {protocol_line(ds, found[ds])}" for ds in datasets]
@@ -85,15 +131,17 @@ def markdown(found: Mapping[str, dict]) -> str:
 def csv_text(found: Mapping[str, dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["method", "dataset", "protocol", "n_queries", "n_database",
-                     "p@10", "p@10_lo", "p@10_hi", "map", "map_lo", "map_hi"])
+    writer.writerow(["method", "dataset", "protocol", "n_queries", "n_database", "metric", "mean", "lo", "hi"])
     for method in _methods(found):
         for ds, entry in found.items():
             m = entry["metrics"].get(method)
             if not m:
                 continue
-            writer.writerow([method, ds, entry["protocol"], entry["n_queries"], entry["n_database"],
-                             *(m.get(k) for k in ("p@10", "p@10_lo", "p@10_hi", "map", "map_lo", "map_hi"))])
+            protocol = f"benchmark:{entry['kind']}" if entry.get("kind") else entry["protocol"]
+            for key, _ in columns(entry):
+                if m.get(key) is not None:
+                    writer.writerow([method, ds, protocol, entry["n_queries"], entry["n_database"], key,
+                                     m[key], m.get(f"{key}_lo"), m.get(f"{key}_hi")])
     return out.getvalue()
 
 
@@ -103,16 +151,20 @@ def _tex(text: str) -> str:
 
 def latex(found: Mapping[str, dict]) -> str:
     datasets = list(found)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "cc" * len(datasets) + "}",
+    widths = [len(columns(found[ds])) for ds in datasets]
+    labels = [label.replace("µ", r"$\mu$") for ds in datasets for _, label in columns(found[ds])]
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "c" * sum(widths) + "}",
              r"\toprule",
-             " & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{_tex(ds)}}}" for ds in datasets) + r" \\",
-             "Method & " + " & ".join(label for _ in datasets for _, label in METRICS) + r" \\", r"\midrule"]
+             " & " + " & ".join(rf"\multicolumn{{{w}}}{{c}}{{{_tex(ds)}}}" for ds, w in zip(datasets, widths)) + r" \\",
+             "Method & " + " & ".join(labels) + r" \\", r"\midrule"]
     for method in _methods(found):
-        cells = [interval(found[ds]["metrics"].get(method) or {}, key) for ds in datasets for key, _ in METRICS]
+        cells = [interval(found[ds]["metrics"].get(method) or {}, key) for ds in datasets
+                 for key, _ in columns(found[ds])]
         lines.append(_tex(method) + " & " + " & ".join(cells) + r" \\")
-    protocols = "; ".join(_tex(protocol_line(ds, found[ds]).replace("`", "")) for ds in datasets)
+    protocols = ". ".join(_tex(protocol_line(ds, found[ds]).replace("`", "")).replace("µ", r"$\mu$")
+                          for ds in datasets)
     lines += [r"\bottomrule", r"\end{tabular}",
-              rf"\caption{{P@10 and mAP per method and dataset, mean [95\% bootstrap interval]. {protocols}.}}",
+              rf"\caption{{Each dataset's metrics per method, mean [95\% bootstrap interval]. {protocols}.}}",
               r"\label{tab:across-datasets}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

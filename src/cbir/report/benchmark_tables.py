@@ -8,7 +8,9 @@
 
 Numbers are percentages (one decimal) as the papers print them, except N-S (two decimals). Each table is
 CSV (the numbers), Markdown and LaTeX (booktabs, the best value per column in bold, set to fit
-``\\textwidth`` with :func:`cbir.report.tables.to_latex`'s width model).
+``\\textwidth`` with :func:`cbir.report.tables.to_latex`'s width model). :func:`report_section` is the
+benchmark's section of ``reports/<ds>/report.md``: the same tables, copy detection's with 95% intervals and
+per family µAP, recall at precision 0.9 and mAP.
 """
 
 from __future__ import annotations
@@ -120,3 +122,55 @@ def write_benchmark_tables(folder: Path, dataset: str, metrics: Mapping[str, Map
         write_text(folder / f"{key}.tex", to_latex(latex, caption.replace("µ", r"$\mu$"), f"tab:{dataset}-{key}"))
         written += [folder / f"{key}.csv", folder / f"{key}.md", folder / f"{key}.tex"]
     return written
+
+
+def _pct(value, lo_hi=None) -> str:
+    """``76.7 [69.3, 83.7]`` (percent) or an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{100 * float(value):.1f}"
+    if lo_hi and lo_hi[0] is not None and lo_hi[1] is not None:
+        text += f" [{100 * float(lo_hi[0]):.1f}, {100 * float(lo_hi[1]):.1f}]"
+    return text
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] + ["--:"] * (len(head) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def pairs_section(metrics: Mapping[str, Mapping]) -> str:
+    """Copy detection's scores: overall with 95% intervals, then per transformation family (percent)."""
+    benches = {m: e.get("benchmark") or {} for m, e in metrics.items() if isinstance(e, Mapping)}
+    first = next(iter(benches.values()), {})
+    overall = [[f"`{m}`", _pct(b.get("micro_ap"), b.get("micro_ap_ci95")),
+                _pct(b.get("recall@p0.9"), b.get("recall@p0.9_ci95")),
+                _pct(metrics[m].get("map"), (metrics[m].get("ci95") or {}).get("map"))] for m, b in benches.items()]
+    families = sorted({f for b in benches.values() for f in (b.get("families") or {})})
+    counts = ", ".join(f"{f} {(first.get('families') or {}).get(f, {}).get('n_queries', '?')}" for f in families)
+    blocks = [f"Copy detection: a query's only relevant image is the database image it was made from; "
+              f"{first.get('n_positives', '?')} of the queries have one. µAP pools the (query, top-{first.get('top_k')}) "
+              "pairs of all queries by score (DISC21's micro-AP: a query without a reference adds only false "
+              "pairs); R@P90 is the recall at the score threshold that keeps precision at 0.9 or more; mAP is over "
+              "the queries with a reference. Percent, mean [95% bootstrap interval over queries; µAP and R@P90 "
+              "pool the pairs of each resample again].",
+              _table(["method", "µAP", "R@P90", "mAP"], overall),
+              f"Per transformation family (queries: {counts}; indicative, no intervals):"]
+    for key, label in (("micro_ap", "µAP"), ("recall@p0.9", "R@P90"), ("map", "mAP")):
+        rows = [[f"`{m}`", *(_pct(((b.get("families") or {}).get(f) or {}).get(key)) for f in families)]
+                for m, b in benches.items()]
+        blocks += [f"{label} (%) per family:", _table(["method", *families], rows)]
+    return "\n\n".join(blocks)
+
+
+def report_section(dataset: str, metrics: Mapping[str, Mapping]) -> str:
+    """The benchmark's section of the Markdown report (ending in a blank line), or ``""`` for class-level data."""
+    frames = benchmark_frames(dataset, metrics)
+    if not frames:
+        return ""
+    kind = sorted({(e.get("benchmark") or {}).get("kind") for e in metrics.values() if isinstance(e, Mapping)} - {None})[0]
+    body = pairs_section(metrics) if kind == "pairs" else "\n".join(
+        to_markdown(frame, caption) for frame, caption in frames.values()).strip()
+    files = ", ".join(f"`{name}`" for name in frames)
+    return (f"## Benchmark scores (`{dataset}`)\n\n{body}\n\nThe same numbers as tables: "
+            f"`reports/{dataset}/tables/` {files} (CSV, Markdown, LaTeX).\n\n")

@@ -1,6 +1,7 @@
-"""The README's generated results block: the table across datasets (methods x datasets, P@10 and mAP with
-95% intervals, each dataset's protocol stated under it; :mod:`cbir.report.across`), a link to each dataset's
-report, then a short summary (per dataset, the best deep and the best traditional method by P@10).
+"""The README's generated results block: the table across datasets (methods x datasets, each dataset's own
+metrics with 95% intervals: P@10 and mAP for class labels, µAP, R@P90 and mAP for copy detection; each
+dataset's protocol stated under it; :mod:`cbir.report.across`), a link to each dataset's report, then a short
+summary (per dataset, the best deep and the best traditional method by the dataset's first metric).
 
 Written by ``python -m cbir readme`` (``make repro`` runs it after ``dvc repro``), never by a DVC
 stage, so no stage writes an undeclared file.  The block sits between the
@@ -15,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from cbir.fileio import read_json, write_text
+from cbir.report.across import METRICS, columns, interval
 from cbir.report.across import markdown as across_markdown
-from cbir.report.markdown import cell
 from cbir.report.tables import best_by
 
 log = logging.getLogger("cbir")
@@ -57,38 +58,56 @@ def method_kinds(root: Path, dataset: str, metrics: dict) -> dict[str, str]:
     return kinds
 
 
-def summary_table(root: Path, datasets: dict[str, dict]) -> str:
-    """Per dataset, the best deep and the best traditional (handcrafted) method by P@10, with 95% CIs."""
-    lines = ["| dataset | best deep method | P@10 [95% CI] | best traditional method | P@10 [95% CI] |",
-             "|---|---|---|---|---|"]
+def summary_table(root: Path, datasets: dict[str, dict], found: dict[str, dict]) -> str:
+    """Per dataset, the best deep and the best traditional (handcrafted) method by the dataset's first metric
+    (P@10 for class labels, µAP for copy detection), with 95% CIs."""
+    lines = ["| dataset | by | best deep method | mean [95% CI] | best traditional method | mean [95% CI] |",
+             "|---|---|---|---|---|---|"]
     for dataset, metrics in datasets.items():
         kinds = method_kinds(root, dataset, metrics)
+        key, label = columns(found[dataset])[0]
+        compact = found[dataset]["metrics"]
         cells = []
         for kind in ("deep", "handcrafted"):
-            best = best_by(metrics, kinds, kind)
-            cells += [f"`{best}`", cell(metrics[best], "p@10")] if best else ["–", "–"]
-        lines.append(f"| `{dataset}` | " + " | ".join(cells) + " |")
+            best = best_by(compact, kinds, kind, key)
+            cells += [f"`{best}`", interval(compact[best], key)] if best else ["–", "–"]
+        lines.append(f"| `{dataset}` | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def compact_entry(entry: dict) -> dict:
-    """A full metrics entry (``key`` + ``ci95.key = [lo, hi]``) as a compact one (``key``, ``key_lo``, ``key_hi``)."""
+    """A full metrics entry (``key`` + ``ci95.key = [lo, hi]``, a benchmark's scores under ``benchmark``) as a
+    compact one (``key``, ``key_lo``, ``key_hi``); a compact entry keeps the keys of the table's columns."""
     out = {}
+    if not isinstance(entry, dict):
+        return out
     for key in ("p@10", "map"):
-        if isinstance(entry, dict) and key in entry:
+        if key in entry:
             out[key] = entry[key]
             lo_hi = (entry.get("ci95") or {}).get(key) or entry.get(f"{key}_lo") and \
                 [entry.get(f"{key}_lo"), entry.get(f"{key}_hi")]
             if lo_hi:
                 out[f"{key}_lo"], out[f"{key}_hi"] = lo_hi
+    bench = entry.get("benchmark")
+    if isinstance(bench, dict):
+        out.update(bench.get("compact") or {})
+    else:
+        keys = {f"{k}{end}" for cols in METRICS.values() for k, _ in cols for end in ("", "_lo", "_hi")}
+        out.update({k: v for k, v in entry.items() if k in keys and k not in out})
     return out
 
 
 def protocol_entry(metrics: dict) -> dict:
+    """``{protocol, n_queries, n_database}`` from the full metrics, with a benchmark's ``kind`` and its queries
+    without a reference (``n_without_reference``)."""
     entry = next(iter(metrics.values()), {}) if metrics else {}
     n_queries, n_database = entry.get("n_queries", "?"), entry.get("n_database", "?")
     loo = isinstance(n_queries, int) and isinstance(n_database, int) and n_queries == n_database + 1
-    return {"protocol": "leave_one_out" if loo else "holdout", "n_queries": n_queries, "n_database": n_database}
+    out = {"protocol": "leave_one_out" if loo else "holdout", "n_queries": n_queries, "n_database": n_database}
+    kind = (entry.get("benchmark") or {}).get("kind") if isinstance(entry.get("benchmark"), dict) else None
+    if kind in METRICS:
+        out.update(kind=kind, n_without_reference=entry.get("n_queries_without_relevant") or 0)
+    return out
 
 
 def experiment_datasets(root: Path) -> list[str]:
@@ -112,11 +131,13 @@ def results_block(root: str | Path) -> str:
         return "_No results yet: run `make repro`._"
     found = {ds: {"metrics": {m: compact_entry(e) for m, e in metrics.items()}, **protocol_entry(metrics)}
              for ds, metrics in datasets.items()}
-    blocks = ["Across datasets: P@10 and mAP per method (mean [95% CI]); the full tables, figures and tests are "
-              "in each dataset's report (" + ", ".join(f"[`{ds}`](reports/{ds}/report.md)" for ds in datasets)
+    shown = "; ".join(f"`{ds}` " + ", ".join(label for _, label in columns(entry)) for ds, entry in found.items())
+    blocks = [f"Across datasets, each in its own metrics ({shown}) per method (mean [95% CI]); the full tables, "
+              "figures and tests are in each dataset's report ("
+              + ", ".join(f"[`{ds}`](reports/{ds}/report.md)" for ds in datasets)
               + "), the same table as CSV and LaTeX in `reports/datasets.csv` / `.tex`.\n\n" + across_markdown(found)]
-    blocks.append("Best per dataset: the best deep and the best traditional method by P@10 (mean [95% CI]):\n\n"
-                  + summary_table(Path(root), datasets))
+    blocks.append("Best per dataset: the best deep and the best traditional method by the dataset's first metric "
+                  "(mean [95% CI]):\n\n" + summary_table(Path(root), datasets, found))
     return "\n\n".join(blocks)
 
 
