@@ -46,8 +46,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cbir.data.images import open_rgb  # noqa: E402
+from cbir.data.images import MAX_PIXELS, open_rgb  # noqa: E402
 from cbir.data.synthetic import generate  # noqa: E402
+from cbir.features.handcrafted import build_descriptor, descriptor_node  # noqa: E402
 
 if __name__ == "__main__":
     # torch, torchvision and OpenVINO only in the benchmark process itself: the traditional methods' worker
@@ -70,13 +71,13 @@ if __name__ == "__main__":
 #: FLOPs per cycle per core at the widest fp32 / bf16 unit (2 FMA pipes; AMX: Intel's 1,024 bf16 FMA per cycle)
 FLOPS_PER_CYCLE = {"fp32": {"avx512": 64, "avx2": 32, "amx": 64}, "bf16": {"amx": 2048, "avx512": 128}}
 TORCH_THREADS = os.cpu_count() or 1  # torch's default: one thread per core
-HANDCRAFTED = {"hsv_hist": {"descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
-               "color_moments": {"descriptor": "color_moments"},
-               "correlogram": {"descriptor": "color_autocorrelogram"},
-               "lbp": {"descriptor": "lbp_histogram"}, "glcm": {"descriptor": "glcm_stats"},
-               "hog": {"descriptor": "hog_descriptor"},
-               "fusion": {"descriptor": "fusion", "params": {"members": {"hsv_histogram": {"bins": [8, 4, 4]},
-                                                                         "lbp_histogram": {}, "hog_descriptor": {}}}}}
+HANDCRAFTED = {"hsv_hist": {"descriptor": descriptor_node("hsv_histogram", {"bins": [8, 4, 4]})},
+               "color_moments": {"descriptor": descriptor_node("color_moments")},
+               "correlogram": {"descriptor": descriptor_node("color_autocorrelogram")},
+               "lbp": {"descriptor": descriptor_node("lbp_histogram")}, "glcm": {"descriptor": descriptor_node("glcm_stats")},
+               "hog": {"descriptor": descriptor_node("hog_descriptor")},
+               "fusion": {"descriptor": descriptor_node("fusion", {"members": {"hsv_histogram": {"bins": [8, 4, 4]},
+                                                                         "lbp_histogram": {}, "hog_descriptor": {}}})}}
 
 
 def images(folder: Path, n: int, size: int) -> list[Path]:
@@ -228,7 +229,8 @@ def bench_handcrafted(paths, rounds: int) -> list[dict]:
 
     results = []
     for name, cfg in HANDCRAFTED.items():
-        method = HandcraftedMethod(name=name, config={"kind": "handcrafted", **cfg}, max_pixels=40_000_000)
+        method = HandcraftedMethod(name=name, config={"kind": "handcrafted", **cfg},
+                                   descriptor=build_descriptor(cfg["descriptor"]), max_pixels=MAX_PIXELS)
         out = np.zeros((len(paths), method.dim), np.float32)
         rates = {"one_process": [], "default_workers": []}
         for _ in range(rounds):

@@ -15,9 +15,10 @@ from PIL import Image
 
 from cbir.config import compose_yaml, select_dataset
 from cbir.stages import curate, download, evaluate, extract, retrieve
+from cbir.features.handcrafted import descriptor_node
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = {"kind": "handcrafted", "descriptor": "color_moments", "params": {}}
+METHOD = {"kind": "handcrafted", "descriptor": descriptor_node("color_moments", {})}
 
 
 def bench_params(dataset: str, *overrides: str) -> dict:

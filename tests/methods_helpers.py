@@ -6,13 +6,32 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from cbir.data.images import MAX_PIXELS
 from cbir.features.methods import build_method
+
+REPO = Path(__file__).resolve().parents[1]
+#: the sections building a method reads beyond its own config; their values default to conf/'s
+SHARED = ("device", "curate", "extract")
+
+
+def with_defaults(params: dict) -> dict:
+    """``params`` over the composed ``params.yaml``'s shared sections (conf/ holds every default), each
+    section merged key by key, so a test names only the values it is about."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    merged = dict(params)
+    for key in SHARED:
+        if isinstance(base[key], dict):
+            merged[key] = {**base[key], **(params.get(key) or {})}
+        else:
+            merged.setdefault(key, base[key])
+    return merged
 
 
 def extract_rows(paths, method_cfg, params=None, root=".", name="m"):
     """``(features [N, D], run info)`` of ``method_cfg`` for ``paths`` (no decoding worker, no progress bar)."""
-    params = {**(params or {}), "methods": {name: dict(method_cfg)}}
+    params = with_defaults({**(params or {}), "methods": {name: dict(method_cfg)}})
     method = build_method(name, params, root, n_images=len(paths))
     out = np.empty((len(paths), method.dim), dtype=np.float32)
     info = method.extract(list(paths), out, progress=False, num_workers=0)
@@ -30,11 +49,11 @@ def real_images(n: int = 12) -> list[Path]:
 
 
 def params_for(weights, runtime="openvino", precision="fp32", image_size=96):
-    return {
+    return with_defaults({
         "device": "cpu",
-        "curate": {"max_pixels": 40_000_000},
+        "curate": {"max_pixels": MAX_PIXELS},
         "extract": {"compile": False, "runtime": runtime, "precision": precision},
         "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights),
                                        "allow_unverified": True,  # a random network: nothing to verify
                                        "image_size": image_size, "batch_size": 5}},
-    }
+    })

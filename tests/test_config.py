@@ -9,7 +9,7 @@ import yaml
 
 from cbir.config import compose_yaml, load_params, method_config, write_params
 from cbir.errors import CbirError
-from cbir.features.handcrafted import descriptor_module
+from cbir.features.handcrafted import FUSION_TARGET, builtin_name, descriptor_module
 
 
 def test_params_yaml_matches_conf(repo_root):
@@ -41,7 +41,8 @@ def test_every_option_of_every_group_composes(repo_root, group):
 
 
 def test_every_method_file_composes_and_names_its_dependency(repo_root):
-    """Adding a method is adding a config file: each one composes into an experiment with `+method@...`."""
+    """Adding a method is adding a config file: each one composes into an experiment with `+method@...`;
+    a deep method's requires comes from conf/method_base/deep.yaml, its weights by interpolation."""
     backbones = set(_options(repo_root, "backbone"))
     paper = yaml.safe_load(compose_yaml(repo_root / "conf", ["experiment=paper"]))
     for option in _options(repo_root, "method"):
@@ -52,18 +53,29 @@ def test_every_method_file_composes_and_names_its_dependency(repo_root):
             overrides.append(f"+method@methods.{option}={option}")
         if method["kind"] == "deep":
             assert method["backbone"] in backbones, f"{option}: no conf/backbone/{method['backbone']}.yaml"
-            assert method["requires"] == {"code": "src/cbir/features/cnn", "data": f"models/{method['backbone']}.pt"}
+            assert "requires" not in method, f"{option}: requires comes from conf/method_base/deep.yaml"
+            method["requires"] = {"code": "src/cbir/features/cnn", "data": f"models/{method['backbone']}.pt"}
             if method["backbone"] not in paper["backbones"]:
                 overrides.append(f"+backbone@backbones.{method['backbone']}={method['backbone']}")
-        elif method["descriptor"] == "fusion":
+        elif method["descriptor"]["_target_"] == FUSION_TARGET:
             assert method["requires"]["code"] == "src/cbir/features/handcrafted"
         else:  # the descriptor's own module, so editing it reruns only its stages
-            assert method["requires"]["code"] == descriptor_module(method["descriptor"])
+            name = builtin_name(method["descriptor"]["_target_"])
+            assert method["requires"]["code"] == descriptor_module(name)
             assert (repo_root / method["requires"]["code"]).is_file()
         cfg = yaml.safe_load(compose_yaml(repo_root / "conf", overrides))
         assert cfg["methods"][option] == method
         # its own search settings entry (empty by default): retrieve of this method depends on it alone
         assert option in cfg["retrieval"]["per_method"], f"{option}: no retrieval.per_method.{option} default"
+
+
+def test_a_deep_methods_weights_follow_its_backbone_by_interpolation(repo_root):
+    cfg = yaml.safe_load(compose_yaml(repo_root / "conf", ["methods.mobilenet_v2-gap.backbone=efficientnet_lite0"]))
+    assert cfg["methods"]["mobilenet_v2-gap"]["requires"] == {"code": "src/cbir/features/cnn",
+                                                              "data": "models/efficientnet_lite0.pt"}
+    committed = load_params(repo_root)
+    deep = {n: m for n, m in committed["methods"].items() if m["kind"] == "deep"}
+    assert deep and all(m["requires"]["data"] == f"models/{m['backbone']}.pt" for m in deep.values())
 
 
 def test_default_experiment_has_deep_and_traditional_methods(repo_root):
@@ -190,7 +202,7 @@ def test_keys_other_parts_add_are_accepted_and_params_stay_free_form(tmp_path):
         "figures": {"methods": ["a", "b"], "width": 7.5, "font_size": None},
         "backbones": {"b": {"arch": "resnet50", "source": "file", "file": "x.pt", "allow_unverified": True,
                             "weights": None}},
-        "methods": {"mine": {"kind": "handcrafted", "_target_": "pkg.mod:fn", "params": {"anything": [1, {"x": 2}]},
+        "methods": {"mine": {"kind": "handcrafted", "descriptor": {"_target_": "pkg.mod.fn", "anything": [1, {"x": 2}]},
                              "search": {"rerank": "aqe"}, "requires": {"code": "src/x.py", "data": None}},
                     "pre": {"kind": "precomputed", "file": "features.npy"}},
         "serve": {"max_query_pixels": 1000, "max_concurrent": 1, "queue_timeout_s": 0, "request_timeout_s": 2.5},

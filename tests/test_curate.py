@@ -28,7 +28,7 @@ from cbir.data.curate import (
     pixel_hash,
     split_settings,
 )
-from cbir.data.images import load_rgb
+from cbir.data.images import MAX_PIXELS, load_rgb
 from cbir.data.manifest import MANIFEST_COLUMNS, read_manifest
 from cbir.data.sources import fetch, read_idx
 from cbir.errors import CbirError
@@ -36,7 +36,7 @@ from cbir.fileio import sha256_file
 from cbir.stages.curate import run as run_curate
 from cbir.stages.download import run as run_download
 
-CURATE = {"min_side": 16, "max_pixels": 40_000_000, "min_per_class": 3, "dedupe": True}
+CURATE = {"min_side": 16, "max_pixels": MAX_PIXELS, "min_per_class": 3, "dedupe": True}
 HOLDOUT = {"protocol": "holdout", "queries_per_class": 1, "query_fraction": None, "seed": 0}
 
 

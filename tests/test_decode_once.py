@@ -21,6 +21,7 @@ from cbir.features.handcrafted import (
     working_side,
 )
 from cbir.features.handcrafted import colour_moments, common, correlogram
+from cbir.features.handcrafted import descriptor_node
 
 
 def photo(rng, shape=(600, 420)) -> np.ndarray:
@@ -65,12 +66,12 @@ def test_working_sides():
     assert working_side("lbp_histogram", {"max_side": None}) is None
     assert working_side("hog_descriptor") == 256 and working_side("hog_descriptor", {"size": [64, 96]}) == 192
     assert working_side("my.module:fn") is None
-    fusion = {"descriptor": "fusion", "params": {"members": {"hsv_histogram": {"max_side": 100},
-                                                             "hog_descriptor": {"size": 64}}}}
+    fusion = descriptor_node("fusion", {"members": {"hsv_histogram": {"max_side": 100},
+                                                    "hog_descriptor": {"size": 64}}})
     assert config_working_side(fusion) == 128
-    fusion["params"]["members"]["lbp_histogram"] = {"max_side": None}
+    fusion["members"]["lbp_histogram"] = {"max_side": None}
     assert config_working_side(fusion) is None
-    assert config_working_side({"_target_": "x:y"}) is None
+    assert config_working_side({"_target_": "examples.my_descriptor.descriptor.colour_layout"}) is None
 
 
 def test_decoding_at_the_working_size_equals_shrinking_the_full_image(tmp_path):
@@ -98,7 +99,7 @@ def test_workers_give_the_rows_of_one_process_and_a_bad_file_is_one_line(tmp_pat
     for i in range(10):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(photo(rng, (80 + 7 * i, 60))).save(paths[-1])
-    cfg = {"descriptor": "fusion", "params": {"members": {"hsv_histogram": {}, "hog_descriptor": {}}}}
+    cfg = descriptor_node("fusion", {"members": {"hsv_histogram": {}, "hog_descriptor": {}}})
     dim = describe_config(cfg, np.zeros((32, 32, 3), np.uint8)).shape[0]
     one, two = np.zeros((10, dim), np.float32), np.zeros((10, dim), np.float32)
     describe_files(cfg, paths, one, 10**7, num_workers=0, progress=False)

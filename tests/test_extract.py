@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from methods_helpers import extract_rows
+from methods_helpers import extract_rows, with_defaults
 
 from cbir.errors import CbirError
 from cbir.features.cnn import runtime as deep
@@ -21,6 +21,7 @@ from cbir.features.cnn.runtime import (
 from cbir.fileio import sha256_file
 from cbir.stages.extract import run as run_extract
 from cbir.stages.weights import run as run_weights
+from cbir.features.handcrafted import descriptor_node
 
 
 def _setup(tmp_path, images, weights_file):
@@ -32,7 +33,7 @@ def _setup(tmp_path, images, weights_file):
     out = tmp_path / "data" / "curated" / "toy"
     out.mkdir(parents=True)
     manifest.to_csv(out / "manifest.csv", index=False)
-    params = {
+    params = with_defaults({
         "device": "cpu",
         "dataset": {"name": "toy"},
         "curate": {"max_pixels": 1_000_000},
@@ -44,9 +45,9 @@ def _setup(tmp_path, images, weights_file):
             "mobilenet_v2-gap": {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap"},
             "mobilenet_v2-gem": {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gem",
                                  "pooling_params": {"p": 3.0}},
-            "hsv_hist": {"kind": "handcrafted", "descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
+            "hsv_hist": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {"bins": [8, 4, 4]})},
         },
-    }
+    })
     run_weights(params, "mobilenet_v2", tmp_path)
     return params, manifest
 
@@ -76,8 +77,7 @@ def test_rows_follow_manifest_order_and_batching_does_not_matter(tmp_path, colou
 
 
 def test_colour_histogram_separates_red_from_blue(tmp_path, colour_images):
-    feats, _ = extract_rows(colour_images, {"kind": "handcrafted", "descriptor": "hsv_histogram",
-                                            "params": {"bins": [8, 4, 4]}})
+    feats, _ = extract_rows(colour_images, {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {"bins": [8, 4, 4]})})
     sims = feats @ feats.T
     assert sims[0, 1] > sims[0, 4] and sims[3, 4] > sims[3, 0]
 
@@ -125,28 +125,28 @@ def test_loader_batches(colour_images):
 
 def test_fusion_method_is_weighted_mean_of_member_cosines(tmp_path, colour_images):
     from cbir.data.images import load_rgb
-    from cbir.features.methods import describe_config
+    from cbir.features.handcrafted import describe_config
 
     members = {"hsv_histogram": {"bins": [8, 4, 4]}, "lbp_histogram": {}}
-    cfg = {"descriptor": "fusion", "params": {"members": members, "weights": {"hsv_histogram": 3.0}}}
+    cfg = descriptor_node("fusion", {"members": members, "weights": {"hsv_histogram": 3.0}})
     a, b = load_rgb(colour_images[0]), load_rgb(colour_images[4])
 
     def cos(name, params):
-        single = {"descriptor": name, "params": params}
+        single = descriptor_node(name, params)
         x, y = describe_config(single, a), describe_config(single, b)
         return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
     expected = (3.0 * cos("hsv_histogram", members["hsv_histogram"]) + 1.0 * cos("lbp_histogram", {})) / 4.0
     fa, fb = describe_config(cfg, a), describe_config(cfg, b)
     assert float(fa @ fb) == pytest.approx(expected, abs=1e-5)
-    with pytest.raises(CbirError, match="params.members"):
-        describe_config({"descriptor": "fusion", "params": {}}, a)
+    with pytest.raises(CbirError, match="descriptor.members"):
+        describe_config(descriptor_node("fusion"), a)
 
 
 def test_multiscale_and_whitening_through_the_stage(tmp_path, colour_images, random_mobilenet_file):
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
     params["methods"]["ms"] = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap", "scales": [1.0, 0.75]}
-    params["methods"]["w"] = {"kind": "handcrafted", "descriptor": "hsv_histogram", "whiten": {"dim": 3}}
+    params["methods"]["w"] = {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram"), "whiten": {"dim": 3}}
     run_extract(params, "ms", tmp_path)
     single_scale = dict(params["methods"]["mobilenet_v2-gap"])
     paths = [tmp_path / p for p in manifest["path"]]
@@ -165,7 +165,7 @@ def test_embedder_reproduces_the_stage_rows(tmp_path, colour_images, random_mobi
     from cbir.data.images import open_rgb
 
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
-    params["methods"]["w"] = {"kind": "handcrafted", "descriptor": "hsv_histogram", "whiten": {"dim": 2}}
+    params["methods"]["w"] = {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram"), "whiten": {"dim": 2}}
     for method in ("mobilenet_v2-gap", "hsv_hist", "w"):
         run_extract(params, method, tmp_path)
         rows = np.load(tmp_path / "data" / "features" / "toy" / f"{method}.npy")

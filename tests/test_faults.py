@@ -82,7 +82,7 @@ if __name__ == "__main__":
 
 def params_for(**split) -> dict:
     params = json.loads(json.dumps(SMALL_PARAMS))
-    params["extract"] = {"num_workers": 2}  # worker processes, so a kill can orphan them
+    params["extract"] = {**params["extract"], "num_workers": 2}  # worker processes, so a kill can orphan them
     params["retrieval"]["per_method"] = {"hsv_hist": {"index": "faiss-hnsw", "faiss": {"M": 8, "efSearch": 16}}}
     params["split"].update(split)
     return params

@@ -16,21 +16,24 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cbir.data.images import MAX_PIXELS
 from cbir.errors import CbirError
 from cbir.fileio import read_json
+from cbir.features.handcrafted import descriptor_node
+from methods_helpers import with_defaults
 
-SMALL_PARAMS = {
+SMALL_PARAMS = with_defaults({
     "seed": 0,
     "dataset": {"name": "syn", "source": "synthetic", "n_classes": 4, "per_class": 8, "size": 32, "seed": 0},
-    "curate": {"min_side": 8, "max_pixels": 40_000_000, "min_per_class": 3, "dedupe": True},
+    "curate": {"min_side": 8, "max_pixels": MAX_PIXELS, "min_per_class": 3, "dedupe": True},
     "split": {"protocol": "holdout", "queries_per_class": 2, "query_fraction": None, "seed": 0},
-    "methods": {"hsv_hist": {"kind": "handcrafted", "descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}},
-                "color_moments": {"kind": "handcrafted", "descriptor": "color_moments", "params": {}}},
+    "methods": {"hsv_hist": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {"bins": [8, 4, 4]})},
+                "color_moments": {"kind": "handcrafted", "descriptor": descriptor_node("color_moments", {})}},
     "retrieval": {"k": 5, "block_size": 1024, "index": "exact"},
     "evaluation": {"ks": [1, 5, 10], "n_bootstrap": 100, "seed": 0, "n_permutations": 200, "baseline": "hsv_hist"},
     "figures": {"n_queries": 2, "seed": 0, "thumb_size": 24, "dpi": 40, "n_pairs": 3, "n_examples": 2,
                 "tsne_max_points": 32},
-}
+})
 
 
 def small_run(root: Path, params: dict | None = None, figures: bool = True) -> dict:

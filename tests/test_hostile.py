@@ -32,6 +32,8 @@ from cbir.data.sources import display_name, fetch
 from cbir.errors import CbirError
 from cbir.stages.curate import run as run_curate
 from cbir.stages.extract import run as run_extract
+from cbir.features.handcrafted import descriptor_node
+from methods_helpers import with_defaults
 
 B = os.fsdecode  # a file name from raw bytes (not UTF-8 ones survive as surrogates)
 
@@ -276,8 +278,8 @@ def test_large_jpeg_is_decoded_at_reduced_size_and_the_budget_is_read_from_the_h
 def web(hostile):
     """A server over the curated hostile corpus with one handcrafted method (no weights needed)."""
     root = hostile["root"]
-    params = {**hostile["params"], "device": "cpu", "retrieval": {"k": 5, "block_size": 4, "index": "exact"},
-              "methods": {"hsv": {"kind": "handcrafted", "descriptor": "hsv_histogram", "params": {}}},
+    params = {**with_defaults(hostile["params"]), "device": "cpu", "retrieval": {"k": 5, "block_size": 4, "index": "exact"},
+              "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {})}},
               "serve": {"max_query_pixels": 12_000_000}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_extract(params, "hsv", root)

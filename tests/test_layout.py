@@ -17,6 +17,10 @@ from cbir.errors import CbirError
 from cbir.data.manifest import read_manifest
 from cbir.layout import METHOD_FIGURES, PLOT_TABLES, SUMMARY_FIGURES, Layout, weights_file
 from cbir.stages import curate, download, evaluate, extract, retrieve
+from methods_helpers import with_defaults
+
+from cbir.data.images import MAX_PIXELS
+from cbir.features.handcrafted import descriptor_node
 
 
 def _resolved_stages(repo_root: Path) -> dict[str, dict[str, set[str]]]:
@@ -114,13 +118,13 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
             pixels = np.clip(np.array(rgb) + rng.integers(-30, 30, (40, 40, 3)), 0, 255).astype("uint8")
             (source / label).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(source / label / f"{i}.png")
-    params = {"seed": 0, "device": "cpu",
+    params = {"seed": 0, "device": "cpu", "extract": with_defaults({})["extract"],
               "dataset": {"name": "odd", "source": "folder", "folder": str(source)},
-              "curate": {"min_side": 8, "min_per_class": 2, "dedupe": False},
+              "curate": {"min_side": 8, "min_per_class": 2, "dedupe": False, "max_pixels": MAX_PIXELS},
               "split": {"protocol": "holdout", "queries_per_class": 1, "seed": 0},
               "retrieval": {"k": 3, "block_size": 8, "index": "exact"},
               "evaluation": {"ks": [1, 3], "n_bootstrap": 20, "n_permutations": 20, "seed": 0, "baseline": None},
-              "methods": {"hsv": {"kind": "handcrafted", "descriptor": "hsv_histogram"}}}
+              "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram")}}}
     download.run(params, tmp_path)
     curate.run(params, tmp_path)
     extract.run(params, "hsv", tmp_path)

@@ -203,6 +203,7 @@ def test_prefetched_keeps_the_order_and_raises_at_the_failing_item():
 
 
 def test_a_factory_trunk_is_built_at_once_and_a_bad_one_is_one_clear_line(random_mobilenet_file, root):
-    params = {**params_for(random_mobilenet_file), "methods": {"m": {"kind": "deep", "_target_": "builtins:dict"}}}
-    with pytest.raises(CbirError, match="backbone factory 'builtins:dict' returned dict, not a torch.nn.Module"):
+    params = {**params_for(random_mobilenet_file), "methods": {"m": {
+        "kind": "deep", "trunk": {"_target_": "builtins.dict"}, "pooling": "gap", "image_size": 32, "batch_size": 2}}}
+    with pytest.raises(CbirError, match=r"methods\.m\.trunk: 'builtins\.dict' returned dict, not a torch\.nn\.Module"):
         build_method("m", params, root)

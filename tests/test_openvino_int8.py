@@ -116,7 +116,7 @@ def test_int8_descriptors_stay_near_fp32_and_a_query_lands_on_its_database_row(p
 def test_int8_needs_a_calibration_setting_and_a_manifest(project, tmp_path):
     root, params = project
     no_setting = {**params, "extract": {k: v for k, v in params["extract"].items() if k != "calibration"}}
-    with pytest.raises(CbirError, match=r"extract.precision=int8 needs extract.calibration"):
+    with pytest.raises(CbirError, match=r"params.yaml: extract.calibration is missing"):
         build_method("m", no_setting, root)
     (tmp_path / "models").symlink_to(root / "models")  # weights, but no curated manifest
     with pytest.raises(CbirError, match="manifest not found"):

@@ -25,13 +25,15 @@ from cbir.app.engine import (
 )
 from cbir.app.output import format_table
 from cbir.cli import add_query_parsers
-from cbir.data.images import ImageError
+from cbir.data.images import MAX_PIXELS, ImageError
 from cbir.data.manifest import database_rows
 from cbir.errors import CbirError
 from cbir.features.handcrafted import describe
 from cbir.fileio import sha256_file
 from cbir.stages.extract import run as run_extract
 from cbir.stages.weights import run as run_weights
+from methods_helpers import with_defaults
+from cbir.features.handcrafted import descriptor_node
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 40, 200)}
 PER_CLASS = 6
@@ -55,7 +57,7 @@ def serving_root(root: Path, weights_file: Path, **serve) -> Path:
 
     build_pipeline_state(root, weights_file)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["curate"]["max_pixels"] = 40_000_000
+    params["curate"]["max_pixels"] = MAX_PIXELS
     params["serve"] = dict(serve)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
@@ -78,20 +80,20 @@ def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdou
     out = root / "data" / "curated" / "toy"
     out.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(out / "manifest.csv", index=False)
-    hsv = {"kind": "handcrafted", "descriptor": "hsv_histogram", "params": {"bins": [8, 4, 4]}}
+    hsv = {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {"bins": [8, 4, 4]})}
     params = {
         "seed": 0, "device": "cpu",
         "dataset": {"name": "toy", "source": "folder"},
         "curate": {"min_side": 8, "max_pixels": 1_000_000},
         "split": {"protocol": protocol},
         "retrieval": {"k": 10, "block_size": 4, "index": "exact"},
-        "extract": {"compile": False},
+        "extract": {**with_defaults({})["extract"], "compile": False},
         "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "file": str(weights_file),
                                        "allow_unverified": True,  # a random network: nothing to verify
                                        "image_size": 64, "batch_size": 8}},
         "methods": {"hsv_hist": hsv,
                     "mobilenet_v2-gap": {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap"},
-                    "hsv_unbuilt": {**hsv, "params": {"bins": [4, 4, 4]}}},
+                    "hsv_unbuilt": {**hsv, "descriptor": descriptor_node("hsv_histogram", {"bins": [4, 4, 4]})}},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_weights(params, "mobilenet_v2", root)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from methods_helpers import extract_rows
+from methods_helpers import with_defaults, extract_rows
 from PIL import Image
 
 from cbir.errors import CbirError
@@ -29,12 +29,13 @@ from cbir.features.ray_engine import (
 from cbir.fileio import sha256_file
 from cbir.stages.extract import run as run_extract
 from cbir.stages.weights import run as run_weights
+from cbir.features.handcrafted import descriptor_node
 
 # Ray Data's own configuration warns about its deprecated options on first use.
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning")
 
 DEEP = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gem", "pooling_params": {"p": 3.0}}
-HOG = {"kind": "handcrafted", "descriptor": "hog_descriptor", "params": {"size": 32, "pixels_per_cell": 8}}
+HOG = {"kind": "handcrafted", "descriptor": descriptor_node("hog_descriptor", {"size": 32, "pixels_per_cell": 8})}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def workspace(tmp_path_factory, random_mobilenet_file):
     curated = root / "data" / "curated" / "toy"
     curated.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(curated / "manifest.csv", index=False)
-    params = {
+    params = with_defaults({
         "device": "cpu",
         "dataset": {"name": "toy"},
         "curate": {"max_pixels": 1_000_000},
@@ -76,7 +77,7 @@ def workspace(tmp_path_factory, random_mobilenet_file):
                                        "image_size": 64, "batch_size": 4}},
         "methods": {"mnv2-gem": DEEP, "hog": HOG},
         "extract": {"engine": "ray", "compile": False, "ray": {"num_actors": None, "batch_size": 3}},
-    }
+    })
     run_weights(params, "mobilenet_v2", root)
     return root, params, [root / r["path"] for r in rows]
 

@@ -138,7 +138,7 @@ def test_corel1k_from_local_tar(tmp_path, caplog):
 def test_corel1k_pinned_sha_mismatch(tmp_path):
     archive = corel_tar(tmp_path / "test1.tar")
     with pytest.raises(CbirError) as info:
-        fetch({"source": "corel1k", "archive": str(archive), "sha256": "a" * 64}, tmp_path / "raw")
+        fetch({"source": "corel1k", "name": "corel1k", "archive": str(archive), "sha256": "a" * 64}, tmp_path / "raw")
     assert "a" * 64 in str(info.value) and hashlib.sha256(archive.read_bytes()).hexdigest() in str(info.value)
     assert not (tmp_path / "raw").exists()
 
@@ -148,7 +148,7 @@ def test_corel1k_from_folder(tmp_path):
     folder.mkdir()
     for i in (5, 205):
         (folder / f"{i}.jpg").write_bytes(_jpeg_bytes(i))
-    provenance = fetch({"source": "corel1k", "folder": str(folder)}, tmp_path / "raw")
+    provenance = fetch({"source": "corel1k", "name": "corel1k", "folder": str(folder)}, tmp_path / "raw")
     assert provenance["n_images"] == 2 and list_files(tmp_path / "raw") == ["205.jpg", "5.jpg", "_source.json"]
 
 
@@ -158,7 +158,7 @@ def test_corel1k_archive_without_corel_images(tmp_path):
         info = tarfile.TarInfo("readme.txt")
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(CbirError, match=r"no Corel-1K images \(0.jpg … 999.jpg\) found"):
-        fetch({"source": "corel1k", "archive": str(archive)}, tmp_path / "raw")
+        fetch({"source": "corel1k", "name": "corel1k", "archive": str(archive)}, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 
@@ -174,7 +174,7 @@ def test_corel1k_offline_error_is_one_line(tmp_path):
     assert "dataset.archive=" in message and "dataset.folder=" in message
     assert not (tmp_path / "raw").exists()
     with pytest.raises(CbirError, match="no dataset.urls and no local copy configured.*dataset.archive="):
-        fetch({"source": "corel1k", "urls": []}, tmp_path / "raw")
+        fetch({"source": "corel1k", "name": "corel1k", "urls": []}, tmp_path / "raw")
 
 
 def test_corel1k_download_from_local_server(tmp_path):

@@ -14,6 +14,7 @@ import yaml
 from cbir.errors import CbirError
 from cbir.fileio import write_text
 from cbir.schema import validate
+from cbir.settings import method_mapping
 
 CONF_DIR = "conf"
 PARAMS_FILE = "params.yaml"
@@ -131,15 +132,5 @@ def dataset_config(params: Mapping) -> dict:
 
 
 def method_config(params: Mapping, name: str) -> dict:
-    """``params['methods'][name]`` as a dict; an unknown name lists the known ones."""
-    methods = params.get("methods") or {}
-    if not isinstance(methods, Mapping):
-        raise CbirError(f"params.yaml: methods must be a mapping of name -> method config, got {methods!r}: "
-                        "regenerate params.yaml with `python -m cbir params`")
-    if name not in methods:
-        known = ", ".join(sorted(methods)) or "none"
-        raise CbirError(f"method {name!r} is not in params.yaml (known: {known})")
-    cfg = methods[name]
-    if not isinstance(cfg, Mapping):
-        raise CbirError(f"params.yaml: methods.{name} must be a mapping (kind, ...), got {cfg!r}")
-    return dict(cfg)
+    """``params['methods'][name]`` as a dict (the typed view is :class:`cbir.settings.Method`)."""
+    return dict(method_mapping(params, name))

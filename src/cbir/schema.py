@@ -135,17 +135,38 @@ EXTRACT = {"engine": one_of("local", "ray"), "num_workers": integer(0, 256).or_n
 BACKBONE = {"arch": STRING, "source": STRING, "package": STRING.or_null, "version": STRING.or_null,
             "member": STRING.or_null, "sha256": SHA256.or_null, "file": STRING.or_null, "url": STRING.or_null,
             "image_size": integer(16, 4096), "batch_size": integer(1, 4096), "allow_unverified": BOOL,
-            "weights": STRING.or_null, "format": one_of("torch", "flax_vgg16"), "_target_": STRING,
-            "params": ANY_MAPPING}
+            "weights": STRING.or_null, "format": one_of("torch", "flax_vgg16")}
 REQUIRES = Rule("a path or a list of paths",
                 lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)), True)
+#: a Hydra node: ``_target_`` (dotted, as ``hydra.utils.instantiate`` imports it) and its arguments beside it
+NODE = Rule("a mapping {_target_: package.module.function, <argument>: <value>, ...}",
+            lambda v: isinstance(v, Mapping) and isinstance(v.get("_target_"), str)
+            and re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", v["_target_"]) is not None)
 METHOD = {"kind": one_of("deep", "handcrafted", "precomputed"), "backbone": NAME, "pooling": STRING,
-          "pooling_params": ANY_MAPPING, "descriptor": STRING, "params": ANY_MAPPING, "_target_": STRING,
-          "file": STRING, "requires": {"code": REQUIRES, "data": REQUIRES}, "search": ANY_MAPPING,
+          "pooling_params": ANY_MAPPING, "descriptor": NODE, "trunk": NODE, "file": STRING, "requires": {"code": REQUIRES, "data": REQUIRES}, "search": ANY_MAPPING,
           "rerank": ANY_MAPPING.or_null, "whiten": Rule("a mapping, true, false or null",
                                                        lambda v: isinstance(v, (Mapping, bool)), True),
           "scales": list_of(number(0, open_lo=True), 1).or_null, "image_size": integer(16, 4096),
           "batch_size": integer(1, 4096)}
+UPDATE = "see docs/methods.md"
+
+
+def old_method_form(entry: Mapping) -> str | None:
+    """How to rewrite a method in the old form (``None``: it is in the current form)."""
+    from_name = entry.get("descriptor")
+    if isinstance(from_name, str) or ("params" in entry and entry.get("kind") != "deep"):
+        name = from_name if isinstance(from_name, str) else entry.get("_target_", "<name>")
+        target = {"fusion": "cbir.features.handcrafted.fusion"}.get(name, str(name).replace(":", "."))
+        return (f"uses the old form (descriptor: {name} with params:): write descriptor: {{_target_: "
+                f"{target if '.' in target else 'package.module.' + target}, <argument>: <value>}}, the "
+                f"arguments beside _target_ (built-ins: cbir.features.handcrafted.<module>.<function>; {UPDATE})")
+    if "_target_" in entry:
+        key = "trunk" if entry.get("kind") == "deep" else "descriptor"
+        return (f"uses the old form (_target_ beside kind): move it into {key}: {{_target_: "
+                f"{str(entry['_target_']).replace(':', '.')}, <argument>: <value>}} ({UPDATE})")
+    return None
+
+
 SCHEMA: dict = {
     "seed": SEED, "device": text(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:<n> or mps"),
     "dataset": DATASET, "datasets": ("named", DATASET_ENTRY), "curate": CURATE, "split": SPLIT, "retrieval": RETRIEVAL, "evaluation": EVALUATION,
@@ -179,6 +200,8 @@ def problems(params: Any, schema: Mapping = SCHEMA, where: str = "") -> list[str
                     found.append(f"{path}: {_show(name)} is not a valid name ({NAME.expected})")
                 elif not isinstance(entry, Mapping):
                     found.append(f"{path}.{name}={_show(entry)}: expected a mapping of settings")
+                elif rule[1] is METHOD and old_method_form(entry):
+                    found.append(f"{path}.{name} {old_method_form(entry)}")
                 else:
                     found += problems(entry, rule[1], f"{path}.{name}")
         elif isinstance(rule, Mapping):

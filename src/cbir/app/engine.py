@@ -34,7 +34,7 @@ from cbir.fileio import sha256_bytes, sha256_file
 from cbir.layout import Layout
 from cbir.search.exact import exact_topk, l2_normalize
 from cbir.search.faiss_index import search_built_index
-from cbir.search.prepared import search_settings
+from cbir.search.prepared import refine_factor, search_settings
 from cbir.search.rerank import alpha_query_expansion, database_augmentation
 from cbir.search.saved import load_index
 
@@ -204,7 +204,7 @@ def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024,
         idx, scores = exact_topk(queries, db.vectors, k, block_size=block_size, exclude=exclude)
     else:
         idx, scores = search_built_index(db.index, settings["index"], queries, db.vectors, k, exclude=exclude,
-                                         refine=int(settings["faiss"].get("refine", 1)))
+                                         refine=refine_factor(settings["faiss"]))
         keep = idx[0] >= 0 if len(idx) == 1 else slice(None)
         idx, scores = idx[:, keep], scores[:, keep]
     return db.rows[idx], scores

@@ -1,17 +1,8 @@
-"""Shared by every kind of method: the decoding pixel budget and unit-length rows."""
+"""Shared by every kind of method: unit-length rows."""
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
-
-from cbir.data.images import MAX_PIXELS
-
-
-def max_pixels(params: Mapping) -> int:
-    """The decoding pixel budget (``curate.max_pixels``) every method decodes images under."""
-    return int((params.get("curate") or {}).get("max_pixels", MAX_PIXELS))
 
 
 def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:

@@ -8,10 +8,10 @@ space as the database.  Every row is L2-normalised.
 Kinds (``methods.<name>.kind``):
 
 * ``deep``: a CNN trunk and a pooling. The trunk is ``backbone: <name>`` (weights from the
-  ``weights`` stage) or your own factory, ``_target_: module:function`` returning a
-  ``torch.nn.Module`` that maps ``[B, 3, H, W]`` to a feature map ``[B, C, h, w]``;
-* ``handcrafted``: a traditional descriptor ``image -> vector``: a built-in ``descriptor`` name,
-  ``descriptor: fusion`` of several, or your own ``_target_: module:function``;
+  ``weights`` stage) or your own factory, ``trunk: {_target_: package.module.function, ...}``
+  returning a ``torch.nn.Module`` that maps ``[B, 3, H, W]`` to a feature map ``[B, C, h, w]``;
+* ``handcrafted``: a traditional descriptor ``image -> vector``, ``descriptor: {_target_:
+  package.module.function, <argument>: <value>}``: a built-in, the fusion of several, or your own;
 * ``precomputed``: a ``.npy`` file (``file:``), one row per manifest row, computed elsewhere.
 
 Deep methods live in :mod:`cbir.features.cnn.method`, imported only when one is built, so a traditional
@@ -22,18 +22,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from cbir.config import method_config
 from cbir.data.images import shrink
 from cbir.errors import CbirError
-from cbir.features.common import max_pixels, unit_rows
-from cbir.features.handcrafted import config_working_side, describe_config, describe_files
+from cbir.features.common import unit_rows
+from cbir.features.handcrafted import Descriptor, build_descriptor, describe_files
+from cbir.layout import Layout
+from cbir.settings import MethodRun
 
-KINDS = ("deep", "handcrafted", "precomputed")
 
 
 # --------------------------------------------------------------------------- handcrafted
@@ -49,6 +49,7 @@ class HandcraftedMethod:
 
     name: str
     config: dict
+    descriptor: Descriptor
     max_pixels: int
     dim: int = field(init=False)
     max_side: int | None = field(init=False)
@@ -56,23 +57,22 @@ class HandcraftedMethod:
 
     def __post_init__(self):
         probe = np.full((64, 64, 3), 127, dtype=np.uint8)
-        self.dim = int(describe_config(self.config, probe).shape[0])
-        self.max_side = config_working_side(self.config)
+        self.dim = int(self.descriptor(probe).shape[0])
+        self.max_side = self.descriptor.max_side
 
     def describe_array(self, image: np.ndarray) -> np.ndarray:
-        return unit_rows(describe_config(self.config, image))
+        return unit_rows(self.descriptor(image))
 
     def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
                 num_workers: int | None = None) -> dict:
-        label = self.config.get("_target_") or self.config.get("descriptor")
-        describe_files(self.config, paths, out, self.max_pixels, num_workers=num_workers, progress=progress,
-                       label=str(label))
+        describe_files(self.descriptor, paths, out, self.max_pixels, num_workers=num_workers, progress=progress,
+                       label=self.descriptor.name)
         return {"device": "cpu", "decode_max_side": self.max_side}
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             raise CbirError("no images to embed")
-        return unit_rows(np.stack([describe_config(self.config, np.asarray(shrink(im.convert("RGB"), self.max_side)))
+        return unit_rows(np.stack([self.descriptor(np.asarray(shrink(im.convert("RGB"), self.max_side)))
                                    for im in images]))
 
 
@@ -129,19 +129,23 @@ Method = "DeepMethod | HandcraftedMethod | PrecomputedMethod"
 def build_method(name: str, params: Mapping, root: str | Path, n_images: int | None = None,
                  device: str | None = None) -> Method:
     """The method ``name`` of ``params``, ready to extract or embed (models loaded once, here)."""
-    cfg = method_config(params, name)
-    kind = cfg.get("kind")
-    if kind == "deep":
+    root = Path(root)
+    return build(MethodRun.from_params(params, name, device), root, lambda: Layout(root, params).manifest, n_images)
+
+
+def build(run: MethodRun, root: Path, manifest: Callable[[], Path], n_images: int | None = None) -> Method:
+    """The method of ``run`` (its own config and the sections it reads); ``manifest()`` is the manifest an
+    int8 calibration samples."""
+    cfg = run.method
+    if cfg.kind == "deep":
         from cbir.features.cnn.method import (
             build_deep,  # torch is imported only by deep methods (seconds)
         )
 
-        return build_deep(name, params, cfg, Path(root), n_images, device)
-    if kind == "handcrafted":
-        return HandcraftedMethod(name=name, config=cfg, max_pixels=max_pixels(params))
-    if kind == "precomputed":
-        if not cfg.get("file"):
-            raise CbirError(f"method {name} has kind precomputed but no file: set methods.{name}.file=/path/x.npy")
-        file = Path(str(cfg["file"])).expanduser()
-        return PrecomputedMethod(name=name, config=cfg, file=file if file.is_absolute() else Path(root) / file)
-    raise CbirError(f"method {name} has kind {kind!r}: use one of {', '.join(KINDS)}")
+        return build_deep(run, root, manifest, n_images)
+    if cfg.kind == "handcrafted":
+        descriptor = build_descriptor(cfg.descriptor, f"methods.{cfg.name}.descriptor")
+        return HandcraftedMethod(name=cfg.name, config=dict(cfg.raw), descriptor=descriptor,
+                                 max_pixels=run.max_pixels)
+    file = Path(str(cfg.file)).expanduser()
+    return PrecomputedMethod(name=cfg.name, config=dict(cfg.raw), file=file if file.is_absolute() else root / file)

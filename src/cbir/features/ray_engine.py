@@ -29,11 +29,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from cbir.config import method_config
 from cbir.data.images import load_rgb, open_rgb
 from cbir.errors import CbirError
 from cbir.features.cnn.runtime import make_transform
-from cbir.features.methods import build_method, max_pixels
+from cbir.features.methods import build_method
+from cbir.settings import Extract, Method, MethodRun, max_pixels
 
 log = logging.getLogger("cbir")
 
@@ -132,9 +132,11 @@ class HandcraftedDescriber:
         return {"row": np.asarray(batch["row"], dtype=np.int64), "vector": vectors.astype(np.float32)}
 
 
-def image_size(params: Mapping, method_cfg: Mapping) -> int:
-    bcfg = (params.get("backbones") or {}).get(method_cfg.get("backbone")) or {}
-    return int(method_cfg.get("image_size") or bcfg.get("image_size", 224))
+def image_size(params: Mapping, method: str) -> int:
+    """The deep method's input size: its own, else its backbone's."""
+    from cbir.features.cnn.method import own_or_backbone
+
+    return own_or_backbone(MethodRun.from_params(params, method), "image_size")
 
 
 #: The last line of a remote traceback that names a project error: ``cbir.errors.CbirError: message``.
@@ -187,14 +189,13 @@ def describe_dataset(ray, paths: Sequence[Path], params: dict, method: str, root
     items = [{"row": i, "path": str(p)} for i, p in enumerate(paths)]
     dataset = ray.data.from_items(items)
     pool = ray.data.ActorPoolStrategy(size=plan["num_actors"])
-    method_cfg = method_config(params, method)
-    if method_cfg.get("kind") == "handcrafted":
+    if Method.from_params(params, method).kind == "handcrafted":
         return dataset.map_batches(HandcraftedDescriber, fn_constructor_kwargs={
             "params": params, "method": method, "root": str(root)},
             batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=plan["num_cpus"])
     if plan["decode_tasks"]:
         dataset = dataset.map_batches(preprocess_batch, fn_kwargs={
-            "size": image_size(params, method_cfg), "max_pixels": max_pixels(params)},
+            "size": image_size(params, method), "max_pixels": max_pixels(params)},
             batch_size=batch_size, batch_format="numpy", num_cpus=1)
     return dataset.map_batches(DeepDescriber, fn_constructor_kwargs={
         "params": params, "method": method, "root": str(root), "device": plan["device"],
@@ -221,14 +222,13 @@ def extract_with_ray(paths: Sequence[Path], params: dict, method: str, root: Pat
     """Fill ``out`` (float32 ``[N, D]``, e.g. a memmap) with L2-normalised descriptors of ``paths``,
     row ``i`` for ``paths[i]``, computed by Ray Data actors. Returns the run info for ``<method>.json``."""
     ray = import_ray()
-    method_cfg = method_config(params, method)
-    kind = method_cfg.get("kind")
+    kind = Method.from_params(params, method).kind
     if kind not in ("deep", "handcrafted"):
         raise CbirError(f"method kind {kind!r} cannot run on Ray: use deep or handcrafted")
     if out.shape[0] != len(paths):
         raise CbirError(f"output has {out.shape[0]} rows for {len(paths)} images")
-    cfg = (params.get("extract") or {}).get("ray") or {}
-    batch_size = cfg.get("batch_size") or 64
+    cfg = Extract.from_params(params).ray
+    batch_size = cfg["batch_size"]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CbirError(f"extract.ray.batch_size must be a positive integer, got {batch_size!r}")
     started = not ray.is_initialized()
@@ -239,7 +239,7 @@ def extract_with_ray(paths: Sequence[Path], params: dict, method: str, root: Pat
         ray.init(**init)
     try:
         cluster = ray.cluster_resources()
-        plan = plan_actors(kind, params.get("device", "auto"), cluster, cfg.get("num_actors"))
+        plan = plan_actors(kind, params["device"], cluster, cfg.get("num_actors"))
         log.info("ray: %d actors (%s, %d CPU / %d GPU each%s) on a cluster of %s CPU / %s GPU, batches of %d",
                  plan["num_actors"], plan["device"], plan["num_cpus"], plan["num_gpus"],
                  ", decoding in tasks" if plan["decode_tasks"] else "", cluster.get("CPU", 0),
@@ -252,8 +252,8 @@ def extract_with_ray(paths: Sequence[Path], params: dict, method: str, root: Pat
                 "ray_nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
                 "ray_cpus": float(cluster.get("CPU", 0)), "ray_gpus": float(cluster.get("GPU", 0))}
         if kind == "deep":
-            info.update(image_size=image_size(params, method_cfg),
-                        scales=[float(x) for x in (method_cfg.get("scales") or [1.0])])
+            info.update(image_size=image_size(params, method),
+                        scales=list(Method.from_params(params, method).scales or (1.0,)))
         log.info("ray: %d rows in %.1fs", n, seconds)
         return info
     finally:

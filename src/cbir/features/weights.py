@@ -131,7 +131,7 @@ def verify_weights(name: str, cfg: dict, digest: str, where: str) -> dict:
     if not ok:
         shown = expected if len(expected) == 64 else expected + "..."
         raise CbirError(f"sha256 mismatch for the {name} weights ({where}): expected {shown} ({how}), got "
-                        f"{digest}{_known_weights_hint(cfg.get('arch', ''), digest)}; nothing was kept")
+                        f"{digest}{_known_weights_hint(cfg['arch'], digest)}; nothing was kept")
     return {"verified": True, "check": how}
 
 
@@ -152,7 +152,7 @@ def read_torchvision_url(name: str, url: str, sha256: str | None, cache: Path) -
 
 def fetch_weight_bytes(name: str, cfg: dict, cache: Path) -> tuple[bytes, dict]:
     """Raw weight-file bytes for backbone ``name`` and where they came from (no absolute paths)."""
-    source = cfg.get("source", "file")
+    source = cfg["source"]
     if cfg.get("file"):
         path = Path(cfg["file"]).expanduser()
         if path.is_dir():

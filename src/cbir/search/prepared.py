@@ -20,6 +20,7 @@ from cbir.data.manifest import split_indices
 from cbir.errors import CbirError
 from cbir.features.store import read_features, select_rows
 from cbir.layout import Layout
+from cbir.settings import need
 from cbir.search.exact import exact_topk, recall_at_k
 from cbir.search.faiss_index import (
     FAISS_INDEXES,
@@ -66,7 +67,7 @@ def search_settings(params: Mapping, method: str) -> dict:
         rerank = rerank_config(own.get("rerank"))
     except CbirError as exc:
         raise CbirError(f"retrieval.per_method.{method}.rerank: {exc}") from None
-    index = index_name({"index": own.get("index", retrieval.get("index", "exact"))})
+    index = index_name({"index": own["index"] if "index" in own else need(retrieval, "index", "retrieval")})
     faiss = {**(retrieval.get("faiss") or {}), **(own.get("faiss") or {})} if index != "exact" else {}
     return {"rerank": rerank, "index": canonical_index(index) if index != "exact" else "exact",
             "faiss": faiss_options({"faiss": faiss})}
@@ -104,7 +105,7 @@ def load_prepared(params: dict, method: str, root: Path, manifest: pd.DataFrame)
     paths = Layout(root, params)
     settings = search_settings(params, method)
     features = read_features(paths.features(method), method, manifest)  # verified against its hashes
-    block_size = int(section(params, "retrieval").get("block_size", 1024))
+    block_size = int(need(section(params, "retrieval"), "block_size", "retrieval"))
     return {**prepare(manifest, features, method, settings["rerank"], block_size), "search": settings}
 
 
@@ -127,10 +128,16 @@ def faiss_options(retrieval: Mapping) -> dict:
 
 def index_name(retrieval: Mapping) -> str:
     """``retrieval.index`` checked: ``exact`` or a FAISS index name (canonical or alias)."""
-    index = str(retrieval.get("index", "exact"))
+    index = str(need(retrieval, "index", "retrieval"))
     if index not in RETRIEVAL_INDEXES:
         raise CbirError(f"unknown retrieval.index '{index}'; expected one of {', '.join(RETRIEVAL_INDEXES)}")
     return index
+
+
+def refine_factor(faiss: Mapping) -> int:
+    """``retrieval.faiss.refine``: ``refine * k`` candidates re-scored exactly; null (dropped from the
+    options) re-scores none beyond the ``k`` the index returns, a factor of 1."""
+    return int(faiss["refine"]) if faiss.get("refine") is not None else 1
 
 
 def build_index(data: Mapping, seed: int):
@@ -150,7 +157,7 @@ def approximate_search(data: Mapping, k: int, seed: int, index=None) -> tuple[np
     index = build_index(data, seed) if index is None else index
     try:
         return search_built_index(index, settings["index"], data["queries"], data["database"], k,
-                                  exclude=data["exclude"], refine=int(settings["faiss"].get("refine", 1)))
+                                  exclude=data["exclude"], refine=refine_factor(settings["faiss"]))
     except ValueError as exc:
         raise CbirError(f"retrieval.faiss: {exc}") from None
 

@@ -14,26 +14,25 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from cbir.config import method_config
 from cbir.data.manifest import read_manifest
-from cbir.errors import CbirError
-from cbir.features.methods import build_method
+from cbir.features.methods import build
 from cbir.features.store import integrity_record
 from cbir.features.whitening import apply_whitening, fit_whitening, save_whitening
 from cbir.fileio import atomic_path, write_json
 from cbir.layout import Layout
+from cbir.settings import Extract, MethodRun
 
 log = logging.getLogger("cbir")
 
-ENGINES = ("local", "ray")
 
-
-def whiten_file(target: Path, is_database: np.ndarray, whiten_cfg: dict | bool, whitening: Path) -> int:
-    """PCA-whiten the features file in place, learnt on the database rows; save the projection."""
-    dim = whiten_cfg.get("dim") if isinstance(whiten_cfg, dict) else None
+def whiten_file(target: Path, is_database: np.ndarray, whiten_cfg: Mapping | bool, whitening: Path) -> int:
+    """PCA-whiten the features file in place, learnt on the database rows; save the projection
+    (``whiten_cfg``: ``true``, or ``{dim: <n>}``; no ``dim``: every dimension)."""
+    dim = whiten_cfg.get("dim") if isinstance(whiten_cfg, Mapping) else None
     feats = np.load(target)
     fitted = fit_whitening(feats[is_database], None if dim is None else int(dim))
     whitened = apply_whitening(fitted, feats).astype(np.float32)
@@ -63,36 +62,33 @@ def run(params: dict, name: str, root: str | Path) -> None:
     """Extract method ``name`` for every manifest row."""
     root = Path(root)
     paths = Layout(root, params)
-    cfg = method_config(params, name)
+    config = MethodRun.from_params(params, name)  # the method's own config, and the sections it reads
+    settings = Extract.from_params(params)
     manifest = read_manifest(paths.manifest)
     images = [root / p for p in manifest["path"]]
     target = paths.features(name)
-    settings = params.get("extract") or {}
-    engine = settings.get("engine", "local")
-    if engine not in ENGINES:
-        raise CbirError(f"extract.engine is {engine!r}: use local or ray")
     start = time.perf_counter()
-    method = build_method(name, params, root, n_images=len(images))
+    method = build(config, root, lambda: paths.manifest, n_images=len(images))
     with atomic_path(target) as tmp:
         out = preallocated_memmap(tmp, (len(images), method.dim))
-        if engine == "ray":
+        if settings.engine == "ray":
             from cbir.features.ray_engine import (
                 extract_with_ray,  # optional extra: imported on use
             )
 
             info = extract_with_ray(images, params, name, root, out)
         else:
-            info = method.extract(images, out, num_workers=settings.get("num_workers"))
+            info = method.extract(images, out, num_workers=settings.num_workers)
         out.flush()
         del out
     dim = method.dim
     whitening = None
-    if cfg.get("whiten"):
+    if config.method.whiten:
         is_database = (manifest["split"] == "database").to_numpy()
-        dim = whiten_file(target, is_database, cfg["whiten"], paths.whitening(name))
+        dim = whiten_file(target, is_database, config.method.whiten, paths.whitening(name))
         whitening = paths.whitening(name).name
     write_json(paths.features_info(name), {"method": name, "n": len(images), "dim": dim, **info,
-                                           "whitening": whitening, "config": cfg,
+                                           "whitening": whitening, "config": dict(config.method.raw),
                                            **integrity_record(target, manifest)})
     seconds = time.perf_counter() - start
     log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%.1f images/s, %s)", name,

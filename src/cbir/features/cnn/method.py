@@ -37,9 +37,10 @@ from cbir.features.cnn.runtime import (
     resolve_device,
     should_compile,
 )
-from cbir.features.common import max_pixels, unit_rows
-from cbir.features.resolve import resolve_callable
-from cbir.layout import Layout, weights_file
+from cbir.features.common import unit_rows
+from cbir.features.resolve import instantiate_node, resolve_callable
+from cbir.layout import weights_file
+from cbir.settings import MethodRun
 
 
 def load_backbone(path: Path, arch: str) -> torch.nn.Module:
@@ -49,10 +50,9 @@ def load_backbone(path: Path, arch: str) -> torch.nn.Module:
     return load_trunk(arch, torch.load(path, map_location="cpu", weights_only=True))
 
 
-def make_pool(method_cfg: Mapping) -> Callable:
+def make_pool(name: str, params: Mapping | None) -> Callable:
     """The method's pooling as ``fmap -> [B, C]``; a bad name or parameter fails here, once."""
-    name = method_cfg.get("pooling", "gap")
-    kwargs = dict(method_cfg.get("pooling_params") or {})
+    kwargs = dict(params or {})
     pool(name, torch.zeros(1, 4, 3, 3), **kwargs)
     return lambda fmap: pool(name, fmap, **kwargs)
 
@@ -171,52 +171,54 @@ class DeepMethod:
         return unit_rows(self.describe_tensors(torch.stack([self.preprocess(im) for im in images])))
 
 
-def trunk_maker(params: Mapping, cfg: Mapping, root: Path
-                ) -> tuple[Callable[[], torch.nn.Module], dict, Path | None]:
-    """How to build a deep method's trunk (a configured backbone, or the model your ``_target_`` factory
-    returns), its backbone config, and its weight file (``None`` for a factory's model)."""
-    if cfg.get("_target_"):
-        factory = resolve_callable(cfg["_target_"], "backbone factory")
+def trunk_maker(run: MethodRun, root: Path) -> tuple[Callable[[], torch.nn.Module], Path | None]:
+    """How to build a deep method's trunk (a configured backbone, or the model your ``trunk`` factory
+    returns) and its weight file (``None`` for a factory's model)."""
+    cfg = run.method
+    if cfg.trunk:
+        where = f"methods.{cfg.name}.trunk"
 
         def from_factory() -> torch.nn.Module:
-            trunk = factory()
+            trunk = instantiate_node(cfg.trunk, where)
             if not isinstance(trunk, torch.nn.Module):
-                raise CbirError(f"backbone factory {cfg['_target_']!r} returned {type(trunk).__name__}, "
+                raise CbirError(f"{where}: {cfg.trunk['_target_']!r} returned {type(trunk).__name__}, "
                                 "not a torch.nn.Module")
             return trunk.eval()
 
-        return from_factory, {}, None
-    if not cfg.get("backbone"):
-        raise CbirError("a deep method needs backbone: <name under backbones> or _target_: module:function")
-    name = cfg["backbone"]
-    bcfg = (params.get("backbones") or {}).get(name)
-    if bcfg is None:
-        raise CbirError(f"backbone {name!r} is used by a method but not defined under backbones: in params.yaml")
-    path = weights_file(root, name)
+        resolve_callable(cfg.trunk["_target_"], f"{where}._target_")  # an unimportable name fails now, once
+        return from_factory, None
+    path = weights_file(root, run.backbone.name)
     if not path.exists():
-        raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{name}` first")
-    return lambda: load_backbone(path, bcfg["arch"]), dict(bcfg), path
+        raise CbirError(f"weight file {path} is missing: run `dvc repro weights@{run.backbone.name}` first")
+    return lambda: load_backbone(path, run.backbone.arch), path
 
 
-def build_deep(name: str, params: Mapping, cfg: dict, root: Path, n_images: int | None,
-               device: str | None) -> DeepMethod:
-    make_trunk, bcfg, weights = trunk_maker(params, cfg, root)
-    torch_device = resolve_device(device or params.get("device", "auto"))
-    settings = params.get("extract") or {}
-    runtime = resolve_runtime(settings.get("runtime", "auto"), torch_device)
-    image_size = int(cfg.get("image_size") or bcfg.get("image_size", 224))
+def own_or_backbone(run: MethodRun, key: str) -> int:
+    """The method's ``image_size`` / ``batch_size``, else its backbone's (a factory's trunk has none)."""
+    value = getattr(run.method, key)
+    if value is None and run.backbone is None:
+        raise CbirError(f"methods.{run.method.name}.{key} is needed for a trunk factory (it has no backbone)")
+    return int(value if value is not None else getattr(run.backbone, key))
+
+
+def build_deep(run: MethodRun, root: Path, manifest: Callable[[], Path], n_images: int | None) -> DeepMethod:
+    """The deep method of ``run``; ``manifest()`` is the manifest an int8 calibration samples."""
+    cfg, settings = run.method, run.extract
+    make_trunk, weights = trunk_maker(run, root)
+    torch_device = resolve_device(run.device)
+    runtime = resolve_runtime(settings.runtime, torch_device)
+    image_size = own_or_backbone(run, "image_size")
     cached = runtime == "openvino" and weights is not None  # a factory's model is converted every time
-    precision = resolve_precision(settings.get("precision", "fp32"), torch_device, runtime)
+    precision = resolve_precision(settings.precision, torch_device, runtime)
     calibration = None
     if precision == "int8":
-        if not settings.get("calibration"):
-            raise CbirError("extract.precision=int8 needs extract.calibration: {size: <n images>, seed: <int>}")
-        calibration = calibration_for(read_manifest(Layout(root, params).manifest), root, settings["calibration"])
+        calibration = calibration_for(read_manifest(manifest()), root,
+                                      {"size": settings.calibration.size, "seed": settings.calibration.seed})
     return DeepMethod(
-        name=name, config=cfg, make_trunk=make_trunk, pool=make_pool(cfg), device=torch_device,
-        image_size=image_size, batch_size=int(cfg.get("batch_size") or bcfg.get("batch_size", 32)),
-        scales=[float(x) for x in (cfg.get("scales") or [1.0])], max_pixels=max_pixels(params),
-        compile=should_compile(settings.get("compile", "auto"), torch_device, n_images) and runtime == "torch",
+        name=cfg.name, config=dict(cfg.raw), make_trunk=make_trunk, pool=make_pool(cfg.pooling, cfg.pooling_params),
+        device=torch_device, image_size=image_size, batch_size=own_or_backbone(run, "batch_size"),
+        scales=list(cfg.scales or (1.0,)), max_pixels=run.max_pixels,
+        compile=should_compile(settings.compile, torch_device, n_images) and runtime == "torch",
         runtime=runtime, precision=precision, calibration=calibration,
-        conversion_key=conversion_key(weights, bcfg["arch"], image_size) if cached else None,
+        conversion_key=conversion_key(weights, run.backbone.arch, image_size) if cached else None,
     )

@@ -12,9 +12,11 @@ reruns only its own DVC stages.  ``describe(name, image, params)`` looks a descr
 :data:`DESCRIPTORS` (or imports a researcher's own ``module:function``) and checks its
 parameters; ``fuse`` combines several descriptor blocks into one vector per image.
 
-A method (one descriptor, or ``fusion`` of several) decodes each file once, at the largest working
-size its descriptors need (:func:`config_working_side`), in 8 bits with Pillow, and
-:func:`describe_files` spreads the files over worker processes.
+A method's ``descriptor`` is a Hydra node, ``{_target_: package.module.function, <argument>: <value>}``
+(a built-in, :data:`FUSION_TARGET` of several, or your own function); :func:`build_descriptor`
+instantiates it once with ``hydra.utils.instantiate``.  Each file is decoded once, at the largest
+working size its descriptors need, in 8 bits with Pillow, and :func:`describe_files` spreads the
+files over worker processes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import inspect
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,8 @@ from cbir.data.images import load_rgb
 from cbir.errors import CbirError
 from cbir.features.common import unit_rows
 from cbir.features.handcrafted.common import FIX_HINT
-from cbir.features.resolve import resolve_callable
+from cbir.features.resolve import Descriptor as DescriptorFn
+from cbir.features.resolve import instantiate_node, resolve_callable
 from cbir.workers import die_with_parent
 
 #: built-in descriptors: name -> ``module:function`` (imported on first use)
@@ -65,20 +69,25 @@ def _lookup(name: str) -> Callable[..., np.ndarray]:
     if ":" in name or "." in name:
         return resolve_callable(name, "descriptor")
     raise CbirError(f"unknown descriptor {name!r}; choose one of {sorted(DESCRIPTORS)} for "
-                    "methods.<name>.descriptor in params.yaml, or name your own function as module:function")
+                    "a fusion member in params.yaml, or name your own function as module:function")
+
+
+def describe_check(name: str, fn: Callable, params: object) -> None:
+    """Refuse, in one line, parameters descriptor ``name`` (the function ``fn``) does not accept."""
+    if not isinstance(params, Mapping):
+        raise CbirError(f"{name}: params must be a mapping of parameter -> value, got "
+                        f"{type(params).__name__}; {FIX_HINT}")
+    accepted = [p.name for p in list(inspect.signature(fn).parameters.values())[1:]]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise CbirError(f"{name}: unknown parameter(s) {unknown}; accepted: {sorted(accepted)}; {FIX_HINT}")
 
 
 def describe(name: str, image: np.ndarray, params: Mapping[str, object] | None = None) -> np.ndarray:
     """Compute descriptor ``name`` of ``image`` with ``params``; float32 ``[D]``, all finite."""
     fn = _lookup(name)
     params = {} if params is None else params
-    if not isinstance(params, Mapping):
-        raise CbirError(f"{name}: params must be a mapping of parameter -> value, got "
-                        f"{type(params).__name__}; {FIX_HINT}")
-    accepted = descriptor_params(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise CbirError(f"{name}: unknown parameter(s) {unknown}; accepted: {sorted(accepted)}; {FIX_HINT}")
+    describe_check(name, fn, params)
     vec = fn(image, **params)
     if not np.all(np.isfinite(vec)):
         raise CbirError(f"{name}: the descriptor produced non-finite values for an image of shape "
@@ -112,27 +121,81 @@ def fuse(blocks: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     return unit_rows(fused, np.float64).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- a method's config, over files
+# --------------------------------------------------------------------------- a method's descriptor node
 
 
-def describe_config(method_cfg: Mapping, image: np.ndarray) -> np.ndarray:
-    """One traditional descriptor, or the weighted late fusion of several (``descriptor: fusion``).
+#: the ``_target_`` of the weighted late fusion of several descriptors
+FUSION_TARGET = "cbir.features.handcrafted.fusion"
 
-    Fusion params: ``members: {descriptor: {params}}`` and ``weights: {descriptor: w}`` (default 1);
-    the cosine of fused vectors is the weighted mean of the members' cosines.
-    """
-    name = method_cfg.get("_target_") or method_cfg.get("descriptor")
-    if not name:
-        raise CbirError("a handcrafted method needs descriptor: <name> or _target_: module:function")
-    params = dict(method_cfg.get("params") or {})
-    if name != "fusion":
-        return np.asarray(describe(name, image, params), dtype=np.float32)
-    members = params.get("members") or {}
+
+def builtin_name(target: str) -> str | None:
+    """The built-in descriptor a dotted ``_target_`` names (``None``: a function of your own)."""
+    for name, where in DESCRIPTORS.items():
+        if target == where.replace(":", "."):
+            return name
+    return None
+
+
+def descriptor_node(name: str, params: Mapping | None = None) -> dict:
+    """The Hydra node of built-in descriptor ``name`` (or ``fusion``) with ``params`` beside its ``_target_``."""
+    if name != "fusion" and name not in DESCRIPTORS:
+        raise CbirError(f"unknown descriptor {name!r}; choose one of {sorted(DESCRIPTORS)} or fusion")
+    target = FUSION_TARGET if name == "fusion" else DESCRIPTORS[name].replace(":", ".")
+    return {"_target_": target, **dict(params or {})}
+
+
+def fusion(image: np.ndarray, members: Mapping[str, Mapping], weights: Mapping[str, float] | None = None
+           ) -> np.ndarray:
+    """The weighted late fusion of several descriptors of ``image``: ``members`` maps a descriptor (built-in
+    name or ``module:function``) to its parameters, ``weights`` a member to its weight (absent: 1); the
+    cosine of fused vectors is the weighted mean of the members' cosines (:func:`fuse`)."""
     if not members:
-        raise CbirError("a fusion method needs params.members: {descriptor: {params}, ...}")
-    weights = params.get("weights") or {}
+        raise CbirError("a fusion method needs descriptor.members: {descriptor: {params}, ...}")
+    weights = weights or {}
     blocks = [np.asarray(describe(m, image, dict(p or {})), dtype=np.float32)[None] for m, p in members.items()]
     return fuse(blocks, [float(weights.get(m, 1.0)) for m in members])[0]
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A handcrafted method's descriptor, built once from its Hydra node ``{_target_: module.function,
+    <argument>: <value>, ...}``: ``image -> float32 vector``, and the image size it works at."""
+
+    name: str
+    params: Mapping
+    fn: Callable[[np.ndarray], np.ndarray]
+    max_side: int | None
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        vec = np.asarray(self.fn(image), dtype=np.float32)
+        if self.name != "fusion" and not np.all(np.isfinite(vec)):
+            raise CbirError(f"{self.name}: the descriptor produced non-finite values for an image of shape "
+                            f"{np.shape(image)}; check the image and the descriptor's params")
+        return vec
+
+
+def build_descriptor(node: Mapping | Descriptor, where: str = "descriptor") -> Descriptor:
+    """The :class:`Descriptor` of a Hydra node, instantiated with ``hydra.utils.instantiate`` (``_partial_``:
+    the image comes per call); an unimportable target or an unknown argument is one line."""
+    if isinstance(node, Descriptor):
+        return node
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    params = {k: v for k, v in node.items() if k != "_target_"} if isinstance(target, str) else {}
+    name = "fusion" if target == FUSION_TARGET else builtin_name(target) or target if target else ""
+    if name == "fusion":
+        if not params.get("members"):
+            raise CbirError("a fusion method needs descriptor.members: {descriptor: {params}, ...}")
+        side = _fusion_side(params["members"])
+    elif isinstance(target, str) and ":" not in target:
+        describe_check(name, resolve_callable(target, f"{where}._target_"), params)
+        side = working_side(name, params)
+    fn: DescriptorFn = instantiate_node(node, where, partial=True)
+    return Descriptor(name=name, params=params, fn=fn, max_side=side)
+
+
+def describe_config(node: Mapping | Descriptor, image: np.ndarray) -> np.ndarray:
+    """The descriptor of ``image`` under a method's descriptor node (one descriptor, or ``fusion``)."""
+    return build_descriptor(node)(image)
 
 
 def working_side(name: str, params: Mapping[str, object] | None = None) -> int | None:
@@ -144,34 +207,36 @@ def working_side(name: str, params: Mapping[str, object] | None = None) -> int |
     """
     if name not in DESCRIPTORS or not isinstance(params or {}, Mapping):
         return None
-    params, accepted = dict(params or {}), descriptor_params(name)
+    accepted = descriptor_params(name)
+    params = {**accepted, **dict(params or {})}  # an argument not given takes the function's own default
     if "max_side" in accepted:
-        side = params.get("max_side", accepted["max_side"])
+        side = params["max_side"]
         return int(side) if isinstance(side, (int, np.integer)) and not isinstance(side, bool) else None
     if "size" in accepted:
-        size = params.get("size", accepted["size"])
+        size = params["size"]
         sides = [size] if isinstance(size, (int, np.integer)) else size
         if isinstance(sides, Sequence) and sides and all(isinstance(v, (int, np.integer)) for v in sides):
             return 2 * int(max(sides))
     return None
 
 
-def config_working_side(method_cfg: Mapping) -> int | None:
-    """The size a method's images are decoded at: the largest its descriptors need (``None``: full size)."""
-    if method_cfg.get("_target_"):
-        return None
-    name, params = method_cfg.get("descriptor"), dict(method_cfg.get("params") or {})
-    if name != "fusion":
-        return working_side(str(name), params)
-    sides = [working_side(m, p) for m, p in (params.get("members") or {}).items()]
+def _fusion_side(members: Mapping) -> int | None:
+    """The size a fusion's images are decoded at: the largest its members need (``None``: full size)."""
+    sides = [working_side(m, p) for m, p in (members or {}).items()]
     return None if not sides or None in sides else max(sides)
+
+
+def config_working_side(node: Mapping | Descriptor) -> int | None:
+    """The size a method's images are decoded at: the largest its descriptors need (``None``: full size)."""
+    return build_descriptor(node).max_side
 
 
 def describe_file(job: tuple) -> tuple[np.ndarray | None, str | None]:
     """``(unit vector, None)`` for one file, or ``(None, error line)`` (errors cross processes as text)."""
-    method_cfg, path, max_pixels, max_side = job
+    descriptor, path, max_pixels = job
     try:
-        return unit_rows(describe_config(method_cfg, load_rgb(path, max_pixels=max_pixels, max_side=max_side))), None
+        image = load_rgb(path, max_pixels=max_pixels, max_side=descriptor.max_side)
+        return unit_rows(descriptor(image)), None
     except CbirError as exc:
         return None, str(exc)
 
@@ -180,15 +245,16 @@ def describe_file(job: tuple) -> tuple[np.ndarray | None, str | None]:
 MIN_FILES_PER_WORKER = 100
 
 
-def describe_files(method_cfg: Mapping, paths: Sequence[Path], out: np.ndarray, max_pixels: int,
+def describe_files(node: Mapping | Descriptor, paths: Sequence[Path], out: np.ndarray, max_pixels: int,
                    num_workers: int | None = None, progress: bool = True, label: str = "describe") -> int:
-    """Fill ``out[i]`` with the unit descriptor of ``paths[i]``, each file decoded once at the working size.
+    """Fill ``out[i]`` with the unit descriptor (``node``: a method's descriptor) of ``paths[i]``, each file
+    decoded once at the working size.
 
     ``num_workers``: processes (``None``: one per CPU, up to 8, when each gets at least
     :data:`MIN_FILES_PER_WORKER` files; 0 or 1: this process).  Returns the number of workers used.
     """
-    max_side = config_working_side(method_cfg)
-    jobs = [(dict(method_cfg), str(p), max_pixels, max_side) for p in paths]
+    descriptor = build_descriptor(node)
+    jobs = [(descriptor, str(p), max_pixels) for p in paths]
     workers = num_workers
     if workers is None:
         workers = min(8, os.cpu_count() or 1, len(jobs) // MIN_FILES_PER_WORKER)
