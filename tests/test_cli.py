@@ -13,7 +13,7 @@ from cbir.cli import build_parser, main
 def test_every_stage_has_a_command():
     parser = build_parser()
     for argv in (["params"], ["download"], ["weights", "x"], ["curate"], ["extract", "m"], ["retrieve", "m"],
-                 ["evaluate"], ["figures"], ["report"]):
+                 ["evaluate", "m"], ["feedback", "m"], ["figures", "m"], ["summarize"], ["report"]):
         assert callable(parser.parse_args(argv).func)
 
 
@@ -40,7 +40,8 @@ def test_help_lists_stages(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for stage in ("download", "weights", "curate", "extract", "retrieve", "evaluate", "figures", "report"):
+    for stage in ("download", "weights", "curate", "extract", "retrieve", "evaluate", "feedback", "figures",
+                  "summarize", "report"):
         assert stage in out
 
 

@@ -43,8 +43,9 @@ from test_figures_report_stages import SMALL_PARAMS
 REPO = Path(__file__).resolve().parents[1]
 DS = "syn"
 STAGES = (["download"], ["curate"], ["extract", "hsv_hist"], ["extract", "color_moments"], ["retrieve", "hsv_hist"],
-          ["retrieve", "color_moments"], ["evaluate"], ["figures"])
-OUTPUTS = ("data/curated", "data/features", "data/retrieval", "data/index", "metrics", "reports")
+          ["retrieve", "color_moments"], ["evaluate", "hsv_hist"], ["evaluate", "color_moments"], ["summarize"])
+OUTPUTS = ("data/curated", "data/features", "data/retrieval", "data/index", "data/evaluation", "data/feedback",
+           "data/figures", "metrics", "reports")
 
 #: runs ``python -m cbir`` with a fault injected by $CBIR_TEST_KILL: ``before-replace:<end>`` /
 #: ``after-replace:<end>`` (SIGKILL itself around the first ``os.replace`` onto a path ending so) or
@@ -228,7 +229,7 @@ def test_killed_curate_replaces_manifest_and_curation_together(reference, runner
 def test_killed_figures_leave_no_workers_and_rerun_identically(reference, runner, tmp_path):
     ref_root, ref = reference
     root = copy_of(ref_root, tmp_path / "run")
-    proc = start(root, ["figures"], "", runner)
+    proc = start(root, ["summarize"], "", runner)  # the summary charts, drawn in worker processes
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:  # kill once the first figure is written
         if list((root / TMP_DIR).glob("*figures*/*.png")) if (root / TMP_DIR).is_dir() else []:
@@ -240,8 +241,8 @@ def test_killed_figures_leave_no_workers_and_rerun_identically(reference, runner
     proc.wait(timeout=60)
     assert not no_strays(proc.pid), "figure workers outlived the killed stage"
     proc.communicate(timeout=60)
-    assert digests(root) == ref  # the old figures folder is untouched: replaced as a whole or not at all
-    done = run_cli(root, ["figures"], runner)
+    assert digests(root) == ref  # the old charts are untouched: replaced all together or not at all
+    done = run_cli(root, ["summarize"], runner)
     assert done.returncode == 0, done.stderr
     assert digests(root) == ref
     assert not debris(root)
@@ -346,7 +347,7 @@ def test_injected_write_failures_are_one_line(reference, tmp_path, monkeypatch, 
 
     with monkeypatch.context() as patch:
         patch.setattr(Path, "write_text", write_text)
-        assert cli.main(["--root", str(root), "-q", "evaluate"]) == 2
+        assert cli.main(["--root", str(root), "-q", "evaluate", "hsv_hist"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device: free space on that disk" in err[0], err
     assert not debris(root)

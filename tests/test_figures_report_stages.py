@@ -202,11 +202,11 @@ def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_p
     shutil.copytree(root, tmp_path / "copy")
     copy = tmp_path / "copy"
     (copy / "reports/syn/plots/per_query.csv").unlink()
-    with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro evaluate` first"):
+    with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro summarize` first"):
         run_figures(params, copy)
     (copy / "data/retrieval/syn/hsv_hist.csv").unlink()
     (copy / "reports/syn/metrics.json").unlink()
-    with pytest.raises(CbirError, match=r"metrics.json not found: run the evaluate stage first"):
+    with pytest.raises(CbirError, match=r"metrics.json not found: run the summarize stage first"):
         run_figures(params, copy)
     with pytest.raises(CbirError, match=r"figures.n_queries must be >= 1, got 0"):
         run_figures({**params, "figures": {"n_queries": 0}}, copy)
@@ -231,3 +231,29 @@ def test_one_method_and_too_few_images_still_give_every_always_present_figure(ru
     assert set(ALWAYS_PRESENT) <= set(index)
     assert index["embedding_tsne"]["panels"] == 0 and "too few" in index["embedding_tsne"]["caption"]
     assert index["trials_baseline_vs_best"]["caption"].endswith("nothing to compare with.")
+
+
+def test_summarize_keeps_exactly_the_t_sne_maps_it_draws(run, tmp_path, caplog):
+    """The summary charts' t-SNE maps persist in data/embeddings/<ds>/ under a key of the features and the
+    t-SNE settings: a second run reuses them and writes the same bytes; other settings replace them."""
+    import logging
+
+    from cbir.stages.figures import combine
+
+    root, params = run
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    combine(params, copy)
+    maps = copy / "data/embeddings/syn"
+    first = {p.name: p.read_bytes() for p in maps.iterdir()}
+    assert len(first) == 2 and all(name.endswith(".npy") for name in first)  # baseline and best method
+    charts = {p.name: p.read_bytes() for p in (copy / "reports/syn/figures").iterdir()}
+    assert charts == {p.name: p.read_bytes() for p in (root / "reports/syn/figures").iterdir()}
+    with caplog.at_level(logging.INFO, logger="cbir"):
+        combine(params, copy)
+    assert "reused 2 of 2 t-SNE maps" in caplog.text
+    assert {p.name: p.read_bytes() for p in maps.iterdir()} == first
+    assert {p.name: p.read_bytes() for p in (copy / "reports/syn/figures").iterdir()} == charts
+    combine({**params, "figures": {**params["figures"], "tsne_iterations": 300}}, copy)
+    again = {p.name for p in maps.iterdir()}
+    assert len(again) == 2 and not again & set(first)  # new keys; the old maps are gone

@@ -15,7 +15,7 @@ from cbir.app.engine import QueryEngine
 from cbir.config import dataset_names, select_dataset
 from cbir.errors import CbirError
 from cbir.data.manifest import read_manifest
-from cbir.layout import PLOT_TABLES, Layout, weights_file
+from cbir.layout import METHOD_FIGURES, PLOT_TABLES, SUMMARY_FIGURES, Layout, weights_file
 from cbir.stages import curate, download, evaluate, extract, retrieve
 from methods_helpers import with_defaults
 
@@ -52,16 +52,28 @@ def test_dvc_yaml_paths_are_the_layout(repo_root):
             assert retrieve_stage["outs"] == {str(paths.retrieval(method)), str(paths.retrieval_info(method)),
                                               str(paths.index_dir(method))}
             assert {str(paths.manifest), str(paths.features(method))} <= retrieve_stage["deps"]
-        assert stages[f"evaluate@{ds}"]["outs"] == {str(paths.metrics), str(paths.compact_metrics),
-                                                    str(paths.pairs)} | {str(paths.plot(n)) for n in PLOT_TABLES}
-        assert stages[f"figures@{ds}"]["outs"] == {str(paths.figures_dir)}
-        assert str(paths.metrics) in stages[f"figures@{ds}"]["deps"]
+        for method in params["methods"]:
+            evaluate_stage = stages[f"evaluate@{ds}-{method}"]
+            assert evaluate_stage["outs"] == {
+                str(paths.evaluation_dir(method)), str(paths.feedback_method_dir(method)),
+                str(paths.figure_index(method))} | {
+                str(paths.figure(f"{name}_{method}", suffix)) for name in METHOD_FIGURES for suffix in (".png", ".pdf")}
+            assert {str(paths.curated_dir), str(paths.features(method)), str(paths.retrieval(method))} \
+                <= evaluate_stage["deps"]
+        summarize = stages[f"summarize@{ds}"]
+        assert summarize["outs"] == {str(paths.metrics), str(paths.compact_metrics), str(paths.pairs),
+                                     str(paths.feedback_dir), str(paths.feedback_rankings),
+                                     str(paths.figures_dir / "figures.json"), str(paths.embeddings_dir)} | {
+            str(paths.plot(n)) for n in PLOT_TABLES} | {
+            str(paths.figure(name, suffix)) for name in SUMMARY_FIGURES for suffix in (".png", ".pdf")}
+        assert {str(paths.evaluation_dir(method).parent), str(paths.feedback_methods_dir),
+                str(paths.figure_index_dir)} <= summarize["deps"]
         assert str(paths.metrics) in stages[f"report@{ds}"]["deps"]
+        assert str(paths.figures_dir / "figures.json") in stages[f"report@{ds}"]["deps"]
         assert stages[f"report@{ds}"]["outs"] == {str(paths.report), str(paths.tables_dir)}
-        assert stages[f"feedback@{ds}"]["outs"] == {str(paths.feedback_dir), str(paths.feedback_rankings)}
-        assert {str(paths.manifest), str(paths.features_dir)} <= stages[f"feedback@{ds}"]["deps"]
     every_out = [o for s in stages.values() for o in s["outs"]]
     assert len(every_out) == len(set(every_out)), "two stages share an output"
+
     assert str(repo_root / "README.md") not in set(every_out)
 
 
@@ -127,3 +139,22 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
     answer = engine.query_id(manifest.loc[manifest["label"] == "NA", "image_id"].iloc[0])
     assert answer["query"]["label"] == "NA" and answer["results"][0]["label"] == "NA"
     assert all(isinstance(r["label"], str) for r in answer["results"])
+
+
+def test_one_methods_search_setting_reruns_only_that_methods_stages(repo_root):
+    """A change of ``retrieval.per_method.hog`` reaches, as DVC resolves dvc.yaml's params and graph, hog's
+    retrieve and evaluate (metrics, feedback, figures) of every dataset, then only the per-dataset summarize and
+    report and the across table: no other method's stage."""
+    import networkx as nx
+
+    key = "retrieval.per_method.hog"
+    with Repo(str(repo_root)) as repo:
+        graph = repo.index.graph
+        direct = {stage for stage in graph for dep in stage.deps if getattr(dep, "params", None) is not None
+                  and any(key == p or key.startswith(p + ".") or p.startswith(key + ".") for p in dep.params)}
+        reached = set().union(*({s, *nx.ancestors(graph, s)} for s in direct))  # edges point to dependencies
+        names = {stage.addressing for stage in reached}
+        datasets = dataset_names(yaml.safe_load((repo_root / "params.yaml").read_text()))
+    expected = {f"{stage}@{ds}-hog" for stage in ("retrieve", "evaluate") for ds in datasets}
+    expected |= {f"{stage}@{ds}" for stage in ("summarize", "report") for ds in datasets} | {"across"}
+    assert names == expected

@@ -218,3 +218,26 @@ def test_run_evaluate_unknown_baseline_and_missing_manifest(tmp_path):
     write_dataset(tmp_path)
     with pytest.raises(CbirError, match="evaluation.baseline 'resnet50-gap' is not one of the methods"):
         run_evaluate(params, tmp_path)
+
+
+def test_one_methods_evaluation_is_the_same_alone_and_the_combine_is_its_rows(tmp_path):
+    """Per-method evaluate stages: a method's files have the same bytes whatever the other methods, and the
+    combined files are exactly those rows (seeds are per call, floats round-trip through the CSVs)."""
+    from cbir.stages.evaluate import combine, run_method
+
+    write_dataset(tmp_path)
+    run_evaluate(make_params(), tmp_path)
+    folder = tmp_path / "data/evaluation/toy/good"
+    together = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(together) == ["per_class.csv", "per_query.csv", "pk.csv", "pr.csv", "summary.json"]
+    alone = make_params(methods={"good": {"kind": "handcrafted"}}, evaluation={**make_params()["evaluation"],
+                                                                                  "baseline": None})
+    run_method(alone, "good", tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == together
+    metrics = json.loads((tmp_path / "reports/toy/metrics.json").read_text())
+    assert metrics["good"] == json.loads(together["summary.json"])
+    per_query = (tmp_path / "reports/toy/plots/per_query.csv").read_text().splitlines()
+    assert per_query[1:7] == together["per_query.csv"].decode().splitlines()[1:]  # good's 6 queries first
+    (folder / "summary.json").unlink()
+    with pytest.raises(CbirError, match=r"good/summary.json not found: run `dvc repro evaluate@toy-good` first"):
+        combine(make_params(), tmp_path)

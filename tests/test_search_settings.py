@@ -152,9 +152,12 @@ def test_search_settings_never_reach_extract(repo_root):
     assert base["methods"] == alpha["methods"] and base["retrieval"] != alpha["retrieval"]
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
     assert stages["extract"]["params"] == ["methods.${item.m}", "device", "extract"]
-    # retrieve of one method reads its own search settings only; evaluate reads every method's
-    assert "retrieval.per_method.${item.m}" in stages["retrieve"]["params"]
-    assert "retrieval" not in stages["retrieve"]["params"] and "retrieval" in stages["evaluate"]["do"]["params"]
+    # retrieve and evaluate of one method read its own search settings only, never another's
+    for name in ("retrieve", "evaluate"):
+        assert "retrieval.per_method.${item.m}" in stages[name]["params"]
+        assert not {"retrieval", "retrieval.per_method", "methods"} & set(stages[name]["params"])
+    # the per-dataset summarize reads no method's settings: it combines the per-method outputs
+    assert not [p for p in stages["summarize"]["do"]["params"] if p.startswith(("methods", "retrieval.per_method"))]
 
 
 # --------------------------------------------------------------------------- batch queries

@@ -32,9 +32,9 @@ OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES,
 HANDLERS = {
     "download": "cbir.stages.download:run", "weights": "cbir.stages.weights:run",
     "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
-    "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.evaluate:run",
-    "feedback": "cbir.stages.feedback:run",
-    "figures": "cbir.stages.figures:run", "report": "cbir.stages.report:run", "across": "cbir.report.across:run",
+    "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.per_method:run",
+    "feedback": "cbir.stages.feedback:run_method", "figures": "cbir.stages.figures:run_method",
+    "summarize": "cbir.stages.summarize:run", "report": "cbir.stages.report:run", "across": "cbir.report.across:run",
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
     "update-template": "cbir.report.plots_page:update_template",
@@ -67,9 +67,13 @@ STAGES = {
     "curate": (None, "decode, clean and split the dataset into a manifest"),
     "extract": ("method", "compute one method's features"),
     "retrieve": ("method", "cosine top-k for every query"),
-    "evaluate": (None, "metrics, confidence intervals and plot tables"),
-    "feedback": (None, "relevance feedback measured: a simulated user over rounds, residual collection"),
-    "figures": (None, "sample-trial figures and charts"),
+    "evaluate": ("method", "one method's metrics with confidence intervals, its relevance feedback and its "
+                           "figures (the stage; feedback and figures redo one part)"),
+    "feedback": ("method", "one method's relevance feedback measured: a simulated user over rounds, residual "
+                           "collection"),
+    "figures": ("method", "one method's sample-trial and confused-classes figures"),
+    "summarize": (None, "every method combined: metrics files, plot tables, paired tests (Holm), feedback "
+                        "tables and the summary charts"),
     "report": (None, "reports/<dataset>/report.md from metrics and figures"),
     "across": (None, "reports/datasets.md (+ .csv, .tex): methods x datasets, P@10 and mAP with 95%% intervals"),
 }

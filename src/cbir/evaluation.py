@@ -36,11 +36,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from cbir.errors import CbirError
 from cbir.judgements import JUNK, POSITIVE, Judgements
 from cbir.search.exact import full_ranking
 from cbir.statistics import bootstrap_ci
@@ -316,4 +318,11 @@ def per_class(per_query: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-
+def read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV one stage wrote for another, read back exactly: ids and labels stay strings (a class named NA
+    too) and floats round-trip bit for bit (pandas' default parser since 3.0), so a combined table has the
+    bytes of one computed in memory."""
+    if not Path(path).is_file():
+        raise CbirError(f"{path} not found: run `dvc repro {what}` first")
+    return pd.read_csv(path, dtype={"method": str, "query_id": str, "image_id": str, "label": str,
+                                    "feedback": str}, keep_default_na=False, na_values=[""])

@@ -10,13 +10,20 @@ one experiment never overwrites another dataset's outputs::
     models/<backbone>.pt                + .json provenance
     data/features/<ds>/<method>.npy     + .json (+ .whitening.npz)
     data/retrieval/<ds>/<method>.csv    + .json
+    data/evaluation/<ds>/<method>/      one method's evaluation: summary.json, per_query.csv, pk.csv, pr.csv,
+                                        per_class.csv (the summarize stage combines them)
+    data/feedback/<ds>/methods/<method>/  one method's feedback simulation: results.json, rankings.csv
+    data/figures/<ds>/<method>.json     the index entries of one method's figures
+    data/embeddings/<ds>/<method>-<key>.npy  the t-SNE maps of the summary chart, kept between runs (reused
+                                        while the features and t-SNE settings, hashed into <key>, stay)
     data/index/<ds>/<method>/           the saved search index: index.json, ids.txt (+ index.faiss)
     metrics/<ds>.json                   DVC metrics, compact: per method mAP and P@10 with 95% bounds
     reports/<ds>/metrics.json           every method's metrics with intervals (report, figures, README)
     reports/<ds>/plots/<name>.csv       DVC plots: pk, pr, per_class, per_query, significance
     reports/<ds>/pairs.csv              paired tests of every pair of methods (Holm-adjusted)
     reports/<ds>/tables/                the report's tables as CSV and LaTeX
-    reports/<ds>/figures/               PNG + PDF + figures.json
+    reports/<ds>/figures/               PNG + PDF + figures.json: trials_<method> and confusions_<method> per
+                                        method (stage figures), the summary charts and figures.json (summarize)
     reports/<ds>/report.md
     reports/<ds>/feedback/              relevance feedback, simulated user: metrics.json, rounds.csv, tests.csv,
                                         table.md, table.tex, p10_rounds.png + .pdf
@@ -38,6 +45,13 @@ PLOT_TABLES = ("pk", "pr", "per_class", "per_query", "significance")
 #: the files the feedback stage writes into ``reports/<ds>/feedback/``
 FEEDBACK_FILES = ("metrics.json", "rounds.csv", "tests.csv", "table.md", "table.tex", "p10_rounds.png",
                   "p10_rounds.pdf")
+#: one method's evaluation in ``data/evaluation/<ds>/<method>/`` (stage evaluate, read by summarize)
+EVALUATION_FILES = ("summary.json", "per_query.csv", "pk.csv", "pr.csv", "per_class.csv")
+#: one method's figures in ``reports/<ds>/figures/`` (stage figures; ``<name>_<method>.png`` + ``.pdf``)
+METHOD_FIGURES = ("trials", "confusions")
+#: the summary charts in ``reports/<ds>/figures/`` (stage summarize), in reading order
+SUMMARY_FIGURES = ("comparison", "pk_curves", "pr_curves", "per_class_p10", "trials_baseline_vs_best",
+                   "embedding_tsne")
 
 
 def dataset_name(params: Mapping) -> str:
@@ -116,6 +130,36 @@ class Layout:
     def index_dir(self, method: str) -> Path:
         return self.root / "data" / "index" / self.dataset / method
 
+    # one method's evaluation, feedback and figure index (combined per dataset by summarize) ----------
+    def evaluation_dir(self, method: str) -> Path:
+        return self.root / "data" / "evaluation" / self.dataset / method
+
+    def evaluation_file(self, method: str, name: str) -> Path:
+        if name not in EVALUATION_FILES:
+            raise ValueError(f"unknown evaluation file {name!r}; expected one of {EVALUATION_FILES}")
+        return self.evaluation_dir(method) / name
+
+    @property
+    def feedback_methods_dir(self) -> Path:
+        return self.root / "data" / "feedback" / self.dataset / "methods"
+
+    def feedback_method_dir(self, method: str) -> Path:
+        """``data/feedback/<ds>/methods/<method>/``: results.json (per feedback method) and rankings.csv."""
+        return self.feedback_methods_dir / method
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """``data/embeddings/<ds>/``: the summary chart's t-SNE maps, a persistent output of summarize."""
+        return self.root / "data" / "embeddings" / self.dataset
+
+    @property
+    def figure_index_dir(self) -> Path:
+        return self.root / "data" / "figures" / self.dataset
+
+    def figure_index(self, method: str) -> Path:
+        """``data/figures/<ds>/<method>.json``: the figures.json entries of one method's figures."""
+        return self.figure_index_dir / f"{method}.json"
+
     # evaluation and reports ---------------------------------------------------------------
     @property
     def compact_metrics(self) -> Path:
@@ -151,6 +195,10 @@ class Layout:
     @property
     def figures_dir(self) -> Path:
         return self.reports_dir / "figures"
+
+    def figure(self, name: str, suffix: str = ".png") -> Path:
+        """``reports/<ds>/figures/<name><suffix>`` (``name``: a summary chart or ``<figure>_<method>``)."""
+        return self.figures_dir / f"{name}{suffix}"
 
     @property
     def report(self) -> Path:

@@ -53,7 +53,7 @@ def compared_methods(metrics: Mapping[str, Mapping], baseline: str | None) -> tu
     """
     methods = list(metrics)
     if not methods:
-        raise CbirError("the metrics file lists no method: run the evaluate stage first")
+        raise CbirError("the metrics file lists no method: run the summarize stage first")
     if baseline not in metrics:
         baseline = methods[0]
     ranked = rank_methods(metrics)

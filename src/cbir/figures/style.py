@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path
+from cbir.layout import SUMMARY_FIGURES
 from cbir.workers import die_with_parent
 
 #: trial frames, colour-blind safe (Okabe-Ito blue and vermillion, told apart under every common colour
@@ -66,9 +67,8 @@ DEFAULTS = {"n_queries": 3, "seed": 0, "thumb_size": 128, "n_pairs": 5, "n_examp
 FIGURES_INDEX = "figures.json"
 
 
-#: written on every run whatever the methods and data (dvc.yaml's top-level ``plots`` lists them)
-ALWAYS_PRESENT = ("comparison", "pk_curves", "pr_curves", "per_class_p10", "trials_baseline_vs_best",
-                  "embedding_tsne")
+#: written on every run whatever the methods and data: the summary charts (stage summarize, dvc.yaml lists them)
+ALWAYS_PRESENT = SUMMARY_FIGURES
 
 
 MIN_TSNE_POINTS = 4

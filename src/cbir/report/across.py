@@ -77,7 +77,7 @@ def collect(root: Path, params: Mapping) -> dict[str, dict]:
     for ds in dataset_names(params):
         paths = Layout(root, select_dataset(params, ds))
         if not paths.compact_metrics.is_file():
-            raise CbirError(f"{paths.compact_metrics} not found: run `dvc repro evaluate@{ds}` first")
+            raise CbirError(f"{paths.compact_metrics} not found: run `dvc repro summarize@{ds}` first")
         if not paths.manifest.is_file():
             raise CbirError(f"{paths.manifest} not found: run `dvc repro curate@{ds}` first")
         found[ds] = {"metrics": read_json(paths.compact_metrics), **protocol_of(paths.manifest)}

@@ -1,10 +1,13 @@
-"""Stage ``feedback``: relevance feedback measured with a simulated user (:mod:`cbir.feedback_eval`).
+"""Stage ``feedback`` (one per dataset x method): relevance feedback measured with a simulated user
+(:mod:`cbir.feedback_eval`).
 
-For every method and every feedback method of ``feedback.methods``: P@10 and mAP per round on the
+For one method and every feedback method of ``feedback.methods``: P@10 and mAP per round on the
 residual collection with 95% bootstrap intervals, and a paired test of the last round against the
-initial ranking on the same residual collection. Writes ``reports/<ds>/feedback/`` (metrics.json,
-rounds.csv, tests.csv, table.md, table.tex, p10_rounds.png + .pdf), replaced as one folder, and the
-shown top-k of every round to ``data/feedback/<ds>/rankings.csv``.
+initial ranking on the same residual collection, into ``data/feedback/<ds>/methods/<method>/``
+(results.json, rankings.csv). :func:`combine` (stage ``summarize``) adds Holm over every method x
+feedback method and writes ``reports/<ds>/feedback/`` (metrics.json, rounds.csv, tests.csv, table.md,
+table.tex, p10_rounds.png + .pdf), replaced as one folder, and the shown top-k of every round to
+``data/feedback/<ds>/rankings.csv``.
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from cbir import feedback_eval as fe
-from cbir.config import section
+from cbir.evaluation import read_table
+from cbir.config import method_config, section
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
-from cbir.figures.style import save_figure
-from cbir.fileio import atomic_dir, atomic_path, write_json, write_text
+from cbir.fileio import atomic_dir, atomic_path, read_json, write_json, write_text
 from cbir.layout import Layout
-from cbir.report.tables import to_latex
 from cbir.search.feedback import FEEDBACK_METHODS
 from cbir.search.prepared import load_prepared
 
@@ -40,40 +42,67 @@ def settings(params: dict) -> dict:
     return {**cfg, "methods": methods, "rounds": int(cfg.get("rounds", 3)), "top_k": int(cfg.get("top_k", 10))}
 
 
-def run(params: dict, root: str | Path) -> None:
-    """Simulate the user for every method of params (see :mod:`cbir.feedback_eval` for the protocol)."""
-    start = time.perf_counter()
-    root = Path(root)
-    paths = Layout(root, params)
+def _shared(params: dict) -> tuple[list[str], dict, dict]:
     methods = list(section(params, "methods"))
     if not methods:
         raise CbirError("params has no methods: add at least one under methods")
-    cfg = settings(params)
     evaluation = section(params, "evaluation")
-    n_bootstrap = int(evaluation.get("n_bootstrap", 1000))
-    n_permutations = int(evaluation.get("n_permutations", 10000))
-    seed = int(evaluation.get("seed", params.get("seed", 0)))
-    block_size = int(section(params, "retrieval").get("block_size", 1024))
-    manifest = read_manifest(paths.manifest)
+    stats = {"n_bootstrap": int(evaluation.get("n_bootstrap", 1000)),
+             "n_permutations": int(evaluation.get("n_permutations", 10000)),
+             "seed": int(evaluation.get("seed", params.get("seed", 0))),
+             "block_size": int(section(params, "retrieval").get("block_size", 1024))}
+    return methods, settings(params), stats
+
+
+def run_method(params: dict, method: str, root: str | Path) -> None:
+    """Simulate the user for ``method`` (see :mod:`cbir.feedback_eval` for the protocol): its results per
+    feedback method (no Holm yet) and the shown top-k into ``data/feedback/<ds>/methods/<method>/``."""
+    root = Path(root)
+    paths = Layout(root, params)
+    _, cfg, stats = _shared(params)
+    method_config(params, method)  # an unknown method is one clear error, before any file is read
+    data = load_prepared(params, method, root, read_manifest(paths.manifest))
+    results, traces = {}, []
+    for fb in cfg["methods"]:
+        t0 = time.perf_counter()
+        # one BLAS thread: the work is many one-query products, which threads only slow down
+        # (a query's scores are the same either way: tests/test_feedback_query.py)
+        with threadpool_limits(1):
+            entry, sim = fe.evaluate_method(data, fe.settings_for(cfg, fb), cfg["rounds"], cfg["top_k"],
+                                            stats["n_bootstrap"], stats["n_permutations"], stats["seed"],
+                                            stats["block_size"])
+        results[fb] = entry
+        traces.append(sim.trace.assign(method=method, feedback=fb))
+        first, last = entry["rounds"][0], entry["rounds"][-1]
+        log.info("feedback %s %s: P@10 %s -> %s (initial on the same residual collection %s), mAP %s -> %s "
+                 "(%.2fs)", method, fb, first["p@10"], last["p@10"], last["initial_p@10"], first["map"],
+                 last["map"], time.perf_counter() - t0)
+    trace = pd.concat(traces, ignore_index=True)[["method", "feedback", *fe.TRACE_COLUMNS]]
+    with atomic_dir(paths.feedback_method_dir(method)) as tmp:
+        write_json(tmp / "results.json", results)
+        trace.to_csv(tmp / "rankings.csv", index=False)
+    log.info("wrote %s", paths.feedback_method_dir(method))
+
+
+def combine(params: dict, root: str | Path) -> None:
+    """Every method's feedback results joined, Holm over all of them: ``reports/<ds>/feedback/`` and
+    ``data/feedback/<ds>/rankings.csv``."""
+    from cbir.figures.style import save_figure  # matplotlib: only the combined figure needs it
+    from cbir.report.tables import to_latex
+
+    start = time.perf_counter()
+    root = Path(root)
+    paths = Layout(root, params)
+    methods, cfg, _ = _shared(params)
     results: dict = {}
     traces = []
     for method in methods:
-        data = load_prepared(params, method, root, manifest)
-        manifest = data["manifest"]
-        results[method] = {}
-        for fb in cfg["methods"]:
-            t0 = time.perf_counter()
-            # one BLAS thread: the work is many one-query products, which threads only slow down
-            # (a query's scores are the same either way: tests/test_feedback_query.py)
-            with threadpool_limits(1):
-                entry, sim = fe.evaluate_method(data, fe.settings_for(cfg, fb), cfg["rounds"], cfg["top_k"],
-                                                n_bootstrap, n_permutations, seed, block_size)
-            results[method][fb] = entry
-            traces.append(sim.trace.assign(method=method, feedback=fb))
-            first, last = entry["rounds"][0], entry["rounds"][-1]
-            log.info("feedback %s %s: P@10 %s -> %s (initial on the same residual collection %s), mAP %s -> %s "
-                     "(%.2fs)", method, fb, first["p@10"], last["p@10"], last["initial_p@10"], first["map"],
-                     last["map"], time.perf_counter() - t0)
+        folder = paths.feedback_method_dir(method)
+        if not (folder / "results.json").is_file():
+            raise CbirError(f"{folder / 'results.json'} not found: run `dvc repro evaluate@{paths.dataset}-{method}` "
+                            "first")
+        results[method] = read_json(folder / "results.json")
+        traces.append(read_table(folder / "rankings.csv", f"evaluate@{paths.dataset}-{method}"))
     fe.add_holm(results)
     frame = fe.table(results)
     tests = fe.tests_table(results)
@@ -95,8 +124,14 @@ def run(params: dict, root: str | Path) -> None:
         save_figure(fe.rounds_figure(frame, cfg["top_k"]), tmp / "p10_rounds.png")
     log.info("wrote %s (%s)", paths.feedback_dir, ", ".join(sorted(p.name for p in paths.feedback_dir.iterdir())))
     trace = pd.concat(traces, ignore_index=True)
-    trace = trace[["method", "feedback", *fe.TRACE_COLUMNS]]
     with atomic_path(paths.feedback_rankings) as tmp:
         trace.to_csv(tmp, index=False)
-    log.info("wrote %s (%d rows); feedback: %d methods x %d feedback methods in %.2fs", paths.feedback_rankings,
-             len(trace), len(methods), len(cfg["methods"]), time.perf_counter() - start)
+    log.info("wrote %s (%d rows); feedback: %d methods x %d feedback methods combined in %.2fs",
+             paths.feedback_rankings, len(trace), len(methods), len(cfg["methods"]), time.perf_counter() - start)
+
+
+def run(params: dict, root: str | Path) -> None:
+    """Every method's :func:`run_method`, then :func:`combine`: the whole feedback evaluation of one dataset."""
+    for method in _shared(params)[0]:
+        run_method(params, method, root)
+    combine(params, root)

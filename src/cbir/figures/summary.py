@@ -1,0 +1,97 @@
+"""The charts that compare methods (stage ``summarize``): method comparison, P@k and PR curves, P@10 per class,
+the baseline against the best method's trials and the t-SNE maps, drawn through a :class:`FigureWriter`.
+
+``ctx`` and ``inputs`` are the figures stage's dicts (:mod:`cbir.stages.figures`): settings, manifest and
+thumbnails; metrics, plot tables, the compared methods' rankings, per-query AP and the seeded queries.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import numpy as np
+
+from cbir.features.store import read_features
+from cbir.figures.charts import comparison_figure, curves_figure, embedding_figure, per_class_heatmap
+from cbir.figures.select import embed_2d, stratified_subsample
+from cbir.figures.style import MIN_TSNE_POINTS, FigureWriter, message_figure
+from cbir.figures.thumbnails import shorten
+from cbir.figures.trials import build_trials, comparison_trials_figure, sample_trials_figure
+
+log = logging.getLogger("cbir")
+
+
+def fmt(value) -> str:
+    """A metric for a caption: three decimals, or n/a."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{float(value):.3f}"
+
+
+def draw_summary(params: Mapping, ctx: Mapping, inputs: Mapping, writer: FigureWriter, emit,
+                 maps_made: Mapping | None = None) -> tuple[list, list, dict]:
+    """The charts comparing methods, in reading order: (those before the trials, those after them, and the
+    t-SNE coordinates of each mapped method). ``maps_made`` (method -> coordinates) are used, not recomputed."""
+    cfg, ds, paths, manifest, methods = ctx["cfg"], ctx["ds"], ctx["paths"], ctx["manifest"], ctx["methods"]
+    metrics, baseline, other, role = inputs["metrics"], inputs["baseline"], inputs["other"], inputs["role"]
+    k = ctx["k"]
+    before: list[dict] = []
+    after: list[dict] = []
+    # the t-SNE maps (the slowest computation) start first, in the workers, while the other figures are built
+    n_rows = len(manifest)
+    sample = stratified_subsample(manifest["label"].to_numpy(), cfg["tsne_max_points"], cfg["seed"])
+    labels_shown = manifest["label"].to_numpy()[sample]
+    tsne_caption = (f"t-SNE (PCA to {cfg['pca_dims']} dimensions first, {cfg['tsne_iterations']} iterations, "
+                    f"seed {cfg['seed']}) of {len(sample)} of {n_rows} images, coloured by class.")
+    maps = None
+    made = dict(maps_made or {})
+    if len(sample) >= MIN_TSNE_POINTS:
+        maps = [(method, f"{method} ({role_name})", made[method] if method in made else
+                 writer.run(embed_2d, read_features(paths.features(method), method, manifest)[sample], cfg["seed"],
+                            cfg["tsne_perplexity"], cfg["pca_dims"], cfg["tsne_iterations"]))
+                for method, role_name in ((baseline, "baseline"), (other, role)) if method is not None]
+    emit(before, "comparison", "Method comparison",
+         f"P@10 and mAP per method with 95% bootstrap confidence intervals; the baseline `{baseline}` is hatched.",
+         comparison_figure, metrics, baseline)
+    pk = inputs["pk"]
+    ks = pk["k"].max()
+    emit(before, "pk_curves", "Precision at k",
+         f"Mean P@k over queries for k = 1..{ks}, with the 95% percentile bootstrap band over queries "
+         f"(evaluation seed {(params.get('evaluation') or {}).get('seed', 0)}).",
+         curves_figure, pk, "k", "k (results inspected)", "P@k", f"Precision at k, {ds}", methods,
+         xlim=(1, ks) if ks > 1 else None)
+    emit(before, "pr_curves", "Precision-recall",
+         "11-point interpolated precision-recall, mean over queries with a relevant item, with the 95% "
+         "percentile bootstrap band over queries.",
+         curves_figure, inputs["pr"], "recall", "recall", "interpolated precision", f"Precision-recall, {ds}",
+         methods, xlim=(0, 1))
+    emit(before, "per_class_p10", "P@10 per class", "Mean P@10 of each class's queries, per method.",
+         per_class_heatmap, inputs["per_class"], "p@10", methods, title=f"P@10 per class, {ds}")
+
+    rankings, ap = inputs["rankings"], inputs["ap"]
+    seeded = inputs["seeded"]
+    ta = build_trials(rankings[baseline], manifest, seeded, ctx["root"], k, cfg["thumb_size"], ctx["thumbs"])
+    if other is not None:
+        tb = build_trials(rankings[other], manifest, seeded, ctx["root"], k, cfg["thumb_size"], ctx["thumbs"])
+        emit(after, "trials_baseline_vs_best", f"Baseline `{baseline}` against the {role} method `{other}`",
+             f"The same seeded queries under the baseline `{baseline}` (mAP {fmt(metrics[baseline].get('map'))}) "
+             f"and the {role} method by mAP, `{other}` (mAP {fmt(metrics[other].get('map'))}).",
+             comparison_trials_figure, ta, tb, baseline, other, ap[baseline], ap[other],
+             title=f"{ds}: baseline {baseline} vs {role} {other} (by mAP), top-{k}")
+    else:
+        emit(after, "trials_baseline_vs_best", f"Baseline `{baseline}` (the only method)",
+             f"The seeded queries under `{baseline}`, the only method configured: nothing to compare with.",
+             sample_trials_figure, ta, title=f"{ds}: {baseline} (the only method), top-{k}",
+             row_labels=[shorten(baseline, 20)] * len(ta))
+    coordinates = {}
+    if maps is not None:
+        for method, name, future in maps:
+            coordinates[method] = future if isinstance(future, np.ndarray) else writer.result(future, f"t-SNE map of {name}")
+        panels = [(name, coordinates[method], labels_shown) for method, name, _ in maps]
+        emit(after, "embedding_tsne", "Embedding maps (t-SNE)", tsne_caption,
+             embedding_figure, panels, title=f"t-SNE of the embeddings, {ds}")
+    else:
+        log.warning("figures: only %d images, too few for a t-SNE map", len(sample))
+        emit(after, "embedding_tsne", "Embedding maps (t-SNE)", f"No map: {len(sample)} images are too few for t-SNE.",
+             message_figure, f"{len(sample)} images: too few for a t-SNE map (needs {MIN_TSNE_POINTS})",
+             f"t-SNE of the embeddings, {ds}")
+    return before, after, coordinates
