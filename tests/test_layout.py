@@ -119,7 +119,7 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
             (source / label).mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(source / label / f"{i}.png")
     params = {"seed": 0, "device": "cpu", "extract": with_defaults({})["extract"],
-              "dataset": {"name": "odd", "source": "folder", "folder": str(source)},
+              "dataset": {"name": "odd", "source": "folder", "folder": str(source), "drop_variants": False},
               "curate": {"min_side": 8, "min_per_class": 2, "dedupe": False, "max_pixels": MAX_PIXELS},
               "split": {"protocol": "holdout", "queries_per_class": 1, "seed": 0},
               "retrieval": {"k": 3, "block_size": 8, "index": "exact"},
