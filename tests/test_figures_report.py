@@ -80,10 +80,15 @@ def test_metrics_table_matches_metrics_exactly():
     assert lines[3].split(" | ")[-2:] == ["4", "20 |"]
 
 
+#: the report's retrieval and evaluation settings, every key conf/ sets
+RETRIEVAL = {"k": 10, "index": "exact"}
+EVALUATION = {"ks": [1, 5, 10, 20], "n_bootstrap": 1000, "n_permutations": 10000, "seed": 0}
+
+
 def test_report_and_readme_block(tmp_path):
     params = {"dataset": {"name": "toy", "source": "synthetic"}, "split": {"protocol": "holdout"},
-              "retrieval": {"k": 10}, "methods": {"a": {"kind": "deep"}, "b": {"kind": "handcrafted"}},
-              "evaluation": {"baseline": "a"}}
+              "retrieval": RETRIEVAL, "methods": {"a": {"kind": "deep"}, "b": {"kind": "handcrafted"}},
+              "evaluation": {**EVALUATION, "baseline": "a"}}
     sig = pd.DataFrame({"method": ["b"], "baseline": ["a"], "mean_ap_diff": [-0.36], "p_permutation": [0.01]})
     text = build_report(params, METRICS, sig, {"n_images": 24}, ["figures/comparison.png"])
     assert metrics_table(METRICS) in text and "![comparison](figures/comparison.png)" in text
@@ -100,7 +105,7 @@ def test_report_of_a_benchmark_states_its_protocol_and_scores():
     """A benchmark's report names its own protocol and relevance (not the params' split or labels) and has the
     benchmark's section between the metrics table and the tests; a class-level report has neither."""
     params = {"dataset": {"name": "nd", "source": "neardup"}, "split": {"protocol": "holdout", "queries_per_class": 5},
-              "retrieval": {"k": 10}, "methods": {"a": {"kind": "deep"}}, "evaluation": {"baseline": "a"}}
+              "retrieval": RETRIEVAL, "methods": {"a": {"kind": "deep"}}, "evaluation": {**EVALUATION, "baseline": "a"}}
     bench = {"kind": "pairs", "micro_ap": 0.5, "micro_ap_ci95": [0.4, 0.6], "recall@p0.9": 0.25, "top_k": 10,
              "n_positives": 3, "families": {"crop": {"micro_ap": 1.0, "recall@p0.9": 1.0, "map": 1.0, "n_queries": 4}}}
     metrics = {"a": {**METRICS["a"], "benchmark": bench}}

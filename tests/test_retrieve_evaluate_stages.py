@@ -54,8 +54,8 @@ def make_params(**overrides) -> dict:
         "evaluation": {"ks": [1, 5, 10, 20, 50], "n_bootstrap": 200, "seed": 0,
                        "n_permutations": 500, "baseline": "noisy"},
     }
-    for key, value in overrides.items():
-        params[key] = value
+    for key, value in overrides.items():  # a retrieval override changes only the keys it names
+        params[key] = {**params[key], **value} if key == "retrieval" else value
     return params
 
 

@@ -19,13 +19,6 @@ from cbir.features.handcrafted.colour_histogram import hsv_histogram
 from cbir.features.methods import build_method
 from cbir.settings import Extract, Method, MethodRun
 
-#: modules other work is converting to the typed view; until then they may still read a schema key with
-#: a default (remove a line here when its module is converted)
-NOT_YET_CONVERTED = {
-    "stages/evaluate.py", "stages/feedback.py", "stages/figures.py", "stages/report.py", "stages/retrieve.py",
-    "layout.py", "cli.py", "report/markdown.py", "report/tables.py", "statistics.py", "evaluation.py",
-    "feedback_eval.py", "figures/summary.py",
-}
 #: values that are not params though a key of theirs shares a schema key's name: module -> the variable
 #: (the root of the ``.get`` chain) -> what it holds
 NOT_PARAMS = {
@@ -87,14 +80,11 @@ def test_no_module_reads_a_schema_key_with_a_default_of_its_own(repo_root):
     found = []
     for path in sorted(src.rglob("*.py")):
         rel = path.relative_to(src).as_posix()
-        if rel in NOT_YET_CONVERTED:
-            continue
         for number, key, root in reads_with_a_default(path.read_text(encoding="utf-8"), keys):
             if root not in NOT_PARAMS.get(rel, {}):
                 found.append(f"{rel}:{number}: .get({key!r}, ...) on {root}")
     assert found == [], "a default outside conf/:\n" + "\n".join(found)
-    assert all((src / rel).is_file() for rel in NOT_YET_CONVERTED | set(NOT_PARAMS)), \
-        "an allow-listed module is gone: drop it"
+    assert all((src / rel).is_file() for rel in NOT_PARAMS), "an allow-listed module is gone: drop it"
     for rel, roots in NOT_PARAMS.items():  # each exemption still names a read it excuses
         seen = {root for _, _, root in reads_with_a_default((src / rel).read_text(encoding="utf-8"), keys)}
         assert set(roots) <= seen, f"{rel}: {sorted(set(roots) - seen)} no longer read a schema key's name"

@@ -13,6 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from cbir.features.store import read_features
+from cbir.settings import need
 from cbir.figures.charts import comparison_figure, curves_figure, embedding_figure, per_class_heatmap
 from cbir.figures.select import embed_2d, stratified_subsample
 from cbir.figures.style import MIN_TSNE_POINTS, FigureWriter, message_figure
@@ -56,7 +57,7 @@ def draw_summary(params: Mapping, ctx: Mapping, inputs: Mapping, writer: FigureW
     ks = pk["k"].max()
     emit(before, "pk_curves", "Precision at k",
          f"Mean P@k over queries for k = 1..{ks}, with the 95% percentile bootstrap band over queries "
-         f"(evaluation seed {(params.get('evaluation') or {}).get('seed', 0)}).",
+         f"(evaluation seed {need(need(params, 'evaluation'), 'seed', 'evaluation')}).",
          curves_figure, pk, "k", "k (results inspected)", "P@k", f"Precision at k, {ds}", methods,
          xlim=(1, ks) if ks > 1 else None)
     emit(before, "pr_curves", "Precision-recall",

@@ -19,6 +19,7 @@ from cbir import benchmark_eval as be
 from cbir import evaluation as ev
 from cbir import statistics as st
 from cbir.config import method_config, section
+from cbir.settings import method_mapping, need
 from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
@@ -68,17 +69,17 @@ def settings(params: dict) -> dict:
     if not methods:
         raise CbirError("params has no methods to evaluate: add at least one under methods")
     cfg = section(params, "evaluation")
-    ks = [int(k) for k in cfg.get("ks", [1, 5, 10, 20, 50])]
-    baseline = cfg.get("baseline")
+    ks = [int(k) for k in need(cfg, "ks", "evaluation")]
+    baseline = need(cfg, "baseline", "evaluation")
     if baseline is not None and baseline not in methods:
         raise CbirError(f"evaluation.baseline '{baseline}' is not one of the methods "
                         f"({', '.join(methods)}): set it to one of them, or to null")
     retrieval = section(params, "retrieval")
-    return {"methods": methods, "ks": ks, "n_bootstrap": int(cfg.get("n_bootstrap", 1000)),
-            "seed": int(cfg.get("seed", params.get("seed", 0))),
-            "n_permutations": int(cfg.get("n_permutations", 10000)),
+    return {"methods": methods, "ks": ks, "n_bootstrap": int(need(cfg, "n_bootstrap", "evaluation")),
+            "seed": int(need(cfg, "seed", "evaluation")),
+            "n_permutations": int(need(cfg, "n_permutations", "evaluation")),
             "curve_k": int(cfg.get("curve_k") or max(ks)), "baseline": baseline,
-            "block_size": int(retrieval.get("block_size", 1024)), "k": int(retrieval.get("k", 10))}
+            "block_size": int(need(retrieval, "block_size", "retrieval")), "k": int(need(retrieval, "k", "retrieval"))}
 
 
 def evaluate_method(params: dict, method: str, root: Path, manifest: pd.DataFrame, cfg: dict) -> dict:
@@ -113,9 +114,9 @@ def evaluate_method(params: dict, method: str, root: Path, manifest: pd.DataFram
         summary["benchmark"] = official
     if data["search"]["index"] != "exact":
         t1 = time.perf_counter()
-        summary["index"] = index_summary(data, cfg["k"], int(params.get("seed", 0)), block_size)
+        summary["index"] = index_summary(data, cfg["k"], int(need(params, "seed")), block_size)
         log.info("evaluate %s: %s in %.2fs", method, summary["index"], time.perf_counter() - t1)
-    summary["kind"] = str((section(params, "methods").get(method) or {}).get("kind", ""))
+    summary["kind"] = str(need(method_mapping(params, method), "kind", f"methods.{method}"))
     per_cls = ev.per_class(result.per_query)
     for column in CLASS_COLUMNS:
         if column not in per_cls.columns:

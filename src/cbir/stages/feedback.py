@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from cbir import feedback_eval as fe
 from cbir.evaluation import read_table
 from cbir.config import method_config, section
+from cbir.settings import need
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, atomic_path, read_json, write_json, write_text
@@ -35,11 +36,11 @@ log = logging.getLogger("cbir")
 def settings(params: dict) -> dict:
     """``feedback`` params with their defaults (``conf/feedback/default.yaml``), checked."""
     cfg = dict(section(params, "feedback"))
-    methods = list(cfg.get("methods") or ["rocchio"])
+    methods = list(need(cfg, "methods", "feedback"))
     unknown = [m for m in methods if m not in FEEDBACK_METHODS]
     if unknown:
         raise CbirError(f"feedback.methods has {unknown}; expected some of {', '.join(FEEDBACK_METHODS)}")
-    return {**cfg, "methods": methods, "rounds": int(cfg.get("rounds", 3)), "top_k": int(cfg.get("top_k", 10))}
+    return {**cfg, "methods": methods, "rounds": int(need(cfg, "rounds", "feedback")), "top_k": int(need(cfg, "top_k", "feedback"))}
 
 
 def _shared(params: dict) -> tuple[list[str], dict, dict]:
@@ -47,10 +48,8 @@ def _shared(params: dict) -> tuple[list[str], dict, dict]:
     if not methods:
         raise CbirError("params has no methods: add at least one under methods")
     evaluation = section(params, "evaluation")
-    stats = {"n_bootstrap": int(evaluation.get("n_bootstrap", 1000)),
-             "n_permutations": int(evaluation.get("n_permutations", 10000)),
-             "seed": int(evaluation.get("seed", params.get("seed", 0))),
-             "block_size": int(section(params, "retrieval").get("block_size", 1024))}
+    stats = {key: int(need(evaluation, key, "evaluation")) for key in ("n_bootstrap", "n_permutations", "seed")}
+    stats["block_size"] = int(need(section(params, "retrieval"), "block_size", "retrieval"))
     return methods, settings(params), stats
 
 
@@ -112,8 +111,7 @@ def combine(params: dict, root: str | Path) -> None:
                "initial = the first ranking on the same residual collection; "
                "$\\Delta$AP = last round $-$ initial (paired permutation test, Holm).")
     protocol = {"rounds": cfg["rounds"], "top_k": cfg["top_k"], "feedback_methods": cfg["methods"],
-                "alpha": float(cfg.get("alpha", 1.0)), "beta": float(cfg.get("beta", 0.75)),
-                "gamma": float(cfg.get("gamma", 0.15)), "svm_c": float(cfg.get("svm_c", 1.0)),
+                **{key: float(need(cfg, key, "feedback")) for key in ("alpha", "beta", "gamma", "svm_c")},
                 "scoring": "residual collection: images shown in earlier rounds removed before scoring"}
     with atomic_dir(paths.feedback_dir) as tmp:
         write_json(tmp / "metrics.json", {"protocol": protocol, "methods": results})

@@ -49,6 +49,7 @@ from cbir.figures.thumbnails import Thumbnails
 from cbir.figures.trials import build_trials, sample_trials_figure
 from cbir.fileio import atomic_dir, atomic_group, read_json, sha256_bytes, temp_home, write_json
 from cbir.layout import METHOD_FIGURES, SUMMARY_FIGURES, Layout
+from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
@@ -74,7 +75,7 @@ def _context(params: dict, root: Path) -> dict:
     manifest["image_id"] = manifest["image_id"].astype(str)
     return {"root": root, "paths": paths, "ds": paths.dataset, "cfg": cfg, "methods": cfg["methods"],
             "manifest": manifest, "labels": dict(zip(manifest["image_id"], manifest["label"].astype(str))),
-            "k": int((params.get("retrieval") or {}).get("k", 10)),
+            "k": int(need(need(params, "retrieval"), "k", "retrieval")),
             "thumbs": Thumbnails(manifest, root, cfg["thumb_size"])}
 
 

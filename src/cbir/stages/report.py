@@ -13,6 +13,7 @@ from cbir.fileio import read_json, write_text
 from cbir.layout import Layout
 from cbir.report.markdown import build_report
 from cbir.report.tables import write_tables
+from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
@@ -60,9 +61,9 @@ def run(params: dict, root: str | Path) -> None:
                         feedback)
     write_text(paths.report, text)
     paths.report.chmod(0o644)
-    kinds = {m: str((cfg or {}).get("kind", "")) for m, cfg in (params.get("methods") or {}).items()}
+    kinds = {m: str(need(cfg, "kind", f"methods.{m}")) for m, cfg in need(params, "methods").items()}
     tables = write_tables(paths.tables_dir, paths.dataset, metrics, per_class, significance, pairs,
-                          (params.get("evaluation") or {}).get("n_permutations"), kinds)
+                          need(need(params, "evaluation"), "n_permutations", "evaluation"), kinds)
     log.info("report: wrote %d tables to %s", len(tables), paths.tables_dir)
     log.info("report: read %s, %s and %d figures; wrote %s in %.1fs", metrics_file, paths.plots_dir, len(figures),
              paths.report, time.perf_counter() - start)

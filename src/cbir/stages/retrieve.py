@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from cbir.config import method_config, section
+from cbir.settings import need
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.features.store import recorded_hashes
@@ -33,8 +34,8 @@ def run(params: dict, method: str, root: str | Path) -> None:
     root = Path(root)
     paths = Layout(root, params)
     retrieval = section(params, "retrieval")
-    k = int(retrieval.get("k", 10))
-    block_size = int(retrieval.get("block_size", 1024))
+    k = int(need(retrieval, "k", "retrieval"))
+    block_size = int(need(retrieval, "block_size", "retrieval"))
     if k < 1:
         raise CbirError(f"retrieval.k must be >= 1, got {k}")
     method_config(params, method)  # an unknown method is one clear error, before any file is read
@@ -47,7 +48,7 @@ def run(params: dict, method: str, root: str | Path) -> None:
                   "n_database": int(len(data["database_rows"])), "rerank": data["rerank"]}
     indices, scores, index = exact_idx, exact_scores, None
     if settings["index"] != "exact":
-        seed = int(params.get("seed", 0))
+        seed = int(need(params, "seed"))
         index = build_index(data, seed)
         indices, scores = approximate_search(data, k, seed, index=index)
         info.update(index_name=settings["index"], faiss=settings["faiss"],
