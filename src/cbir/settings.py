@@ -34,6 +34,15 @@ def mapping(section: Mapping, key: str, where: str = "") -> Mapping:
     return value
 
 
+def statistics_settings(params: Mapping) -> dict[str, int]:
+    """What evaluate and feedback resample with: ``evaluation.{n_bootstrap, n_permutations, seed}`` and the
+    search's ``retrieval.block_size``."""
+    evaluation, retrieval = mapping(params, "evaluation"), mapping(params, "retrieval")
+    stats = {key: int(need(evaluation, key, "evaluation")) for key in ("n_bootstrap", "n_permutations", "seed")}
+    stats["block_size"] = int(need(retrieval, "block_size", "retrieval"))
+    return stats
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The int8 calibration sample: ``size`` database images drawn with ``seed``."""

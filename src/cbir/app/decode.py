@@ -43,8 +43,6 @@ from cbir.data.images import MAX_PIXELS, SAFE_FORMATS, ImageError, open_rgb, to_
 from cbir.errors import CbirError
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS
-#: the web server's default pixel budget for one query image (``serve.max_query_pixels``)
-DEFAULT_QUERY_MAX_PIXELS = 12_000_000
 #: JPEGs are decoded at the smallest DCT scale that keeps both sides at least this long
 DRAFT_SIDE = 1024
 _DRAFT_FORMATS = ("JPEG", "MPO")
@@ -148,7 +146,7 @@ def _decode_drafted(path: Path, name: str) -> Image.Image:
     return rgb
 
 
-def decode_query(path: str | os.PathLike, name: str, max_pixels: int = DEFAULT_QUERY_MAX_PIXELS,
+def decode_query(path: str | os.PathLike, name: str, max_pixels: int,
                  max_declared: int = DEFAULT_MAX_PIXELS, resize_side: int | None = None) -> Image.Image:
     """Decode a query image within ``max_pixels`` decoded pixels, refusing a shape whose resize to
     ``resize_side`` would not be (see the module docstring)."""

@@ -19,7 +19,7 @@ from cbir import benchmark_eval as be
 from cbir import evaluation as ev
 from cbir import statistics as st
 from cbir.config import method_config, section
-from cbir.settings import method_mapping, need
+from cbir.settings import method_mapping, need, statistics_settings
 from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
@@ -74,12 +74,11 @@ def settings(params: dict) -> dict:
     if baseline is not None and baseline not in methods:
         raise CbirError(f"evaluation.baseline '{baseline}' is not one of the methods "
                         f"({', '.join(methods)}): set it to one of them, or to null")
-    retrieval = section(params, "retrieval")
-    return {"methods": methods, "ks": ks, "n_bootstrap": int(need(cfg, "n_bootstrap", "evaluation")),
-            "seed": int(need(cfg, "seed", "evaluation")),
-            "n_permutations": int(need(cfg, "n_permutations", "evaluation")),
-            "curve_k": int(cfg.get("curve_k") or max(ks)), "baseline": baseline,
-            "block_size": int(need(retrieval, "block_size", "retrieval")), "k": int(need(retrieval, "k", "retrieval"))}
+    stats = statistics_settings(params)
+    return {"methods": methods, "ks": ks, "n_bootstrap": stats["n_bootstrap"], "seed": stats["seed"],
+            "n_permutations": stats["n_permutations"], "curve_k": int(cfg.get("curve_k") or max(ks)),
+            "baseline": baseline, "block_size": stats["block_size"],
+            "k": int(need(section(params, "retrieval"), "k", "retrieval"))}
 
 
 def evaluate_method(params: dict, method: str, root: Path, manifest: pd.DataFrame, cfg: dict) -> dict:

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from cbir import feedback_eval as fe
 from cbir.evaluation import read_table
 from cbir.config import method_config, section
-from cbir.settings import need
+from cbir.settings import need, statistics_settings
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, atomic_path, read_json, write_json, write_text
@@ -34,7 +34,7 @@ log = logging.getLogger("cbir")
 
 
 def settings(params: dict) -> dict:
-    """``feedback`` params with their defaults (``conf/feedback/default.yaml``), checked."""
+    """``feedback`` params (every key set by ``conf/feedback/default.yaml``), checked."""
     cfg = dict(section(params, "feedback"))
     methods = list(need(cfg, "methods", "feedback"))
     unknown = [m for m in methods if m not in FEEDBACK_METHODS]
@@ -47,10 +47,7 @@ def _shared(params: dict) -> tuple[list[str], dict, dict]:
     methods = list(section(params, "methods"))
     if not methods:
         raise CbirError("params has no methods: add at least one under methods")
-    evaluation = section(params, "evaluation")
-    stats = {key: int(need(evaluation, key, "evaluation")) for key in ("n_bootstrap", "n_permutations", "seed")}
-    stats["block_size"] = int(need(section(params, "retrieval"), "block_size", "retrieval"))
-    return methods, settings(params), stats
+    return methods, settings(params), statistics_settings(params)
 
 
 def run_method(params: dict, method: str, root: str | Path) -> None:
