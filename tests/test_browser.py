@@ -101,7 +101,10 @@ def test_upload_bad_upload_and_click_in_chromium(server, browser, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 30)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # the page re-renders its results and counters after each request: an element found just before is retried
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     query = colour_png(tmp_path / "greenish.png", (60, 190, 80), seed=5, size=80)
     browser.get(server["url"] + "/")
     assert "Content-based image retrieval" in browser.title + browser.page_source

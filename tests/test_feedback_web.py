@@ -124,7 +124,10 @@ def test_mark_refine_back_and_region_in_chromium(site, server, browser, tmp_path
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 30)
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # the page re-renders its results and counters after each request: an element found just before is retried
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     engine = site["engines"]["hsv_hist"]
     settings = FeedbackSettings.from_config(FEEDBACK, "rocchio")
     browser.get(f"{server}/search?id=red/0&method=hsv_hist")
