@@ -14,13 +14,13 @@ from bench_helpers import (PALETTE, bench_params, colour_image, encode, revisito
                            write_zip)
 from PIL import Image
 
-from cbir import benchmark_eval as be
-from cbir.benchmark_metrics import revisitop_scores
+from cbir.scoring import benchmark_eval as be
+from cbir.scoring.benchmark_metrics import revisitop_scores
 from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.data.manifest import read_manifest, split_indices
 from cbir.data.neardup import FAMILIES, fetch_neardup
 from cbir.errors import CbirError
-from cbir.judgements import Judgement, Judgements
+from cbir.scoring.judgements import Judgement, Judgements
 from cbir.search.exact import full_ranking
 
 SMALL_NEARDUP = ["dataset.n_originals=20", "dataset.n_distractors=10", "dataset.n_queries=30", "dataset.n_absent=5",

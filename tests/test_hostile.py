@@ -282,7 +282,7 @@ def web(hostile):
               "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {})}},
               "serve": from_conf("serve/default", max_query_pixels=12_000_000)}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_extract(params, "hsv", root)
+    run_extract(params, root, method="hsv")
     return create_app(params, root).test_client()
 
 

@@ -100,7 +100,7 @@ def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdou
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_weights(params, "mobilenet_v2", root)
     for method in BUILT:
-        run_extract(params, method, root)
+        run_extract(params, root, method=method)
     return params
 
 

@@ -92,7 +92,7 @@ def test_adding_or_switching_datasets_deletes_nothing(built):
     assert of_dataset(now, "synthetic") == first  # side by side, untouched
     assert "metrics/other.json" in now and "reports/other/report.md" in now
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert "summarize@synthetic" in lock and "summarize@other" in lock
+    assert "evaluate@synthetic" in lock and "evaluate@other" in lock
     _run(DVC + ["exp", "run", "-n", "only-other", "-S", "~datasets.synthetic", "-S", "+dataset@datasets.other=synthetic",
                 "-S", "datasets.other.seed=7", "-S", "datasets.other.n_classes=3"], work, env)
     now = md5s(work)

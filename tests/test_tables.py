@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir import statistics as st
+from cbir.scoring import statistics as st
 from cbir.report.tables import (
     CMR10_WIDTHS,
     TEXTWIDTH_PT,
@@ -23,8 +23,8 @@ from cbir.report.tables import (
     to_latex,
     write_tables,
 )
-from cbir.stages.evaluate import run as run_evaluate
-from cbir.stages.report import run as run_report
+from cbir.scoring.metric_files import run as run_evaluate
+from cbir.report.report_files import run as run_report
 from test_retrieve_evaluate_stages import make_params, write_dataset
 
 METRICS = {"gap": {"p@10": 0.8123, "map": 0.5, "ci95": {"p@10": [0.79, 0.83], "map": [0.45, 0.55]},

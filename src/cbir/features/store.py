@@ -39,8 +39,9 @@ def manifest_digest(manifest: pd.DataFrame) -> str:
 
 
 def extract_stage(path: Path, method: str) -> str:
-    """The DVC stage that writes the features file ``path`` (``data/features/<ds>/<method>.npy``)."""
-    return f"extract@{Path(path).parent.name}-{method}"
+    """The DVC stage that writes the features file ``path`` (``data/features/<ds>/<method>.npy``: every method of
+    the dataset is one stage, ``extract@<ds>``)."""
+    return f"extract@{Path(path).parent.name}"
 
 
 def integrity_record(path: Path, manifest: pd.DataFrame) -> dict:

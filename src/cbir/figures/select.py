@@ -12,7 +12,7 @@ import pandas as pd
 
 from cbir.errors import CbirError
 from cbir.figures.style import MIN_TSNE_POINTS
-from cbir.statistics import bootstrap_ci
+from cbir.scoring.statistics import bootstrap_ci
 
 
 def pick_queries(query_ids: list[str], n: int, seed: int) -> list[str]:
@@ -53,7 +53,7 @@ def compared_methods(metrics: Mapping[str, Mapping], baseline: str | None) -> tu
     """
     methods = list(metrics)
     if not methods:
-        raise CbirError("the metrics file lists no method: run the summarize stage first")
+        raise CbirError("the metrics file lists no method: run `dvc repro evaluate@<dataset>` first")
     if baseline not in metrics:
         baseline = methods[0]
     ranked = rank_methods(metrics)

@@ -1,7 +1,7 @@
 """The charts that compare methods (stage ``summarize``): method comparison, P@k and PR curves, P@10 per class,
 the baseline against the best method's trials and the t-SNE maps, drawn through a :class:`FigureWriter`.
 
-``ctx`` and ``inputs`` are the figures stage's dicts (:mod:`cbir.stages.figures`): settings, manifest and
+``ctx`` and ``inputs`` are the figures stage's dicts (:mod:`cbir.figures.figure_files`): settings, manifest and
 thumbnails; metrics, plot tables, the compared methods' rankings, per-query AP and the seeded queries.
 """
 

@@ -51,7 +51,7 @@ def sample_trials_figure(trials: list[dict], thumb_size: int = 128, title: str =
     ``row_labels`` (one per trial) are written beside the query, e.g. why it was chosen.
     """
     if not trials:
-        raise CbirError("no queries to draw: the retrieval file has no query; re-run `dvc repro retrieve`")
+        raise CbirError("no queries to draw: the retrieval file has no query; re-run `dvc repro evaluate@<dataset>`")
     if row_labels is not None and len(row_labels) != len(trials):
         raise ValueError("row_labels must have one entry per trial")
     ncols = 1 + max(1, max(len(t["results"]) for t in trials))

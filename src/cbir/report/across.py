@@ -77,7 +77,7 @@ def collect(root: Path, params: Mapping) -> dict[str, dict]:
     for ds in dataset_names(params):
         paths = Layout(root, select_dataset(params, ds))
         if not paths.compact_metrics.is_file():
-            raise CbirError(f"{paths.compact_metrics} not found: run `dvc repro summarize@{ds}` first")
+            raise CbirError(f"{paths.compact_metrics} not found: run `dvc repro evaluate@{ds}` first")
         if not paths.manifest.is_file():
             raise CbirError(f"{paths.manifest} not found: run `dvc repro curate@{ds}` first")
         found[ds] = {"metrics": read_json(paths.compact_metrics), **protocol_of(paths.manifest)}
@@ -169,8 +169,8 @@ def latex(found: Mapping[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(params: dict, root: str | Path) -> None:
-    """Stage ``across``: ``reports/datasets.{md,csv,tex}`` for the experiment's datasets."""
+def write_across(params: dict, root: str | Path) -> None:
+    """``reports/datasets.{md,csv,tex}`` for the experiment's datasets (stage ``across``)."""
     root = Path(root)
     found = collect(root, params)
     files = across_files(root)

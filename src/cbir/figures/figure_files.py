@@ -81,7 +81,7 @@ def _context(params: dict, root: Path) -> dict:
 
 def _ranking(ctx: dict, method: str) -> pd.DataFrame:
     paths = ctx["paths"]
-    return _read_csv(paths.retrieval(method), f"retrieve@{paths.dataset}-{method}",
+    return _read_csv(paths.retrieval(method), f"evaluate@{paths.dataset}",
                      {"query_id", "rank", "image_id", "score"})
 
 
@@ -96,12 +96,12 @@ def _summary_inputs(params: dict, ctx: dict) -> dict:
     paths = ctx["paths"]
     metrics_file = paths.metrics
     if not metrics_file.exists():
-        raise CbirError(f"{metrics_file} not found: run the summarize stage first")
+        raise CbirError(f"{metrics_file} not found: run `dvc repro evaluate@<dataset>` first")
     metrics = read_json(metrics_file)
     methods = ctx["methods"]
     missing = [m for m in methods if m not in metrics]
     if missing:
-        raise CbirError(f"{metrics_file} has no entry for {', '.join(missing)}: re-run `dvc repro summarize`")
+        raise CbirError(f"{metrics_file} has no entry for {', '.join(missing)}: re-run `dvc repro evaluate@<dataset>`")
     metrics = {m: metrics[m] for m in methods}
     per_query = _read_csv(paths.plot("per_query"), "summarize", {"method", "query_id", "ap"})
     inputs = {"metrics": metrics,
@@ -122,7 +122,7 @@ def _summary_inputs(params: dict, ctx: dict) -> dict:
 def _method_ap(ctx: dict, method: str) -> dict:
     """Per-query AP of ``method`` (its evaluate stage's ``per_query.csv``): the best and worst query."""
     paths = ctx["paths"]
-    part = _read_csv(paths.evaluation_file(method, "per_query.csv"), f"evaluate@{paths.dataset}-{method}",
+    part = _read_csv(paths.evaluation_file(method, "per_query.csv"), f"evaluate@{paths.dataset}",
                      {"query_id", "ap"})
     return dict(zip(part["query_id"], part["ap"].astype(float)))
 
@@ -247,7 +247,7 @@ def combine(params: dict, root: str | Path) -> None:
     for method in ctx["methods"]:
         file = paths.figure_index(method)
         if not file.is_file():
-            raise CbirError(f"{file} not found: run `dvc repro evaluate@{paths.dataset}-{method}` first")
+            raise CbirError(f"{file} not found: run `dvc repro evaluate@{paths.dataset}` first")
         method_entries[method] = {e["name"].split("_", 1)[0]: e for e in read_json(file)}
     files = _map_files(ctx, [m for m in (inputs["baseline"], inputs["other"]) if m is not None])
     made = {m: np.load(f) for m, f in files.items() if f.is_file()}

@@ -2,8 +2,8 @@
 
 :func:`load_judgements` maps the file's image ids onto the database rows of one prepared method and
 returns a :class:`Benchmark`; :func:`score` ranks the whole database exactly (the same search as the
-class-level path), runs the pure evaluator (:func:`cbir.evaluation.evaluate`) with the benchmark's AP
-variant, and adds the benchmark's official scores (:mod:`cbir.benchmark_metrics`):
+class-level path), runs the pure evaluator (:func:`cbir.scoring.evaluation.evaluate`) with the benchmark's AP
+variant, and adds the benchmark's official scores (:mod:`cbir.scoring.benchmark_metrics`):
 
 * ``revisitop`` (ROxford5k / RParis6k): E/M/H mAP (trapezoidal AP) and mP@1,5,10, with 95% bootstrap
   intervals of each mAP; the main ``map`` is the Medium protocol's;
@@ -25,13 +25,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cbir import benchmark_metrics as bm
-from cbir import evaluation as ev
+from cbir.scoring import benchmark_metrics as bm
+from cbir.scoring import evaluation as ev
 from cbir.errors import CbirError
 from cbir.fileio import read_json
-from cbir.judgements import Judgement, Judgements
+from cbir.scoring.judgements import Judgement, Judgements
 from cbir.search.exact import full_ranking
-from cbir.statistics import bootstrap_ci
+from cbir.scoring.statistics import bootstrap_ci
 
 KINDS = ("revisitop", "groups", "ukbench", "pairs")
 PRECISION = 0.9

@@ -1,4 +1,4 @@
-"""Stage ``retrieve``: a method's cosine top-k for every query, ``data/retrieval/<ds>/<method>.csv``
+"""A method's cosine top-k for every query, ``data/retrieval/<ds>/<method>.csv``
 (``query_id, rank, image_id, score``) and ``.json`` (settings; with FAISS, recall@k against exact search)."""
 
 from __future__ import annotations
