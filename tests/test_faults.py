@@ -459,7 +459,7 @@ def test_flipped_bytes_in_hnsw_stored_vectors_are_refused(damaged, capsys):
     index_file.write_bytes(bytes(data))
     params = params_for()
     pattern = (r"index\.faiss does not match index\.json \(its stored vectors or graph were damaged or edited\): "
-               r"rebuild it with `dvc repro retrieve@\w+-hsv_hist`")
+               r"rebuild it with `dvc repro evaluate@\w+`")
     with pytest.raises(CbirError, match=pattern):
         load_database(params, "hsv_hist", damaged)
     image = damaged / manifest["path"].iloc[0]

@@ -248,7 +248,7 @@ def test_bad_input_is_one_line_and_exit_2(state, monkeypatch, capsys, tmp_path, 
 
 
 def test_unbuilt_method_error_names_the_stage(state):
-    with pytest.raises(CbirError, match=r"hsv_unbuilt\.npy: build them with `dvc repro extract@\w+-hsv_unbuilt`"):
+    with pytest.raises(CbirError, match=r"hsv_unbuilt\.npy: build them with `dvc repro extract@\w+`"):
         load_database(state["params"], "hsv_unbuilt", state["root"])
 
 

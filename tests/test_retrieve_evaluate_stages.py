@@ -194,7 +194,7 @@ def test_mismatched_row_count_raises(tmp_path):
 
 @pytest.mark.parametrize("params, method, message", [
     (make_params(), "missing", "method 'missing' is not in params.yaml"),
-    (make_params(methods={"absent": {}}), "absent", r"features for method 'absent' not found .*extract@\w+-absent"),
+    (make_params(methods={"absent": {}}), "absent", r"features for method 'absent' not found .*extract@\w+"),
     (make_params(retrieval={"k": 3, "index": "annoy"}), "good", "unknown retrieval.index 'annoy'"),
     (make_params(retrieval={"k": 3, "index": "ivf", "faiss": {"nprobes": 3}}), "good",
      r"unknown retrieval.faiss keys \['nprobes'\]"),
@@ -239,5 +239,5 @@ def test_one_methods_evaluation_is_the_same_alone_and_the_combine_is_its_rows(tm
     per_query = (tmp_path / "reports/toy/plots/per_query.csv").read_text().splitlines()
     assert per_query[1:7] == together["per_query.csv"].decode().splitlines()[1:]  # good's 6 queries first
     (folder / "summary.json").unlink()
-    with pytest.raises(CbirError, match=r"good/summary.json not found: run `dvc repro evaluate@toy-good` first"):
+    with pytest.raises(CbirError, match=r"good/summary.json not found: run `dvc repro evaluate@toy` first"):
         combine(make_params(), tmp_path)

@@ -114,18 +114,18 @@ def test_stale_or_missing_index_is_refused(built, tmp_path):
     features = copy / "data/features/toy/hsv_hist.npy"
     np.save(features, np.load(features)[:, ::-1].copy())
     with pytest.raises(CbirError, match=r"hsv_hist\.npy does not match hsv_hist\.json \(rows permuted or edited\): "
-                                        r"run `dvc repro extract@\w+-hsv_hist`"):
+                                        r"run `dvc repro extract@\w+`"):
         QueryEngine.from_params(params, "hsv_hist", copy)
     rehash(features, read_manifest(copy / "data/curated/toy/manifest.csv"))  # as a fresh extract would
     with pytest.raises(CbirError, match=r"saved index .* was built from other features .* \(stale\): rebuild it "
-                                        r"with `dvc repro retrieve@\w+-hsv_hist`"):
+                                        r"with `dvc repro evaluate@\w+`"):
         QueryEngine.from_params(params, "hsv_hist", copy)
     changed = json.loads(json.dumps(params))
     changed["retrieval"]["per_method"]["hsv_dba"]["faiss"]["nprobe"] = 2
     with pytest.raises(CbirError, match=r"built with search settings .* params.yaml says"):
         QueryEngine.from_params(changed, "hsv_dba", copy)
     shutil.rmtree(copy / "data/index/toy/hsv_dba")
-    with pytest.raises(CbirError, match=r"no saved index for 'hsv_dba' .*dvc repro retrieve@\w+-hsv_dba"):
+    with pytest.raises(CbirError, match=r"no saved index for 'hsv_dba' .*dvc repro evaluate@\w+"):
         QueryEngine.from_params(params, "hsv_dba", copy)
 
 

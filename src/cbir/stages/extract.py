@@ -114,6 +114,7 @@ def run(params: dict, root: str | Path, method: str | None = None) -> None:
     root = Path(root)
     paths = Layout(root, params)
     names = [method] if method else list(need(params, "methods"))
+    read_manifest(paths.manifest)  # a missing or damaged manifest is one clear line before any work
     start = time.perf_counter()
     done = []
     for name in names:
