@@ -98,15 +98,16 @@ def test_an_edit_to_a_module_makes_exactly_the_stages_that_run_it_stale(tmp_path
     init_repo(work, repo_root, env)
     with Repo(str(work)) as repo:
         for stage in repo.index.stages:
-            for out in stage.outs:
-                path = Path(out.fs_path)
-                if not path.exists():
-                    if path.suffix:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        path.write_text("{}\n" if path.suffix == ".json" else "placeholder\n")
-                    else:
-                        (path / "placeholder").parent.mkdir(parents=True, exist_ok=True)
-                        (path / "placeholder").write_text("placeholder\n")
+            for item in [*stage.outs, *stage.deps]:
+                path = Path(item.fs_path)
+                if getattr(item, "params", None) is not None or path.exists():
+                    continue
+                if path.suffix:  # a file (inside a folder output: that folder then holds it)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("{}\n" if path.suffix == ".json" else "placeholder\n")
+                else:
+                    path.mkdir(parents=True, exist_ok=True)
+                    (path / "placeholder").write_text("placeholder\n")
     run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], work, env)
     assert _stale(work, env) == set()
     stages = run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], work, env).stdout.split()

@@ -34,7 +34,7 @@ HANDLERS = {
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
     "update-template": "cbir.report.plots_page:update_template",
-    "compare": "cbir.report.compare:run_compare",
+    "compare": "cbir.report.compare:run_compare", "clean": "cbir.workspace:clean",
 }
 
 
@@ -189,6 +189,10 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("map", "p@10"), default="map", help="the metric shown (default: map)")
     p.add_argument("--format", choices=("text", "csv", "latex"), default="text", help="output form (default: text)")
     p.set_defaults(func=lambda a: handler("compare")(a.root, a.metric, a.format))
+    p = sub.add_parser("clean", help="remove what the current pipeline does not produce (the way back from an "
+                                     "experiment, after `git checkout -- .` and `dvc checkout --force`)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.set_defaults(func=lambda a: [print(f) for f in handler("clean")(a.root, dry_run=a.dry_run) if a.dry_run])
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.add_argument("--update-template", action="store_true",
