@@ -171,7 +171,10 @@ def test_the_documented_way_back_from_an_experiment_that_adds_a_method_and_a_dat
     for i, command in enumerate(commands):
         proc = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, f"{command}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        assert "No file hash info found" not in proc.stdout + proc.stderr, command
+        # DVC's own checkout before an experiment warns only about outputs of stages it has never run (the added
+        # dataset's), never about main's
+        warned = [line for line in (proc.stdout + proc.stderr).splitlines() if "No file hash info found" in line]
+        assert all("/more" in line for line in warned), warned
         now = md5s(work)
         if i % 2 == 0:  # the experiment: a second dataset and a method beside main's
             assert any(p.startswith("reports/more/") for p in now) and any("hog-28" in p for p in now)
