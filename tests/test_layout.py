@@ -17,7 +17,7 @@ from cbir.errors import CbirError
 from cbir.data.manifest import read_manifest
 from cbir.layout import METHOD_FIGURES, PLOT_TABLES, SUMMARY_FIGURES, Layout, weights_file
 from cbir.stages import curate, download, evaluate, extract, retrieve
-from methods_helpers import with_defaults
+from methods_helpers import from_conf, with_defaults
 
 from cbir.data.images import MAX_PIXELS
 from cbir.features.handcrafted import descriptor_node
@@ -121,7 +121,7 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
     params = {"seed": 0, "device": "cpu", "extract": with_defaults({})["extract"],
               "dataset": {"name": "odd", "source": "folder", "folder": str(source), "drop_variants": False},
               "curate": {"min_side": 8, "min_per_class": 2, "dedupe": False, "max_pixels": MAX_PIXELS},
-              "split": {"protocol": "holdout", "queries_per_class": 1, "seed": 0},
+              "split": from_conf("split/holdout", queries_per_class=1),
               "retrieval": {"k": 3, "block_size": 8, "index": "exact"},
               "evaluation": {"ks": [1, 3], "n_bootstrap": 20, "n_permutations": 20, "seed": 0, "baseline": None},
               "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram")}}}

@@ -227,7 +227,7 @@ def test_folder_source_errors(tmp_path):
         fetch({"source": "folder", "folder": str(tmp_path / "nope")}, tmp_path / "raw")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat/a.png").write_bytes(b"x")
-    with pytest.raises(CbirError, match="no files inside class sub-folders"):
+    with pytest.raises(CbirError, match="no image files inside class sub-folders"):
         fetch({"source": "folder", "folder": str(tmp_path / "flat")}, tmp_path / "raw")
 
 
@@ -269,9 +269,13 @@ def test_tuxpaint_missing_names_the_package(tmp_path):
     assert "apt-get install tuxpaint-stamps-default" in message and "\n" not in message
 
 
-@pytest.mark.skipif(not Path(sources.TUXPAINT_ROOT).is_dir(), reason="tuxpaint-stamps-default not installed")
+TUXPAINT_ROOT = Path(from_conf("dataset/tuxpaint")["root"])
+FASHION_MNIST_ROOT = Path(from_conf("dataset/fashion_mnist")["root"])
+
+
+@pytest.mark.skipif(not TUXPAINT_ROOT.is_dir(), reason="tuxpaint-stamps-default not installed")
 def test_tuxpaint_real_package(tmp_path):
-    provenance = fetch({"source": "tuxpaint", "name": "tuxpaint"}, tmp_path / "raw")
+    provenance = fetch(from_conf("dataset/tuxpaint"), tmp_path / "raw")
     files = list_files(tmp_path / "raw")
     assert provenance["n_files"] == len(files) - 1 > 300
     assert {f.split("/")[0] for f in files if "/" in f} >= {"animals", "food", "vehicles"}
@@ -323,10 +327,10 @@ def test_fashion_mnist_missing_names_the_package(tmp_path):
     assert "dataset-fashion-mnist" in str(info.value) and "apt-get install" in str(info.value)
 
 
-@pytest.mark.skipif(not Path(sources.FASHION_MNIST_ROOT).is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not FASHION_MNIST_ROOT.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_real_package_shapes():
-    images = read_idx(Path(sources.FASHION_MNIST_ROOT) / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(Path(sources.FASHION_MNIST_ROOT) / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_MNIST_ROOT / "t10k-labels-idx1-ubyte.gz")
     assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
     assert np.bincount(labels).tolist() == [1000] * 10
 
