@@ -326,7 +326,7 @@ def test_fashion_mnist_curation(tmp_path):
 
 def test_stages_write_manifest_and_report(tmp_path):
     params = {"dataset": from_conf("dataset/synthetic", name="syn", n_classes=3, per_class=4, size=32),
-              "curate": CURATE, "split": HOLDOUT}
+              "download": from_conf("download/default"), "curate": CURATE, "split": HOLDOUT}
     provenance = run_download(params, tmp_path)
     assert json.loads((tmp_path / "data/raw/syn/_source.json").read_text()) == provenance
     manifest, report = run_curate(params, tmp_path)

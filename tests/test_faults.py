@@ -442,8 +442,9 @@ def test_swapped_manifest_lines_are_refused(damaged, capsys):
     lines = manifest.read_text().splitlines(keepends=True)
     lines[3], lines[4] = lines[4], lines[3]
     manifest.write_text("".join(lines))
-    refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy was computed from other manifest rows than the "
-                                            r"manifest now holds .*: run `dvc repro extract@\w+-hsv_hist`", capsys)
+    refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy was computed from another manifest than the one now "
+                                            r"there \(column\(s\) image_id, path, .* changed since extract.*\): "
+                                            r"run `dvc repro extract@\w+-hsv_hist`", capsys)
 
 
 def test_flipped_bytes_in_hnsw_stored_vectors_are_refused(damaged, capsys):

@@ -120,6 +120,7 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
             Image.fromarray(pixels).save(source / label / f"{i}.png")
     params = {"seed": 0, "device": "cpu", "extract": with_defaults({})["extract"],
               "dataset": {"name": "odd", "source": "folder", "folder": str(source), "drop_variants": False},
+              "download": from_conf("download/default"),
               "curate": {"min_side": 8, "min_per_class": 2, "dedupe": False, "max_pixels": MAX_PIXELS},
               "split": from_conf("split/holdout", queries_per_class=1),
               "retrieval": {"k": 3, "block_size": 8, "index": "exact"},
