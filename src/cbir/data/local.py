@@ -322,7 +322,7 @@ def existing_folder(value, key: str, what: str) -> Path:
     """``value`` as an existing folder; a missing path or a file is one clear error naming ``key``."""
     folder = Path(str(value)).expanduser()
     if folder.is_file():
-        raise CbirError(f"{key}={display_name(str(folder))} is a file, not a folder; {what}")
+        raise CbirError(f"{key}={shown(folder)} is a file, not a folder; {what}")
     if not folder.is_dir():
-        raise CbirError(f"{key}={display_name(str(folder))} does not exist; {what}")
+        raise CbirError(f"{key}={shown(folder)} does not exist; {what}")
     return folder
