@@ -266,8 +266,8 @@ def copy_tree(src: Path, dst: Path, files: list[str], scan: TreeScan | None = No
     """Copy ``files`` (relative to ``src``) into ``dst`` keeping the tree; return the bytes copied.
 
     ``limits``: the sizes ``stat`` reports are summed and checked against them (and the free space of
-    ``dst``'s disk) before the first byte is copied, and the running total while copying; each file is read
-    up to its reported size only (:func:`copy_bounded`). ``what`` names the source in errors. A file that
+    ``dst``'s disk) before the first byte is copied; each file is then read up to its reported size only
+    (:func:`copy_bounded`), so the total copied never exceeds the checked sum. ``what`` names the source in errors. A file that
     cannot be copied (it vanished, or its path is too long here) is recorded in ``scan.skipped`` as
     ``unreadable`` when ``scan`` is given, and is an error otherwise.
     """
@@ -301,8 +301,6 @@ def copy_tree(src: Path, dst: Path, files: list[str], scan: TreeScan | None = No
             target.unlink(missing_ok=True)
             scan.skip(rel, "unreadable", f"cannot copy: {exc.strerror or exc}")
             continue
-        if limits is not None and total > limits.max_bytes:
-            raise CbirError(_over_budget(what, total, limits, None))
     return total
 
 
