@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -382,3 +384,28 @@ def test_a_stalled_request_gets_its_408_and_a_half_closed_one_a_400(echo_server)
     assert json.loads(body)["error"].startswith("the request ended before all of it arrived")
     whole = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
     assert exchange(echo_server, whole, half_close=True).endswith(b"\r\n\r\nabc")
+
+
+# ---------------------------------------------------------------- -q silences extract's bars
+
+BARS = r'''
+import sys
+from pathlib import Path
+import numpy as np
+from cbir.features.handcrafted import describe_files, descriptor_node
+paths = [Path(p) for p in sys.argv[1:]]
+out = np.empty((len(paths), 9), dtype=np.float32)
+describe_files(descriptor_node("color_moments", {}), paths, out, 1_000_000, num_workers=0, progress=True,
+               label="color_moments")
+'''
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_the_extract_bars(tmp_path, quiet):
+    paths = [str(png(tmp_path / f"{i}.png", (40, 40), 50 * i)) for i in range(3)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    if quiet:
+        env["TQDM_DISABLE"] = "1"  # what `python -m cbir -q` sets before any stage imports tqdm
+    done = subprocess.run([sys.executable, "-c", BARS, *paths], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("color_moments: 100%" in done.stderr) is not quiet, done.stderr
