@@ -33,6 +33,7 @@ from PIL import Image
 from cbir.app.forms import MAX_ERROR_CHARS, bounded
 from cbir.app.server import load_engines
 from cbir.app.wsgi import BoundedServer
+from cbir.config import load_params
 from cbir.data import local
 from cbir.data.curate import curate
 from cbir.data.images import MAX_ASPECT_RATIO, check_images
@@ -409,3 +410,18 @@ def test_quiet_silences_the_extract_bars(tmp_path, quiet):
     done = subprocess.run([sys.executable, "-c", BARS, *paths], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert ("color_moments: 100%" in done.stderr) is not quiet, done.stderr
+
+
+# ---------------------------------------------------------------- params.yaml: a key named twice
+
+
+@pytest.mark.parametrize("text, words", [
+    ("seed: 0\ndevice: cpu\nseed: 1\n", "key 'seed' appears twice (lines 1 and 3)"),
+    ("seed: 0\ncurate:\n  min_side: 8\n  dedupe: true\n  min_side: 16\n", "key 'min_side' appears twice (lines 3 and 5)"),
+])
+def test_params_with_a_key_named_twice_are_refused(tmp_path, text, words):
+    (tmp_path / "params.yaml").write_text(text)
+    message = one_line_error(lambda: load_params(tmp_path))
+    assert message == f"{tmp_path}/params.yaml: {words}: remove one (or regenerate it with `python -m cbir params`)"
+    (tmp_path / "params.yaml").write_text("seed: 0\ncurate:\n  min_side: 8\n")
+    assert load_params(tmp_path) == {"seed": 0, "curate": {"min_side": 8}}
