@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from PIL import Image
 from cbir.app.forms import MAX_ERROR_CHARS, bounded
 from cbir.app.server import load_engines
 from cbir.app.wsgi import BoundedServer
+from cbir.cli import main
 from cbir.config import load_params
 from cbir.data import local
 from cbir.data.curate import curate
@@ -317,9 +319,16 @@ def test_a_first_file_without_an_old_one_is_removed_again(tmp_path, monkeypatch)
 # ---------------------------------------------------------------- the server
 
 
-def test_serve_skips_a_damaged_method_and_serves_the_others(tmp_path, random_mobilenet_file, caplog):
-    root = tmp_path / "served"
-    params = build_pipeline_state(root, random_mobilenet_file)
+@pytest.fixture(scope="module")
+def state(tmp_path_factory, random_mobilenet_file) -> dict:
+    """Three colour classes of six PNGs, their manifest, and two methods' features (:func:`build_pipeline_state`)."""
+    root = tmp_path_factory.mktemp("served")
+    return {"root": root, "params": build_pipeline_state(root, random_mobilenet_file)}
+
+
+def test_serve_skips_a_damaged_method_and_serves_the_others(state, tmp_path, caplog):
+    root = Path(shutil.copytree(state["root"], tmp_path / "served"))
+    params = state["params"]
     features = root / "data/features/toy/hsv_hist.npy"
     data = bytearray(features.read_bytes())
     data[-8:] = b"\x00\x00\xc0\x7f" * 2  # two NaNs in the last row
@@ -425,3 +434,43 @@ def test_params_with_a_key_named_twice_are_refused(tmp_path, text, words):
     assert message == f"{tmp_path}/params.yaml: {words}: remove one (or regenerate it with `python -m cbir params`)"
     (tmp_path / "params.yaml").write_text("seed: 0\ncurate:\n  min_side: 8\n")
     assert load_params(tmp_path) == {"seed": 0, "curate": {"min_side": 8}}
+
+
+# ---------------------------------------------------------------- cbir query: --json, --out, --figure
+
+
+def query(state, capsys, *args) -> tuple[int, str, str]:
+    code = main(["--root", str(state["root"]), "-q", "query", *map(str, args), "--method", "hsv_hist"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_prints_one_compact_line_per_query(state, capsys):
+    folder = state["root"] / "data/raw/toy/red"
+    code, out, _ = query(state, capsys, folder, "--json", "--k", "3")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == len(list(folder.glob("*.png"))) == 6
+    answers = [json.loads(line) for line in lines]
+    assert [a["query"]["source"] for a in answers] == [str(p) for p in sorted(folder.glob("*.png"))]
+    assert all(len(a["results"]) == 3 for a in answers)
+    code, out, _ = query(state, capsys, folder / "0.png", "--json")
+    assert code == 0 and out.count("\n") == 1 and json.loads(out)["query"]["image_id"] == "red/0"
+
+
+@pytest.mark.parametrize("option, name, words", [
+    ("--figure", "f.svg", "give a .png or .pdf file (the figure is saved as PNG and PDF)"),
+    ("--out", "r.txt", "give a .csv or .json file (CSV rows or the JSON answers)"),
+    ("--figure", "missing/x/f.png", "the folder {folder}/missing/x does not exist: create it, or pick an existing folder"),
+    ("--out", "missing/x/r.csv", "the folder {folder}/missing/x does not exist: create it, or pick an existing folder"),
+])
+def test_out_and_figure_honour_their_name_or_refuse_it(state, tmp_path, capsys, option, name, words):
+    code, out, err = query(state, capsys, state["root"] / "data/raw/toy/red/0.png", option, tmp_path / name)
+    assert code == 2 and out == ""
+    assert err == f"error: {option} {tmp_path / name}: {words.format(folder=tmp_path)}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_figure_named_pdf_writes_the_pair(state, tmp_path, capsys):
+    code, out, _ = query(state, capsys, state["root"] / "data/raw/toy/red/0.png", "--figure", tmp_path / "f.pdf")
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-" and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
