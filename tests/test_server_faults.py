@@ -198,7 +198,7 @@ def test_out_and_figure_under_a_file_are_one_line(state, tmp_path, capsys):
     for option, target in (("--out", blocker / "r.json"), ("--figure", blocker / "fig.png")):
         assert main(query_args(state, option, str(target))) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: cannot write {option} {target}") and "\n" not in err
+        assert err == f"error: {option} {target}: {blocker} is a file, not a folder: pick a folder"
     assert blocker.read_text() == "not a folder"
 
 

@@ -91,6 +91,8 @@ def check_target(option: str, target: Path, suffixes: tuple[str, ...], what: str
     target = Path(target)
     if target.suffix.lower() not in suffixes:
         raise CbirError(f"{option} {target}: give a {' or '.join(suffixes)} file ({what})")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise CbirError(f"{option} {target}: {target.parent} is a file, not a folder: pick a folder")
     if not target.parent.is_dir():
         raise CbirError(f"{option} {target}: the folder {target.parent} does not exist: create it, or pick an "
                         "existing folder")
