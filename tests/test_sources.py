@@ -58,16 +58,16 @@ def _closed_port_url(name: str = "test1.tar") -> str:
 # ---------------------------------------------------------------- synthetic
 
 def test_synthetic_is_deterministic_and_seeded(tmp_path):
-    files_a = generate(tmp_path / "a", n_classes=3, per_class=4, size=32, seed=7)
-    files_b = generate(tmp_path / "b", n_classes=3, per_class=4, size=32, seed=7)
-    files_c = generate(tmp_path / "c", n_classes=3, per_class=4, size=32, seed=8)
+    files_a = generate(tmp_path / "a", n_classes=3, per_class=4, size=32, seed=7, fmt="png", quality=90)
+    files_b = generate(tmp_path / "b", n_classes=3, per_class=4, size=32, seed=7, fmt="png", quality=90)
+    files_c = generate(tmp_path / "c", n_classes=3, per_class=4, size=32, seed=8, fmt="png", quality=90)
     assert files_a == files_b == files_c and len(files_a) == 12
     assert files_a[0] == "c00_disc_solid/0000.png"
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     assert any((tmp_path / "a" / r).read_bytes() != (tmp_path / "c" / r).read_bytes() for r in files_a)
     # image i of class c does not depend on how many images are generated
-    more = generate(tmp_path / "d", n_classes=3, per_class=6, size=32, seed=7)
+    more = generate(tmp_path / "d", n_classes=3, per_class=6, size=32, seed=7, fmt="png", quality=90)
     assert (tmp_path / "d" / more[6]).read_bytes() == (tmp_path / "a" / files_a[4]).read_bytes()
 
 
