@@ -474,3 +474,14 @@ def test_figure_named_pdf_writes_the_pair(state, tmp_path, capsys):
     code, out, _ = query(state, capsys, state["root"] / "data/raw/toy/red/0.png", "--figure", tmp_path / "f.pdf")
     assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-" and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_api_refine_with_a_huge_relevant_value_answers_one_bounded_line(state):
+    from cbir.app.server import create_app
+
+    client = create_app(state["params"], state["root"], methods=["hsv_hist"]).test_client()
+    relevant = ",".join(f"nope/{i}" for i in range(8000))  # 63 kB of ids the dataset does not have
+    response = client.get("/api/refine", query_string={"id": "red/0", "method": "hsv_hist", "relevant": relevant})
+    error = response.get_json()["error"]
+    assert response.status_code == 400 and len(relevant) > 60_000
+    assert len(error) <= MAX_ERROR_CHARS and "\n" not in error and " ... " in error
