@@ -20,6 +20,7 @@ from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.data.manifest import read_manifest, split_indices
 from cbir.data.neardup import FAMILIES, fetch_neardup
 from cbir.errors import CbirError
+from methods_helpers import from_conf
 from cbir.scoring.judgements import Judgement, Judgements
 from cbir.search.exact import full_ranking
 
@@ -124,7 +125,8 @@ def test_ukbench_ns_counts_the_query():
 # ---------------------------------------------------------------- the near-duplicate benchmark
 
 def test_neardup_is_byte_identical_and_complete(tmp_path):
-    cfg = {"name": "nd", "n_originals": 20, "n_distractors": 10, "n_queries": 30, "n_absent": 5, "size": 64, "seed": 3}
+    cfg = {"name": "nd", "n_originals": 20, "n_distractors": 10, "n_queries": 30, "n_absent": 5, "size": 64, "seed": 3,
+           "root": from_conf("dataset/neardup")["root"]}
     fetch_neardup(cfg, tmp_path / "a")
     fetch_neardup(cfg, tmp_path / "b")
     first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")

@@ -332,7 +332,7 @@ def test_injected_enospc_at_allocation_is_one_line_and_no_orphan(reference, tmp_
     monkeypatch.setattr(os, "posix_fallocate", full)
     with pytest.raises(WriteError, match=rf"cannot write .*/data/features/{DS}/hsv_hist\.npy: No space left on "
                                          r"device: free space on that disk and rerun"):
-        run_extract(params_for(), root, method="hsv_hist")
+        run_extract(params_for(), method="hsv_hist", method=root)
     assert (root / f"data/features/{DS}/hsv_hist.npy").read_bytes() == before and not debris(root)
 
 
@@ -441,8 +441,9 @@ def test_swapped_manifest_lines_are_refused(damaged, capsys):
     lines = manifest.read_text().splitlines(keepends=True)
     lines[3], lines[4] = lines[4], lines[3]
     manifest.write_text("".join(lines))
-    refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy was computed from other manifest rows than the "
-                                            r"manifest now holds .*: run `dvc repro extract@\w+`", capsys)
+    refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy was computed from another manifest than the one now "
+                                            r"there \(column\(s\) image_id, path, .* changed since extract.*\): "
+                                            r"run `dvc repro extract@\w+`", capsys)
 
 
 def test_flipped_bytes_in_hnsw_stored_vectors_are_refused(damaged, capsys):

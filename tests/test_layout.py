@@ -19,7 +19,7 @@ from cbir.layout import PLOT_TABLES, Layout, across_files, weights_file
 from cbir.scoring import metric_files
 from cbir.search import rankings
 from cbir.stages import curate, download, extract
-from methods_helpers import with_defaults
+from methods_helpers import from_conf, with_defaults
 
 from cbir.data.images import MAX_PIXELS
 from cbir.features.handcrafted import descriptor_node
@@ -106,8 +106,9 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
             Image.fromarray(pixels).save(source / label / f"{i}.png")
     params = {"seed": 0, "device": "cpu", "extract": with_defaults({})["extract"],
               "dataset": {"name": "odd", "source": "folder", "folder": str(source), "drop_variants": False},
+              "download": from_conf("download/default"),
               "curate": {"min_side": 8, "min_per_class": 2, "dedupe": False, "max_pixels": MAX_PIXELS},
-              "split": {"protocol": "holdout", "queries_per_class": 1, "seed": 0},
+              "split": from_conf("split/holdout", queries_per_class=1),
               "retrieval": {"k": 3, "block_size": 8, "index": "exact"},
               "evaluation": {"ks": [1, 3], "n_bootstrap": 20, "n_permutations": 20, "seed": 0, "baseline": None},
               "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram")}}}

@@ -200,6 +200,7 @@ def test_json_matches_table(state, monkeypatch, capsys):
 
 def test_figure_is_written(state, monkeypatch, capsys, tmp_path):
     target = tmp_path / "figs" / "trial.png"
+    target.parent.mkdir()  # --figure creates no folder (tests/test_bounded_inputs.py)
     assert cli_query(state, monkeypatch, state["root"] / "data/raw/toy/blue/0.png", "--figure", target) == 0
     out = capsys.readouterr().out
     assert f"figure: {target}" in out

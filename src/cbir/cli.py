@@ -216,11 +216,13 @@ def process_seconds() -> float:
 
 def exp_run_hint() -> str:
     """Inside a failed ``dvc exp run`` (DVC sets ``DVC_EXP_BASELINE_REV``), what restores the workspace: DVC has
-    already rewritten ``params.yaml`` (without its header) and the stages before this one."""
+    already rewritten ``params.yaml`` (without its header) and the stages before this one, and may have staged
+    them (a killed run leaves the experiment's ``params.yaml`` in the index), so they come back from ``HEAD``,
+    index and working tree both."""
     if not os.environ.get("DVC_EXP_BASELINE_REV"):
         return ""
     return ("; this `dvc exp run` failed: restore the workspace with "
-            "`git checkout -- params.yaml dvc.lock metrics reports && dvc checkout`")
+            "`git checkout HEAD -- params.yaml dvc.lock metrics reports && dvc checkout`")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,12 +22,13 @@ from typing import Mapping
 import numpy as np
 
 from cbir.codegraph import SRC, modules_digest, stage_closure
+from cbir.data.images import check_images
 from cbir.data.manifest import read_manifest
 from cbir.features.handcrafted import DESCRIPTORS
 from cbir.features.methods import build
 from cbir.features.store import integrity_record
 from cbir.features.whitening import apply_whitening, fit_whitening, save_whitening
-from cbir.fileio import atomic_path, read_json, sha256_bytes, sha256_file, write_json
+from cbir.fileio import atomic_group, atomic_path, read_json, sha256_bytes, sha256_file
 from cbir.layout import Layout
 from cbir.settings import Extract, MethodRun, need
 
@@ -153,7 +154,10 @@ def extract_method(params: dict, name: str, root: str | Path, key: str) -> None:
     target = paths.features(name)
     start = time.perf_counter()
     method = build(config, root, lambda: paths.manifest, n_images=len(images))
-    with atomic_path(target) as tmp:
+    if method.kind != "precomputed":  # what curation drops, a hand-made manifest cannot bring back
+        check_images(images, config.max_pixels, getattr(method, "image_size", None))
+    outputs = [target, paths.features_info(name)] + ([paths.whitening(name)] if config.method.whiten else [])
+    with atomic_group(outputs) as (tmp, info_tmp, *whitening_tmp):  # replaced together, or not at all
         out = preallocated_memmap(tmp, (len(images), method.dim))
         if settings.engine == "ray":
             from cbir.features.ray_engine import (
@@ -165,16 +169,15 @@ def extract_method(params: dict, name: str, root: str | Path, key: str) -> None:
             info = method.extract(images, out, num_workers=settings.num_workers)
         out.flush()
         del out
-    dim = method.dim
-    whitening = None
-    if config.method.whiten:
-        is_database = (manifest["split"] == "database").to_numpy()
-        dim = whiten_file(target, is_database, config.method.whiten, paths.whitening(name))
-        whitening = paths.whitening(name).name
-    write_json(paths.features_info(name), {"method": name, "n": len(images), "dim": dim, **info,
-                                           "whitening": whitening, "config": dict(config.method.raw),
-                                           "inputs_sha256": key,
-                                           **integrity_record(target, manifest)})
+        dim = method.dim
+        whitening = None
+        if config.method.whiten:
+            is_database = (manifest["split"] == "database").to_numpy()
+            dim = whiten_file(tmp, is_database, config.method.whiten, whitening_tmp[0])
+            whitening = paths.whitening(name).name
+        record = {"method": name, "n": len(images), "dim": dim, **info, "whitening": whitening,
+                  "config": dict(config.method.raw), "inputs_sha256": key, **integrity_record(tmp, manifest)}
+        info_tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     seconds = time.perf_counter() - start
     log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%.1f images/s, %s)", name,
              paths.manifest, len(images), target, len(images), dim, seconds, len(images) / max(seconds, 1e-9),
