@@ -97,10 +97,13 @@ def evaluate_method(params: dict, method: str, root: Path, manifest: pd.DataFram
     judgements_file = paths.curated_dir / JUDGEMENTS_FILE
     if judgements_file.is_file():  # a benchmark's own judgements (cbir.benchmark_eval)
         bench = be.load_judgements(judgements_file, manifest, data["query_rows"], data["database_rows"])
+        ids = manifest["image_id"].to_numpy()
+        saved = be.read_saved_topk(paths.retrieval(method), ids[data["query_rows"]], ids[data["database_rows"]])
         result, official = be.score(
             bench, data["queries"], data["database"], ks, cfg["curve_k"],
-            manifest["image_id"].to_numpy()[data["query_rows"]], labels[data["query_rows"]],
-            exclude=data["exclude"], block_size=block_size, top_k=cfg["k"], n_bootstrap=n_bootstrap, seed=seed)
+            ids[data["query_rows"]], labels[data["query_rows"]],
+            exclude=data["exclude"], block_size=block_size, top_k=cfg["k"], n_bootstrap=n_bootstrap, seed=seed,
+            saved=saved)
     else:
         result = ev.ranking_statistics(
             data["queries"], data["database"], labels[data["query_rows"]],
