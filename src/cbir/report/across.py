@@ -21,14 +21,9 @@ from cbir.data.manifest import read_manifest, split_indices
 from cbir.errors import CbirError
 from cbir.fileio import read_json, write_text
 from cbir.layout import Layout, across_files
+from cbir.report.headline import METRICS  # the columns of a dataset, by its kind (None: class labels)
 
 log = logging.getLogger("cbir")
-#: the columns of a dataset, by its benchmark kind (``None``: class labels); ``(compact key, header)``
-METRICS = {None: (("p@10", "P@10"), ("map", "mAP")),
-           "pairs": (("micro_ap", "µAP"), ("recall@p0.9", "R@P90"), ("map", "mAP")),
-           "revisitop": (("m_map", "mAP M"), ("h_map", "mAP H")),
-           "ukbench": (("ns", "N-S"), ("map", "mAP")),
-           "groups": (("map", "mAP"),)}
 #: written by the curate stage beside a benchmark's manifest (:mod:`cbir.data.benchmarks`)
 JUDGEMENTS = "judgements.json"
 
