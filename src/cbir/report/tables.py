@@ -17,6 +17,7 @@ never ``9.999e-05``.
 from __future__ import annotations
 
 import math
+import unicodedata
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -159,9 +160,12 @@ SPACE_PT = 3.33333
 #: bold extended (cmbx10) and ``\scriptsize`` (cmr7 at 7 pt) relative to cmr10, rounded up
 BOLD_SCALE, SCRIPTSIZE_SCALE = 1.15, 0.8
 #: the widths (pt at 10 pt) of the macros the tables emit
-_MACROS = {r"\_": 3.6, r"\%": 8.33333, r"\&": 7.77778, r"\#": 8.33333, r"\$": 5.0, "$<$": 7.77778,
+_MACROS = {"---": 10.0, r"\_": 3.6, r"\%": 8.33333, r"\&": 7.77778, r"\#": 8.33333, r"\$": 5.0, "$<$": 7.77778,
            "$-$": 7.77778, r"$\Delta$": 8.33333, r"$\mu$": 6.02, "$p$": 5.03, "$n$": 6.0, "--": 5.0,
-           r"\textbackslash{}": 5.0, r"\textasciitilde{}": 5.0, r"\textasciicircum{}": 5.0, r"\{": 5.0, r"\}": 5.0}
+           r"\textbackslash{}": 5.0, r"\textasciitilde{}": 5.0, r"\textasciicircum{}": 5.0, r"\{": 5.0, r"\}": 5.0,
+           r"$\pm$": 7.77778, r"$\to$": 10.0, r"$\times$": 7.77778, r"$\leq$": 7.77778, r"$\geq$": 7.77778,
+           r"\ldots{}": 13.3333, r"$\cdot$": 2.77778, r"$\alpha$": 6.40278, r"$\sigma$": 5.71181,
+           "$^2$": 3.5}
 _SCOPES = ((r"\textbf{", BOLD_SCALE), (r"{\scriptsize ", SCRIPTSIZE_SCALE))
 
 
@@ -211,12 +215,42 @@ def _blocks(first: float, widths: Sequence[float], limit: float) -> list[list[in
     return blocks
 
 
-def to_latex(display: pd.DataFrame, caption: str, label: str, textwidth: float = TEXTWIDTH_PT) -> str:
-    """A booktabs ``table`` of text cells (already formatted; ``\\textbf`` kept, names escaped).
+def _group_blocks(first: float, widths: Sequence[float], groups: Sequence, limit: float) -> list[list[int]]:
+    """Like :func:`_blocks`, but whole column groups (runs of equal ``groups``) per block where they fit; a group
+    wider than a block on its own is split by :func:`_blocks`."""
+    runs: list[list[int]] = []
+    for j, group in enumerate(groups):
+        if runs and group is not None and groups[runs[-1][-1]] == group:
+            runs[-1].append(j)
+        else:
+            runs.append([j])
+    blocks: list[list[int]] = []
+    used = limit + 1.0
+    for run in runs:
+        need = sum(widths[j] for j in run)
+        if first + need > limit:  # alone too wide: split it
+            blocks += [[run[j] for j in part] for part in _blocks(first, [widths[j] for j in run], limit)]
+            used = limit + 1.0
+        elif blocks and used + need <= limit:
+            blocks[-1] += run
+            used += need
+        else:
+            blocks.append(list(run))
+            used = first + need
+    return blocks
+
+
+def to_latex(display: pd.DataFrame, caption: str, label: str, textwidth: float = TEXTWIDTH_PT,
+             headers: Sequence[str] | None = None, groups: Sequence[str | None] | None = None) -> str:
+    """A booktabs ``table`` of text cells (already formatted; ``\\textbf`` kept, names escaped; characters
+    beyond ASCII as pdflatex's macros, :func:`ascii_tex`).
 
     A cell ``"a\\nb"`` sets ``b`` on a second row in ``\\scriptsize`` (the interval under a mean). Columns
-    of ``LATEX_GROUPS`` share a spanning header. Wider than ``textwidth``: several ``tabular`` blocks,
-    each led by the first column (see :func:`text_width`).
+    of ``LATEX_GROUPS`` (or of equal ``groups``, one per column, LaTeX-ready) share a spanning header;
+    ``headers`` (LaTeX-ready, one per column) replace the column names. Wider than ``textwidth``: several
+    ``tabular`` blocks, each led by the first column (whole groups per block where they fit; see
+    :func:`text_width`); a block that cannot fit even with one column is scaled to ``\\textwidth``
+    (``\\resizebox``, needs ``graphicx``).
     """
     columns = list(display.columns)
     cells = []
@@ -224,8 +258,10 @@ def to_latex(display: pd.DataFrame, caption: str, label: str, textwidth: float =
         values = [str(v) for v in display[column]]
         if j == 0 or all("\\textbf" not in v for v in values):
             values = [_escape(v) for v in values]
-        cells.append([v.replace("–", "--") for v in values])
-    headers = [LATEX_HEADERS.get(c, _escape(str(c))) for c in columns]
+        cells.append([ascii_tex(v.replace("–", "--")) for v in values])
+    headers = list(headers) if headers is not None else [LATEX_HEADERS.get(c, _escape(str(c))) for c in columns]
+    headers = [ascii_tex(h) for h in headers]
+    group_of = list(groups) if groups is not None else [LATEX_GROUPS.get(c) for c in columns]
     lines_of = [[v.split("\n") for v in col] for col in cells]
     widths = []
     for j, col in enumerate(lines_of):
@@ -233,14 +269,17 @@ def to_latex(display: pd.DataFrame, caption: str, label: str, textwidth: float =
         for parts in col:
             lines += [text_width(parts[0])] + [text_width(p, SCRIPTSIZE_SCALE) for p in parts[1:]]
         widths.append(max(lines) + 2 * TABCOLSEP_PT)
-    blocks = _blocks(widths[0], widths[1:], textwidth)
-    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}"]
+    blocks = (_group_blocks(widths[0], widths[1:], group_of[1:], textwidth) if groups is not None
+              else _blocks(widths[0], widths[1:], textwidth))
+    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{ascii_tex(caption)}}}", rf"\label{{{label}}}"]
     for b, block in enumerate(blocks):
         picked = [0] + [j + 1 for j in block]
+        scaled = sum(widths[j] for j in picked) > textwidth
         if b:
             out += [r"\par\medskip"]
+        out += ([r"\resizebox{\textwidth}{!}{%"] if scaled else [])
         out += [rf"\begin{{tabular}}{{l{'r' * (len(picked) - 1)}}}", r"\toprule"]
-        groups = [LATEX_GROUPS.get(columns[j]) for j in picked]
+        groups = [group_of[j] for j in picked]
         if any(groups):
             spans, rules, j = [], [], 0
             while j < len(picked):
@@ -258,7 +297,7 @@ def to_latex(display: pd.DataFrame, caption: str, label: str, textwidth: float =
             out.append(" & ".join(p[0] for p in parts) + r" \\")
             if any(len(p) > 1 for p in parts):
                 out.append(" & ".join(r"{\scriptsize " + p[1] + "}" if len(p) > 1 else "" for p in parts) + r" \\")
-        out += [r"\bottomrule", r"\end{tabular}"]
+        out += [r"\bottomrule", r"\end{tabular}"] + (["}"] if scaled else [])
     out.append(r"\end{table}")
     return "\n".join(out) + "\n"
 
@@ -282,6 +321,29 @@ def constants_to_caption(display: pd.DataFrame,
             keep.append(column)
     text = ", ".join(notes)
     return display[keep], (text[:1].upper() + text[1:] + "." if notes else "")
+
+
+#: characters beyond ASCII the reports print, as pdflatex sets them without inputenc's Unicode tables
+NON_ASCII = {"Δ": r"$\Delta$", "µ": r"$\mu$", "μ": r"$\mu$", "±": r"$\pm$", "→": r"$\to$", "×": r"$\times$",
+             "≤": r"$\leq$", "≥": r"$\geq$", "–": "--", "—": "---", "…": r"\ldots{}", "−": "$-$", "·": r"$\cdot$",
+             "α": r"$\alpha$", "σ": r"$\sigma$", "²": r"$^2$", "’": "'", "‘": "`", "“": "``", "”": "''"}
+
+
+def ascii_tex(text: str) -> str:
+    """``text`` with every character beyond ASCII as a LaTeX macro (``NON_ASCII``), else its ASCII base letter
+    (``é`` → ``e``), else ``?``: pdflatex with the default font encoding sets the result (``Δ`` stops it)."""
+    if text.isascii():
+        return text
+    out = []
+    for char in text:
+        if char.isascii():
+            out.append(char)
+        elif char in NON_ASCII:
+            out.append(NON_ASCII[char])
+        else:
+            base = unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode()
+            out.append(base or "?")
+    return "".join(out)
 
 
 def _escape(text: str) -> str:
