@@ -26,6 +26,7 @@ import pandas as pd
 
 from cbir.fileio import atomic_path, write_text
 from cbir.report.benchmark_tables import write_benchmark_tables
+from cbir.report.headline import SHOWN, flat, kind_of, label
 
 DECIMALS = 3
 #: p-values below this print as ``< 1e-4``
@@ -33,7 +34,11 @@ P_FLOOR = 1e-4
 
 
 def column_header(key: str) -> str:
-    """``p@10`` → ``P@10``, ``map`` → ``mAP``, ``map@10`` → ``mAP@10``."""
+    """``p@10`` → ``P@10``, ``map`` → ``mAP``, ``map@10`` → ``mAP@10``; a benchmark's keys by their name
+    (``micro_ap`` → ``µAP``, ``m_map`` → ``mAP M``)."""
+    named = label(key)
+    if named != key:
+        return named
     return "mAP" + key[3:] if key.startswith("map") else key.upper()
 
 
@@ -67,13 +72,28 @@ def number_text(value) -> str:
     return f"{float(value):.{DECIMALS}f}"
 
 
-def main_frame(metrics: Mapping[str, Mapping], kinds: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per method: ``method, kind``, then for each metric its mean, ``_lo`` and ``_hi`` (95% CI),
-    then ``queries, database``."""
+def shown_metrics(metrics: Mapping[str, Mapping]) -> tuple[dict, list[str]]:
+    """The metrics a dataset's tables show and their keys: class labels' as they are (:func:`table_columns`);
+    a benchmark's own (:func:`cbir.report.headline.flat`: µAP and R@P90, E/M/H mAP and mP@10, N-S, …) with
+    each method's ``kind``, ``n_queries`` and ``n_database``."""
+    kind = kind_of(metrics)
+    if kind is None:
+        return dict(metrics), table_columns(metrics)
+    values = flat(metrics, kind)
+    out = {m: {**values[m], **{k: e.get(k) for k in ("kind", "n_queries", "n_database", "n_queries_without_relevant")
+                               if k in e}} for m, e in metrics.items()}
+    return out, [key for key, _, _ in SHOWN[kind]]
+
+
+def main_frame(metrics: Mapping[str, Mapping], kinds: Mapping[str, str] | None = None,
+               keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per method: ``method, kind``, then for each metric (``keys``, default :func:`table_columns`)
+    its mean, ``_lo`` and ``_hi`` (95% CI), then ``queries, database``."""
     rows = []
+    keys = list(keys) if keys is not None else table_columns(metrics)
     for method, entry in metrics.items():
         row = {"method": method, "kind": (kinds or {}).get(method) or entry.get("kind") or ""}
-        for key in table_columns(metrics):
+        for key in keys:
             lo, hi = (entry.get("ci95") or {}).get(key) or (None, None)
             row.update({key: entry.get(key), f"{key}_lo": lo, f"{key}_hi": hi})
         row.update(queries=entry.get("n_queries"), database=entry.get("n_database"))
@@ -374,10 +394,11 @@ def write_tables(folder: Path, dataset: str, metrics: Mapping[str, Mapping], per
     name = dataset.replace("_", r"\_")
     variants = sorted({str(e.get("ap")) for e in metrics.values() if isinstance(e, Mapping) and e.get("ap")})
     ap_note = f" mAP: {' / '.join(variants)} AP." if variants else ""
-    tables = {"main": (main_frame(metrics, kinds), lambda f: main_display(f, bold, sep="\n"),
+    shown, keys = shown_metrics(metrics)
+    tables = {"main": (main_frame(shown, kinds, keys), lambda f: main_display(f, bold, sep="\n"),
                        f"Retrieval quality on {name}: mean over queries, 95\\% bootstrap CI below; best in bold."
                        + ap_note)}
-    for value in ("p@10", "p@20"):
+    for value in ("p@10", "p@20") if kind_of(metrics) is None else ():  # a benchmark's labels are not classes
         frame = per_class_frame(per_class, value, list(metrics))
         if not frame.empty and frame.drop(columns=["class", "queries"]).notna().any().any():
             tables[f"per_class_{value.replace('@', '')}"] = (
