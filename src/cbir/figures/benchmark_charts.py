@@ -14,13 +14,25 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cbir.figures.gallery import Cell, gallery_figure
-from cbir.figures.style import (IRRELEVANT, METHOD_MARKERS, QUERY, RELEVANT, STYLE, message_figure,
-                                method_colours)
+from cbir.figures.style import IRRELEVANT, METHOD_MARKERS, QUERY, RELEVANT, STYLE, method_colours
 from cbir.figures.thumbnails import framed, shorten
 
 #: the t-SNE roles: colour (Okabe-Ito), marker, drawing order (the few on top)
 ROLE_STYLE = {"query": ("#D55E00", "^", 3), "reference": ("#0072B2", "o", 2), "relevant": ("#0072B2", "o", 2),
               "distractor": ("#999999", ".", 1), "other": ("#999999", ".", 1)}
+
+
+def _message(text: str, title: str):
+    """A figure that only says ``text``, under a title of one or two lines."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(4.5, 1.0 + 0.2 * (title.count("\n") + 1)))
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.4, text, ha="center", va="center")
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+    return fig
 
 
 def _errors(values: Sequence[float], cis: Sequence) -> np.ndarray:
@@ -47,7 +59,7 @@ def metric_bars_figure(flat: Mapping[str, Mapping], shown: Sequence[tuple], base
             values = [np.nan if flat[m].get(key) is None else float(flat[m][key]) for m in methods]
             cis = [(flat[m].get("ci95") or {}).get(key) for m in methods]
             err = _errors(values, cis)
-            ax.bar(range(len(methods)), np.nan_to_num(values), yerr=err, capsize=3,
+            ax.bar(range(len(methods)), np.nan_to_num(values), yerr=err if any(cis) else None, capsize=3,
                    color=[colours[m] for m in methods], edgecolor="black", linewidth=0.5, error_kw={"elinewidth": 0.8})
             if baseline in methods:
                 ax.patches[methods.index(baseline)].set_hatch("///")
@@ -117,7 +129,7 @@ def value_heatmap(table: pd.DataFrame, label: str, title: str = ""):
                         color="black" if (v - lo) / (hi - lo) > 0.55 else "white")
         for spine in ax.spines.values():
             spine.set_visible(False)
-        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=f"{label} (scale {lo:.2f}–{hi:.2f})")
+        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=label)
         ax.set_title(title)
         fig.tight_layout()
     return fig
@@ -128,6 +140,8 @@ def distractor_scores_figure(scores: Mapping[str, pd.Series], thresholds: Mappin
     """Per method, the top score of every query without a reference (each one a false alarm at any lower
     threshold), as a strip of points, with the method's P90 threshold as a black bar."""
     methods = list(scores)
+    if not any(len(v) for v in scores.values()):
+        return _message("every query has its source in the database: no distractor-only query", title)
     colours = method_colours(methods)
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(max(4.5, 0.45 * len(methods) + 1.5), 2.8))
@@ -174,7 +188,7 @@ def misses_gallery(rows: Sequence[dict], k: int, title: str = ""):
     """One row per missed query: the query (black), what outranks its reference at rank 1 (vermillion) and
     the reference (blue) with its rank and score, or a note that it is not in the top ``k``."""
     if not rows:
-        return message_figure(f"every query with a reference finds it at rank 1: no miss in the top-{k}", title)
+        return _message(f"every query with a reference finds it at rank 1: no miss in the top-{k}", title)
     cells = []
     for row in rows:
         ref = (Cell(framed(row["reference_image"], RELEVANT), f"reference #{int(row['ref_rank'])}  "

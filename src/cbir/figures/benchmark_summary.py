@@ -41,9 +41,11 @@ def figure_names(kind: str | None, methods) -> list[str]:
     return list(SUMMARY.get(kind, SUMMARY[None])) + list(AFTER) + per
 
 
-def title_of(ds: str, kind: str | None) -> str:
-    """``<ds> (<relevance>)``: how every benchmark figure's title names what relevant means there."""
-    return f"{ds} ({RELEVANCE.get(kind, RELEVANCE[None])})"
+def title_of(ds: str, kind: str | None, chart: str | None = None) -> str:
+    """``<ds> (<relevance>)``: how every benchmark figure's title names what relevant means there; with
+    ``chart``, ``<chart>, <ds>`` over the relevance on a second line (a chart is narrower than a gallery)."""
+    relevance = RELEVANCE.get(kind, RELEVANCE[None])
+    return f"{chart}, {ds}\n{relevance}" if chart else f"{ds} ({relevance})"
 
 
 def draw_charts(ctx: Mapping, inputs: Mapping, emit, before: list, ranking_of: Callable[[str], pd.DataFrame]) -> None:
@@ -55,7 +57,7 @@ def draw_charts(ctx: Mapping, inputs: Mapping, emit, before: list, ranking_of: C
     emit(before, "comparison", "Method comparison",
          f"{names} per method ({label(headline(kind))} is the benchmark's headline metric), with 95% bootstrap "
          f"intervals where the evaluation gives one; the baseline `{baseline}` is hatched.",
-         metric_bars_figure, flat(metrics, kind), shown, baseline, title=title_of(ds, kind))
+         metric_bars_figure, flat(metrics, kind), shown, baseline, title=title_of(ds, kind, "Methods"))
     if kind == "pairs":
         curves, points, tops, thresholds = {}, {}, {}, {}
         for method in methods:
@@ -68,23 +70,23 @@ def draw_charts(ctx: Mapping, inputs: Mapping, emit, before: list, ranking_of: C
              "Precision against recall over the (query, top-k) pairs of all queries pooled by score (DISC21: the "
              "false pair first among equal scores); µAP is the area under it. The large black-edged marker is "
              "each method's P90 operating point: the highest recall at precision 0.9 or more (R@P90).",
-             pooled_pr_figure, curves, points, title=f"Pooled pairs, {title_of(ds, kind)}")
+             pooled_pr_figure, curves, points, title=title_of(ds, kind, "Pooled pairs"))
         emit(before, "families_micro_ap", "µAP per transformation family",
              "µAP of each method over the queries of each transformation family (copies of one kind); the colour "
              "scale spans the values shown, so differences between families are visible.",
-             value_heatmap, _families(metrics), "µAP", title=f"µAP per family, {title_of(ds, kind)}")
+             value_heatmap, _families(metrics), "µAP", title=title_of(ds, kind, "µAP per family"))
         n_alone = len(next(iter(tops.values()))) if tops else 0
         emit(before, "distractor_scores", "Top scores of the queries without a reference",
              f"The rank-1 score of each of the {n_alone} queries whose source is not in the database (any result "
              "is a false alarm); the black bar is the method's P90 threshold: points above it are false alarms "
              "at that operating point.",
-             distractor_scores_figure, tops, thresholds, title=f"Distractor-only queries, {title_of(ds, kind)}")
+             distractor_scores_figure, tops, thresholds, title=title_of(ds, kind, "Queries without a reference"))
     elif kind == "ukbench":
         ns = {m: ns_per_query(ranking_of(m), judged) for m in methods}
         emit(before, "ns_distribution", "N-S distribution",
              "Share of queries with 0 to 4 images of the same object in their top 4 (the query itself counted); "
              "the N-S score is the mean.",
-             ns_distribution_figure, ns, title=f"N-S, {title_of(ds, kind)}")
+             ns_distribution_figure, ns, title=title_of(ds, kind, "N-S"))
 
 
 def _families(metrics: Mapping[str, Mapping]) -> pd.DataFrame:
@@ -108,4 +110,4 @@ def draw_misses(ctx: Mapping, emit, index: list, method: str, ranking: pd.DataFr
          f"{len(missed)} queries with a reference do not find it at rank 1 under `{method}` ({found} of them "
          f"find it lower in the top-{k}); the {len(rows)} worst (not found first, then by rank) with what outranks "
          "it: query (black), the rank-1 result (vermillion), the reference (blue) with its rank and score.",
-         misses_gallery, rows, k, title=f"Misses, {method}, {title_of(ds, ctx['kind'])}")
+         misses_gallery, rows, k, title=title_of(ds, ctx["kind"], f"Misses of {method}"))

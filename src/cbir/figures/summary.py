@@ -38,9 +38,9 @@ def draw_summary(params: Mapping, ctx: Mapping, inputs: Mapping, writer: FigureW
                  maps_made: Mapping | None = None) -> tuple[list, list, dict]:
     """The charts comparing methods, in reading order: (those before the trials, those after them, and the
     t-SNE coordinates of each mapped method). ``maps_made`` (method -> coordinates) are used, not recomputed."""
-    cfg, ds, paths, manifest, methods = ctx["cfg"], ctx["ds"], ctx["paths"], ctx["manifest"], ctx["methods"]
-    metrics, baseline, other, role = inputs["metrics"], inputs["baseline"], inputs["other"], inputs["role"]
-    k, kind = ctx["k"], ctx.get("kind")
+    cfg, ds, paths, manifest = ctx["cfg"], ctx["ds"], ctx["paths"], ctx["manifest"]
+    baseline, other, role = inputs["baseline"], inputs["other"], inputs["role"]
+    kind = ctx.get("kind")
     by = label(headline(kind))
     before: list[dict] = []
     after: list[dict] = []
