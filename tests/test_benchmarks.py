@@ -426,3 +426,34 @@ def test_a_broken_gnd_pickle_is_one_line(tmp_path):
     with pytest.raises(CbirError, match="is not a revisitop ground-truth file") as err:
         curate.run(params, tmp_path / "repo")
     assert "\n" not in str(err.value)
+
+
+def test_class_level_headline_metrics_recompute_from_the_saved_files_alone(tmp_path):
+    """P@10 and mAP of class labels from data/retrieval/<ds>/<m>.csv and the manifest's labels (the saved top-k
+    holds the whole ranking here: k = the 12 database images), to the metrics file's 6 decimals."""
+    import csv
+
+    from cbir.stages.evaluate import run as run_evaluate
+    from cbir.stages.retrieve import run as run_retrieve
+    from test_retrieve_evaluate_stages import make_params, write_dataset
+
+    manifest = write_dataset(tmp_path)
+    params = make_params(retrieval={"k": 12})
+    for method in params["methods"]:
+        run_retrieve(params, method, tmp_path)
+    run_evaluate(params, tmp_path)
+    metrics = json.loads((tmp_path / "reports" / "toy" / "metrics.json").read_text())
+    label = dict(zip(manifest["image_id"], manifest["label"]))
+    n_relevant = manifest[manifest["split"] == "database"]["label"].value_counts().to_dict()
+    for method in params["methods"]:
+        ranked: dict[str, list[str]] = {}
+        with open(tmp_path / "data" / "retrieval" / "toy" / f"{method}.csv", newline="") as handle:
+            for row in sorted(csv.DictReader(handle), key=lambda r: (r["query_id"], int(r["rank"]))):
+                ranked.setdefault(row["query_id"], []).append(row["image_id"])
+        p10, aps = [], []
+        for query, images in ranked.items():
+            hits = [label[i] == label[query] for i in images]
+            p10.append(sum(hits[:10]) / 10)
+            aps.append(sum(sum(hits[:r + 1]) / (r + 1) for r, h in enumerate(hits) if h) / n_relevant[label[query]])
+        assert metrics[method]["p@10"] == round(float(np.mean(p10)), 6)
+        assert metrics[method]["map"] == round(float(np.mean(aps)), 6)
