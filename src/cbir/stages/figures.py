@@ -12,7 +12,8 @@ only its own figures; :func:`combine` draws the charts that compare methods and 
   query (by AP), each beside its top-k with rank, cosine similarity and label (blue frame and a dot: same
   class as the query, vermillion frame and a cross: another class); the seeded queries are the same for every method;
 * ``trials_baseline_vs_best``: the same seeded queries under the baseline (the paper's) method and
-  the best method by mAP (the runner-up when the baseline is best);
+  the best method by the dataset's headline metric (P@10 for class labels, as the README; the runner-up when
+  the baseline is best);
 * ``pk_curves`` / ``pr_curves``: P@k and interpolated precision-recall of every method on one
   axis, with the evaluate stage's 95% bootstrap bands over queries;
 * ``per_class_p10``: P@10 heat map, methods x classes;
@@ -21,6 +22,12 @@ only its own figures; :func:`combine` draws the charts that compare methods and 
   the best method's features, coloured by class;
 * ``confusions_<method>``: the most confused (query class, retrieved class) pairs in the top-k,
   with example thumbnails.
+
+That is the class-level set. A benchmark (``data/curated/<ds>/judgements.json``) gets its own, chosen by its
+judgements' kind (:mod:`cbir.figures.benchmark_summary`, listed in docs/benchmarks.md): its metrics as bars,
+copy detection's pooled precision-recall, µAP per family, distractor scores and ``misses_<method>`` in place
+of ``confusions_<method>``, UKBench's N-S distribution; trials marked by the judgements; the best method by
+the benchmark's headline metric; t-SNE coloured by role.
 
 Figures are deterministic: seeded choices, stable sorting, one-thread t-SNE, no timestamps.
 """
