@@ -1,6 +1,7 @@
-"""Every dataset reported in its own terms: tiny ROxford-, UKBench- and Copydays-layout datasets run through every
-stage (figures and report included, in process) get their protocol's figures and tables and no class-level ones;
-the figures' selections (pooled PR, P90 point, misses, distractor scores, N-S, roles, the query box) by hand."""
+"""Every dataset reported in its own terms: tiny ROxford-, UKBench-, Copydays- and Holidays-layout datasets run
+through every stage (figures and report included, in process) get their protocol's figures and tables and no
+class-level ones; the figures' selections (pooled PR, P90 point, misses, distractor scores, N-S, roles, the query
+box) by hand."""
 
 from __future__ import annotations
 
@@ -41,7 +42,14 @@ def _ukbench(folder: Path) -> Path:
     return write_zip(folder / "ukbench.zip", members)
 
 
-CASES = {"roxford5k": ("revisitop", lambda d: "dataset.archive=[" + ",".join(map(str, revisitop_archives(d))) + "]"),
+def _holidays_archives(folder: Path) -> str:
+    from test_benchmarks import _holidays
+
+    return "dataset.archive=[" + ",".join(map(str, _holidays(folder))) + "]"
+
+
+CASES = {"holidays": ("groups", _holidays_archives),
+         "roxford5k": ("revisitop", lambda d: "dataset.archive=[" + ",".join(map(str, revisitop_archives(d))) + "]"),
          "ukbench": ("ukbench", lambda d: f"dataset.archive={_ukbench(d)}"),
          "copydays": ("pairs", lambda d: "dataset.archive=[" + ",".join(map(str, _copydays(d))) + "]")}
 
@@ -76,11 +84,12 @@ def test_each_report_has_its_protocols_figures_and_no_class_level_ones(reported)
         assert (folder / entry["png"]).stat().st_size > 0 and (folder / entry["pdf"]).stat().st_size > 0
     on_disk = {p.stem for p in folder.glob("*.png")}
     assert on_disk == set(names)
-    relevance = {"revisitop": "same landmark", "ukbench": "same object", "pairs": "image a copy was made from"}[kind]
+    relevance = {"revisitop": "same landmark", "ukbench": "same object", "pairs": "image a copy was made from",
+                 "groups": "same scene group"}[kind]
     tsne = next(e for e in index if e["name"] == "embedding_tsne")
     assert "coloured by role" in tsne["caption"]
     comparison = next(e for e in index if e["name"] == "comparison")
-    assert {"revisitop": "mAP E, mAP M, mAP H, mP@10 M, mP@10 H", "ukbench": "N-S, mAP",
+    assert {"revisitop": "mAP E, mAP M, mAP H, mP@10 M, mP@10 H", "ukbench": "N-S, mAP", "groups": "mAP, plain mAP",
             "pairs": "µAP, R@P90"}[kind] in comparison["caption"] and "P@10 and" not in comparison["caption"]
     trials = next(e for e in index if e["name"] == "trials_color_moments")
     assert "Marks:" in trials["caption"]
@@ -102,12 +111,12 @@ def test_each_report_has_its_protocols_tables_and_no_class_level_ones(reported):
     assert not [f for f in files if f.startswith("per_class")]
     main = pd.read_csv(tables / "main.csv")
     shown = {"revisitop": ["e_map", "m_map", "h_map", "m_mp@10", "h_mp@10"], "ukbench": ["ns", "map"],
-             "pairs": ["micro_ap", "recall@p0.9"]}[kind]
+             "pairs": ["micro_ap", "recall@p0.9"], "groups": ["map", "plain_map"]}[kind]
     assert [c for c in main.columns if c in shown or c.startswith("p@")] == shown  # no P@k of classes
     first = main.set_index("method").loc["color_moments"]
     bench = metrics["color_moments"]["benchmark"]
     expected = {"revisitop": lambda: bench["medium"]["map"], "ukbench": lambda: bench["ns"],
-                "pairs": lambda: bench["micro_ap"]}[kind]()
+                "pairs": lambda: bench["micro_ap"], "groups": lambda: bench["map"]}[kind]()
     assert first[shown[1] if kind == "revisitop" else shown[0]] == expected
     text = (root / "reports" / name / "report.md").read_text()
     assert "## P@10 per class" not in text and "## Benchmark scores" in text and "class-level P@k" in text
