@@ -68,9 +68,25 @@ def reported(request, tmp_path_factory):
     params["figures"].update(tsne_max_points=40, tsne_iterations=250, thumb_size=32, dpi=40, n_queries=2)
     root = folder / "repo"
     metrics = run_stages(params, root)
-    figures.run(params, root)
+    emitter = figures._emitter
+
+    def spy(ctx, writer, out_dir):  # the title each figure is drawn with
+        emit = emitter(ctx, writer, out_dir)
+
+        def recorded(index, fig_name, title, caption, build, /, *args, **kwargs):
+            reported_titles.setdefault(name, {})[fig_name] = kwargs.get("title", "")
+            return emit(index, fig_name, title, caption, build, *args, **kwargs)
+        return recorded
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(figures, "_emitter", spy)
+        figures.run(params, root)
     report.run(params, root)
     return name, kind, root, params, metrics
+
+
+#: per dataset, the title each figure was drawn with (filled by the fixture)
+reported_titles: dict[str, dict[str, str]] = {}
 
 
 def test_each_report_has_its_protocols_figures_and_no_class_level_ones(reported):
@@ -101,6 +117,8 @@ def test_each_report_has_its_protocols_figures_and_no_class_level_ones(reported)
         assert "with its box" in trials["caption"]
     from cbir.figures.benchmark_summary import title_of
     assert relevance in title_of(name, kind)
+    titles = reported_titles[name]  # every figure's own title names the relevance
+    assert sorted(titles) == sorted(names) and all(relevance in t for t in titles.values()), titles
 
 
 def test_each_report_has_its_protocols_tables_and_no_class_level_ones(reported):

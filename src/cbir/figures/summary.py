@@ -139,9 +139,11 @@ def _after(ctx: Mapping, inputs: Mapping, emit, after: list, by: str) -> None:
              f"The same seeded queries under the baseline `{baseline}` ({by} {fmt(value[baseline].get(key))}) "
              f"and the {role} method by {by}, `{other}` ({by} {fmt(value[other].get(key))}){marks}.",
              comparison_trials_figure, ta, tb, baseline, other, ap[baseline], ap[other],
-             title=f"{ds}: baseline {baseline} vs {role} {other} (by {by}), top-{k}")
+             title=f"{ds if kind is None else title_of(ds, kind)}: baseline {baseline} vs {role} {other} (by {by}), "
+                   f"top-{k}")
     else:
         emit(after, "trials_baseline_vs_best", f"Baseline `{baseline}` (the only method)",
              f"The seeded queries under `{baseline}`, the only method configured: nothing to compare with.",
-             sample_trials_figure, ta, title=f"{ds}: {baseline} (the only method), top-{k}",
+             sample_trials_figure, ta, title=f"{ds if kind is None else title_of(ds, kind)}: {baseline} "
+                                             f"(the only method), top-{k}",
              row_labels=[shorten(baseline, 20)] * len(ta))
