@@ -123,8 +123,10 @@ def evaluate_method(params: dict, method: str, root: Path, manifest: pd.DataFram
     for column in CLASS_COLUMNS:
         if column not in per_cls.columns:
             per_cls[column] = np.nan
-    log.info("evaluate %s: mAP %s, P@10 %s over %d queries (%.2fs)", method, summary.get("map"),
-             summary.get("p@10"), len(result.per_query), time.perf_counter() - t0)
+    own = {k: v for k, v in be.compact_entry(official).items() if not k.endswith(("_lo", "_hi"))}
+    log.info("evaluate %s: mAP %s, P@10 %s%s over %d queries (%.2fs)", method, summary.get("map"),
+             summary.get("p@10"), "".join(f", {k} {v}" for k, v in own.items()), len(result.per_query),
+             time.perf_counter() - t0)
     return {"summary": summary, "manifest": manifest,
             "per_query": _first(result.per_query.assign(method=method)),
             "pk": _first(ev.pk_curve(result.precision_at, n_bootstrap, seed).assign(method=method)),
