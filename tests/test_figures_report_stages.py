@@ -202,11 +202,11 @@ def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_p
     shutil.copytree(root, tmp_path / "copy")
     copy = tmp_path / "copy"
     (copy / "reports/syn/plots/per_query.csv").unlink()
-    with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro summarize` first"):
+    with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro evaluate@syn` first"):
         run_figures(params, copy)
     (copy / "data/retrieval/syn/hsv_hist.csv").unlink()
     (copy / "reports/syn/metrics.json").unlink()
-    with pytest.raises(CbirError, match=r"metrics.json not found: run the summarize stage first"):
+    with pytest.raises(CbirError, match=r"metrics.json not found: run `dvc repro evaluate@<dataset>` first"):
         run_figures(params, copy)
     with pytest.raises(CbirError, match=r"figures.n_queries must be >= 1, got 0"):
         run_figures({**params, "figures": {"n_queries": 0}}, copy)

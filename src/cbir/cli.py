@@ -186,7 +186,8 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     add_query_parsers(sub, epilog)
     p = sub.add_parser("compare", help="every experiment x dataset x method, one metric, on one screen "
                                        "(from dvc exp show --json)")
-    p.add_argument("--metric", choices=("map", "p@10"), default="map", help="the metric shown (default: map)")
+    p.add_argument("--metric", default=None, help="any key of metrics/<ds>.json (micro_ap, m_map, ns, …); default: "
+                                                   "each dataset's headline metric")
     p.add_argument("--format", choices=("text", "csv", "latex"), default="text", help="output form (default: text)")
     p.set_defaults(func=lambda a: handler("compare")(a.root, a.metric, a.format))
     p = sub.add_parser("clean", help="remove what the current pipeline does not produce (the way back from an "

@@ -97,10 +97,13 @@ def evaluate_method(params: dict, method: str, root: Path, manifest: pd.DataFram
     judgements_file = paths.curated_dir / JUDGEMENTS_FILE
     if judgements_file.is_file():  # a benchmark's own judgements (cbir.scoring.benchmark_eval)
         bench = be.load_judgements(judgements_file, manifest, data["query_rows"], data["database_rows"])
+        ids = manifest["image_id"].to_numpy()
+        saved = be.read_saved_topk(paths.retrieval(method), ids[data["query_rows"]], ids[data["database_rows"]])
         result, official = be.score(
             bench, data["queries"], data["database"], ks, cfg["curve_k"],
-            manifest["image_id"].to_numpy()[data["query_rows"]], labels[data["query_rows"]],
-            exclude=data["exclude"], block_size=block_size, top_k=cfg["k"], n_bootstrap=n_bootstrap, seed=seed)
+            ids[data["query_rows"]], labels[data["query_rows"]],
+            exclude=data["exclude"], block_size=block_size, top_k=cfg["k"], n_bootstrap=n_bootstrap, seed=seed,
+            saved=saved)
     else:
         result = ev.ranking_statistics(
             data["queries"], data["database"], labels[data["query_rows"]],
@@ -120,8 +123,10 @@ def evaluate_method(params: dict, method: str, root: Path, manifest: pd.DataFram
     for column in CLASS_COLUMNS:
         if column not in per_cls.columns:
             per_cls[column] = np.nan
-    log.info("evaluate %s: mAP %s, P@10 %s over %d queries (%.2fs)", method, summary.get("map"),
-             summary.get("p@10"), len(result.per_query), time.perf_counter() - t0)
+    own = {k: v for k, v in be.compact_entry(official).items() if not k.endswith(("_lo", "_hi"))}
+    log.info("evaluate %s: mAP %s, P@10 %s%s over %d queries (%.2fs)", method, summary.get("map"),
+             summary.get("p@10"), "".join(f", {k} {v}" for k, v in own.items()), len(result.per_query),
+             time.perf_counter() - t0)
     return {"summary": summary, "manifest": manifest,
             "per_query": _first(result.per_query.assign(method=method)),
             "pk": _first(ev.pk_curve(result.precision_at, n_bootstrap, seed).assign(method=method)),
