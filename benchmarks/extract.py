@@ -57,14 +57,8 @@ if __name__ == "__main__":
 
     from cbir.features.cnn.backbones import build_classifier, trunk_of
     from cbir.features.cnn.openvino_int8 import calibration_inputs, quantize
-    from cbir.features.cnn.openvino_runtime import (
-        OpenVinoTrunk,
-        convert_trunk,
-        cpu_flags,
-        cpu_isa,
-        cpu_model,
-        isa_class,
-    )
+    from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, convert_trunk
+    from cbir.machine import cpu_flags, cpu_isa, cpu_model, isa_class
     from cbir.features.cnn.pooling import pool
     from cbir.features.cnn.runtime import embed_batches, make_loader, make_transform, resolve_device
 
