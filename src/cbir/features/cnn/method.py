@@ -40,7 +40,7 @@ from cbir.features.cnn.runtime import (
 from cbir.features.common import unit_rows
 from cbir.features.resolve import instantiate_node, resolve_callable
 from cbir.layout import weights_file
-from cbir.machine import cpu_isa, cpu_model
+from cbir.machine import cpu_model, isa_class
 from cbir.settings import MethodRun
 
 log = logging.getLogger("cbir")
@@ -147,10 +147,9 @@ class DeepMethod:
         return {"runtime": "torch", "precision": "bf16" if self.use_amp else "fp32", "compiled": self.compile}
 
     def machine_info(self) -> dict:
-        """What this machine is and did, for the log and the run record (:mod:`cbir.machine`), never an output:
-        the CPU, its instruction set, the decoding workers of the last :meth:`extract`, and the precision
-        OpenVINO compiled per input shape."""
-        info = {"cpu": cpu_model(), "cpu_isa": cpu_isa(), "num_workers": self._num_workers}
+        """What this machine did, for the log and the run record (:mod:`cbir.machine`), never an output: the
+        decoding workers of the last :meth:`extract` and the precision OpenVINO compiled per input shape."""
+        info = {"num_workers": self._num_workers}
         if self._openvino is not None:
             info["openvino_compiled"] = self._openvino.compiled()
         return info
@@ -164,10 +163,9 @@ class DeepMethod:
         self._num_workers = loader.num_workers
         embed_batches(self.runner, self.pool, loader, out, self.device, progress=progress, scales=self.scales,
                       compile=self.compile and self.runtime == "torch", use_amp=self.use_amp)
-        machine = self.machine_info()
-        log.info("%s ran on %s (%s, %d decoding workers)%s", self.name, machine["cpu"], machine["cpu_isa"]["class"],
-                 self._num_workers, "".join(f"; OpenVINO compiled {shape} in {p}"
-                                            for shape, p in machine.get("openvino_compiled", {}).items()))
+        compiled = self.machine_info().get("openvino_compiled", {})
+        log.info("%s ran on %s (%s, %d decoding workers)%s", self.name, cpu_model(), isa_class(), self._num_workers,
+                 "".join(f"; OpenVINO compiled {shape} in {p}" for shape, p in compiled.items()))
         return {"device": str(self.device), "image_size": self.image_size, "batch_size": self.batch_size,
                 "scales": self.scales, **self.run_info()}
 
