@@ -3,6 +3,8 @@
 # make paper : the paper's configuration (Corel-1K, ResNet50 ImageNet, GAP, cosine top-10)
 # make compare : every experiment x dataset x method, one metric (METRIC=<any key of metrics/<ds>.json>; default:
 #                each dataset's headline metric), on one screen
+# make setup : .venv installed from requirements.lock (every package, transitive ones included, hash-checked)
+# make lock  : recompile requirements.lock from pyproject.toml's pins (pip-tools in .venv-lock/; takes minutes)
 SHELL := /bin/bash
 PY := .venv/bin/python
 export DVC_NO_ANALYTICS := 1
@@ -11,18 +13,30 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-driver g++ \
   texlive-latex-base texlive-latex-recommended
 
-.PHONY: setup repro test test-fast paper params compare .deb.installed
+.PHONY: setup lock repro test test-fast paper params compare .deb.installed
 
-.venv/.installed: pyproject.toml
-	python3 -m venv .venv
-	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
-	$(PY) -m pip install --disable-pip-version-check -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+# the locked environment: every package of the pipeline, the tests (notebook runner included) and the optional
+# Ray engine at the version and sha256 requirements.lock names, with plain pip; a changed lock rebuilds the venv
+# from scratch, so nothing outside the lock stays (tests/test_lock.py checks the venv against the lock)
+LOCK := requirements.lock
+PIP := $(PY) -m pip --disable-pip-version-check
+.venv/.installed: $(LOCK) pyproject.toml
+	python3 -m venv --clear .venv
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# the test suite also covers the optional Ray engine
-.venv/.installed-ray: .venv/.installed
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,ray]'
+# pip-compile (pip-tools, in a venv of its own so .venv stays exactly the lock) resolves pyproject.toml's pins
+# with the extras test and ray through pip's own configuration (its indexes and find-links); existing pins are
+# kept where they still fit: PIP_COMPILE_ARGS=--upgrade moves every unpinned package to its newest release
+PIP_COMPILE_ARGS ?=
+lock: .venv-lock/.installed
+	.venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --extra test --extra ray --strip-extras \
+	  --no-emit-index-url --no-emit-find-links $(PIP_COMPILE_ARGS) -o $(LOCK) pyproject.toml
+
+.venv-lock/.installed:
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --disable-pip-version-check -q pip==23.2.1 pip-tools==7.6.2
 	touch $@
 
 .deb.installed:
@@ -49,7 +63,7 @@ paper: setup
 # one worker per CPU (pytest-xdist), each test file whole on one worker so its module fixtures are built once
 PYTEST_PARALLEL ?= -n auto --dist loadfile
 
-test: setup .venv/.installed-ray
+test: setup
 	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 test-fast: setup

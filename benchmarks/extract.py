@@ -24,7 +24,7 @@ the ISA; the clock is ``/proc/cpuinfo``'s current MHz, so it is an estimate).  T
 images/second of each default method (decode once at the working size + describe), one process and
 the default workers.  Memory: peak RSS of the default deep path at two dataset sizes, each in a fresh
 process.  Everything goes to ``benchmarks/results/extract-<isa class>.json`` (one file per machine kind:
-avx2, avx512, avx512-bf16, amx; :func:`cbir.features.cnn.openvino_runtime.isa_class`) with the CPU
+avx2, avx512, avx512-bf16, amx; :func:`cbir.machine.isa_class`) with the CPU
 model, ISA flags and core count.  Ratios measured in one run, not absolute times, are the claims.
 """
 
@@ -57,14 +57,8 @@ if __name__ == "__main__":
 
     from cbir.features.cnn.backbones import build_classifier, trunk_of
     from cbir.features.cnn.openvino_int8 import calibration_inputs, quantize
-    from cbir.features.cnn.openvino_runtime import (
-        OpenVinoTrunk,
-        convert_trunk,
-        cpu_flags,
-        cpu_isa,
-        cpu_model,
-        isa_class,
-    )
+    from cbir.features.cnn.openvino_runtime import OpenVinoTrunk, convert_trunk
+    from cbir.machine import cpu_flags, cpu_isa, cpu_model, isa_class
     from cbir.features.cnn.pooling import pool
     from cbir.features.cnn.runtime import embed_batches, make_loader, make_transform, resolve_device
 

@@ -35,7 +35,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cbir.features.cnn.openvino_runtime import cpu_model, isa_class  # noqa: E402
+from cbir.machine import cpu_model, isa_class  # noqa: E402
 from cbir.features.store import (  # noqa: E402
     all_finite,
     info_path,

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 from cbir.scoring import statistics as st  # noqa: E402
 from cbir.data.manifest import read_manifest  # noqa: E402
 from cbir.scoring.evaluation import per_query_metrics, summarize  # noqa: E402
-from cbir.features.cnn.openvino_runtime import cpu_isa, isa_class  # noqa: E402
+from cbir.machine import cpu_isa, isa_class  # noqa: E402
 from cbir.features.methods import build_method  # noqa: E402
 from cbir.layout import Layout  # noqa: E402
 from cbir.report.tables import format_p  # noqa: E402

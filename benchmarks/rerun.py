@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from cbir.features.cnn.openvino_runtime import cpu_isa, isa_class
+from cbir.machine import cpu_isa, isa_class
 
 ROOT = Path(__file__).resolve().parent.parent
 RESTORE = ["params.yaml", "dvc.lock", "metrics", "reports", "README.md"]

@@ -20,6 +20,7 @@ from cbir.figures.style import (
 )
 from cbir.figures.trials import sample_trials_figure
 from cbir.fileio import read_json
+from cbir.schema import validate
 
 
 def test_palette_gives_at_least_twelve_clearly_distinct_colours():
@@ -58,17 +59,21 @@ def test_width_and_font_size_resize_the_figure_and_its_text():
 
 
 def test_bad_options_are_one_clear_line():
-    params = {"methods": {"a": {}, "b": {}}}
+    params = {"methods": {"a": {}, "b": {}}, "figures": SMALL_PARAMS["figures"]}
     assert figure_settings(params)["methods"] == ["a", "b"]
-    assert figure_settings({**params, "figures": {"methods": ["b", "a", "b"]}})["methods"] == ["b", "a"]
+    assert figure_settings(_with(params, methods=["b", "a", "b"]))["methods"] == ["b", "a"]
     with pytest.raises(CbirError, match=r"figures.methods names zz, not among the methods \(a, b\)"):
-        figure_settings({**params, "figures": {"methods": ["a", "zz"]}})
+        figure_settings(_with(params, methods=["a", "zz"]))
     with pytest.raises(CbirError, match="figures.methods is 'a': give a non-empty list"):
-        figure_settings({**params, "figures": {"methods": "a"}})
-    with pytest.raises(CbirError, match=r"figures.width is 0: use a number from 1 to 40 \(inches\)"):
-        figure_settings({**params, "figures": {"width": 0}})
-    with pytest.raises(CbirError, match=r"figures.font_size is 'big'"):
-        figure_settings({**params, "figures": {"font_size": "big"}})
+        figure_settings(_with(params, methods="a"))
+    with pytest.raises(CbirError, match=r"figures.width=0: expected a number >= 1 and <= 40"):
+        validate(_with(params, width=0))  # ranges: the schema, once, when params.yaml is loaded
+    with pytest.raises(CbirError, match=r"figures.font_size='big': expected a number >= 4 and <= 30"):
+        validate(_with(params, font_size="big"))
+
+
+def _with(params: dict, **figures) -> dict:
+    return {**params, "figures": {**params["figures"], **figures}}
 
 
 def test_the_stage_draws_only_the_chosen_methods_at_the_chosen_width(tmp_path):

@@ -208,16 +208,22 @@ def test_curve_with_band_matches_the_mean_and_brackets_it():
     np.testing.assert_array_equal(np.r_[lo, hi], np.r_[lo2, hi2])
 
 
-def test_figure_settings_defaults_and_errors():
-    from cbir.errors import CbirError
-    from cbir.figures.style import DEFAULTS, figure_settings
+def test_figure_settings_come_from_conf_and_a_missing_key_is_one_line(repo_root):
+    import yaml
 
-    assert figure_settings({}) == {**DEFAULTS, "methods": []}  # no methods in params: none to draw
-    assert figure_settings({"figures": {"n_queries": "4", "seed": None}})["n_queries"] == 4
-    with pytest.raises(CbirError, match="figures.thumb_size must be >= 1, got 0"):
-        figure_settings({"figures": {"thumb_size": 0}})
-    with pytest.raises(CbirError, match="params figures: .*whole numbers"):
-        figure_settings({"figures": {"dpi": "high"}})
+    from cbir.errors import CbirError
+    from cbir.figures.style import figure_settings
+    from cbir.schema import validate
+
+    conf = yaml.safe_load((repo_root / "conf" / "figures" / "default.yaml").read_text())
+    assert figure_settings({"figures": conf}) == {**conf, "methods": []}  # no methods in params: none to draw
+    assert figure_settings({"figures": {**conf, "n_queries": 4}})["n_queries"] == 4
+    with pytest.raises(CbirError, match=r"params.yaml: figures.dpi is missing: "):
+        figure_settings({"figures": {k: v for k, v in conf.items() if k != "dpi"}})
+    with pytest.raises(CbirError, match=r"figures.thumb_size=0: expected an integer from 16 to 2048"):
+        validate({"figures": {**conf, "thumb_size": 0}})  # ranges: the schema, once, when params.yaml loads
+    with pytest.raises(CbirError, match=r"figures.n_queries=0: expected an integer >= 1"):
+        validate({"figures": {**conf, "n_queries": 0}})
 
 
 def test_framed_and_side_by_side():

@@ -116,11 +116,11 @@ RETRIEVAL = {"k": integer(1, 100_000), "block_size": integer(1, 1_000_000), "ind
 EVALUATION = {"ks": list_of(integer(1, 100_000), 1, True), "n_bootstrap": integer(0, 1_000_000),
               "n_permutations": integer(0, 10_000_000), "seed": SEED, "baseline": NAME.or_null,
               "curve_k": integer(1, 100_000).or_null}
-FIGURES = {"n_queries": COUNT, "seed": SEED, "thumb_size": integer(16, 2048), "dpi": integer(10, 1200),
-           "n_pairs": COUNT, "n_examples": COUNT, "pca_dims": integer(2, 4096), "tsne_max_points": COUNT,
-           "tsne_iterations": integer(250, 100_000),
+FIGURES = {"n_queries": POSITIVE, "seed": SEED, "thumb_size": integer(16, 2048), "dpi": integer(10, 1200),
+           "n_pairs": POSITIVE, "n_examples": POSITIVE, "pca_dims": integer(2, 4096), "tsne_max_points": POSITIVE,
+           "tsne_iterations": integer(250, 100_000),  # t-SNE's own minimum
            "tsne_perplexity": number(0, open_lo=True), "methods": list_of(NAME, 1).or_null,
-           "width": number(0, open_lo=True).or_null, "font_size": number(0, open_lo=True).or_null}
+           "width": number(1, 40).or_null, "font_size": number(4, 30).or_null}  # inches; points
 FEEDBACK = {"rounds": integer(0, 100), "top_k": integer(1, 10_000),
             "methods": list_of(one_of("rocchio", "svm"), 1, True), "alpha": number(0), "beta": number(0),
             "gamma": number(0), "svm_c": number(0, open_lo=True), "seed": SEED}

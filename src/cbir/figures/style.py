@@ -1,11 +1,13 @@
 """Figure style and output: colours, the publication rc style, settings, saving PNG + PDF.
 
 Every figure is built on ``matplotlib.figure.Figure`` directly (no pyplot, no global backend), so the
-same functions draw inline in a notebook.  Files carry no timestamps.
+same functions draw inline in a notebook.  The same numbers give the same file bytes on every machine: one
+pinned font file (matplotlib's own DejaVu Sans), every rc key set, and fixed metadata (no dates, no versions).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import re
@@ -15,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 import matplotlib
 import matplotlib.colors
+import matplotlib.font_manager
 import matplotlib.text
 import matplotlib.ticker
 import numpy as np
@@ -23,6 +26,8 @@ from matplotlib.figure import Figure
 from cbir.errors import CbirError
 from cbir.fileio import atomic_path
 from cbir.layout import SUMMARY_FIGURES
+from cbir.schema import FIGURES
+from cbir.settings import mapping, need
 from cbir.workers import die_with_parent
 
 #: trial frames, colour-blind safe (Okabe-Ito blue and vermillion, told apart under every common colour
@@ -49,19 +54,47 @@ METHOD_PALETTE = OKABE_ITO + ("#882255", "#44AA99", "#999933", "#332288", "#AA44
                               "#661100")
 
 
-#: Publication style: small sans-serif fonts, TrueType (Type 42) text in PDFs, no top/right spines; in PDFs
-#: each image stays its own image (not composited into one), which writes a gallery of thumbnails faster.
+#: matplotlib's bundled DejaVu Sans files (regular, bold, oblique, bold oblique), registered under their own
+#: family name so that every figure embeds these files whatever fonts the system or the font cache holds
+PINNED_FAMILY = "cbir DejaVu Sans"
+PINNED_FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf")
+#: rc keys that are no part of a figure's look (matplotlib's own list of keys a style never sets)
+_NOT_STYLE = frozenset({"backend", "backend_fallback", "interactive", "toolbar", "timezone", "figure.max_open_warning",
+                        "figure.raise_window", "savefig.directory", "tk.window_focus", "docstring.hardcopy",
+                        "date.epoch", "webagg.address", "webagg.port", "webagg.port_retries", "webagg.open_in_browser"})
+
+
+def pin_font() -> None:
+    """Register :data:`PINNED_FONT_FILES` as :data:`PINNED_FAMILY` with matplotlib's font manager (once per
+    process; called on import): a system DejaVu Sans of another version, or a cache listing it first, never
+    replaces them."""
+    manager = matplotlib.font_manager.fontManager
+    if any(entry.name == PINNED_FAMILY for entry in manager.ttflist):
+        return
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for name in PINNED_FONT_FILES:
+        entry = matplotlib.font_manager.ttfFontProperty(matplotlib.font_manager.get_font(folder / name))
+        manager.ttflist.append(dataclasses.replace(entry, name=PINNED_FAMILY))
+
+
+pin_font()
+
+
+#: Publication style over matplotlib's built-in defaults (never a user's ``matplotlibrc``): small sans-serif
+#: text in the pinned DejaVu Sans, TrueType (Type 42) text in PDFs, no top/right spines; in PDFs each image
+#: stays its own image (not composited into one), which writes a gallery of thumbnails faster.  Every rc key
+#: is set, so the same numbers draw the same bytes whatever the environment's rc files say.
 STYLE = {
+    **{key: value for key, value in matplotlib.rcParamsDefault.items() if key not in _NOT_STYLE},
+    "font.family": [PINNED_FAMILY], "font.sans-serif": [PINNED_FAMILY], "mathtext.fontset": "dejavusans",
     "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
     "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
-    "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
+    "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none", "svg.hashsalt": "cbir",
     "figure.dpi": 100, "axes.grid": False, "lines.linewidth": 1.4, "image.composite_image": False,
 }
-
-
-DEFAULTS = {"n_queries": 3, "seed": 0, "thumb_size": 128, "n_pairs": 5, "n_examples": 3,
-            "tsne_max_points": 2000, "tsne_perplexity": 30.0, "tsne_iterations": 500, "pca_dims": 50, "dpi": 150,
-            "methods": None, "width": None, "font_size": None}
+#: what every saved file records: nothing that varies (no dates, no software versions)
+PNG_METADATA = {"Software": None}
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Creator": None, "Producer": None}
 
 
 FIGURES_INDEX = "figures.json"
@@ -75,29 +108,10 @@ MIN_TSNE_POINTS = 4
 
 
 def figure_settings(params: Mapping) -> dict:
-    """``params['figures']`` over :data:`DEFAULTS`, with types checked (one clear error)."""
-    cfg = dict(DEFAULTS)
-    cfg.update({k: v for k, v in (params.get("figures") or {}).items() if v is not None})
-    try:
-        for key in ("n_queries", "seed", "thumb_size", "n_pairs", "n_examples", "tsne_max_points", "pca_dims",
-                    "dpi", "tsne_iterations"):
-            cfg[key] = int(cfg[key])
-        cfg["tsne_perplexity"] = float(cfg["tsne_perplexity"])
-    except (TypeError, ValueError) as exc:
-        raise CbirError(f"params figures: {exc}; use whole numbers for counts and sizes") from exc
-    for key in ("n_queries", "thumb_size", "n_pairs", "n_examples", "tsne_max_points", "pca_dims", "dpi"):
-        if cfg[key] < 1:
-            raise CbirError(f"params figures.{key} must be >= 1, got {cfg[key]}")
-    if cfg["tsne_iterations"] < 250:
-        raise CbirError(f"params figures.tsne_iterations must be >= 250 (t-SNE's minimum), got {cfg['tsne_iterations']}")
-    if cfg["tsne_perplexity"] <= 0:
-        raise CbirError(f"params figures.tsne_perplexity must be > 0, got {cfg['tsne_perplexity']}")
-    for key, low, high in (("width", 1.0, 40.0), ("font_size", 4.0, 30.0)):
-        value = cfg[key]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= float(value) <= high
-        if value is not None and not ok:
-            raise CbirError(f"params figures.{key} is {value!r}: use a number from {low:g} to {high:g} "
-                            f"({'inches' if key == 'width' else 'points'}), or null for the default")
+    """``params['figures']``: every key of :data:`cbir.schema.FIGURES` (defaults in ``conf/figures/``, types
+    and ranges checked by the schema when params.yaml is loaded), ``methods`` resolved by :func:`chosen_methods`."""
+    section = mapping(params, "figures")
+    cfg = {key: need(section, key, "figures") for key in FIGURES}
     cfg["methods"] = chosen_methods(params, cfg["methods"])
     return cfg
 
@@ -171,11 +185,11 @@ def message_figure(text: str, title: str = ""):
 
 
 def save_figure(fig, target: Path, dpi: int = 150) -> list[Path]:
-    """PNG (``dpi``) and a vector PDF beside it, each written atomically and without timestamps."""
+    """PNG (``dpi``) and a vector PDF beside it, each written atomically, in :data:`STYLE`, with fixed metadata:
+    the same figure gives the same bytes on every machine (tests/test_figure_bytes.py)."""
     written = []
     with matplotlib.rc_context(STYLE):
-        for suffix, kwargs in ((".png", {"dpi": dpi, "metadata": {"Software": None}}),
-                               (".pdf", {"metadata": {"CreationDate": None, "Creator": None, "Producer": None}})):
+        for suffix, kwargs in ((".png", {"dpi": dpi, "metadata": PNG_METADATA}), (".pdf", {"metadata": PDF_METADATA})):
             path = Path(target).with_suffix(suffix)
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format=suffix[1:], facecolor="white", **kwargs)

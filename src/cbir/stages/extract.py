@@ -30,6 +30,7 @@ from cbir.features.store import integrity_record
 from cbir.features.whitening import apply_whitening, fit_whitening, save_whitening
 from cbir.fileio import atomic_group, atomic_path, read_json, sha256_bytes, sha256_file
 from cbir.layout import Layout
+from cbir.machine import write_run_record
 from cbir.settings import Extract, MethodRun, need
 
 log = logging.getLogger("cbir")
@@ -182,3 +183,6 @@ def extract_method(params: dict, name: str, root: str | Path, key: str) -> None:
     log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%.1f images/s, %s)", name,
              paths.manifest, len(images), target, len(images), dim, seconds, len(images) / max(seconds, 1e-9),
              info.get("device"))
+    machine = method.machine_info() if hasattr(method, "machine_info") else {}  # deep methods: workers, OpenVINO
+    write_run_record(root, f"extract@{paths.dataset}-{name}", {"seconds": round(seconds, 3), "images": len(images),
+                                                               **machine})

@@ -8,6 +8,7 @@ without it, and without importing torchvision (seconds saved per extract stage a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -23,7 +24,6 @@ from cbir.features.cnn.openvino_int8 import Calibration, calibration_for, calibr
 from cbir.features.cnn.openvino_runtime import (
     OpenVinoTrunk,
     convert_trunk,
-    cpu_isa,
     resolve_precision,
     resolve_runtime,
 )
@@ -40,7 +40,10 @@ from cbir.features.cnn.runtime import (
 from cbir.features.common import unit_rows
 from cbir.features.resolve import instantiate_node, resolve_callable
 from cbir.layout import weights_file
+from cbir.machine import cpu_model, isa_class
 from cbir.settings import MethodRun
+
+log = logging.getLogger("cbir")
 
 
 def load_backbone(path: Path, arch: str) -> torch.nn.Module:
@@ -86,6 +89,7 @@ class DeepMethod:
     kind = "deep"
 
     def __post_init__(self):
+        self._num_workers: int | None = None
         self._trunk: torch.nn.Module | None = None
         self._openvino: OpenVinoTrunk | None = None
         if self.runtime == "openvino":
@@ -136,22 +140,34 @@ class DeepMethod:
         return self.runtime == "torch" and (self.device.type == "cuda" or self.precision == "bf16")
 
     def run_info(self) -> dict:
-        """Runtime, effective precision and the CPU's instruction set (for the features ``.json``)."""
+        """What computed the numbers, for the features ``.json``: runtime, effective precision (and the OpenVINO
+        version, or whether torch compiled the trunk); no machine fact (those are :meth:`machine_info`)."""
         if self.runtime == "openvino":
-            info = self.runner.info()
-        else:
-            info = {"runtime": "torch", "precision": "bf16" if self.use_amp else "fp32", "compiled": self.compile}
-        return {**info, "cpu_isa": cpu_isa()}
+            return self.runner.info()
+        return {"runtime": "torch", "precision": "bf16" if self.use_amp else "fp32", "compiled": self.compile}
+
+    def machine_info(self) -> dict:
+        """What this machine did, for the log and the run record (:mod:`cbir.machine`), never an output: the
+        decoding workers of the last :meth:`extract` and the precision OpenVINO compiled per input shape."""
+        info = {"num_workers": self._num_workers}
+        if self._openvino is not None:
+            info["openvino_compiled"] = self._openvino.compiled()
+        return info
 
     def extract(self, paths: Sequence[Path], out: np.ndarray, progress: bool = True,
                 num_workers: int | None = None) -> dict:
-        """Fill ``out`` (``[N, dim]``, e.g. a memmap) with the descriptors of ``paths``; returns run info."""
+        """Fill ``out`` (``[N, dim]``, e.g. a memmap) with the descriptors of ``paths``; returns what computed
+        them (the same on every machine kind; the machine's facts go to the log, :meth:`machine_info`)."""
         loader = make_loader(paths, self.image_size, self.batch_size, self.device, num_workers=num_workers,
                              max_pixels=self.max_pixels)
+        self._num_workers = loader.num_workers
         embed_batches(self.runner, self.pool, loader, out, self.device, progress=progress, scales=self.scales,
                       compile=self.compile and self.runtime == "torch", use_amp=self.use_amp)
+        compiled = self.machine_info().get("openvino_compiled", {})
+        log.info("%s ran on %s (%s, %d decoding workers)%s", self.name, cpu_model(), isa_class(), self._num_workers,
+                 "".join(f"; OpenVINO compiled {shape} in {p}" for shape, p in compiled.items()))
         return {"device": str(self.device), "image_size": self.image_size, "batch_size": self.batch_size,
-                "scales": self.scales, "num_workers": loader.num_workers, **self.run_info()}
+                "scales": self.scales, **self.run_info()}
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return make_transform(self.image_size)(image.convert("RGB"))

@@ -7,7 +7,8 @@ NNCF post-training quantisation, :mod:`cbir.features.cnn.openvino_int8`; OpenVIN
 
 What ran is read from OpenVINO, never guessed: the compiled model's ``INFERENCE_PRECISION_HINT`` (an
 ``ov.Type``) and, for int8, the precision of the convolutions in its runtime graph.  ``auto`` asks the
-same question of a one-convolution probe model.  The features ``.json`` records what ran, and a
+same question of a one-convolution probe model.  The features ``.json`` records what ran (the precision
+the numbers were computed in), the log and the run record what this CPU is (:mod:`cbir.machine`), and a
 warning appears only when a request was not honoured.
 
 The trunk is converted from the same ``torch.nn.Module`` and weights (``openvino.convert_model``, a few
@@ -20,10 +21,8 @@ matches torch eager to float rounding (tested: cosine >= 0.9999 on real images).
 from __future__ import annotations
 
 import logging
-import platform
 import warnings
 from functools import lru_cache
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -37,68 +36,11 @@ log = logging.getLogger("cbir")
 
 RUNTIMES = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-#: CPU flags (Linux ``/proc/cpuinfo`` names) that matter for CNN inference, in rising order
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-             "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 #: OpenVINO's inference precision hint per request (int8: the quantised layers run int8, the rest fp32)
 _OV_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 #: runtime-graph layer types that carry a network's arithmetic
 COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"})
 INT8_TYPES = frozenset({"i8", "u8"})
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (from ``/proc/cpuinfo`` on Linux; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; the platform's answer elsewhere), for benchmark records."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def isa_class(flags: frozenset[str] | None = None) -> str:
-    """The machine kind benchmarks are kept per: ``amx``, ``avx512-bf16``, ``avx512``, ``avx2`` or ``other``."""
-    flags = cpu_flags() if flags is None else flags
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512f" in flags:
-        return "avx512-bf16" if "avx512_bf16" in flags else "avx512"
-    return "avx2" if "avx2" in flags else "other"
-
-
-def cpu_isa(flags: frozenset[str] | None = None) -> dict:
-    """The CPU's instruction-set summary: its widest vector level, its class and the inference-relevant flags.
-
-    ``level`` is ``amx`` (AMX-BF16), ``avx512`` (AVX-512F), ``avx2``, ``sse4`` or the machine name; ``class``
-    is :func:`isa_class`.  Which precision OpenVINO really ran is recorded beside it, never inferred from it.
-    """
-    flags = cpu_flags() if flags is None else flags
-    if "amx_bf16" in flags:
-        level = "amx"
-    elif "avx512f" in flags:
-        level = "avx512"
-    elif "avx2" in flags:
-        level = "avx2"
-    elif "sse4_2" in flags:
-        level = "sse4"
-    else:
-        level = platform.machine() or "unknown"
-    return {"level": level, "class": isa_class(flags), "flags": [f for f in ISA_FLAGS if f in flags]}
 
 
 def _type_name(value) -> str:
@@ -274,5 +216,11 @@ class OpenVinoTrunk:
         return torch.from_numpy(np.array(result[0], dtype=np.float32, copy=True))
 
     def info(self) -> dict:
+        """What computed the numbers (the same on every machine that compiles the same precision)."""
         return {"runtime": "openvino", "precision": self.effective_precision, "openvino": self.version,
                 **self.provenance}
+
+    def compiled(self) -> dict[str, str]:
+        """What OpenVINO compiled on this machine: the precision per input shape (``1x3x224x224``), for the log
+        and the run record, never an output."""
+        return {"x".join(map(str, shape)): effective for shape, (_, effective) in sorted(self._compiled.items())}
