@@ -90,6 +90,74 @@ def test_no_module_reads_a_schema_key_with_a_default_of_its_own(repo_root):
         assert set(roots) <= seen, f"{rel}: {sorted(set(roots) - seen)} no longer read a schema key's name"
 
 
+#: ``<schema key read> or <value>`` that is not a second default: module -> key -> why
+NOT_DEFAULTS = {
+    "report/compare.py": {"name": "a `dvc exp show` node's name, not params"},
+    "report/markdown.py": {"protocol": "curation.json's split, '' where a report predates it",
+                           "device": "a features sidecar's device, shown as '–' where it has none"},
+    "data/sources.py": {"sha256": "an unpinned archive (null in conf/dataset/corel1k.yaml) read as none"},
+    "data/curate.py": {"queries_per_class": "null outside the holdout protocol (conf/split/)"},
+}
+
+
+def _reads_key(node: ast.AST, keys: set[str]) -> str | None:
+    """The schema key ``node`` reads (``x.get("k")``, ``x["k"]``, ``need(x, "k")``, ``int(...)`` of one)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+            and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in keys:
+        return node.args[0].value
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in keys:
+        return node.slice.value
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "need" \
+            and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value in keys:
+        return node.args[1].value
+    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords:  # int(x.get("k")) and the like
+        return _reads_key(node.args[0], keys)
+    return None
+
+
+def code_defaults(source: str, keys: set[str]) -> list[tuple[int, str, str]]:
+    """``(line, key, form)`` of every default in code for a schema key: ``<read> or <constant or CONSTANT>``,
+    a dataclass field of that name with a default other than ``None``, a ``*DEFAULT*`` dict naming it."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or):
+            key, fallback = _reads_key(node.values[0], keys), node.values[-1]
+            if key and ((isinstance(fallback, ast.Constant) and fallback.value is not None)
+                        or (isinstance(fallback, ast.Name) and fallback.id.isupper())):
+                found.append((node.lineno, key, "or"))
+        elif isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+            for field in node.body:
+                if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) \
+                        and field.target.id in keys and field.value is not None \
+                        and not (isinstance(field.value, ast.Constant) and field.value.value is None):
+                    found.append((field.lineno, field.target.id, "dataclass field"))
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and "DEFAULT" in t.id for t in node.targets) \
+                and isinstance(node.value, ast.Dict):
+            for k in node.value.keys:
+                if isinstance(k, ast.Constant) and k.value in keys:
+                    found.append((node.lineno, k.value, "default dict"))
+    return sorted(found)
+
+
+def test_the_code_default_finder_sees_or_fields_and_dicts():
+    source = ('k = int(retrieval.get("k") or DEFAULT_K)\nb = cfg.get("block_size") or 1024\n'
+              'c = cfg.get("alpha") or {}\n@dataclass\nclass S:\n    alpha: float = 1.0\n    seed: int | None = None\n'
+              'DEFAULT_CURATE = {"min_side": 32}\n')
+    assert code_defaults(source, {"k", "block_size", "alpha", "seed", "min_side"}) == [
+        (1, "k", "or"), (2, "block_size", "or"), (6, "alpha", "dataclass field"), (8, "min_side", "default dict")]
+
+
+def test_no_default_in_code_by_or_dataclass_field_or_default_dict(repo_root):
+    """conf/ holds every default: no `x.get("k") or 10`, no `alpha: float = 1.0`, no merged default dicts."""
+    src = repo_root / "src" / "cbir"
+    keys = schema_keys()
+    found = [f"{path.relative_to(src).as_posix()}:{line}: {form} default for {key!r}"
+             for path in sorted(src.rglob("*.py"))
+             for line, key, form in code_defaults(path.read_text(encoding="utf-8"), keys)
+             if key not in NOT_DEFAULTS.get(path.relative_to(src).as_posix(), {})]
+    assert found == [], "a default outside conf/:\n" + "\n".join(found)
+
+
 def test_the_typed_view_of_the_committed_params(repo_root):
     params = load_params(repo_root)
     run = MethodRun.from_params(params, "mobilenet_v2-gap")

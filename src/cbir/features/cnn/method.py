@@ -80,9 +80,9 @@ class DeepMethod:
     batch_size: int
     scales: list[float]
     max_pixels: int
-    compile: bool = False
-    runtime: str = "torch"
-    precision: str = "fp32"
+    compile: bool
+    runtime: str
+    precision: str
     conversion_key: str | None = None
     calibration: Calibration | None = None
     dim: int = field(init=False)
