@@ -21,11 +21,15 @@ from cbir.features.ray_engine import (
     collect,
     describe_dataset,
     extract_with_ray,
+    image_items,
     import_ray,
+    runtime_env,
     plan_actors,
     run_pipeline,
     user_error,
+    weights_bytes,
 )
+from cbir.settings import MethodRun
 from cbir.fileio import sha256_file
 from cbir.stages.extract import run as run_extract
 from cbir.stages.weights import run as run_weights
@@ -42,7 +46,7 @@ HOG = {"kind": "handcrafted", "descriptor": descriptor_node("hog_descriptor", {"
 def ray_local():
     ray = import_ray()  # the engine's own import: a clear error when Ray is missing
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, runtime_env=runtime_env())
     yield ray
     ray.shutdown()
 
@@ -168,7 +172,9 @@ def test_deep_features_equal_the_local_engine(ray_local, workspace):
     # the GPU layout (decoding in separate tasks, then the model actors) gives the same rows
     plan = {"num_actors": 1, "num_gpus": 0, "num_cpus": 1, "device": "cpu", "decode_tasks": True}
     split = np.full_like(local, np.nan)
-    run_pipeline(ray_local, describe_dataset(ray_local, paths, params, "mnv2-gem", root, plan, 4), split)
+    run = MethodRun.from_params(params, "mnv2-gem")
+    weights = ray_local.put(weights_bytes(run, root))
+    run_pipeline(ray_local, describe_dataset(ray_local, image_items(paths, root, None), run, plan, 4, weights), split)
     np.testing.assert_allclose(split, local, atol=1e-5)
 
 
