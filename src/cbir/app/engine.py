@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.app.decode import DEFAULT_MAX_PIXELS, check_shape, decode_image_bytes, open_query_image
+from cbir.app.decode import check_shape, decode_image_bytes, open_query_image
 from cbir.data.curate import pixel_hash
 from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
@@ -37,8 +37,7 @@ from cbir.search.faiss_index import search_built_index
 from cbir.search.prepared import refine_factor, search_settings
 from cbir.search.rerank import alpha_query_expansion, database_augmentation
 from cbir.search.saved import load_index
-
-DEFAULT_K = 10
+from cbir.settings import mapping, need
 
 
 def default_method(params: dict) -> str:
@@ -50,12 +49,11 @@ def default_method(params: dict) -> str:
 
 
 def query_settings(params: dict) -> dict:
-    """``k``, ``block_size`` and ``max_pixels`` for queries, from ``retrieval`` and ``curate`` in params."""
-    retrieval = params.get("retrieval") or {}
-    curate = params.get("curate") or {}
-    return {"k": int(retrieval.get("k") or DEFAULT_K),
-            "block_size": int(retrieval.get("block_size") or 1024),
-            "max_pixels": int(curate.get("max_pixels") or DEFAULT_MAX_PIXELS)}
+    """``k``, ``block_size`` and ``max_pixels`` for queries, from ``retrieval`` and ``curate`` in params
+    (conf/ sets them: a missing one is one line)."""
+    retrieval, curate = mapping(params, "retrieval"), mapping(params, "curate")
+    return {"k": int(need(retrieval, "k", "retrieval")), "block_size": int(need(retrieval, "block_size", "retrieval")),
+            "max_pixels": int(need(curate, "max_pixels", "curate"))}
 
 
 @dataclass
@@ -156,13 +154,13 @@ def load_database(params: dict, method: str, root: Path) -> Database:
     sources = source_signatures([paths.manifest, paths.features(method), paths.index_dir(method)])
     manifest = read_manifest(paths.manifest).reset_index(drop=True)
     path = paths.features(method)
-    features = np.ascontiguousarray(read_features(path, method, manifest))  # verified against its hashes
+    features = read_features(path, method, manifest)  # memory-mapped, verified against its hashes
     rows = database_rows(manifest)
-    vectors = l2_normalize(np.ascontiguousarray(features[rows]))
     rerank = settings["rerank"]
+    vectors = database_vectors(features, rows)
     if rerank and "dba" in rerank["kind"]:
         vectors = database_augmentation(vectors, rerank["n"], rerank["alpha"],
-                                        block_size=int((params.get("retrieval") or {}).get("block_size") or 1024))
+                                        block_size=query_settings(params)["block_size"])
     index = None
     if settings["index"] != "exact":
         index = load_index(paths.index_dir(method), method, settings, path,
@@ -170,6 +168,27 @@ def load_database(params: dict, method: str, root: Path) -> Database:
                            features_sha256=recorded_hashes(path, method)["features_sha256"])
     return Database(method=method, manifest=manifest, features=features, rows=rows, vectors=vectors,
                     search=settings, index=index, dataset=paths.dataset, sources=sources)
+
+
+def database_vectors(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` L2-normalised. Database rows that are one contiguous run (e.g. every row, or
+    the queries listed first) of stored unit rows stay a view of the memory-mapped file: a million-row
+    database is paged in where a search reads it (a compressed index's candidates), never copied whole."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+        view = np.asarray(features[int(rows[0]):int(rows[-1]) + 1], dtype=np.float32)
+        if view.flags.c_contiguous and stored_unit_rows(view):
+            return view
+    return l2_normalize(np.ascontiguousarray(features[rows]))
+
+
+def stored_unit_rows(x: np.ndarray, block: int = 65536, atol: float = 1e-4) -> bool:
+    """Whether every non-zero row of ``x`` has unit norm (as :func:`l2_normalize` checks), a block at a time."""
+    for start in range(0, x.shape[0], block):
+        norms = np.sqrt(np.einsum("ij,ij->i", x[start:start + block], x[start:start + block], dtype=np.float64))
+        if np.any(np.abs(norms[norms > 0] - 1.0) > atol):
+            return False
+    return True
 
 
 def query_vectors(db: Database, vectors: np.ndarray, k: int) -> np.ndarray:
@@ -183,7 +202,7 @@ def query_vectors(db: Database, vectors: np.ndarray, k: int) -> np.ndarray:
     return vectors
 
 
-def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024,
+def search(db: Database, vectors: np.ndarray, k: int, block_size: int,
            exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of each query vector among the database rows, as the retrieve stage ranks: the
     method's query expansion, then exact cosine search or its saved FAISS index.
@@ -251,8 +270,7 @@ class QueryEmbedder:
 class QueryEngine:
     """A method's model and database, loaded once; answers queries (thread-safe, one at a time)."""
 
-    def __init__(self, db: Database, embedder, k: int = DEFAULT_K, block_size: int = 1024,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, root: Path | None = None):
+    def __init__(self, db: Database, embedder, k: int, block_size: int, max_pixels: int, root: Path | None = None):
         self.db, self.embedder, self.root = db, embedder, root
         self.k, self.block_size, self.max_pixels = int(k), int(block_size), int(max_pixels)
         self._lock = threading.Lock()
