@@ -59,7 +59,7 @@ from cbir.search.saved import save_index  # noqa: E402
 DATASET, METHOD = "million", "vectors"
 TARGET_P99_MS, TARGET_RSS_GB = 50.0, 4.0
 FULL = {"n": 1_000_000, "dim": 256, "classes": 1000, "queries": 2000, "nlist": 1024, "nprobe": 16, "m": 32,
-        "refine": 4, "recall_queries": 500}
+        "refine": 20, "recall_queries": 500}
 SMALL = {"n": 20_000, "dim": 32, "classes": 20, "queries": 200, "nlist": 64, "nprobe": 8, "m": 8, "refine": 4,
          "recall_queries": 100}
 

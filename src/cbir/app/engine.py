@@ -34,7 +34,7 @@ from cbir.fileio import sha256_bytes, sha256_file
 from cbir.layout import Layout
 from cbir.search.exact import exact_topk, l2_normalize
 from cbir.search.faiss_index import search_built_index
-from cbir.search.prepared import refine_factor, search_settings
+from cbir.search.prepared import database_vectors, refine_factor, release_pages, search_settings
 from cbir.search.rerank import alpha_query_expansion, database_augmentation
 from cbir.search.saved import load_index
 from cbir.settings import mapping, need
@@ -166,29 +166,9 @@ def load_database(params: dict, method: str, root: Path) -> Database:
         index = load_index(paths.index_dir(method), method, settings, path,
                            manifest["image_id"].astype(str).to_numpy()[rows],
                            features_sha256=recorded_hashes(path, method)["features_sha256"])
+    release_pages(features)  # the checks above read every page: a search pages in only what it reads
     return Database(method=method, manifest=manifest, features=features, rows=rows, vectors=vectors,
                     search=settings, index=index, dataset=paths.dataset, sources=sources)
-
-
-def database_vectors(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``features[rows]`` L2-normalised. Database rows that are one contiguous run (e.g. every row, or
-    the queries listed first) of stored unit rows stay a view of the memory-mapped file: a million-row
-    database is paged in where a search reads it (a compressed index's candidates), never copied whole."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
-        view = np.asarray(features[int(rows[0]):int(rows[-1]) + 1], dtype=np.float32)
-        if view.flags.c_contiguous and stored_unit_rows(view):
-            return view
-    return l2_normalize(np.ascontiguousarray(features[rows]))
-
-
-def stored_unit_rows(x: np.ndarray, block: int = 65536, atol: float = 1e-4) -> bool:
-    """Whether every non-zero row of ``x`` has unit norm (as :func:`l2_normalize` checks), a block at a time."""
-    for start in range(0, x.shape[0], block):
-        norms = np.sqrt(np.einsum("ij,ij->i", x[start:start + block], x[start:start + block], dtype=np.float64))
-        if np.any(np.abs(norms[norms > 0] - 1.0) > atol):
-            return False
-    return True
 
 
 def query_vectors(db: Database, vectors: np.ndarray, k: int) -> np.ndarray:

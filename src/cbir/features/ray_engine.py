@@ -369,12 +369,10 @@ def extract_on_ray(paths: Sequence[Path], root: Path, run: MethodRun, settings: 
         n = run_pipeline(ray, describe_dataset(ray, items, run, plan, batch_size, ref), out)
         seconds = time.perf_counter() - start
         info = {"device": plan["device"], "engine": "ray", "num_actors": plan["num_actors"],
-                "batch_size": batch_size, "decode_tasks": plan["decode_tasks"],
-                "ray_nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
-                "ray_cpus": float(cluster.get("CPU", 0)), "ray_gpus": float(cluster.get("GPU", 0))}
+                "batch_size": batch_size, "decode_tasks": plan["decode_tasks"]}  # no cluster facts: they go to the log
         if kind == "deep":
             info.update(image_size=own_or_backbone(run, "image_size"), scales=list(run.method.scales or (1.0,)))
-        log.info("ray: %d rows in %.1fs", n, seconds)
+        log.info("ray: %d rows in %.1fs on %d nodes", n, seconds, sum(1 for node in ray.nodes() if node.get("Alive")))
         return info
     finally:
         if started:
