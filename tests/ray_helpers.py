@@ -1,4 +1,4 @@
-"""The small project both Ray test modules extract from: eleven generated images of several sizes and modes,
+"""The small project the Ray and benchmark-script tests extract from: eleven (or ``n_images``) generated images of several sizes and modes,
 their manifest, the random MobileNetV2's weights stage output and the params of a deep and a handcrafted method."""
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ DEEP = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gem", "pooling_p
 HOG = {"kind": "handcrafted", "descriptor": descriptor_node("hog_descriptor", {"size": 32, "pixels_per_cell": 8})}
 
 
-def make_workspace(root: Path, weights: Path) -> tuple[Path, dict, list[Path]]:
-    """``(root, params, image paths)`` of the toy project built under ``root``."""
+def make_workspace(root: Path, weights: Path, n_images: int = 11) -> tuple[Path, dict, list[Path]]:
+    """``(root, params, image paths)`` of the toy project built under ``root`` (two query images, the rest the
+    database)."""
     rng = np.random.default_rng(3)
     folder = root / "data" / "raw" / "toy"
     folder.mkdir(parents=True)
     rows = []
-    for i in range(11):
+    for i in range(n_images):
         h, w = 36 + 7 * i, 90 - 4 * i
         pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         pixels[: h // 2] //= 1 + i % 3  # some structure, so descriptors differ

@@ -1,7 +1,7 @@
 """Every script under ``benchmarks/`` runs on today's params at tiny sizes: a few images, one round.
 
 The scripts that read a project (``query.py``, ``precision.py``) run on a small project built here: today's
-``params.yaml`` with two datasets (so ``--dataset`` is needed), eleven generated images, the random
+``params.yaml`` with two datasets (so ``--dataset`` is needed), fourteen generated images, the random
 MobileNetV2 as the weights stage writes it, and the ``hog`` features from the extract stage.  The others
 generate their own data.  ``rerun.py`` (the lead's, a full ``dvc exp run``) is left out.  Each script writes
 its JSON into the test's folder, never into ``benchmarks/results/``.
@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, random_mobilenet_file):
     """A project with today's params (datasets ``toy`` and ``neardup``), its images, weights and hog features."""
-    root, workspace_params, _ = make_workspace(tmp_path_factory.mktemp("bench-project"), random_mobilenet_file)
+    root, workspace_params, _ = make_workspace(tmp_path_factory.mktemp("bench-project"), random_mobilenet_file,
+                                                  n_images=14)  # 12 database images: P@10 is defined
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["datasets"] = {"toy": {**params["datasets"]["tuxpaint"], "name": "toy"}, OTHER: params["datasets"][OTHER]}
     params["backbones"]["mobilenet_v2"] = {**params["backbones"]["mobilenet_v2"],
@@ -75,7 +76,7 @@ def test_query_script(project, tmp_path):
                   "--out", out, cwd=tmp_path))
     result = json.loads(out.read_text())
     features = np.load(project / "data" / "features" / "toy" / "hog.npy")
-    assert (result["dataset"], result["n_queries"], result["n_database"], result["dim"]) == ("toy", 3, 9,
+    assert (result["dataset"], result["n_queries"], result["n_database"], result["dim"]) == ("toy", 3, 12,
                                                                                              features.shape[1])
     assert set(result["latency_ms"]) == {"decode", "embed", "search", "total"}
 
@@ -85,7 +86,7 @@ def test_precision_script(project, tmp_path):
     passed(script("precision.py", "--root", project, "--dataset", "toy", "--methods", "mobilenet_v2-gap",
                   "--n-bootstrap", 10, "--out", out, cwd=tmp_path))
     result = json.loads(out.read_text())
-    assert result["machine"]["dataset"] == "toy" and result["machine"]["n_images"] == 11
+    assert result["machine"]["dataset"] == "toy" and result["machine"]["n_images"] == 14
     assert [r["requested"] for r in result["rows"]] == ["fp32", "bf16", "int8"]
     fp32 = result["rows"][0]
     assert fp32["cosine_min"] == 1.0 and fp32["map_diff"] == 0.0  # fp32 against itself
