@@ -18,6 +18,8 @@ its own process and measures:
 * p50/p95/p99 latency of ``GET /api/search?id=<query id>`` with ``--clients`` concurrent clients
   (keep-alive connections, each asking its share of the queries in turn, after a warm-up pass), in
   ``--rounds`` rounds: ``latency_ms`` is the round with the median p99, every round is kept;
+* the server's CPU time per request (user + system, over a round; what the load of other processes does
+  not change) and the requests answered per second;
 * recall@10 of the server's answers against exact cosine search over the same vectors.
 
 Results go to ``benchmarks/results/serve_million-<isa class>.json`` with the CPU, its ISA class and the
@@ -140,6 +142,12 @@ def memory(pid: int) -> dict:
     return fields
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ask(conn: http.client.HTTPConnection, image_id: str, k: int) -> tuple[float, dict]:
     """One ``/api/search`` request on a keep-alive connection: ``(seconds, answer)``."""
     start = time.perf_counter()
@@ -226,8 +234,11 @@ def measure(root: Path, sizes: dict, clients: int, k: int, rounds: int) -> dict:
         load(port, ids, clients, k)  # warm-up: every query once (pages of the index and features touched)
         runs = []
         for _ in range(rounds):
+            cpu, wall = cpu_seconds(proc.pid), time.perf_counter()
             ms, answers = load(port, ids, clients, k)
-            runs.append(summarise(ms))
+            wall, cpu = time.perf_counter() - wall, cpu_seconds(proc.pid) - cpu
+            runs.append({**summarise(ms), "server_cpu_ms_per_request": round(cpu * 1e3 / len(ids), 2),
+                         "requests_per_s": round(len(ids) / wall, 1)})
         after_load = memory(proc.pid)
     finally:
         proc.terminate()
