@@ -212,14 +212,14 @@ def search(db: Database, vectors: np.ndarray, k: int, block_size: int,
 def result_records(db: Database, rows: np.ndarray, scores: np.ndarray, query_label: str | None = None) -> list[dict]:
     """One dict per hit, best first: ``rank`` (1-based), ``image_id``, ``label``, ``score``, ``path``,
     ``relevant`` (same label as the query; ``None`` when the query's label is unknown)."""
-    manifest = db.manifest
-    records = []
-    for rank, (row, score) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(scores).tolist()), start=1):
-        label = str(manifest.at[row, "label"])
-        records.append({"rank": rank, "image_id": str(manifest.at[row, "image_id"]), "label": label,
-                        "score": float(score), "path": str(manifest.at[row, "path"]),
-                        "relevant": None if query_label is None else label == query_label})
-    return records
+    rows = np.asarray(rows, dtype=np.int64)
+    # one take per column: per-cell lookups cost more than the search itself on a large manifest
+    ids, labels, paths = ([str(v) for v in db.manifest[column].take(rows).tolist()]
+                          for column in ("image_id", "label", "path"))
+    return [{"rank": rank, "image_id": image_id, "label": label, "score": float(score), "path": path,
+             "relevant": None if query_label is None else label == query_label}
+            for rank, (image_id, label, path, score) in enumerate(zip(ids, labels, paths,
+                                                                      np.asarray(scores).tolist()), start=1)]
 
 
 class QueryEmbedder:
