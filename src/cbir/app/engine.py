@@ -212,9 +212,9 @@ def search(db: Database, vectors: np.ndarray, k: int, block_size: int,
 def result_records(db: Database, rows: np.ndarray, scores: np.ndarray, query_label: str | None = None) -> list[dict]:
     """One dict per hit, best first: ``rank`` (1-based), ``image_id``, ``label``, ``score``, ``path``,
     ``relevant`` (same label as the query; ``None`` when the query's label is unknown)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    # one take per column: per-cell lookups cost more than the search itself on a large manifest
-    ids, labels, paths = ([str(v) for v in db.manifest[column].take(rows).tolist()]
+    manifest, rows = db.manifest, np.asarray(rows, dtype=np.int64).tolist()
+    # positional cell lookups: label lookups (.at) or a take on a million-row column cost more than the search
+    ids, labels, paths = ([str(manifest.iat[row, manifest.columns.get_loc(column)]) for row in rows]
                           for column in ("image_id", "label", "path"))
     return [{"rank": rank, "image_id": image_id, "label": label, "score": float(score), "path": path,
              "relevant": None if query_label is None else label == query_label}
