@@ -1,13 +1,15 @@
 # make repro : set up everything the offline default needs, then run the whole DVC pipeline
 # make test  : same set-up if missing, then the full test suite (in parallel: PYTEST_PARALLEL= runs it serially)
 # make paper : the paper's configuration (Corel-1K, ResNet50 ImageNet, GAP, cosine top-10)
-# make compare : every experiment x dataset x method, one metric (METRIC=map|p@10), on one screen
+# make compare : every experiment x dataset x method, one metric (METRIC=<any key of metrics/<ds>.json>; default:
+#                each dataset's headline metric), on one screen
 SHELL := /bin/bash
 PY := .venv/bin/python
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # g++: TorchInductor compiles the CPU extraction graph (extract.compile=auto)
-DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-driver g++
+DEB_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium chromium-driver g++ \
+  texlive-latex-base texlive-latex-recommended
 
 .PHONY: setup repro test test-fast paper params compare .deb.installed
 
@@ -55,7 +57,7 @@ test-fast: setup
 
 # every experiment x dataset x method, one metric at a time, fits 120 columns (cbir.report.compare reads
 # `dvc exp show --json`): make compare METRIC=p@10; COMPARE_FORMAT=csv or latex for the same table as a file
-METRIC ?= map
+METRIC ?=
 COMPARE_FORMAT ?= text
 compare:
 	$(PY) -m cbir compare --metric '$(METRIC)' --format $(COMPARE_FORMAT)

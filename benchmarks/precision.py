@@ -27,11 +27,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cbir import statistics as st  # noqa: E402
 from cbir.config import load_params, select_dataset  # noqa: E402
 from cbir.data.manifest import read_manifest  # noqa: E402
 from cbir.errors import CbirError  # noqa: E402
-from cbir.evaluation import per_query_metrics, summarize  # noqa: E402
+from cbir.scoring import statistics as st  # noqa: E402
+from cbir.scoring.evaluation import per_query_metrics, summarize  # noqa: E402
 from cbir.features.cnn.openvino_runtime import cpu_isa, isa_class  # noqa: E402
 from cbir.features.methods import build_method  # noqa: E402
 from cbir.layout import Layout  # noqa: E402

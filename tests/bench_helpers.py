@@ -14,7 +14,9 @@ import yaml
 from PIL import Image
 
 from cbir.config import compose_yaml, select_dataset
-from cbir.stages import curate, download, evaluate, extract, retrieve
+from cbir.scoring import metric_files
+from cbir.search import rankings
+from cbir.stages import curate, download, extract
 from cbir.features.handcrafted import descriptor_node
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,15 +38,16 @@ def bench_params(dataset: str, *overrides: str) -> dict:
 
 
 def run_stages(params: dict, root: Path) -> dict:
-    """download -> curate -> extract -> retrieve -> evaluate in ``root``; returns reports/<ds>/metrics.json."""
+    """download -> curate -> extract -> each method's rankings and metrics, combined, in ``root``; returns
+    reports/<ds>/metrics.json."""
     import json
 
     download.run(params, root)
     curate.run(params, root)
+    extract.run(params, root)
     for method in params["methods"]:
-        extract.run(params, method, root)
-        retrieve.run(params, method, root)
-    evaluate.run(params, root)
+        rankings.run(params, method, root)
+    metric_files.run(params, root)
     name = params["dataset"]["name"]
     return json.loads((root / "reports" / name / "metrics.json").read_text())
 

@@ -13,7 +13,7 @@ from cbir.features.methods import build_method
 
 REPO = Path(__file__).resolve().parents[1]
 #: the sections building a method reads beyond its own config; their values default to conf/'s
-SHARED = ("device", "curate", "extract")
+SHARED = ("device", "download", "curate", "extract")
 
 
 def with_defaults(params: dict) -> dict:

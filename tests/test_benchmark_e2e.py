@@ -23,7 +23,7 @@ def test_exp_run_roxford5k_on_a_tiny_archive(tmp_path, repo_root):
     edit_yaml(work / "conf" / "evaluation" / "default.yaml", baseline=None)
     edit_yaml(work / "conf" / "dataset" / "roxford5k.yaml", archive=[str(f) for f in files], urls=None)
     init_repo(work, repo_root, env)
-    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "experiment=roxford5k", "report"], work, env)
+    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "experiment=roxford5k", "evaluate@roxford5k"], work, env)
     metrics = json.loads((work / "reports" / "roxford5k" / "metrics.json").read_text())
     official = metrics["color_moments"]["benchmark"]
     assert official["kind"] == "revisitop" and {"easy", "medium", "hard"} <= set(official)

@@ -3,7 +3,7 @@
 The scripts that read a project (``query.py``, ``precision.py``) run on a small project built here: today's
 ``params.yaml`` with two datasets (so ``--dataset`` is needed), fourteen generated images, the random
 MobileNetV2 as the weights stage writes it, and the ``hog`` features from the extract stage.  The others
-generate their own data.  ``rerun.py`` (the lead's, a full ``dvc exp run``) is left out.  Each script writes
+generate their own data.  ``rerun.py`` and ``pipeline.py`` (full runs of the default experiment) are left out.  Each script writes
 its JSON into the test's folder, never into ``benchmarks/results/``.
 """
 
@@ -25,7 +25,8 @@ from cbir.stages.extract import run as run_extract
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 #: scripts the smoke test does not run, and why
-EXCLUDED = {"rerun.py": "the lead's: a full `dvc exp run` of the default experiment"}
+EXCLUDED = {"rerun.py": "the lead's: a full `dvc exp run` of the default experiment",
+            "pipeline.py": "a fresh `dvc repro` of the default experiment in a clone (minutes; never in tests)"}
 #: the other dataset of the project (its entry as today's params.yaml has it)
 OTHER = "neardup"
 
@@ -43,7 +44,7 @@ def project(tmp_path_factory, random_mobilenet_file):
                                            **workspace_params["backbones"]["mobilenet_v2"]}
     params["extract"]["calibration"]["size"] = 4
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    run_extract(select_dataset(load_params(root), "toy"), "hog", root)
+    run_extract(select_dataset(load_params(root), "toy"), root, "hog")
     return root
 
 
@@ -131,6 +132,15 @@ def test_serve_million_script(tmp_path):
     assert result["memory_after_load_mib"]["VmHWM"] >= result["memory_after_start_mib"]["VmRSS"] > 0
 
 
+def test_thin_image_script(tmp_path):
+    out = tmp_path / "thin_image.json"
+    passed(script("thin_image.py", "--small", "--out", out, cwd=tmp_path))
+    cases = json.loads(out.read_text())["cases"]
+    assert set(cases) == {"normal", "thinnest"}
+    for case in cases.values():
+        assert all(case[method]["peak_bytes"] > 0 for method in ("mobilenet_v2-gap", "hog"))  # no case failed
+
+
 def test_gpu_script(tmp_path):
     """The CPU fallback of the GPU benchmark, tiny sizes."""
     out = tmp_path / "gpu.json"
@@ -139,3 +149,14 @@ def test_gpu_script(tmp_path):
                   "--no-install", "--out", out, cwd=tmp_path))
     result = json.loads(out.read_text())
     assert result["config"]["device"] == "cpu" and result["config"]["images"] == 8
+
+
+def test_evaluation_script(tmp_path):
+    """The 'scale' helper's evaluation benchmark at its own smoke size (it reaches this branch on merge)."""
+    if not (BENCHMARKS / "evaluation.py").is_file():
+        pytest.skip("benchmarks/evaluation.py comes from the 'scale' branch (issue 35 item 2)")
+    out = tmp_path / "evaluation.json"
+    passed(script("evaluation.py", "--small", "--out", out, cwd=tmp_path))
+    runs = json.loads(out.read_text())["runs"]
+    assert "evaluate" in {run["kind"] for run in runs}
+    assert all(run["identical"] for run in runs if "identical" in run)  # the new code's numbers are the old ones

@@ -40,8 +40,8 @@ def test_revisitop_side_by_side_columns():
 
 @pytest.mark.parametrize("dataset, metrics, columns", [
     ("roxford5k", revisitop_metrics(0.0), ["method", "ROxf M", "ROxf H", "ROxf E"]),
-    ("holidays", {m: {**SIZES, "map": 0.7, "benchmark": {"kind": "groups"}} for m in METHODS},
-     ["method", "Holidays mAP"]),
+    ("holidays", {m: {**SIZES, "map": 0.7, "benchmark": {"kind": "groups", "map": 0.7, "plain_map": 0.75}}
+                  for m in METHODS}, ["method", "mAP", "plain mAP"]),
     ("ukbench", {m: {**SIZES, "map": 0.7, "benchmark": {"kind": "ukbench", "ns": 3.1}} for m in METHODS},
      ["method", "N-S", "mAP"]),
     ("neardup", pairs_metrics(), ["method", "µAP", "R@P90", "mAP"]),
@@ -58,6 +58,17 @@ def test_benchmark_tables_are_written_and_fit(tmp_path, dataset, metrics, column
     assert md.count("\n|") == len(METHODS) + 2 and "**" in md
     if dataset == "neardup":
         assert "benchmark_families.tex" in names and r"$\mu$AP" in (tmp_path / "benchmark.tex").read_text()
+
+
+def test_benchmark_csv_holds_the_printed_numbers(tmp_path):
+    # 0.187369 * 100 is 18.736900000000002 in floating point: the CSV holds 18.7, as printed; N-S two decimals
+    metrics = {m: {**SIZES, "map": 0.187369 + i / 1000, "benchmark": {"kind": "ukbench", "ns": 3.14159}}
+               for i, m in enumerate(METHODS[:2])}
+    write_tables(tmp_path, "ukbench", metrics, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), 1000)
+    assert (tmp_path / "benchmark.csv").read_text().splitlines() == [
+        "method,N-S,mAP", "mobilenet_v2-gap,3.14,18.7", "mobilenet_v2-gem,3.14,18.8"]
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| mobilenet_v2-gap | **3.14** | 18.7 |" in md and "| mobilenet_v2-gem | **3.14** | **18.8** |" in md
 
 
 def test_class_level_metrics_have_no_benchmark_table():

@@ -14,13 +14,14 @@ from bench_helpers import (PALETTE, bench_params, colour_image, encode, revisito
                            write_zip)
 from PIL import Image
 
-from cbir import benchmark_eval as be
-from cbir.benchmark_metrics import revisitop_scores
+from cbir.scoring import benchmark_eval as be
+from cbir.scoring.benchmark_metrics import revisitop_scores
 from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.data.manifest import read_manifest, split_indices
 from cbir.data.neardup import FAMILIES, fetch_neardup
 from cbir.errors import CbirError
-from cbir.judgements import Judgement, Judgements
+from methods_helpers import from_conf
+from cbir.scoring.judgements import Judgement, Judgements
 from cbir.search.exact import full_ranking
 
 SMALL_NEARDUP = ["dataset.n_originals=20", "dataset.n_distractors=10", "dataset.n_queries=30", "dataset.n_absent=5",
@@ -121,10 +122,63 @@ def test_ukbench_ns_counts_the_query():
     assert official["ns"] == 2.0
 
 
+def score_ap_from_ranks_1(ranks, nres):
+    """INRIA Holidays' ``holidays_map.py`` AP, transcribed: ``ranks`` are the 0-based ranks of the true
+    positives once the query's own result is removed (its ``rank_shift``), ``nres`` how many there are."""
+    ap, recall_step = 0.0, 1.0 / nres
+    for ntp, rank in enumerate(ranks):
+        precision_0 = 1.0 if rank == 0 else ntp / float(rank)
+        precision_1 = (ntp + 1) / float(rank + 1)
+        ap += (precision_1 + precision_0) * recall_step / 2.0
+    return ap
+
+
+def test_holidays_minimal_case_is_the_official_trapezoidal_ap():
+    # database [query, positive, distractor]; the ranking [query, distractor, positive]: holidays_map.py
+    # drops the query (rank_shift), the positive sits at rank 1 after one false result: (0 + 1/2) / 2 = 0.25
+    bench = be.Benchmark("holidays", "groups", "trapezoidal", Judgements((Judgement([1], [0]),), 3), None, None, None)
+    result, official = be.score(bench, _circle([0]), _circle([0, 20, 10]), [1], 1, ["q"], ["g"], n_bootstrap=0)
+    assert score_ap_from_ranks_1([1], 1) == 0.25
+    assert official["map"] == 0.25 and result.per_query["ap"].iloc[0] == 0.25
+    assert official["plain_map"] == 0.5 and official["compact"] == {"plain_map": 0.5}
+
+
+def test_top_k_scores_come_from_the_saved_rankings(tmp_path):
+    # two database rows tie at the head for q0; the saved file puts the positive first with a score that the
+    # features would not give: the µAP follows the file, not a recomputation
+    q, db = _circle([0, 90]), _circle([10, 10, 95])
+    bench = be.Benchmark("neardup", "pairs", "non-interpolated",
+                         Judgements((Judgement([1]), Judgement([])), 3), None, np.array(["crop", "jpeg"], object), None)
+    saved = tmp_path / "m.csv"
+    saved.write_text("query_id,rank,image_id,score\nq0,1,d1,0.9\nq0,2,d0,0.9\nq1,1,d2,0.95\nq1,2,d1,0.1\n")
+    rows, scores = be.read_saved_topk(saved, ["q0", "q1"], ["d0", "d1", "d2"])
+    assert rows.tolist() == [[1, 0], [2, 1]] and scores.tolist() == [[0.9, 0.9], [0.95, 0.1]]
+    _, official = be.score(bench, q, db, [1], 1, ["q0", "q1"], ["crop", "jpeg"], top_k=2, n_bootstrap=0,
+                           saved=(rows, scores))
+    # pooled: 0.95 false, then the tie at 0.9 with the false pair first (DISC21), then the true pair: 1/3
+    assert official["micro_ap"] == pytest.approx(1 / 3, abs=1e-6) and official["top_k"] == 2
+    _, recomputed = be.score(bench, q, db, [1], 1, ["q0", "q1"], ["crop", "jpeg"], top_k=2, n_bootstrap=0)
+    assert recomputed["micro_ap"] == pytest.approx(1 / 3, abs=1e-6)  # the features tie rows 0, 1 exactly too
+
+
+@pytest.mark.parametrize("text, message", [
+    ("query_id,rank,image_id,score\nq0,1,d9,0.5\n", "names d9, which is not in this method's queries or database"),
+    ("query_id,rank,image_id,score\nq0,1,d0,0.5\n", "has no ranking for query q1 (1 missing)"),
+    ("query,rank\nq0,1\n", "is not a saved ranking (query_id, rank, image_id, score: ValueError)")])
+def test_a_bad_saved_ranking_is_one_line(tmp_path, text, message):
+    saved = tmp_path / "m.csv"
+    saved.write_text(text)
+    with pytest.raises(CbirError) as err:
+        be.read_saved_topk(saved, ["q0", "q1"], ["d0", "d1"])
+    assert message in str(err.value) and "run the retrieve stage again" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------- the near-duplicate benchmark
 
 def test_neardup_is_byte_identical_and_complete(tmp_path):
-    cfg = {"name": "nd", "n_originals": 20, "n_distractors": 10, "n_queries": 30, "n_absent": 5, "size": 64, "seed": 3}
+    cfg = {"name": "nd", "n_originals": 20, "n_distractors": 10, "n_queries": 30, "n_absent": 5, "size": 64, "seed": 3,
+           "root": from_conf("dataset/neardup")["root"]}
     fetch_neardup(cfg, tmp_path / "a")
     fetch_neardup(cfg, tmp_path / "b")
     first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
@@ -148,6 +202,43 @@ def test_neardup_pipeline_scores_every_family(tmp_path):
     compact = json.loads((tmp_path / "metrics" / "neardup.json").read_text())["color_moments"]
     assert {"map", "p@10", "micro_ap", "recall@p0.9"} <= set(compact)
     assert metrics["color_moments"]["n_queries_without_relevant"] == 5
+
+
+def _pooled_ap_by_hand(pairs, n_pos):
+    """DISC21's µAP and recall at precision 0.9 of ``(score, true)`` pairs: sorted by score, ties false first."""
+    pairs = sorted(pairs, key=lambda p: (-p[0], p[1]))
+    hits, ap, best = 0, 0.0, 0.0
+    for rank, (_, true) in enumerate(pairs, 1):
+        hits += true
+        ap += hits / rank if true else 0.0
+        if hits / rank >= 0.9:
+            best = max(best, hits / n_pos)
+    return ap / n_pos, best
+
+
+def test_neardup_headline_metrics_recompute_from_the_saved_files_alone(tmp_path):
+    """µAP and R@P90, overall and per family, from data/retrieval/<ds>/<m>.csv and judgements.json only."""
+    import csv
+
+    metrics = run_stages(bench_params("neardup", *SMALL_NEARDUP), tmp_path)
+    official = metrics["color_moments"]["benchmark"]
+    judged = json.loads((tmp_path / "data" / "curated" / "neardup" / JUDGEMENTS_FILE).read_text())
+    truth = {q["query_id"]: (set(q["positives"]), q["family"]) for q in judged["queries"]}
+    with open(tmp_path / "data" / "retrieval" / "neardup" / "color_moments.csv", newline="") as handle:
+        saved = [(r["query_id"], float(r["score"]), r["image_id"]) for r in csv.DictReader(handle)]
+    families = sorted({f for _, f in truth.values()}) + [None]
+    for family in families:
+        pick = {q for q, (_, f) in truth.items() if family is None or f == family}
+        pairs = [(score, image in truth[q][0]) for q, score, image in saved if q in pick]
+        n_pos = sum(len(truth[q][0]) for q in pick)
+        entry = official if family is None else official["families"][family]
+        if n_pos == 0:
+            assert entry["micro_ap"] is None
+            continue
+        micro_ap, recall = _pooled_ap_by_hand(pairs, n_pos)
+        assert entry["micro_ap"] == round(micro_ap, 6) and entry["recall@p0.9"] == round(recall, 6), family
+    compact = json.loads((tmp_path / "metrics" / "neardup.json").read_text())["color_moments"]
+    assert compact["micro_ap"] == official["micro_ap"] and compact["recall@p0.9"] == official["recall@p0.9"]
 
 
 # ---------------------------------------------------------------- archives in each dataset's layout
@@ -219,19 +310,26 @@ def test_holidays_archives_end_to_end(tmp_path):
                                      "junk": ["db/100000"]}
     entry = metrics["color_moments"]
     assert entry["n_queries"] == 3 and entry["n_database"] == 7 and entry["benchmark"]["kind"] == "groups"
-    # an independent oracle: rank by cosine, drop the query itself, AP = mean precision at each hit
+    # an independent oracle: rank by cosine, drop the query itself (holidays_map.py's rank_shift), then its
+    # score_ap_from_ranks_1; the plain AP (mean precision at each hit) beside it
     root = tmp_path / "repo"
     manifest = read_manifest(root / "data" / "curated" / "holidays" / "manifest.csv")
     x = np.load(root / "data" / "features" / "holidays" / "color_moments.npy")
     ids = manifest["image_id"].tolist()
-    aps = []
+    aps, plain = [], []
     for q in first.values():
         qi = ids.index(q["query_id"])
         db = [i for i, image_id in enumerate(ids) if image_id.startswith("db/") and image_id != q["junk"][0]]
         order = [db[j] for j in np.argsort(-(x[db] @ x[qi]), kind="stable")]
-        hits = np.cumsum([ids[i] in q["positives"] for i in order])
-        aps.append(np.mean([hits[r] / (r + 1) for r, i in enumerate(order) if ids[i] in q["positives"]]))
+        tp_ranks = [r for r, i in enumerate(order) if ids[i] in q["positives"]]
+        aps.append(score_ap_from_ranks_1(tp_ranks, len(q["positives"])))
+        plain.append(np.mean([(j + 1) / (r + 1) for j, r in enumerate(tp_ranks)]))
+    assert judged["ap"] == "trapezoidal" and entry["ap"] == "trapezoidal"
     assert entry["map"] == pytest.approx(float(np.mean(aps)), abs=1e-6)
+    assert entry["benchmark"]["map"] == pytest.approx(float(np.mean(aps)), abs=1e-6)
+    assert entry["benchmark"]["plain_map"] == pytest.approx(float(np.mean(plain)), abs=1e-6)
+    compact = json.loads((root / "metrics" / "holidays.json").read_text())["color_moments"]
+    assert compact["plain_map"] == entry["benchmark"]["plain_map"]
 
 
 def test_holidays_manually_rotated_needs_a_folder(tmp_path):
@@ -330,3 +428,34 @@ def test_a_broken_gnd_pickle_is_one_line(tmp_path):
     with pytest.raises(CbirError, match="is not a revisitop ground-truth file") as err:
         curate.run(params, tmp_path / "repo")
     assert "\n" not in str(err.value)
+
+
+def test_class_level_headline_metrics_recompute_from_the_saved_files_alone(tmp_path):
+    """P@10 and mAP of class labels from data/retrieval/<ds>/<m>.csv and the manifest's labels (the saved top-k
+    holds the whole ranking here: k = the 12 database images), to the metrics file's 6 decimals."""
+    import csv
+
+    from cbir.scoring.metric_files import run as run_evaluate
+    from cbir.search.rankings import run as run_retrieve
+    from test_retrieve_evaluate_stages import make_params, write_dataset
+
+    manifest = write_dataset(tmp_path)
+    params = make_params(retrieval={"k": 12})
+    for method in params["methods"]:
+        run_retrieve(params, method, tmp_path)
+    run_evaluate(params, tmp_path)
+    metrics = json.loads((tmp_path / "reports" / "toy" / "metrics.json").read_text())
+    label = dict(zip(manifest["image_id"], manifest["label"]))
+    n_relevant = manifest[manifest["split"] == "database"]["label"].value_counts().to_dict()
+    for method in params["methods"]:
+        ranked: dict[str, list[str]] = {}
+        with open(tmp_path / "data" / "retrieval" / "toy" / f"{method}.csv", newline="") as handle:
+            for row in sorted(csv.DictReader(handle), key=lambda r: (r["query_id"], int(r["rank"]))):
+                ranked.setdefault(row["query_id"], []).append(row["image_id"])
+        p10, aps = [], []
+        for query, images in ranked.items():
+            hits = [label[i] == label[query] for i in images]
+            p10.append(sum(hits[:10]) / 10)
+            aps.append(sum(sum(hits[:r + 1]) / (r + 1) for r, h in enumerate(hits) if h) / n_relevant[label[query]])
+        assert metrics[method]["p@10"] == round(float(np.mean(p10)), 6)
+        assert metrics[method]["map"] == round(float(np.mean(aps)), 6)

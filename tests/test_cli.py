@@ -12,8 +12,8 @@ from cbir.cli import build_parser, main
 
 def test_every_stage_has_a_command():
     parser = build_parser()
-    for argv in (["params"], ["download"], ["weights", "x"], ["curate"], ["extract", "m"], ["retrieve", "m"],
-                 ["evaluate", "m"], ["feedback", "m"], ["figures", "m"], ["summarize"], ["report"]):
+    for argv in (["params"], ["download"], ["weights", "x"], ["curate"], ["extract"], ["extract", "--method", "m"],
+                 ["evaluate"], ["evaluate", "--method", "m"], ["across"]):
         assert callable(parser.parse_args(argv).func)
 
 
@@ -24,13 +24,14 @@ def test_missing_params_is_one_line(tmp_path, capsys):
 
 
 def test_unknown_method_is_one_line(repo_root, capsys):
-    assert main(["--root", str(repo_root), "extract", "--dataset", "tuxpaint", "no-such-method"]) == 2
+    assert main(["--root", str(repo_root), "extract", "--dataset", "tuxpaint", "--method",
+                 "no-such-method"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and "no-such-method" in err[0]
 
 
 def test_module_entry_point_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cbir", "--root", str(tmp_path), "report"],
+    proc = subprocess.run([sys.executable, "-m", "cbir", "--root", str(tmp_path), "evaluate"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -40,8 +41,7 @@ def test_help_lists_stages(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for stage in ("download", "weights", "curate", "extract", "retrieve", "evaluate", "feedback", "figures",
-                  "summarize", "report"):
+    for stage in ("download", "weights", "curate", "extract", "evaluate", "across"):
         assert stage in out
 
 
@@ -60,7 +60,7 @@ def test_help_lists_methods_datasets_and_splits(repo_root, capsys):
     assert "splits (dvc exp run -S split=NAME): holdout, leave_one_out, predefined" in text
     assert "mobilenet_v2-gap-aqe" in text  # a method config not in the default experiment
     with pytest.raises(SystemExit):
-        build_parser(repo_root).parse_args(["retrieve", "--help"])
+        build_parser(repo_root).parse_args(["evaluate", "--help"])
     assert "methods in params.yaml" in capsys.readouterr().out
 
 

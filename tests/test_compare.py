@@ -53,8 +53,54 @@ def test_csv_and_latex_carry_the_same_numbers():
     assert r"mobilenet\_v2-gap" in tex
 
 
+def _benchmarks(offset: float) -> dict:
+    """tuxpaint (class labels) and neardup (copy detection: µAP, R@P90, mAP with bounds) as the default writes."""
+    neardup = {m: {"map": 0.5, "map_lo": 0.4, "map_hi": 0.6, "p@10": 0.08, "micro_ap": round(0.7 + offset + i / 100, 6),
+                   "micro_ap_lo": 0.6, "micro_ap_hi": 0.8, "recall@p0.9": round(0.3 + i / 100, 6)}
+               for i, m in enumerate(METHODS)}
+    return {"metrics/tuxpaint.json": _metrics(offset)["metrics/tuxpaint.json"],
+            "metrics/neardup.json": {"data": neardup}}
+
+
+def benchmark_exp_json() -> list:
+    return [{"rev": "workspace", "name": None, "data": {"metrics": _benchmarks(0.0)}},
+            {"rev": "0123456789abcdef", "name": "main", "data": {"metrics": _benchmarks(0.0)},
+             "experiments": [{"name": "exp-quick", "revs": [{"rev": "1abcdef0", "name": "exp-quick",
+                                                               "data": {"metrics": _benchmarks(0.05)}}]}]}]
+
+
+def test_micro_ap_across_experiments_fits_120_columns_and_leaves_out_datasets_without_it():
+    text = compare(None, "micro_ap", "text", exp_json=benchmark_exp_json())
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120 and lines[0].startswith("micro_ap per method")
+    rows = [line.split() for line in lines[3:] if line and line.split()[0] in {"workspace", "main", "exp-quick"}]
+    assert [r[:2] for r in rows] == [["workspace", "neardup"], ["main", "neardup"], ["exp-quick", "neardup"]]
+    assert rows[2][2:4] == [".750", ".760"] and len(rows[2]) == 2 + len(METHODS)
+    csv_rows = list(csv.DictReader(io.StringIO(compare(None, "recall@p0.9", "csv", exp_json=benchmark_exp_json()))))
+    assert {r["dataset"] for r in csv_rows} == {"neardup"} and csv_rows[0]["lbp"] == "0.360"
+    tex = compare(None, "micro_ap", "latex", exp_json=benchmark_exp_json())
+    assert r"\caption{$\mu$AP of every method" in tex and r"\label{tab:compare-micro-ap}" in tex
+
+
+def test_default_is_each_datasets_headline_metric():
+    text = compare(None, None, "text", exp_json=benchmark_exp_json())
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120 and lines[0].startswith("each dataset's headline metric")
+    rows = {tuple(line.split()[:3]): line.split()[3:] for line in lines[3:]
+            if line and line.split()[0] in {"workspace", "main", "exp-quick"}}
+    assert rows[("workspace", "neardup", "micro_ap")][0] == ".700"
+    assert rows[("workspace", "tuxpaint", "p@10")][0] == ".200"  # class labels: P@10 first, as the README
+    csv_rows = list(csv.DictReader(io.StringIO(compare(None, "", "csv", exp_json=benchmark_exp_json()))))
+    assert {(r["dataset"], r["metric"]) for r in csv_rows} == {("neardup", "micro_ap"), ("tuxpaint", "p@10")}
+    tex = compare(None, "headline", "latex", exp_json=benchmark_exp_json())
+    assert "Experiment & Dataset & Metric & " in tex and r"main & neardup & $\mu$AP & 0.700" in tex
+
+
 def test_bad_metric_and_no_metrics_are_one_line():
-    with pytest.raises(CbirError, match="--metric 'ndcg': choose one of map, p@10"):
-        compare(None, "ndcg", exp_json=exp_json())
+    with pytest.raises(CbirError) as err:
+        compare(None, "ndcg", exp_json=benchmark_exp_json())
+    assert str(err.value) == ("--metric 'ndcg' is in no metrics/<dataset>.json: choose one of map, map_hi, map_lo, "
+                              "micro_ap, micro_ap_hi, micro_ap_lo, p@10, recall@p0.9 (or leave it out for each "
+                              "dataset's headline metric)")
     with pytest.raises(CbirError, match="no metrics/<dataset>.json"):
         compare(None, "map", exp_json=[{"rev": "workspace", "data": {"metrics": {}}}])

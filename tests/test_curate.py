@@ -245,7 +245,7 @@ def test_leave_one_out_manifest(tmp_path):
     class_folder(raw, "a", 3, 1)
     class_folder(raw, "b", 4, 2)
     manifest, report = curate(raw, folder_source("l"), CURATE,
-                              {"protocol": "leave_one_out", "seed": 0}, tmp_path)
+                              from_conf("split/leave_one_out"), tmp_path)
     assert set(manifest["split"]) == {"database"} and set(manifest["protocol"]) == {"leave_one_out"}
     assert report["split"]["n_query"] == 7 and report["split"]["n_database"] == 7
 
@@ -263,15 +263,15 @@ def test_nothing_survives(tmp_path):
 
 def test_split_settings_errors(tmp_path):
     with pytest.raises(CbirError, match="unknown split.protocol 'kfold'"):
-        split_settings({"protocol": "kfold"})
+        split_settings({**HOLDOUT, "protocol": "kfold"})
     with pytest.raises(CbirError, match="query_fraction=1.5 must lie strictly between 0 and 1"):
-        split_settings({"query_fraction": 1.5})
+        split_settings({**HOLDOUT, "query_fraction": 1.5})
     with pytest.raises(CbirError, match="queries_per_class >= 1"):
-        split_settings({"queries_per_class": 0})
+        split_settings({**HOLDOUT, "queries_per_class": 0})
     raw = tmp_path / "raw"
     class_folder(raw, "a", 3, 1)
     with pytest.raises(CbirError, match="predefined needs a dataset with a standard split"):
-        curate(raw, folder_source("p"), CURATE, {"protocol": "predefined"}, tmp_path)
+        curate(raw, folder_source("p"), CURATE, from_conf("split/predefined"), tmp_path)
     with pytest.raises(CbirError, match="raw data folder .* not found; run the download stage"):
         curate(tmp_path / "missing", folder_source("p"), CURATE, HOLDOUT, tmp_path)
 
@@ -292,7 +292,7 @@ def test_corel1k_curation_from_local_tar(tmp_path):
     raw = tmp_path / "data/raw/corel1k"
     fetch({"source": "corel1k", "name": "corel1k", "archive": str(archive)}, raw)
     manifest, report = curate(raw, {"name": "corel1k", "source": "corel1k", "drop_variants": False}, CURATE,
-                              {"protocol": "leave_one_out"}, tmp_path)
+                              from_conf("split/leave_one_out"), tmp_path)
     assert dict(zip(manifest["image_id"], manifest["label"])) == {
         "image.orig/0": "africa", "image.orig/1": "africa", "image.orig/2": "africa",
         "image.orig/100": "beach", "image.orig/101": "beach", "image.orig/102": "beach"}
@@ -306,7 +306,7 @@ def test_fashion_mnist_curation(tmp_path):
     raw = tmp_path / "data/raw/fm"
     fetch({"source": "fashion_mnist", "name": "fm", "root": str(fm)}, raw)
     dataset = {"name": "fm", "source": "fashion_mnist", "per_class": 2, "curate": {"min_side": 28}}
-    manifest, report = curate(raw, dataset, {**CURATE, "min_per_class": 2}, {"protocol": "predefined"}, tmp_path)
+    manifest, report = curate(raw, dataset, {**CURATE, "min_per_class": 2}, from_conf("split/predefined"), tmp_path)
     # labels are index % 10, so per_class=2 keeps indices 0-19 of each part
     assert len(manifest) == 40 and report["source_info"]["used"] == {"train": 20, "test": 20}
     assert set(manifest.loc[manifest["image_id"].str.startswith("test/"), "split"]) == {"query"}
@@ -326,7 +326,7 @@ def test_fashion_mnist_curation(tmp_path):
 
 def test_stages_write_manifest_and_report(tmp_path):
     params = {"dataset": from_conf("dataset/synthetic", name="syn", n_classes=3, per_class=4, size=32),
-              "curate": CURATE, "split": HOLDOUT}
+              "download": from_conf("download/default"), "curate": CURATE, "split": HOLDOUT}
     provenance = run_download(params, tmp_path)
     assert json.loads((tmp_path / "data/raw/syn/_source.json").read_text()) == provenance
     manifest, report = run_curate(params, tmp_path)
@@ -370,8 +370,8 @@ def test_download_skips_are_counted_by_curation(tmp_path):
     (src / "a" / "out.png").symlink_to("/etc/hostname")
     (src / "empty").mkdir()
     fetch({"source": "folder", "name": "p", "folder": str(src)}, tmp_path / "raw")
-    manifest, report = curate(tmp_path / "raw", folder_source("p"), {"min_side": 8, "min_per_class": 1},
-                              {"protocol": "leave_one_out"}, tmp_path)
+    manifest, report = curate(tmp_path / "raw", folder_source("p"), from_conf("curate/default", min_side=8, min_per_class=1),
+                              from_conf("split/leave_one_out"), tmp_path)
     assert len(manifest) == 4 and report["drop_counts"] == {"empty_class_folder": 1, "outside_dataset": 1}
     assert {(d["path"], d["reason"], d["stage"]) for d in report["dropped"]} == {
         ("raw/a/out.png", "outside_dataset", "download"), ("raw/empty", "empty_class_folder", "download")}

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from cbir.evaluation import (
+from cbir.scoring.evaluation import (
     RECALL_LEVELS,
     per_class,
     per_query_metrics,
@@ -20,7 +20,7 @@ from cbir.evaluation import (
     summarize,
 )
 from cbir.search.exact import full_order
-from cbir.statistics import bootstrap_ci, paired_test
+from cbir.scoring.statistics import bootstrap_ci, paired_test
 
 
 def metrics(rows, ks=(1, 2, 5, 10), curve_k=0):

@@ -56,7 +56,7 @@ def _setup(tmp_path, images, weights_file):
 def test_run_extract_writes_normalised_rows_aligned_with_manifest(tmp_path, colour_images, random_mobilenet_file,
                                                                     method, dim):
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
-    run_extract(params, method, tmp_path)
+    run_extract(params, tmp_path, method=method)
     feats = np.load(tmp_path / "data" / "features" / "toy" / f"{method}.npy")
     assert feats.dtype == np.float32 and feats.shape == (len(manifest), dim)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
@@ -86,7 +86,7 @@ def test_missing_weights_stage_output(tmp_path, colour_images, random_mobilenet_
     params, _ = _setup(tmp_path, colour_images, random_mobilenet_file)
     (tmp_path / "models" / "mobilenet_v2.pt").unlink()
     with pytest.raises(CbirError, match=r"run `dvc repro weights@mobilenet_v2`"):
-        run_extract(params, "mobilenet_v2-gap", tmp_path)
+        run_extract(params, tmp_path, method="mobilenet_v2-gap")
     assert not (tmp_path / "data" / "features" / "toy" / "mobilenet_v2-gap.npy").exists()
 
 
@@ -94,7 +94,7 @@ def test_undecodable_image_stops_and_writes_nothing(tmp_path, colour_images, ran
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
     (tmp_path / manifest["path"][2]).write_bytes(b"not an image at all")
     with pytest.raises(CbirError):
-        run_extract(params, "hsv_hist", tmp_path)
+        run_extract(params, tmp_path, method="hsv_hist")
     assert not (tmp_path / "data" / "features" / "toy" / "hsv_hist.npy").exists()
     assert not list((tmp_path / "data" / "features" / "toy").glob(".*"))
 
@@ -103,10 +103,10 @@ def test_unknown_kind_and_missing_manifest(tmp_path, colour_images, random_mobil
     params, _ = _setup(tmp_path, colour_images, random_mobilenet_file)
     params["methods"]["odd"] = {"kind": "magic"}
     with pytest.raises(CbirError, match="kind 'magic'"):
-        run_extract(params, "odd", tmp_path)
+        run_extract(params, tmp_path, method="odd")
     (tmp_path / "data" / "curated" / "toy" / "manifest.csv").unlink()
     with pytest.raises(CbirError, match="run the curate stage first"):
-        run_extract(params, "hsv_hist", tmp_path)
+        run_extract(params, tmp_path, method="hsv_hist")
 
 
 def test_device_resolution():
@@ -147,13 +147,13 @@ def test_multiscale_and_whitening_through_the_stage(tmp_path, colour_images, ran
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
     params["methods"]["ms"] = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap", "scales": [1.0, 0.75]}
     params["methods"]["w"] = {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram"), "whiten": {"dim": 3}}
-    run_extract(params, "ms", tmp_path)
+    run_extract(params, tmp_path, method="ms")
     single_scale = dict(params["methods"]["mobilenet_v2-gap"])
     paths = [tmp_path / p for p in manifest["path"]]
     one, _ = extract_rows(paths, single_scale, params, tmp_path)
     multi = np.load(tmp_path / "data" / "features" / "toy" / "ms.npy")
     assert multi.shape == one.shape and not np.allclose(multi, one)
-    run_extract(params, "w", tmp_path)
+    run_extract(params, tmp_path, method="w")
     whitened = np.load(tmp_path / "data" / "features" / "toy" / "w.npy")
     assert whitened.shape == (len(manifest), 3)  # 4 database rows -> at most 3 directions
     np.testing.assert_allclose(np.linalg.norm(whitened, axis=1), 1.0, atol=1e-5)
@@ -167,7 +167,7 @@ def test_embedder_reproduces_the_stage_rows(tmp_path, colour_images, random_mobi
     params, manifest = _setup(tmp_path, colour_images, random_mobilenet_file)
     params["methods"]["w"] = {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram"), "whiten": {"dim": 2}}
     for method in ("mobilenet_v2-gap", "hsv_hist", "w"):
-        run_extract(params, method, tmp_path)
+        run_extract(params, tmp_path, method=method)
         rows = np.load(tmp_path / "data" / "features" / "toy" / f"{method}.npy")
         embedder = QueryEmbedder.from_params(params, method, tmp_path)
         images = [open_rgb(tmp_path / p) for p in manifest["path"][:3]]

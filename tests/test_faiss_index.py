@@ -33,8 +33,8 @@ from cbir.search.faiss_index import (
     pq_bits,
     pq_subquantizers,
 )
-from cbir.stages.evaluate import run as run_evaluate
-from cbir.stages.retrieve import run as run_retrieve
+from cbir.scoring.metric_files import run as run_evaluate
+from cbir.search.rankings import run as run_retrieve
 from integrity_helpers import write_features
 
 K = 10

@@ -34,16 +34,15 @@ from cbir.app.engine import load_database
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.fileio import TMP_DIR, WriteError, atomic_group, atomic_path, cache_dir, clean_stale_temp
-from cbir.stages.evaluate import run as run_evaluate
+from cbir.scoring.metric_files import run as run_evaluate
 from cbir.stages.extract import run as run_extract
-from cbir.stages.retrieve import run as run_retrieve
+from cbir.search.rankings import run as run_retrieve
 from methods_helpers import from_conf
 from test_figures_report_stages import SMALL_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 DS = "syn"
-STAGES = (["download"], ["curate"], ["extract", "hsv_hist"], ["extract", "color_moments"], ["retrieve", "hsv_hist"],
-          ["retrieve", "color_moments"], ["evaluate", "hsv_hist"], ["evaluate", "color_moments"], ["summarize"])
+STAGES = (["download"], ["curate"], ["extract"], ["evaluate"])
 OUTPUTS = ("data/curated", "data/features", "data/retrieval", "data/index", "data/evaluation", "data/feedback",
            "data/figures", "metrics", "reports")
 
@@ -185,17 +184,17 @@ def test_killed_extract_leaves_no_process_no_debris_and_reruns_identically(refer
     root = copy_of(ref_root, tmp_path / "run")
     for name in ("hsv_hist.npy", "hsv_hist.json"):  # as `dvc repro` does before it runs the stage
         (root / f"data/features/{DS}/{name}").unlink()
-    proc = start(root, ["extract", "hsv_hist"], kill, runner)
+    proc = start(root, ["extract", "--method", "hsv_hist"], kill, runner)
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL
     assert not no_strays(proc.pid), "worker processes outlived the killed stage"
     if kill.startswith("after-replace"):  # the features are there, their sidecar is not: refused
         with pytest.raises(CbirError, match=r"hsv_hist\.npy have no hsv_hist\.json beside them: run `dvc repro "
-                                            r"extract@\w+-hsv_hist`"):
+                                            r"extract@\w+`"):
             run_retrieve(params_for(), "hsv_hist", root)
     else:
         assert not (root / f"data/features/{DS}/hsv_hist.npy").exists()
-    done = run_cli(root, ["extract", "hsv_hist"], runner)
+    done = run_cli(root, ["extract", "--method", "hsv_hist"], runner)
     assert done.returncode == 0, done.stderr
     assert digests(root) == ref
     assert not debris(root)
@@ -229,7 +228,7 @@ def test_killed_curate_replaces_manifest_and_curation_together(reference, runner
 def test_killed_figures_leave_no_workers_and_rerun_identically(reference, runner, tmp_path):
     ref_root, ref = reference
     root = copy_of(ref_root, tmp_path / "run")
-    proc = start(root, ["summarize"], "", runner)  # the summary charts, drawn in worker processes
+    proc = start(root, ["evaluate"], "", runner)  # the summary charts, drawn in worker processes
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:  # kill once the first figure is written
         if list((root / TMP_DIR).glob("*figures*/*.png")) if (root / TMP_DIR).is_dir() else []:
@@ -242,7 +241,7 @@ def test_killed_figures_leave_no_workers_and_rerun_identically(reference, runner
     assert not no_strays(proc.pid), "figure workers outlived the killed stage"
     proc.communicate(timeout=60)
     assert digests(root) == ref  # the old charts are untouched: replaced all together or not at all
-    done = run_cli(root, ["summarize"], runner)
+    done = run_cli(root, ["evaluate"], runner)
     assert done.returncode == 0, done.stderr
     assert digests(root) == ref
     assert not debris(root)
@@ -294,13 +293,13 @@ def test_full_disk_is_one_line_and_leaves_no_orphan(reference, runner, small_fs)
         src = ref_root / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / part)
     filler = fill_up(root)
-    line = one_error_line(run_cli(root, ["extract", "hsv_hist"], runner))
+    line = one_error_line(run_cli(root, ["extract", "--method", "hsv_hist"], runner))
     assert f"cannot write {root}/data/features/{DS}/hsv_hist.npy: No space left on device: free space" in line
     assert not (root / f"data/features/{DS}/hsv_hist.npy").exists() and not debris(root)
     line = one_error_line(run_cli(root, ["curate"], runner))
     assert "manifest.csv" in line and "No space left on device" in line and not debris(root)
     filler.unlink()
-    assert run_cli(root, ["extract", "hsv_hist"], runner).returncode == 0
+    assert run_cli(root, ["extract", "--method", "hsv_hist"], runner).returncode == 0
     assert digests(root)[f"data/features/{DS}/hsv_hist.npy"] == ref[f"data/features/{DS}/hsv_hist.npy"]
     assert not debris(root)
 
@@ -313,7 +312,7 @@ def test_read_only_disk_is_one_line_for_stages_and_params(reference, runner, sma
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / part)
     assert subprocess.run(["mount", "-o", "remount,ro", str(root)], capture_output=True).returncode == 0
     try:
-        for args, what in ((["retrieve", "hsv_hist"], f"data/retrieval/{DS}"), (["curate"], "manifest.csv"),
+        for args, what in ((["evaluate", "--method", "hsv_hist"], f"data/retrieval/{DS}"), (["curate"], "manifest.csv"),
                            (["params"], "params.yaml")):
             line = one_error_line(run_cli(root, args, runner))
             assert what in line and "Read-only file system" in line, line
@@ -333,7 +332,7 @@ def test_injected_enospc_at_allocation_is_one_line_and_no_orphan(reference, tmp_
     monkeypatch.setattr(os, "posix_fallocate", full)
     with pytest.raises(WriteError, match=rf"cannot write .*/data/features/{DS}/hsv_hist\.npy: No space left on "
                                          r"device: free space on that disk and rerun"):
-        run_extract(params_for(), "hsv_hist", root)
+        run_extract(params_for(), method="hsv_hist", method=root)
     assert (root / f"data/features/{DS}/hsv_hist.npy").read_bytes() == before and not debris(root)
 
 
@@ -421,7 +420,7 @@ def test_permuted_feature_rows_are_refused(damaged, capsys):
     order[:10] = order[:10][::-1]
     np.save(path, x[order])
     refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy does not match hsv_hist\.json \(rows permuted or "
-                                            r"edited\): run `dvc repro extract@\w+-hsv_hist`", capsys)
+                                            r"edited\): run `dvc repro extract@\w+`", capsys)
 
 
 def test_flipped_feature_bytes_are_refused(damaged, capsys):
@@ -442,8 +441,9 @@ def test_swapped_manifest_lines_are_refused(damaged, capsys):
     lines = manifest.read_text().splitlines(keepends=True)
     lines[3], lines[4] = lines[4], lines[3]
     manifest.write_text("".join(lines))
-    refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy was computed from other manifest rows than the "
-                                            r"manifest now holds .*: run `dvc repro extract@\w+-hsv_hist`", capsys)
+    refused_everywhere(damaged, "hsv_hist", r"hsv_hist\.npy was computed from another manifest than the one now "
+                                            r"there \(column\(s\) image_id, path, .* changed since extract.*\): "
+                                            r"run `dvc repro extract@\w+`", capsys)
 
 
 def test_flipped_bytes_in_hnsw_stored_vectors_are_refused(damaged, capsys):
@@ -460,7 +460,7 @@ def test_flipped_bytes_in_hnsw_stored_vectors_are_refused(damaged, capsys):
     index_file.write_bytes(bytes(data))
     params = params_for()
     pattern = (r"index\.faiss does not match index\.json \(its stored vectors or graph were damaged or edited\): "
-               r"rebuild it with `dvc repro retrieve@\w+-hsv_hist`")
+               r"rebuild it with `dvc repro evaluate@\w+`")
     with pytest.raises(CbirError, match=pattern):
         load_database(params, "hsv_hist", damaged)
     image = damaged / manifest["path"].iloc[0]

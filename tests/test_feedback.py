@@ -1,5 +1,5 @@
 """Relevance feedback (:mod:`cbir.search.feedback`) and its simulated-user evaluation
-(:mod:`cbir.feedback_eval`): hand-computed answers on 2-D toys, exclusion of marked images,
+(:mod:`cbir.scoring.feedback_eval`): hand-computed answers on 2-D toys, exclusion of marked images,
 tie-breaking, the SVM's fallback, determinism."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir import feedback_eval as fe
+from cbir.scoring import feedback_eval as fe
 from cbir.search.exact import exact_topk
 from cbir.search.feedback import FeedbackSettings, Marks, direction, rank, rank_one, rocchio
 

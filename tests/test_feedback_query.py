@@ -16,7 +16,7 @@ from cbir.app.feedback import crop_box, parse_box, query_id_feedback
 from cbir.errors import CbirError
 from cbir.layout import Layout
 from cbir.search.feedback import FeedbackSettings
-from cbir.stages import feedback as feedback_stage
+from cbir.scoring import feedback_files as feedback as feedback_stage
 from test_query import build_pipeline_state, cli_query
 
 FEEDBACK = {"rounds": 2, "top_k": 3, "methods": ["rocchio", "svm"], "alpha": 1.0, "beta": 0.75, "gamma": 0.15,

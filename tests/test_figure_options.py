@@ -75,7 +75,7 @@ def test_the_stage_draws_only_the_chosen_methods_at_the_chosen_width(tmp_path):
     params = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SMALL_PARAMS.items()}
     params["figures"] = {**params["figures"], "methods": ["color_moments"], "width": 4.0, "font_size": 10}
     small_run(tmp_path, params, figures=False)
-    from cbir.stages.figures import run as run_figures
+    from cbir.figures.figure_files import run as run_figures
 
     run_figures(params, tmp_path)
     out = tmp_path / "reports/syn/figures"

@@ -40,17 +40,17 @@ def small_run(root: Path, params: dict | None = None, figures: bool = True) -> d
     """Write a complete small pipeline run under ``root``; returns its params."""
     from cbir.stages.curate import run as run_curate
     from cbir.stages.download import run as run_download
-    from cbir.stages.evaluate import run as run_evaluate
+    from cbir.scoring.metric_files import run as run_evaluate
     from cbir.stages.extract import run as run_extract
-    from cbir.stages.figures import run as run_figures
-    from cbir.stages.report import run as run_report
-    from cbir.stages.retrieve import run as run_retrieve
+    from cbir.figures.figure_files import run as run_figures
+    from cbir.report.report_files import run as run_report
+    from cbir.search.rankings import run as run_retrieve
 
     params = params or {k: (dict(v) if isinstance(v, dict) else v) for k, v in SMALL_PARAMS.items()}
     run_download(params, root)
     run_curate(params, root)
     for method in params["methods"]:
-        run_extract(params, method, root)
+        run_extract(params, root, method=method)
         run_retrieve(params, method, root)
     run_evaluate(params, root)
     if figures:
@@ -196,17 +196,17 @@ def test_report_significance_curation_and_figures(run):
 
 
 def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_path):
-    from cbir.stages.figures import run as run_figures
+    from cbir.figures.figure_files import run as run_figures
 
     root, params = run
     shutil.copytree(root, tmp_path / "copy")
     copy = tmp_path / "copy"
     (copy / "reports/syn/plots/per_query.csv").unlink()
-    with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro summarize` first"):
+    with pytest.raises(CbirError, match=r"per_query.csv not found: run `dvc repro evaluate@syn` first"):
         run_figures(params, copy)
     (copy / "data/retrieval/syn/hsv_hist.csv").unlink()
     (copy / "reports/syn/metrics.json").unlink()
-    with pytest.raises(CbirError, match=r"metrics.json not found: run the summarize stage first"):
+    with pytest.raises(CbirError, match=r"metrics.json not found: run `dvc repro evaluate@<dataset>` first"):
         run_figures(params, copy)
     with pytest.raises(CbirError, match=r"figures.n_queries must be >= 1, got 0"):
         run_figures({**params, "figures": {"n_queries": 0}}, copy)
@@ -216,7 +216,7 @@ def test_missing_inputs_are_one_clear_error_and_keep_the_last_figures(run, tmp_p
 
 def test_one_method_and_too_few_images_still_give_every_always_present_figure(run, tmp_path):
     from cbir.figures.style import ALWAYS_PRESENT
-    from cbir.stages.figures import run as run_figures
+    from cbir.figures.figure_files import run as run_figures
 
     root, params = run
     shutil.copytree(root, tmp_path / "copy")
@@ -238,7 +238,7 @@ def test_summarize_keeps_exactly_the_t_sne_maps_it_draws(run, tmp_path, caplog):
     t-SNE settings: a second run reuses them and writes the same bytes; other settings replace them."""
     import logging
 
-    from cbir.stages.figures import combine
+    from cbir.figures.figure_files import combine
 
     root, params = run
     copy = tmp_path / "copy"

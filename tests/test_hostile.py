@@ -163,7 +163,7 @@ def hostile(tmp_path_factory):
     root = base / "repo"
     params = {"dataset": {"name": "hostile", "source": "folder", "folder": str(folder), "drop_variants": False},
               "curate": {"min_side": 8, "max_pixels": 20_000_000, "min_per_class": 1, "dedupe": False},
-              "split": {"protocol": "holdout", "queries_per_class": 1, "seed": 0}}
+              "split": from_conf("split/holdout", queries_per_class=1)}
     fetch(params["dataset"], root / "data/raw/hostile")
     manifest, report = run_curate(params, root)
     return {"root": root, "folder": folder, "expected": expected, "params": params,
@@ -220,8 +220,8 @@ def test_archive_members_with_undecodable_names_are_dropped_not_fatal(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     raw = tmp_path / "raw"
     fetch({"source": "corel1k", "name": "corel1k", "archive": str(archive)}, raw)
-    manifest, report = curate(raw, {"source": "corel1k", "name": "corel1k", "drop_variants": False}, {"min_side": 8, "min_per_class": 1},
-                              {"protocol": "leave_one_out"}, tmp_path)
+    manifest, report = curate(raw, {"source": "corel1k", "name": "corel1k", "drop_variants": False}, from_conf("curate/default", min_side=8, min_per_class=1),
+                              from_conf("split/leave_one_out"), tmp_path)
     assert sorted(manifest["image_id"]) == ["image.orig/1", "image.orig/2"]
     assert report["drop_counts"] == {"undecodable_name": 1}
     assert report["dropped"][0]["path"] == "raw/image.orig/\\xe9t\\xe9.jpg"
@@ -282,7 +282,7 @@ def web(hostile):
               "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram", {})}},
               "serve": from_conf("serve/default", max_query_pixels=12_000_000)}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_extract(params, "hsv", root)
+    run_extract(params, root, method="hsv")
     return create_app(params, root).test_client()
 
 
@@ -374,8 +374,8 @@ def test_curation_of_random_bytes_under_random_names_never_crashes(tmp_path_fact
     raw = base / "raw"
     try:
         fetch({"source": "folder", "name": "p", "folder": str(folder)}, raw)
-        manifest, report = curate(raw, {"source": "folder", "name": "p", "drop_variants": False}, {"min_side": 8, "min_per_class": 1},
-                                  {"protocol": "leave_one_out"}, base)
+        manifest, report = curate(raw, {"source": "folder", "name": "p", "drop_variants": False}, from_conf("curate/default", min_side=8, min_per_class=1),
+                                  from_conf("split/leave_one_out"), base)
     except CbirError as exc:  # nothing usable at all: one line, never a traceback
         assert "\n" not in str(exc)
         return

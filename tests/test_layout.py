@@ -15,9 +15,11 @@ from cbir.app.engine import QueryEngine
 from cbir.config import dataset_names, select_dataset
 from cbir.errors import CbirError
 from cbir.data.manifest import read_manifest
-from cbir.layout import METHOD_FIGURES, PLOT_TABLES, SUMMARY_FIGURES, Layout, weights_file
-from cbir.stages import curate, download, evaluate, extract, retrieve
-from methods_helpers import with_defaults
+from cbir.layout import PLOT_TABLES, Layout, across_files, weights_file
+from cbir.scoring import metric_files
+from cbir.search import rankings
+from cbir.stages import curate, download, extract
+from methods_helpers import from_conf, with_defaults
 
 from cbir.data.images import MAX_PIXELS
 from cbir.features.handcrafted import descriptor_node
@@ -31,49 +33,33 @@ def _resolved_stages(repo_root: Path) -> dict[str, dict[str, set[str]]]:
 
 
 def test_dvc_yaml_paths_are_the_layout(repo_root):
-    """Every stage of every dataset x method, as DVC resolves dvc.yaml, writes where cbir.layout says."""
+    """Every stage of every dataset, as DVC resolves dvc.yaml, reads and writes where cbir.layout says."""
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     stages = _resolved_stages(repo_root)
     assert len(dataset_names(params)) >= 2, "the default experiment runs at least two datasets"
     for backbone in params["backbones"]:
         out = weights_file(repo_root, backbone)
         assert stages[f"weights@{backbone}"]["outs"] == {str(out), str(out.with_suffix(".json"))}
-    every_out: list[str] = []
     for ds in dataset_names(params):
         paths = Layout(repo_root, select_dataset(params, ds))
         assert paths.dataset == ds
         assert stages[f"download@{ds}"]["outs"] == {str(paths.raw_dir)}
         assert stages[f"curate@{ds}"]["outs"] == {str(paths.curated_dir)}
-        for method in params["methods"]:
-            extract_stage = stages[f"extract@{ds}-{method}"]
-            assert extract_stage["outs"] == {str(paths.features(method)), str(paths.features_info(method))}
-            assert str(paths.curated_dir) in extract_stage["deps"]
-            retrieve_stage = stages[f"retrieve@{ds}-{method}"]
-            assert retrieve_stage["outs"] == {str(paths.retrieval(method)), str(paths.retrieval_info(method)),
-                                              str(paths.index_dir(method))}
-            assert {str(paths.manifest), str(paths.features(method))} <= retrieve_stage["deps"]
-        for method in params["methods"]:
-            evaluate_stage = stages[f"evaluate@{ds}-{method}"]
-            assert evaluate_stage["outs"] == {
-                str(paths.evaluation_dir(method)), str(paths.feedback_method_dir(method)),
-                str(paths.figure_index(method))} | {
-                str(paths.figure(f"{name}_{method}", suffix)) for name in METHOD_FIGURES for suffix in (".png", ".pdf")}
-            assert {str(paths.curated_dir), str(paths.features(method)), str(paths.retrieval(method))} \
-                <= evaluate_stage["deps"]
-        summarize = stages[f"summarize@{ds}"]
-        assert summarize["outs"] == {str(paths.metrics), str(paths.compact_metrics), str(paths.pairs),
-                                     str(paths.feedback_dir), str(paths.feedback_rankings),
-                                     str(paths.figures_dir / "figures.json"), str(paths.embeddings_dir)} | {
-            str(paths.plot(n)) for n in PLOT_TABLES} | {
-            str(paths.figure(name, suffix)) for name in SUMMARY_FIGURES for suffix in (".png", ".pdf")}
-        assert {str(paths.evaluation_dir(method).parent), str(paths.feedback_methods_dir),
-                str(paths.figure_index_dir)} <= summarize["deps"]
-        assert str(paths.metrics) in stages[f"report@{ds}"]["deps"]
-        assert str(paths.figures_dir / "figures.json") in stages[f"report@{ds}"]["deps"]
-        assert stages[f"report@{ds}"]["outs"] == {str(paths.report), str(paths.tables_dir)}
+        assert stages[f"extract@{ds}"]["outs"] == {str(paths.features_dir)}
+        assert {str(paths.manifest), str(repo_root / "models")} <= stages[f"extract@{ds}"]["deps"]
+        method = next(iter(params["methods"]))
+        evaluate = stages[f"evaluate@{ds}"]
+        assert evaluate["outs"] == {
+            str(paths.retrieval(method).parent), str(paths.index_dir(method).parent),
+            str(paths.evaluation_dir(method).parent), str(paths.feedback_methods_dir.parent),
+            str(paths.figure_index_dir), str(paths.embeddings_dir), str(paths.figures_dir), str(paths.feedback_dir),
+            str(paths.tables_dir), str(paths.metrics), str(paths.pairs), str(paths.report),
+            str(paths.compact_metrics)} | {str(paths.plot(n)) for n in PLOT_TABLES}
+        assert paths.feedback_rankings.parent == paths.feedback_methods_dir.parent
+        assert {str(paths.curated_dir), str(paths.features_dir)} <= evaluate["deps"]
+    assert stages["across"]["outs"] == {str(p) for p in across_files(repo_root).values()}
     every_out = [o for s in stages.values() for o in s["outs"]]
     assert len(every_out) == len(set(every_out)), "two stages share an output"
-
     assert str(repo_root / "README.md") not in set(every_out)
 
 
@@ -120,16 +106,17 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
             Image.fromarray(pixels).save(source / label / f"{i}.png")
     params = {"seed": 0, "device": "cpu", "extract": with_defaults({})["extract"],
               "dataset": {"name": "odd", "source": "folder", "folder": str(source), "drop_variants": False},
+              "download": from_conf("download/default"),
               "curate": {"min_side": 8, "min_per_class": 2, "dedupe": False, "max_pixels": MAX_PIXELS},
-              "split": {"protocol": "holdout", "queries_per_class": 1, "seed": 0},
+              "split": from_conf("split/holdout", queries_per_class=1),
               "retrieval": {"k": 3, "block_size": 8, "index": "exact"},
               "evaluation": {"ks": [1, 3], "n_bootstrap": 20, "n_permutations": 20, "seed": 0, "baseline": None},
               "methods": {"hsv": {"kind": "handcrafted", "descriptor": descriptor_node("hsv_histogram")}}}
     download.run(params, tmp_path)
     curate.run(params, tmp_path)
-    extract.run(params, "hsv", tmp_path)
-    retrieve.run(params, "hsv", tmp_path)
-    evaluate.run(params, tmp_path)
+    extract.run(params, tmp_path)
+    rankings.run(params, "hsv", tmp_path)
+    metric_files.run(params, tmp_path)
     paths = Layout(tmp_path, params)
     manifest = read_manifest(paths.manifest)
     assert set(manifest["label"]) == set(colours)
@@ -141,10 +128,10 @@ def test_labels_named_like_missing_values_stay_strings(tmp_path):
     assert all(isinstance(r["label"], str) for r in answer["results"])
 
 
-def test_one_methods_search_setting_reruns_only_that_methods_stages(repo_root):
-    """A change of ``retrieval.per_method.hog`` reaches, as DVC resolves dvc.yaml's params and graph, hog's
-    retrieve and evaluate (metrics, feedback, figures) of every dataset, then only the per-dataset summarize and
-    report and the across table: no other method's stage."""
+def test_one_methods_search_setting_reruns_only_the_evaluate_stages(repo_root):
+    """A change of ``retrieval.per_method.hog`` reaches, as DVC resolves dvc.yaml's params and graph, every
+    dataset's evaluate stage and the across table, no extract stage (inside evaluate only hog's own work is
+    redone: tests/test_incremental.py)."""
     import networkx as nx
 
     key = "retrieval.per_method.hog"
@@ -155,6 +142,4 @@ def test_one_methods_search_setting_reruns_only_that_methods_stages(repo_root):
         reached = set().union(*({s, *nx.ancestors(graph, s)} for s in direct))  # edges point to dependencies
         names = {stage.addressing for stage in reached}
         datasets = dataset_names(yaml.safe_load((repo_root / "params.yaml").read_text()))
-    expected = {f"{stage}@{ds}-hog" for stage in ("retrieve", "evaluate") for ds in datasets}
-    expected |= {f"{stage}@{ds}" for stage in ("summarize", "report") for ds in datasets} | {"across"}
-    assert names == expected
+    assert names == {f"evaluate@{ds}" for ds in datasets} | {"across"}

@@ -8,15 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.benchmark_metrics import (
+from cbir.scoring.benchmark_metrics import (
     copy_detection_scores,
     micro_ap,
     ns_score,
     recall_at_precision,
     revisitop_scores,
 )
-from cbir.evaluation import evaluate, judged_relevance, ranking_statistics, relevance_metrics
-from cbir.judgements import Judgement, Judgements
+from cbir.scoring.evaluation import evaluate, judged_relevance, ranking_statistics, relevance_metrics
+from cbir.scoring.judgements import Judgement, Judgements
 from cbir.search.exact import exact_topk, full_ranking
 
 pytrec_eval = pytest.importorskip("pytrec_eval")

@@ -224,14 +224,14 @@ def test_stage_json_records_runtime_precision_and_isa(tmp_path, colour_images, r
     params = {**params_for(random_mobilenet_file, "auto", image_size=64), "dataset": {"name": "toy"},
               "methods": {"m": {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gap"}}}
     run_weights(params, "mobilenet_v2", tmp_path)
-    run_extract(params, "m", tmp_path)
+    run_extract(params, tmp_path, method="m")
     meta_file = tmp_path / "data/features/toy/m.json"
     meta = json.loads(meta_file.read_text())
     assert meta["runtime"] == "openvino" and meta["precision"] == "fp32"
     assert meta["cpu_isa"] == cpu_isa() and not [k for k in meta if "second" in k or "elapsed" in k]
     first = meta_file.read_bytes()
     feats = np.load(tmp_path / "data/features/toy/m.npy")
-    run_extract(params, "m", tmp_path)
+    run_extract(params, tmp_path, method="m")
     assert meta_file.read_bytes() == first  # no timings: a rerun gives the same bytes
     np.testing.assert_array_equal(np.load(tmp_path / "data/features/toy/m.npy"), feats)
 

@@ -80,7 +80,7 @@ def test_int8_stage_records_precision_and_calibration_and_reruns_to_the_same_byt
     from cbir.stages.extract import run as run_extract
 
     root, params = project
-    run_extract(params, "m", root)
+    run_extract(params, root, method="m")
     meta_file, feats_file = root / "data/features/toy/m.json", root / "data/features/toy/m.npy"
     meta = json.loads(meta_file.read_text())
     database = pd.read_csv(root / "data/curated/toy/manifest.csv", dtype=str).query("split == 'database'")
@@ -88,10 +88,10 @@ def test_int8_stage_records_precision_and_calibration_and_reruns_to_the_same_byt
     assert meta["precision"] == "int8" and meta["runtime"] == "openvino"
     assert meta["calibration"] == {"size": 5, "seed": 0, "split": "database", "sha256": calibration_digest(chosen)}
     first, feats = meta_file.read_bytes(), feats_file.read_bytes()
-    run_extract(params, "m", root)  # the quantised model read back from the cache
+    run_extract(params, root, method="m")  # the quantised model read back from the cache
     assert meta_file.read_bytes() == first and feats_file.read_bytes() == feats
     monkeypatch.setenv("CBIR_OPENVINO_CACHE", str(tmp_path / "empty-cache"))
-    run_extract(params, "m", root)  # quantised again from nothing: the same bytes
+    run_extract(params, root, method="m")  # quantised again from nothing: the same bytes
     assert meta_file.read_bytes() == first and feats_file.read_bytes() == feats
     assert (tmp_path / "empty-cache").is_dir() and len(list((tmp_path / "empty-cache").iterdir())) == 2  # fp32 + int8
 

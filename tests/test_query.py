@@ -100,7 +100,7 @@ def build_pipeline_state(root: Path, weights_file: Path, protocol: str = "holdou
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_weights(params, "mobilenet_v2", root)
     for method in BUILT:
-        run_extract(params, method, root)
+        run_extract(params, root, method=method)
     return params
 
 
@@ -200,6 +200,7 @@ def test_json_matches_table(state, monkeypatch, capsys):
 
 def test_figure_is_written(state, monkeypatch, capsys, tmp_path):
     target = tmp_path / "figs" / "trial.png"
+    target.parent.mkdir()  # --figure creates no folder (tests/test_bounded_inputs.py)
     assert cli_query(state, monkeypatch, state["root"] / "data/raw/toy/blue/0.png", "--figure", target) == 0
     out = capsys.readouterr().out
     assert f"figure: {target}" in out
@@ -248,7 +249,7 @@ def test_bad_input_is_one_line_and_exit_2(state, monkeypatch, capsys, tmp_path, 
 
 
 def test_unbuilt_method_error_names_the_stage(state):
-    with pytest.raises(CbirError, match=r"hsv_unbuilt\.npy: build them with `dvc repro extract@\w+-hsv_unbuilt`"):
+    with pytest.raises(CbirError, match=r"hsv_unbuilt\.npy: build them with `dvc repro extract@\w+`"):
         load_database(state["params"], "hsv_unbuilt", state["root"])
 
 

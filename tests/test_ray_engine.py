@@ -144,7 +144,7 @@ def test_deep_features_equal_the_local_engine(ray_local, workspace):
 @pytest.mark.slow
 def test_stage_with_ray_engine_writes_the_local_engines_handcrafted_rows(ray_local, workspace):
     root, params, paths = workspace
-    run_extract(params, "hog", root)
+    run_extract(params, root, method="hog")
     feats = np.load(root / "data" / "features" / "toy" / "hog.npy")
     local, _ = extract_rows(paths, HOG, {"curate": {"max_pixels": 1_000_000}})
     assert feats.shape == local.shape == (11, 9 * 3 * 3 * 2 * 2)

@@ -92,7 +92,7 @@ def test_adding_or_switching_datasets_deletes_nothing(built):
     assert of_dataset(now, "synthetic") == first  # side by side, untouched
     assert "metrics/other.json" in now and "reports/other/report.md" in now
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
-    assert "summarize@synthetic" in lock and "summarize@other" in lock
+    assert "evaluate@synthetic" in lock and "evaluate@other" in lock
     _run(DVC + ["exp", "run", "-n", "only-other", "-S", "~datasets.synthetic", "-S", "+dataset@datasets.other=synthetic",
                 "-S", "datasets.other.seed=7", "-S", "datasets.other.n_classes=3"], work, env)
     now = md5s(work)
@@ -143,3 +143,44 @@ def test_the_comparing_experiments_commands_run_as_printed(tmp_path, repo_root, 
     assert "hog-aqe" in shown and "k20" in shown and "synthetic" in shown
     assert max(len(line) for line in outputs[2].splitlines()) <= 120
     assert outputs[-1].startswith("experiment,dataset,")
+
+
+def _way_back_commands(repo_root: Path) -> list[str]:
+    """The bash block of docs/experiments.md's "The way back from an experiment" section, as printed."""
+    import re
+
+    text = (repo_root / "docs" / "experiments.md").read_text()
+    section = text.split("## The way back from an experiment", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_documented_way_back_from_an_experiment_that_adds_a_method_and_a_dataset(built, repo_root):
+    """Run the documented lines as printed: after each return, `dvc status` is clean and every file under data/,
+    models/, metrics/ and reports/ is main's, with no file more."""
+    import os
+    import subprocess
+
+    work, env = built
+    before = md5s(work)
+    commands = _way_back_commands(repo_root)
+    assert commands[0].startswith("dvc exp run") and commands[2].startswith("dvc exp apply")
+    link = work / ".venv"
+    if not link.exists():
+        os.symlink(Path(sys.executable).parent.parent, link)  # the printed `.venv/bin/python`
+    for i, command in enumerate(commands):
+        proc = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{command}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        # DVC's own checkout before an experiment warns only about outputs of stages it has never run (the added
+        # dataset's), never about main's
+        warned = [line for line in (proc.stdout + proc.stderr).splitlines() if "No file hash info found" in line]
+        assert all("/more" in line for line in warned), warned
+        now = md5s(work)
+        if i % 2 == 0:  # the experiment: a second dataset and a method beside main's
+            assert any(p.startswith("reports/more/") for p in now) and any("hog-28" in p for p in now)
+        else:
+            assert now == before, f"after `{command}`: differ {sorted(set(now) ^ set(before))[:10]} " \
+                f"{sorted(p for p in before if now.get(p) != before[p])[:10]}"
+            status = _run(DVC + ["status", "--json"], work, env).stdout.strip()
+            assert status in ("{}", ""), status
+    link.unlink()

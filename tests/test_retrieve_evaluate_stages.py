@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from cbir.errors import CbirError
-from cbir.evaluation import per_query_metrics
+from cbir.scoring.evaluation import per_query_metrics
 from cbir.search.exact import exact_topk
-from cbir.stages.evaluate import run as run_evaluate
-from cbir.stages.retrieve import run as run_retrieve
+from cbir.scoring.metric_files import run as run_evaluate
+from cbir.search.rankings import run as run_retrieve
 from integrity_helpers import write_features
 
 LABELS = ["cat", "dog", "fox"]
@@ -194,7 +194,7 @@ def test_mismatched_row_count_raises(tmp_path):
 
 @pytest.mark.parametrize("params, method, message", [
     (make_params(), "missing", "method 'missing' is not in params.yaml"),
-    (make_params(methods={"absent": {}}), "absent", r"features for method 'absent' not found .*extract@\w+-absent"),
+    (make_params(methods={"absent": {}}), "absent", r"features for method 'absent' not found .*extract@\w+"),
     (make_params(retrieval={"k": 3, "index": "annoy"}), "good", "unknown retrieval.index 'annoy'"),
     (make_params(retrieval={"k": 3, "index": "ivf", "faiss": {"nprobes": 3}}), "good",
      r"unknown retrieval.faiss keys \['nprobes'\]"),
@@ -223,7 +223,7 @@ def test_run_evaluate_unknown_baseline_and_missing_manifest(tmp_path):
 def test_one_methods_evaluation_is_the_same_alone_and_the_combine_is_its_rows(tmp_path):
     """Per-method evaluate stages: a method's files have the same bytes whatever the other methods, and the
     combined files are exactly those rows (seeds are per call, floats round-trip through the CSVs)."""
-    from cbir.stages.evaluate import combine, run_method
+    from cbir.scoring.metric_files import combine, run_method
 
     write_dataset(tmp_path)
     run_evaluate(make_params(), tmp_path)
@@ -239,5 +239,5 @@ def test_one_methods_evaluation_is_the_same_alone_and_the_combine_is_its_rows(tm
     per_query = (tmp_path / "reports/toy/plots/per_query.csv").read_text().splitlines()
     assert per_query[1:7] == together["per_query.csv"].decode().splitlines()[1:]  # good's 6 queries first
     (folder / "summary.json").unlink()
-    with pytest.raises(CbirError, match=r"good/summary.json not found: run `dvc repro evaluate@toy-good` first"):
+    with pytest.raises(CbirError, match=r"good/summary.json not found: run `dvc repro evaluate@toy` first"):
         combine(make_params(), tmp_path)

@@ -17,7 +17,7 @@ from cbir.app.engine import QueryEngine
 from cbir.config import compose_yaml
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
-from cbir.stages.retrieve import run as run_retrieve
+from cbir.search.rankings import run as run_retrieve
 from integrity_helpers import rehash
 from test_query import build_pipeline_state, run_cli
 
@@ -114,18 +114,18 @@ def test_stale_or_missing_index_is_refused(built, tmp_path):
     features = copy / "data/features/toy/hsv_hist.npy"
     np.save(features, np.load(features)[:, ::-1].copy())
     with pytest.raises(CbirError, match=r"hsv_hist\.npy does not match hsv_hist\.json \(rows permuted or edited\): "
-                                        r"run `dvc repro extract@\w+-hsv_hist`"):
+                                        r"run `dvc repro extract@\w+`"):
         QueryEngine.from_params(params, "hsv_hist", copy)
     rehash(features, read_manifest(copy / "data/curated/toy/manifest.csv"))  # as a fresh extract would
     with pytest.raises(CbirError, match=r"saved index .* was built from other features .* \(stale\): rebuild it "
-                                        r"with `dvc repro retrieve@\w+-hsv_hist`"):
+                                        r"with `dvc repro evaluate@\w+`"):
         QueryEngine.from_params(params, "hsv_hist", copy)
     changed = json.loads(json.dumps(params))
     changed["retrieval"]["per_method"]["hsv_dba"]["faiss"]["nprobe"] = 2
     with pytest.raises(CbirError, match=r"built with search settings .* params.yaml says"):
         QueryEngine.from_params(changed, "hsv_dba", copy)
     shutil.rmtree(copy / "data/index/toy/hsv_dba")
-    with pytest.raises(CbirError, match=r"no saved index for 'hsv_dba' .*dvc repro retrieve@\w+-hsv_dba"):
+    with pytest.raises(CbirError, match=r"no saved index for 'hsv_dba' .*dvc repro evaluate@\w+"):
         QueryEngine.from_params(params, "hsv_dba", copy)
 
 
@@ -151,13 +151,10 @@ def test_search_settings_never_reach_extract(repo_root):
     assert base["methods"]["mobilenet_v2-gap-aqe"] == {**base["methods"]["mobilenet_v2-gap"]}
     assert base["methods"] == alpha["methods"] and base["retrieval"] != alpha["retrieval"]
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
-    assert stages["extract"]["params"] == ["methods.${item.m}", "device", "extract"]
-    # retrieve and evaluate of one method read its own search settings only, never another's
-    for name in ("retrieve", "evaluate"):
-        assert "retrieval.per_method.${item.m}" in stages[name]["params"]
-        assert not {"retrieval", "retrieval.per_method", "methods"} & set(stages[name]["params"])
-    # the per-dataset summarize reads no method's settings: it combines the per-method outputs
-    assert not [p for p in stages["summarize"]["do"]["params"] if p.startswith(("methods", "retrieval.per_method"))]
+    # search settings are parameters of evaluate alone; extract never reads them (per method, evaluate keys its
+    # results by that method's own search settings: tests/test_incremental.py)
+    assert not [p for p in stages["extract"]["do"]["params"] if p.startswith("retrieval")]
+    assert "retrieval" in stages["evaluate"]["do"]["params"]
 
 
 # --------------------------------------------------------------------------- batch queries

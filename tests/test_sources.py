@@ -58,16 +58,16 @@ def _closed_port_url(name: str = "test1.tar") -> str:
 # ---------------------------------------------------------------- synthetic
 
 def test_synthetic_is_deterministic_and_seeded(tmp_path):
-    files_a = generate(tmp_path / "a", n_classes=3, per_class=4, size=32, seed=7)
-    files_b = generate(tmp_path / "b", n_classes=3, per_class=4, size=32, seed=7)
-    files_c = generate(tmp_path / "c", n_classes=3, per_class=4, size=32, seed=8)
+    files_a = generate(tmp_path / "a", n_classes=3, per_class=4, size=32, seed=7, fmt="png", quality=90)
+    files_b = generate(tmp_path / "b", n_classes=3, per_class=4, size=32, seed=7, fmt="png", quality=90)
+    files_c = generate(tmp_path / "c", n_classes=3, per_class=4, size=32, seed=8, fmt="png", quality=90)
     assert files_a == files_b == files_c and len(files_a) == 12
     assert files_a[0] == "c00_disc_solid/0000.png"
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     assert any((tmp_path / "a" / r).read_bytes() != (tmp_path / "c" / r).read_bytes() for r in files_a)
     # image i of class c does not depend on how many images are generated
-    more = generate(tmp_path / "d", n_classes=3, per_class=6, size=32, seed=7)
+    more = generate(tmp_path / "d", n_classes=3, per_class=6, size=32, seed=7, fmt="png", quality=90)
     assert (tmp_path / "d" / more[6]).read_bytes() == (tmp_path / "a" / files_a[4]).read_bytes()
 
 
@@ -227,7 +227,7 @@ def test_folder_source_errors(tmp_path):
         fetch({"source": "folder", "folder": str(tmp_path / "nope")}, tmp_path / "raw")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat/a.png").write_bytes(b"x")
-    with pytest.raises(CbirError, match="no files inside class sub-folders"):
+    with pytest.raises(CbirError, match="no image files inside class sub-folders"):
         fetch({"source": "folder", "folder": str(tmp_path / "flat")}, tmp_path / "raw")
 
 
@@ -269,9 +269,13 @@ def test_tuxpaint_missing_names_the_package(tmp_path):
     assert "apt-get install tuxpaint-stamps-default" in message and "\n" not in message
 
 
-@pytest.mark.skipif(not Path(sources.TUXPAINT_ROOT).is_dir(), reason="tuxpaint-stamps-default not installed")
+TUXPAINT_ROOT = Path(from_conf("dataset/tuxpaint")["root"])
+FASHION_MNIST_ROOT = Path(from_conf("dataset/fashion_mnist")["root"])
+
+
+@pytest.mark.skipif(not TUXPAINT_ROOT.is_dir(), reason="tuxpaint-stamps-default not installed")
 def test_tuxpaint_real_package(tmp_path):
-    provenance = fetch({"source": "tuxpaint", "name": "tuxpaint"}, tmp_path / "raw")
+    provenance = fetch(from_conf("dataset/tuxpaint"), tmp_path / "raw")
     files = list_files(tmp_path / "raw")
     assert provenance["n_files"] == len(files) - 1 > 300
     assert {f.split("/")[0] for f in files if "/" in f} >= {"animals", "food", "vehicles"}
@@ -323,10 +327,10 @@ def test_fashion_mnist_missing_names_the_package(tmp_path):
     assert "dataset-fashion-mnist" in str(info.value) and "apt-get install" in str(info.value)
 
 
-@pytest.mark.skipif(not Path(sources.FASHION_MNIST_ROOT).is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not FASHION_MNIST_ROOT.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_real_package_shapes():
-    images = read_idx(Path(sources.FASHION_MNIST_ROOT) / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(Path(sources.FASHION_MNIST_ROOT) / "t10k-labels-idx1-ubyte.gz")
+    images = read_idx(FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_MNIST_ROOT / "t10k-labels-idx1-ubyte.gz")
     assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
     assert np.bincount(labels).tolist() == [1000] * 10
 

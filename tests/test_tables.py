@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir import statistics as st
+from cbir.scoring import statistics as st
 from cbir.report.tables import (
     CMR10_WIDTHS,
     TEXTWIDTH_PT,
@@ -23,8 +23,8 @@ from cbir.report.tables import (
     to_latex,
     write_tables,
 )
-from cbir.stages.evaluate import run as run_evaluate
-from cbir.stages.report import run as run_report
+from cbir.scoring.metric_files import run as run_evaluate
+from cbir.report.report_files import run as run_report
 from test_retrieve_evaluate_stages import make_params, write_dataset
 
 METRICS = {"gap": {"p@10": 0.8123, "map": 0.5, "ci95": {"p@10": [0.79, 0.83], "map": [0.45, 0.55]},
@@ -211,3 +211,65 @@ def assert_pdflatex_fits(tables, tmp_path) -> None:
     subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                    check=True, capture_output=True, timeout=120)
     assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text(errors="replace")
+
+
+def across_found(datasets) -> dict:
+    """Six datasets' compact metrics (every kind), intervals everywhere, 11 methods with long names."""
+    from cbir.report.headline import METRICS
+
+    found = {}
+    for ds, kind in datasets:
+        cols = [k for k, _ in METRICS[kind]]
+        metrics = {m: {**{k: 0.463 for k in cols}, **{f"{k}_lo": 0.382 for k in cols}, **{f"{k}_hi": 0.553 for k in cols}}
+                   for m in METHODS}
+        found[ds] = {"metrics": metrics, "protocol": "holdout", "n_queries": 60, "n_database": 679,
+                     **({"kind": kind, "n_without_reference": 3} if kind else {})}
+    return found
+
+
+ALL_KINDS = [("tuxpaint", None), ("neardup", "pairs"), ("roxford5k", "revisitop"), ("ukbench", "ukbench"),
+             ("holidays", "groups"), ("fashion_mnist", None)]
+
+
+def test_datasets_tex_fits_with_dataset_groups_and_intervals_below(tmp_path):
+    from cbir.report.across import latex
+
+    tex = latex(across_found(ALL_KINDS))
+    widths = tabular_widths(tex)
+    assert len(widths) > 1 and max(widths) <= TEXTWIDTH_PT, widths  # 196.7 pt too wide before
+    assert r"\resizebox" not in tex and r"\small" not in tex and "µ" not in tex
+    assert r"\multicolumn{3}{c}{neardup}" in tex and r"\multicolumn{2}{c}{fashion\_mnist}" in tex
+    assert "mobilenet\\_v2-gap & 0.463 & 0.463 \\\\\n & {\\scriptsize [0.382, 0.553]} & {\\scriptsize [0.382, 0.553]}" in tex
+    # a dataset group is never split over two blocks when it fits in one
+    import re
+    spans = re.findall(r"\\multicolumn\{\d+\}\{c\}\{([^}]*)\}", tex)
+    assert sorted(ds.replace("\\_", "_") for ds in spans) == sorted(dict(ALL_KINDS))  # each group whole, once
+    assert sum(int(n) for n in re.findall(r"\\multicolumn\{(\d+)\}\{c\}", tex)) == 2 + 3 + 2 + 2 + 1 + 2
+
+
+def test_non_ascii_becomes_latex_and_the_delta_header_is_measured():
+    from cbir.report.tables import ascii_tex
+
+    assert ascii_tex("ΔAP vs initial") == r"$\Delta$AP vs initial" and ascii_tex("µAP ± 0.1") == r"$\mu$AP $\pm$ 0.1"
+    assert ascii_tex("café → x") == r"cafe $\to$ x" and ascii_tex("日") == "?"
+    display = pd.DataFrame({"method": ["a"], "ΔAP vs initial": ["+0.100"]})
+    tex = to_latex(display, "Feedback: ΔAP.", "tab:x")
+    assert r"$\Delta$AP vs initial" in tex and "Feedback: $\\Delta$AP." in tex and tex.isascii()
+    assert text_width(r"$\Delta$AP") == pytest.approx(8.33333 + text_width("AP"))
+
+
+def test_a_table_too_wide_even_in_blocks_is_scaled_to_the_text_width():
+    display = pd.DataFrame({"method": ["m" * 30], "wide": ["W" * 40]})
+    tex = to_latex(display, "Too wide.", "tab:w")
+    assert "\\resizebox{\\textwidth}{!}{%\n\\begin{tabular}{lr}" in tex and tex.count("\\end{tabular}\n}") == 1
+    assert r"\resizebox" not in to_latex(display.assign(wide=["W"]), "Fits.", "tab:f")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("pdflatex"), reason="pdflatex is not installed")
+def test_pdflatex_sets_datasets_tex_and_a_feedback_table(tmp_path):
+    from cbir.report.across import latex
+
+    (tmp_path / "datasets.tex").write_text(latex(across_found(ALL_KINDS)))
+    display = pd.DataFrame({"method": METHODS[:3], "rounds": ["3"] * 3, "ΔAP vs initial": ["+0.012"] * 3})
+    (tmp_path / "feedback.tex").write_text(to_latex(display, "Relevance feedback: ΔAP per round.", "tab:fb"))
+    assert_pdflatex_fits([tmp_path / "datasets.tex", tmp_path / "feedback.tex"], tmp_path)

@@ -22,29 +22,28 @@ from cbir.config import load_params, select_dataset, write_params
 from cbir.errors import CbirError
 from cbir.fileio import WRITE_HINTS, clean_stale_temp
 from cbir.features.resolve import resolve_callable
+from cbir.stages import STAGES
 
 log = logging.getLogger("cbir")
 
 #: OS errors printed as one line even where no write point converted them (never a missing file: that is a bug)
 OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
-#: what each command runs, imported only when that command runs (a stage never loads another's code)
+#: what each command other than a pipeline stage runs, imported only when that command runs
 HANDLERS = {
-    "download": "cbir.stages.download:run", "weights": "cbir.stages.weights:run",
-    "curate": "cbir.stages.curate:run", "extract": "cbir.stages.extract:run",
-    "retrieve": "cbir.stages.retrieve:run", "evaluate": "cbir.stages.per_method:run",
-    "feedback": "cbir.stages.feedback:run_method", "figures": "cbir.stages.figures:run_method",
-    "summarize": "cbir.stages.summarize:run", "report": "cbir.stages.report:run", "across": "cbir.report.across:run",
     "readme": "cbir.report.readme:write_readme_results", "query": "cbir.app.output:run_query",
     "serve": "cbir.app.server:run_server", "plots-html": "cbir.report.plots_page:render_plots_html",
     "update-template": "cbir.report.plots_page:update_template",
-    "compare": "cbir.report.compare:run_compare",
+    "compare": "cbir.report.compare:run_compare", "clean": "cbir.workspace:clean",
 }
 
 
 def handler(name: str):
-    """The function behind command ``name`` (its module imported now)."""
-    return resolve_callable(HANDLERS[name], f"command {name}")
+    """The function behind command ``name``: a pipeline stage's ``cbir.stages.<name>.run`` (the table
+    :data:`cbir.stages.STAGES`, which ``dvc.yaml`` runs) or another command's :data:`HANDLERS` entry; its module
+    is imported now, so a stage loads only its own code."""
+    target = f"cbir.stages.{name}:run" if name in STAGES else HANDLERS[name]
+    return resolve_callable(target, f"command {name}")
 
 
 def cmd_params(args: argparse.Namespace) -> None:
@@ -61,22 +60,17 @@ def cmd_plots_html(args: argparse.Namespace) -> None:
     log.info("offline DVC plots page: %s", handler("plots-html")(args.root, out_dir=args.out))
 
 
-STAGES = {
+#: each stage's command line: (operand, help); ``--dataset`` for the per-dataset stages
+STAGE_ARGS = {
     "download": (None, "fetch the dataset into data/raw/<dataset>/"),
     "weights": ("backbone", "fetch and verify a backbone's weights into models/"),
     "curate": (None, "decode, clean and split the dataset into a manifest"),
-    "extract": ("method", "compute one method's features"),
-    "retrieve": ("method", "cosine top-k for every query"),
-    "evaluate": ("method", "one method's metrics with confidence intervals, its relevance feedback and its "
-                           "figures (the stage; feedback and figures redo one part)"),
-    "feedback": ("method", "one method's relevance feedback measured: a simulated user over rounds, residual "
-                           "collection"),
-    "figures": ("method", "one method's sample-trial and confused-classes figures"),
-    "summarize": (None, "every method combined: metrics files, plot tables, paired tests (Holm), feedback "
-                        "tables and the summary charts"),
-    "report": (None, "reports/<dataset>/report.md from metrics and figures"),
-    "across": (None, "reports/datasets.md (+ .csv, .tex): methods x datasets, P@10 and mAP with 95%% intervals"),
+    "extract": ("--method", "every method's features (a method whose inputs are unchanged keeps its files)"),
+    "evaluate": ("--method", "every method's rankings, metrics, feedback simulation and figures (each redone only "
+                             "when its inputs changed), then the comparison, the summary charts and the report"),
+    "across": (None, "reports/datasets.md (+ .csv, .tex): methods x datasets, each dataset in its own metrics"),
 }
+PER_DATASET = ("download", "curate", "extract", "evaluate")
 
 
 def choices_epilog(root: Path = Path(".")) -> str:
@@ -101,20 +95,25 @@ DATASET_HELP = "dataset of params.yaml's datasets (default: the only one; with s
 
 
 def add_stage_parsers(sub, epilog: str = "") -> None:
-    for name, (operand, what) in STAGES.items():
-        p = sub.add_parser(name, help=what, epilog=epilog if operand == "method" else None,
+    for name in STAGES:
+        operand, what = STAGE_ARGS[name]
+        p = sub.add_parser(name, help=what, epilog=epilog if operand == "--method" else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        if operand:
+        if operand == "--method":
+            p.add_argument("--method", default=None, help="only this method, without the comparison (default: "
+                                                          "every method of params.yaml)")
+        elif operand:
             p.add_argument(operand)
-        if name not in ("weights", "across"):  # weights are shared by every dataset; across reads them all
+        if name in PER_DATASET:
             p.add_argument("--dataset", default=None, help=DATASET_HELP)
 
-        def call(args, name=name, operand=operand):
-            extra = [getattr(args, operand)] if operand else []
+        def call(args, name=name):
             params = load_params(args.root)
-            if name not in ("weights", "across"):
+            if name in PER_DATASET:
                 params = select_dataset(params, args.dataset)
-            handler(name)(params, *extra, args.root)
+            extra = {"method": args.method} if STAGE_ARGS[name][0] == "--method" else {}
+            positional = [args.backbone] if name == "weights" else []
+            handler(name)(params, *positional, args.root, **extra)
         p.set_defaults(func=call)
 
 
@@ -187,9 +186,14 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     add_query_parsers(sub, epilog)
     p = sub.add_parser("compare", help="every experiment x dataset x method, one metric, on one screen "
                                        "(from dvc exp show --json)")
-    p.add_argument("--metric", choices=("map", "p@10"), default="map", help="the metric shown (default: map)")
+    p.add_argument("--metric", default=None, help="any key of metrics/<ds>.json (micro_ap, m_map, ns, …); default: "
+                                                   "each dataset's headline metric")
     p.add_argument("--format", choices=("text", "csv", "latex"), default="text", help="output form (default: text)")
     p.set_defaults(func=lambda a: handler("compare")(a.root, a.metric, a.format))
+    p = sub.add_parser("clean", help="remove what the current pipeline does not produce (the way back from an "
+                                     "experiment, after `git checkout -- .` and `dvc checkout --force`)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.set_defaults(func=lambda a: [print(f) for f in handler("clean")(a.root, dry_run=a.dry_run) if a.dry_run])
     p = sub.add_parser("plots-html", help="`dvc plots show` as a page that renders offline")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: dvc_plots/)")
     p.add_argument("--update-template", action="store_true",
@@ -200,13 +204,26 @@ def build_parser(root: Path = Path(".")) -> argparse.ArgumentParser:
     return parser
 
 
+def process_seconds() -> float:
+    """Wall seconds since this process started (interpreter start-up and imports included; Linux's
+    ``/proc``), so ``benchmarks/pipeline.py`` can tell a stage's own time from DVC's bookkeeping around it."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def exp_run_hint() -> str:
     """Inside a failed ``dvc exp run`` (DVC sets ``DVC_EXP_BASELINE_REV``), what restores the workspace: DVC has
-    already rewritten ``params.yaml`` (without its header) and the stages before this one."""
+    already rewritten ``params.yaml`` (without its header) and the stages before this one, and may have staged
+    them (a killed run leaves the experiment's ``params.yaml`` in the index), so they come back from ``HEAD``,
+    index and working tree both."""
     if not os.environ.get("DVC_EXP_BASELINE_REV"):
         return ""
     return ("; this `dvc exp run` failed: restore the workspace with "
-            "`git checkout -- params.yaml dvc.lock metrics reports && dvc checkout`")
+            "`git checkout HEAD -- params.yaml dvc.lock metrics reports && dvc checkout`")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clean_stale_temp(args.root)  # what a killed run left, and any paired replace it had committed
         args.func(args)
+        if args.command in STAGES:
+            log.info("stage %s: %.2f s in this process", args.command, process_seconds())
         sys.stdout.flush()  # a closed pipe shows up here, inside the try, not at interpreter exit
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)  # Python's recipe: no second error when stdout is flushed at exit

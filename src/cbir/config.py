@@ -57,13 +57,32 @@ def write_params(root: str | Path, overrides: list[str] | None = None) -> Path:
     return target
 
 
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where installed
+    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKey(f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping in params.yaml names a key twice."""
+
+
 def load_params(root: str | Path = ".") -> dict:
     """Read ``params.yaml``; a missing or malformed file is one clear error."""
     path = Path(root) / PARAMS_FILE
     if not path.exists():
         raise CbirError(f"{path} not found: run `python -m cbir params` to compose it from conf/")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except DuplicateKey as exc:
+        raise CbirError(f"{path}: {exc}: remove one (or regenerate it with `python -m cbir params`)") from None
     except UnicodeDecodeError:
         raise CbirError(f"{path} is not UTF-8 text: regenerate it with `python -m cbir params`") from None
     except OSError as exc:

@@ -290,16 +290,53 @@ def _finish_group(folder: Path) -> None:
             os.replace(folder / name, base / target)
 
 
+def _keep_old(folder: Path, targets: list[Path]) -> list[Path | None]:
+    """Hard links to the targets that exist now (``None`` where none does), inside the group's ``folder``:
+    what :func:`_swap_in` puts back if a rename fails. No data is copied; a failure here changes nothing."""
+    backups: list[Path | None] = []
+    for i, target in enumerate(targets):
+        backup = folder / f"old-{i}"
+        try:
+            os.link(target, backup, follow_symlinks=False)
+        except FileNotFoundError:
+            backup = None
+        backups.append(backup)
+    return backups
+
+
+def _swap_in(folder: Path, files: list, backups: list[Path | None]) -> None:
+    """Rename a committed group's files onto their targets; when one rename fails (a full disk), put back
+    the old files of those already renamed (and remove new ones that had no old file), drop the commit
+    marker, and re-raise: the targets stay the old group, never half of each."""
+    base = folder.parent.parent
+    done: list[int] = []
+    try:
+        for i, (name, target) in enumerate(files):
+            os.replace(folder / name, base / target)
+            done.append(i)
+    except OSError:
+        with contextlib.suppress(OSError):
+            (folder / COMMIT).unlink()
+        for i in reversed(done):
+            with contextlib.suppress(OSError):
+                if backups[i] is not None:
+                    os.replace(backups[i], base / files[i][1])
+                else:
+                    os.unlink(base / files[i][1])
+        raise
+
+
 @contextlib.contextmanager
 def atomic_group(targets: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     """Yield one temporary path per target, all in one temporary folder; on success replace every
     target, together: a commit marker is written first, so a process killed between the renames has
-    them completed by the next command (:func:`clean_stale_temp`), and one killed before it changes none."""
+    them completed by the next command (:func:`clean_stale_temp`), and one killed before it changes none; a
+    rename that fails (a full disk) puts the old files back (:func:`_swap_in`) before the error is raised."""
     targets = [Path(t) for t in targets]
     for target in targets:
         _mkdir(target.parent, target)
     home = temp_home(targets[0])
-    what = Path(" + ".join(str(t) for t in targets))
+    what = targets[0]  # errors name the group by its first (main) file: one short line
     with _writes_to(what, home):
         folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-group.", dir=home))
     names = [f"{i}-{t.name}" for i, t in enumerate(targets)]
@@ -312,9 +349,10 @@ def atomic_group(targets: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
                 os.chmod(folder / name, 0o666 & ~_umask())
                 absolute = Path(os.path.abspath(target))
                 files.append([name, os.path.relpath(absolute, base) if home.name == TMP_DIR else str(absolute)])
+            backups = _keep_old(folder, [base / target for _, target in files])
             (folder / (COMMIT + ".tmp")).write_text(json.dumps({"files": files}), encoding="utf-8")
             os.replace(folder / (COMMIT + ".tmp"), folder / COMMIT)  # the commit point
-            _finish_group(folder)
+            _swap_in(folder, files, backups)
     finally:
         _remove(folder)
 

@@ -84,6 +84,7 @@ NAME = text(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}", "a name of letters, digits, '_'
 POSITIVE = integer(1)
 COUNT = integer(0)
 
+DOWNLOAD = {"max_bytes": integer(1, 2 ** 62), "min_free_bytes": integer(0, 2 ** 62)}
 CURATE = {"min_side": POSITIVE, "max_pixels": integer(1, 2 ** 31), "min_per_class": POSITIVE, "dedupe": BOOL}
 DATASET = {
     "name": NAME, "source": one_of("tuxpaint", "corel1k", "fashion_mnist", "folder", "synthetic", "neardup",
@@ -169,7 +170,7 @@ def old_method_form(entry: Mapping) -> str | None:
 
 SCHEMA: dict = {
     "seed": SEED, "device": text(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:<n> or mps"),
-    "dataset": DATASET, "datasets": ("named", DATASET_ENTRY), "curate": CURATE, "split": SPLIT, "retrieval": RETRIEVAL, "evaluation": EVALUATION,
+    "dataset": DATASET, "datasets": ("named", DATASET_ENTRY), "download": DOWNLOAD, "curate": CURATE, "split": SPLIT, "retrieval": RETRIEVAL, "evaluation": EVALUATION,
     "feedback": FEEDBACK, "figures": FIGURES, "serve": SERVE, "extract": EXTRACT,
     "backbones": ("named", BACKBONE), "methods": ("named", METHOD),
 }

@@ -26,7 +26,8 @@ are refused, not fitted (a fitted strip would be a centre crop of a few pixels, 
 
 So one query decodes at most ``max_pixels`` pixels and its resize makes at most ``max_pixels`` more
 (in practice, at 50:1 and 224 px, 2.5 M). The query tool and the web server share this decoder; the
-extract stage decodes through :mod:`cbir.data.images` (curated images only), which it leaves as it is.
+curate and extract stages decode through :mod:`cbir.data.images`, which applies the same aspect rule
+(:func:`cbir.data.images.check_shape`), and extract checks the resize budget again before it runs.
 """
 
 from __future__ import annotations
@@ -39,15 +40,22 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cbir.data.images import MAX_PIXELS, SAFE_FORMATS, ImageError, open_rgb, to_rgb
+from cbir.data.images import (  # noqa: F401 (check_shape, resized_pixels, MAX_ASPECT_RATIO: re-exported)
+    MAX_ASPECT_RATIO,
+    MAX_PIXELS,
+    SAFE_FORMATS,
+    ImageError,
+    check_shape,
+    open_rgb,
+    resized_pixels,
+    to_rgb,
+)
 from cbir.errors import CbirError
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS
 #: JPEGs are decoded at the smallest DCT scale that keeps both sides at least this long
 DRAFT_SIDE = 1024
 _DRAFT_FORMATS = ("JPEG", "MPO")
-#: the longest side may be at most this many times the shortest (reason ``bad_aspect`` beyond)
-MAX_ASPECT_RATIO = 50
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -74,29 +82,6 @@ def draft_size(size: tuple[int, int], side: int = DRAFT_SIDE) -> tuple[int, int]
     scale = max(1, min(width // side, height // side))
     factor = max(f for f in (1, 2, 4, 8) if f <= scale)
     return -(-width // factor), -(-height // factor)
-
-
-def resized_pixels(size: tuple[int, int], resize_side: int) -> int:
-    """Pixels of ``size`` with its shorter side resized to ``resize_side`` (the deep methods' first step)."""
-    short, long = sorted(size)
-    return resize_side * -(-resize_side * long // max(short, 1))
-
-
-def check_shape(name: str, size: tuple[int, int], max_pixels: int, resize_side: int | None = None) -> None:
-    """Refuse, from the header's ``size``, an image whose shape makes the methods' resizing unbounded:
-    reason ``bad_aspect`` beyond :data:`MAX_ASPECT_RATIO`, ``too_large`` when resizing the shorter side to
-    ``resize_side`` would make more than ``max_pixels`` pixels (see the module docstring)."""
-    width, height = size
-    if width <= 0 or height <= 0:
-        raise ImageError(name, "empty", f"{width}x{height} image")
-    short, long = sorted((width, height))
-    if long > MAX_ASPECT_RATIO * short:
-        raise ImageError(name, "bad_aspect", f"{width}x{height} is a strip ({long / short:.4g}:1), wider than "
-                                             f"{MAX_ASPECT_RATIO}:1")
-    if resize_side and resized_pixels(size, resize_side) > max_pixels:
-        resized = resized_pixels(size, resize_side)
-        raise ImageError(name, "too_large", f"{width}x{height} resized to {resize_side} px on its shorter side makes "
-                                            f"{resized} pixels > max_pixels {max_pixels}")
 
 
 def check_budget(path: str | os.PathLike | bytes, name: str, max_pixels: int,

@@ -178,7 +178,7 @@ def query_vectors(db: Database, vectors: np.ndarray, k: int) -> np.ndarray:
     vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
     if vectors.shape[1] != db.dim:
         raise CbirError(f"the query has {vectors.shape[1]} dimensions but the {db.method} features have {db.dim}: "
-                        f"the features are stale, rebuild them with `dvc repro extract@{db.dataset}-{db.method}`")
+                        f"the features are stale, rebuild them with `dvc repro extract@{db.dataset}`")
     return vectors
 
 
@@ -235,7 +235,7 @@ class QueryEmbedder:
         if method.config.get("whiten"):
             path = Layout(root, params).whitening(name)
             if not path.exists():
-                raise CbirError(f"{path} is missing: run `dvc repro extract@{path.parent.name}-{name}` first")
+                raise CbirError(f"{path} is missing: run `dvc repro extract@{path.parent.name}` first")
             whitening = load_whitening(path)
         return cls(method, whitening)
 

@@ -5,10 +5,12 @@ and answers a form of too many parts as if it were too large. :class:`UploadRequ
 explicit: :class:`MalformedForm` (``400``: no boundary, a part's headers not UTF-8, a broken body) and
 :class:`TooManyParts` (``413``: more than :data:`MAX_FORM_PARTS` parts or a text field over
 :data:`MAX_FORM_FIELD_BYTES`), each a :class:`werkzeug.exceptions.HTTPException` whose ``description``
-is the one line the page shows.
+is the one line the page shows. :func:`bounded` keeps every error reply one short line.
 """
 
 from __future__ import annotations
+
+import re
 
 from flask import Request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
@@ -19,6 +21,19 @@ MAX_FORM_PARTS = 16
 #: a text field (``method``) is a short name; Flask's default, since Werkzeug applies it to each 64 KiB read of
 #: the body as well, file parts included (a smaller value would refuse ordinary uploads)
 MAX_FORM_FIELD_BYTES = 500_000
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: an error reply is one line of at most this many characters (a long value the client sent is cut in the middle)
+MAX_ERROR_CHARS = 400
+
+
+def bounded(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``message`` as one line of at most ``limit`` characters: control characters become spaces, and a
+    longer line keeps its start and its end (what to do) around ``...``."""
+    line = " ".join(_UNPRINTABLE.sub(" ", str(message)).split())
+    if len(line) <= limit:
+        return line
+    tail = limit // 3
+    return f"{line[:limit - tail - 5]} ... {line[-tail:]}"
 
 
 class MalformedForm(BadRequest):

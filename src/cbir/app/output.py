@@ -40,6 +40,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 #: columns of ``cbir query ... --out results.csv``: one row per query and rank
 RESULT_COLUMNS = ("query", "query_image_id", "rank", "image_id", "label", "score", "relevant", "path")
 BATCH = 16
+#: what ``--out`` writes (by the file's ending) and the names ``--figure`` takes (it writes both PNG and PDF)
+OUT_SUFFIXES = (".csv", ".json")
+FIGURE_SUFFIXES = (".png", ".pdf")
 
 
 #: the largest --k accepted (retrieval.k's own bound in the schema)
@@ -77,8 +80,23 @@ def format_table(answer: dict) -> str:
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def answer_json(answer: dict) -> str:
-    return json.dumps(answer, indent=2)
+def answer_json(answers: dict | list[dict]) -> str:
+    """JSON Lines: one compact line per query (so ``| head -1`` is the first query's whole answer)."""
+    return "\n".join(json.dumps(a) for a in (answers if isinstance(answers, list) else [answers]))
+
+
+def check_target(option: str, target: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """``target`` of ``--out`` / ``--figure``, refused in one line unless it ends in one of ``suffixes`` and its
+    folder exists (nothing is created but the file itself)."""
+    target = Path(target)
+    if target.suffix.lower() not in suffixes:
+        raise CbirError(f"{option} {target}: give a {' or '.join(suffixes)} file ({what})")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise CbirError(f"{option} {target}: {target.parent} is a file, not a folder: pick a folder")
+    if not target.parent.is_dir():
+        raise CbirError(f"{option} {target}: the folder {target.parent} does not exist: create it, or pick an "
+                        "existing folder")
+    return target
 
 
 def save_query_figure(answer: dict, image: Image.Image, root: Path, target: Path,
@@ -142,9 +160,7 @@ def write_failed(option: str, target: Path, exc: OSError) -> CbirError:
 def write_results(answers: list[dict], out: Path) -> Path:
     """``--out``: CSV (one row per query and rank) or JSON (the answers) by the file's ending, atomically
     (a failed write leaves no file, and an older ``out`` as it was)."""
-    out = Path(out)
-    if out.suffix.lower() not in (".csv", ".json"):
-        raise CbirError(f"--out {out}: give a .csv or .json file")
+    out = check_target("--out", out, OUT_SUFFIXES, "CSV rows or the JSON answers")
     try:
         with atomic_path(out) as tmp:
             if out.suffix.lower() == ".csv":
@@ -157,11 +173,11 @@ def write_results(answers: list[dict], out: Path) -> Path:
 
 
 def write_query_figure(answer: dict, image: Image.Image, root: Path, target: Path) -> list[Path]:
-    """``--figure``: :func:`save_query_figure`'s PNG and PDF, both written into a temporary folder beside
-    ``target`` and then renamed into place, so a failed write (read-only folder, full disk) leaves neither."""
-    target = Path(target)
+    """``--figure``: :func:`save_query_figure`'s PNG and PDF (``target`` with each suffix), both written into a
+    temporary folder beside ``target`` and then renamed into place, so a failed write (read-only folder, full
+    disk) leaves neither."""
+    target = check_target("--figure", target, FIGURE_SUFFIXES, "the figure is saved as PNG and PDF")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as exc:
         raise write_failed("--figure", target, exc) from None
@@ -221,8 +237,10 @@ def run_query(params: dict, root: Path, image, method: str | None = None, k: int
     k = int(k if k is not None else settings["k"])
     if not 1 <= k <= MAX_K:
         raise CbirError(f"--k must be from 1 to {MAX_K}, got {k}: the ranking is cut to the database anyway")
-    if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
-        raise CbirError(f"--out {out}: give a .csv or .json file")
+    if out is not None:
+        check_target("--out", Path(out), OUT_SUFFIXES, "CSV rows or the JSON answers")
+    if figure is not None:
+        check_target("--figure", Path(figure), FIGURE_SUFFIXES, "the figure is saved as PNG and PDF")
     paths = expand_queries(list(image) if isinstance(image, (list, tuple)) else [image])
     if len(paths) > 1 and figure is not None:
         raise CbirError("--figure draws one query: give a single image")

@@ -41,7 +41,14 @@ from werkzeug.routing import PathConverter
 from cbir.app.decode import MAX_ASPECT_RATIO, check_budget, decode_query
 from cbir.app.engine import QueryEngine, load_database
 from cbir.app.feedback import refine_request
-from cbir.app.forms import MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, MalformedForm, TooManyParts, UploadRequest
+from cbir.app.forms import (
+    MAX_FORM_FIELD_BYTES,
+    MAX_FORM_PARTS,
+    MalformedForm,
+    TooManyParts,
+    UploadRequest,
+    bounded,
+)
 from cbir.app.wsgi import BoundedServer
 from cbir.data.images import ImageError
 from cbir.errors import CbirError
@@ -130,7 +137,8 @@ def load_engines(params: dict, root: Path, methods: list[str] | None = None) -> 
     """One :class:`QueryEngine` per method, loaded once.
 
     ``methods=None``: every method in params whose features file exists (at least one must).
-    A method named explicitly must have its features built.
+    A method that cannot be loaded (features damaged or stale, its model missing) is skipped with a warning
+    naming it and why; the others are served. When none loads, that is one error.
     """
 
     root = Path(root)
@@ -140,11 +148,23 @@ def load_engines(params: dict, root: Path, methods: list[str] | None = None) -> 
         listed = ", ".join(params.get("methods") or {}) or "none"
         raise CbirError(f"no method has its features built (methods in params.yaml: {listed}): "
                         "run `dvc repro` first")
-    engines = {}
+    engines, skipped = {}, {}
     for name in names:
-        engines[name] = QueryEngine.from_params(params, name, root, db=load_database(params, name, root))
+        try:
+            engines[name] = QueryEngine.from_params(params, name, root, db=load_database(params, name, root))
+        except CbirError as exc:
+            skipped[name] = str(exc)
+            log.warning("serve: skipped method %s: %s", name, exc)
+            continue
         log.info("serve: loaded %s (%d database images, dim %d)", name, len(engines[name].db.rows),
                  engines[name].db.dim)
+    if not engines:
+        first, why = next(iter(skipped.items()))
+        more = f" (and {len(skipped) - 1} other method(s) skipped)" if len(skipped) > 1 else ""
+        raise CbirError(f"no method can be served: {first}: {why}{more}")
+    if skipped:
+        log.warning("serve: serving %d method(s) (%s); skipped %s", len(engines), ", ".join(engines),
+                    ", ".join(skipped))
     return engines
 
 
@@ -251,7 +271,7 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
             body, status = page(503, error=str(exc))
             return busy(app.make_response((body, status)), exc)
         except CbirError as exc:
-            return page(400, error=str(exc))
+            return page(400, error=bounded(exc))
         return page(answer=answer, query_src=query_src, method=answer["method"])
 
     def json_answer(compute):
@@ -259,9 +279,9 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         try:
             answer = compute()
         except Busy as exc:
-            return busy(app.make_response((jsonify(error=str(exc)), 503)), exc)
+            return busy(app.make_response((jsonify(error=bounded(exc)), 503)), exc)
         except CbirError as exc:
-            return jsonify(error=str(exc)), 400
+            return jsonify(error=bounded(exc)), 400
         return jsonify(answer)
 
     @app.route("/api/search", methods=["GET", "POST"])
@@ -277,7 +297,7 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
             body, status = page(503, error=str(exc))
             return busy(app.make_response((body, status)), exc)
         except CbirError as exc:
-            return page(400, error=str(exc))
+            return page(400, error=bounded(exc))
         return page(answer=answer, query_src=url_for("thumb", image_id=answer["query"]["image_id"]),
                     method=answer["method"])
 
@@ -299,6 +319,7 @@ def create_app(params: dict, root: Path, methods: list[str] | None = None,
         return response
 
     def form_error(status: int, message: str):
+        message = bounded(message)
         if request.path.startswith("/api/"):
             return jsonify(error=message), status
         return page(status, error=message, method=next(iter(engines)))  # request.values would re-raise

@@ -6,9 +6,12 @@ request to its fixed pool of worker threads, so a slow client never holds a thre
 limits this module adds what it lacks:
 
 * a **total deadline** per request: a request must arrive whole within ``deadline_s`` of its first byte
-  (else ``408`` and the connection is closed: a client sending one byte a second is dropped, not only one
-  that stalls), and its reply must be sent within ``deadline_s`` of being ready (else the connection is
-  closed);
+  (else ``408`` and the connection is closed: a client sending one byte a second is dropped, and so is one
+  that stalls: waitress's own idle cut-off comes later, so the ``408`` is sent first), and its reply must
+  be sent within ``deadline_s`` of being ready (else the connection is closed); an idle connection between
+  requests is closed after ``2 x deadline_s``;
+* a request whose client **closes its side early** (a body shorter than its ``Content-Length``, then a
+  half-close) is answered ``400`` saying so, then closed, instead of being dropped without a reply;
 * **sockets closed after an error reply**: every ``4xx`` and ``5xx`` reply (the app's, and waitress's own
   refusals) says ``Connection: close`` and closes the connection once sent;
 * waitress's own refusals (a body over the upload limit, oversized headers, a malformed request line) are
@@ -102,12 +105,35 @@ class DeadlineChannel(HTTPChannel):
         finally:
             self.reply_ready = time.monotonic()
 
+    def recv(self, buffer_size):
+        """waitress's ``recv``, except that the end of the client's data in the middle of a request (it sent
+        less than its ``Content-Length``, then closed its side) is answered ``400``, not dropped silently."""
+        try:
+            data = self.socket.recv(buffer_size)
+        except OSError as why:
+            if why.args[0] in wasyncore._DISCONNECTED:
+                self.handle_close()
+                return b""
+            raise
+        if data:
+            return data
+        if self.request is not None and self.refused_at is None and not self.close_when_flushed:
+            self.refuse("400 Bad Request", "the request ended before all of it arrived (the client closed its "
+                                           "side before sending its Content-Length): send it again, whole")
+            return b""
+        self.handle_close()
+        return b""
+
     def refuse_late(self, deadline_s: float) -> None:
         """Answer ``408`` to a request that has not arrived whole in time, then close."""
+        self.refuse("408 Request Timeout", f"the request did not arrive within the {deadline_s:g} s limit "
+                                           "(serve.request_timeout_s): send it again, faster")
+
+    def refuse(self, status: str, message: str) -> None:
+        """Answer the request being read with ``status`` and one line, then close once it is sent."""
         path = getattr(self.request, "path", None) if self.request is not None else None
-        body = _error_body(f"the request did not arrive within the {deadline_s:g} s limit "
-                           "(serve.request_timeout_s): send it again, faster", path or "")
-        head = ("HTTP/1.1 408 Request Timeout\r\nContent-Type: "
+        body = _error_body(message, path or "")
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: "
                 + ("application/json" if body.startswith(b"{") else "text/plain; charset=utf-8")
                 + f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii")
         with self.outbuf_lock:
@@ -128,7 +154,7 @@ class BoundedServer(TcpWSGIServer):
     def __init__(self, app, host: str, port: int, deadline_s: float, max_upload_bytes: int):
         self.deadline_s, self.max_upload_bytes = float(deadline_s), int(max_upload_bytes)
         adj = Adjustments(host=host, port=port, threads=THREADS, connection_limit=CONNECTION_LIMIT,
-                          channel_timeout=max(1, math.ceil(self.deadline_s)), cleanup_interval=1,
+                          channel_timeout=max(2, math.ceil(2 * self.deadline_s)), cleanup_interval=1,
                           max_request_header_size=MAX_HEADER_BYTES,
                           max_request_body_size=self.max_upload_bytes + BODY_MARGIN_BYTES,
                           asyncore_use_poll=True, ident="cbir", expose_tracebacks=False)

@@ -8,9 +8,8 @@ copied), else ``dataset.urls`` (downloaded once into ``data/downloads/<name>/``)
 * ``roxford5k`` / ``rparis6k``: the Oxford / Paris Buildings images and revisitop's ``gnd_<name>.pkl``
   (``imlist``, ``qimlist``, ``gnd``: per query ``bbx``, ``easy``, ``hard``, ``junk``). The database is
   ``imlist``; each query is its image cropped to ``bbx`` (``dataset.crop_queries``, as revisitop's
-  ``python/example_evaluate.py`` does with PIL's ``crop``), written to ``data/curated/<name>/queries/``.
-* ``holidays``: INRIA Holidays ``<group><nn>.jpg`` (6 digits): group = ``int(stem) // 100``; the query is
-  the first image of each group (500 queries), the database all 1,491 images, the query itself junk.
+  ``python/example_process_images.py`` does with PIL's ``crop``), written to ``data/curated/<name>/queries/``.
+* ``holidays``: ``<group><nn>.jpg`` (group = stem // 100); a group's first queries all, itself junk; holidays_map.py AP.
 * ``ukbench``: ``ukbench<NNNNN>.jpg``: group = ``NNNNN // 4``; every image is a query; the query's own
   database row is junk for mAP and counts as one of the 4 for the N-S score.
 * ``copydays``: the originals form the database; queries are every image of the ``jpeg``, ``crop`` and
@@ -304,7 +303,8 @@ def _groups(raw_dir: Path, source: str, rows: _Rows) -> dict:
         rows.add(f"query/{s}", raw_dir / stems[s], group_of[s], "query")
         entries.append({"query_id": f"query/{s}", "positives": [f"db/{o}" for o in members[group_of[s]] if o != s],
                         "junk": [f"db/{s}"]})
-    return {"kind": "ukbench" if source == "ukbench" else "groups", "ap": "non-interpolated", "queries": entries}
+    ap = "non-interpolated" if source == "ukbench" else "trapezoidal"  # Holidays: holidays_map.py's AP
+    return {"kind": "ukbench" if source == "ukbench" else "groups", "ap": ap, "queries": entries}
 
 
 def _copydays_family(rel: str) -> tuple[str, str]:

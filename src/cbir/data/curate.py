@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cbir.data.benchmarks import CURATED_SOURCES, curate_benchmark
-from cbir.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, decode_rgb
+from cbir.data.images import IMAGE_EXTENSIONS, ImageError, decode_rgb
 from cbir.data.local import display_name, scan_tree
 from cbir.data.manifest import MANIFEST_COLUMNS, image_ids, name_problem  # noqa: F401 (re-exported)
 from cbir.data.sources import (
@@ -57,7 +57,9 @@ from cbir.settings import need
 
 log = logging.getLogger("cbir")
 
-DEFAULT_CURATE = {"min_side": 32, "max_pixels": MAX_PIXELS, "min_per_class": 10, "dedupe": True}
+#: the ``curate`` settings (conf/curate/default.yaml holds their values)
+CURATE_KEYS = ("min_side", "max_pixels", "min_per_class", "dedupe")
+SPLIT_KEYS = ("protocol", "queries_per_class", "query_fraction", "seed")
 PROTOCOLS = ("holdout", "leave_one_out", "predefined")
 CONVERSIONS = ("cmyk", "palette", "grey", "16bit", "alpha", "exif", "colorspace", "float")
 FASHION_MNIST_SIDE = 28
@@ -108,8 +110,8 @@ def n_queries(n: int, queries_per_class: int | None, query_fraction: float | Non
     return max(0, min(wanted, n - 1))
 
 
-def holdout_queries(image_ids: list[str], labels: list[str], queries_per_class: int | None = 5,
-                    query_fraction: float | None = None, seed: int = 0) -> np.ndarray:
+def holdout_queries(image_ids: list[str], labels: list[str], queries_per_class: int | None,
+                    query_fraction: float | None, seed: int) -> np.ndarray:
     """Boolean query mask: per class, a seeded draw over the class's ids in sorted order."""
     ids = np.asarray(image_ids, dtype=object)
     labels = np.asarray(labels, dtype=object)
@@ -124,26 +126,24 @@ def holdout_queries(image_ids: list[str], labels: list[str], queries_per_class: 
     return mask
 
 
-def curation_settings(curate_cfg: dict | None, dataset_cfg: dict | None = None) -> dict:
-    """Defaults, overridden by ``curate``, overridden by ``dataset.curate`` (per-dataset needs).
+def curation_settings(curate_cfg: dict, dataset_cfg: dict | None = None) -> dict:
+    """``curate`` (every key of :data:`CURATE_KEYS`, from conf/curate/), overridden by ``dataset.curate``.
 
     Fashion-MNIST images are 28 px by construction, so unless ``dataset.curate.min_side`` says
     otherwise its ``min_side`` is at most 28 (the filter is meant for stray icons in photo collections).
     """
     dataset_cfg = dataset_cfg or {}
     overrides = {k: v for k, v in (dataset_cfg.get("curate") or {}).items() if v is not None}
-    settings = dict(DEFAULT_CURATE)
-    settings.update({k: v for k, v in (curate_cfg or {}).items() if v is not None})
+    settings = {key: need(curate_cfg, key, "curate") for key in CURATE_KEYS}
     if dataset_cfg.get("source") == "fashion_mnist" and "min_side" not in overrides:
         settings["min_side"] = min(int(settings["min_side"]), FASHION_MNIST_SIDE)
     settings.update(overrides)
     return settings
 
 
-def split_settings(split_cfg: dict | None) -> dict:
-    """Validated split settings (``protocol``, ``queries_per_class``, ``query_fraction``, ``seed``)."""
-    cfg = {"protocol": "holdout", "queries_per_class": 5, "query_fraction": None, "seed": 0}
-    cfg.update(split_cfg or {})
+def split_settings(split_cfg: dict) -> dict:
+    """Validated split settings (:data:`SPLIT_KEYS`, from conf/split/)."""
+    cfg = {key: need(split_cfg, key, "split") for key in SPLIT_KEYS}
     if cfg["protocol"] not in PROTOCOLS:
         raise CbirError(f"unknown split.protocol {cfg['protocol']!r}; use one of {', '.join(PROTOCOLS)}")
     if cfg["query_fraction"] is not None and not 0.0 < float(cfg["query_fraction"]) < 1.0:
@@ -261,7 +261,7 @@ def _fashion_candidates(raw_dir: Path, dataset_cfg: dict, images_dir: Path) -> t
 
 # ---------------------------------------------------------------- curation
 
-def curate(raw_dir: str | os.PathLike, dataset_cfg: dict, curate_cfg: dict | None, split_cfg: dict | None,
+def curate(raw_dir: str | os.PathLike, dataset_cfg: dict, curate_cfg: dict, split_cfg: dict,
            root: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     """Build the manifest (sorted by ``image_id``) and the curation report for ``raw_dir``."""
     raw_dir, root = Path(raw_dir), Path(root)

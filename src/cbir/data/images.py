@@ -10,6 +10,12 @@ image with EXIF orientation applied. Failures raise :class:`ImageError`, whose
 ``not_an_image`` no supported raster format recognises the bytes
 ``too_large``   more pixels than ``max_pixels`` (checked from the header, before decoding)
 ``too_small``   a side shorter than ``min_side``
+``bad_aspect``  a strip: the longer side more than :data:`MAX_ASPECT_RATIO` times the shorter (checked
+                from the header, before decoding: a 1,250,000 x 32 PNG would become a 7.8 G pixel image
+                once a deep method resizes its shorter side to 224 px)
+
+:func:`check_shape` (the aspect rule, and the pixels a method's resize would make) is the one rule the
+query decoder (:mod:`cbir.app.decode`), curation and extraction apply (:func:`check_images`).
 
 Decoders are limited to common raster formats (:data:`SAFE_FORMATS`): Pillow
 plugins that shell out to other programs (EPS) or parse rarely used containers
@@ -22,6 +28,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,7 +46,10 @@ IMAGE_EXTENSIONS = frozenset(
      ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
 )
 
-REASONS = ("unreadable", "truncated", "empty", "not_an_image", "too_large", "too_small")
+REASONS = ("unreadable", "truncated", "empty", "not_an_image", "too_large", "too_small", "bad_aspect")
+#: the longest side may be at most this many times the shortest (reason ``bad_aspect`` beyond): the widest
+#: camera panoramas are about 10:1; a rule of the pipeline, like :data:`SAFE_FORMATS`, not a setting
+MAX_ASPECT_RATIO = 50
 
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -114,6 +124,29 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     return image, conversions
 
 
+def resized_pixels(size: tuple[int, int], resize_side: int) -> int:
+    """Pixels of ``size`` with its shorter side resized to ``resize_side`` (the deep methods' first step)."""
+    short, long = sorted(size)
+    return resize_side * -(-resize_side * long // max(short, 1))
+
+
+def check_shape(name: str, size: tuple[int, int], max_pixels: int, resize_side: int | None = None) -> None:
+    """Refuse, from a header's ``size``, an image whose shape makes a method's resizing unbounded: reason
+    ``bad_aspect`` beyond :data:`MAX_ASPECT_RATIO`, ``too_large`` when resizing the shorter side to
+    ``resize_side`` would make more than ``max_pixels`` pixels."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(name, "empty", f"{width}x{height} image")
+    short, long = sorted((width, height))
+    if long > MAX_ASPECT_RATIO * short:
+        raise ImageError(name, "bad_aspect", f"{width}x{height} is a strip ({long / short:.4g}:1), wider than "
+                                             f"{MAX_ASPECT_RATIO}:1")
+    if resize_side and resized_pixels(size, resize_side) > max_pixels:
+        resized = resized_pixels(size, resize_side)
+        raise ImageError(name, "too_large", f"{width}x{height} resized to {resize_side} px on its shorter side makes "
+                                            f"{resized} pixels > max_pixels {max_pixels}")
+
+
 def _available_formats() -> list[str]:
     """The safe formats this Pillow build can open (registers Pillow's plugins on first use)."""
     Image.init()
@@ -172,6 +205,7 @@ def decode_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: 
             raise ImageError(path, "empty", f"{width}x{height} image")
         if min(width, height) < min_side:
             raise ImageError(path, "too_small", f"{width}x{height}, a side is under min_side {min_side}")
+        check_shape(str(path), (width, height), max_pixels)
         try:
             if max_side is not None and image.format in ("JPEG", "MPO"):
                 image.draft("RGB", (max_side, max_side))  # a scale that keeps both sides >= max_side
@@ -209,3 +243,35 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: in
     """Open an image as a ``uint8`` array of shape ``[H, W, 3]`` (reduced to ``max_side``, if given)."""
     return np.asarray(open_rgb(path, max_pixels=max_pixels, min_side=min_side, max_side=max_side),
                       dtype=np.uint8)
+
+
+def header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` from an image file's header alone (no pixel is decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=_available_formats()) as image:
+                return image.size
+    except UnidentifiedImageError:
+        raise ImageError(path, "not_an_image", f"not a {'/'.join(SAFE_FORMATS)} image") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, "too_large", exc) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, _classify_decode_error(exc), exc) from None
+
+
+def check_images(paths: Sequence[str | os.PathLike], max_pixels: int, resize_side: int | None) -> None:
+    """Before extracting: every image's header must fit the pixel budget and :func:`check_shape` (its aspect,
+    and the pixels a resize of the shorter side to ``resize_side`` makes; ``None``: the method does not
+    resize so), so a hand-made manifest cannot feed extraction what curation drops. The first image that
+    does not is one :class:`~cbir.errors.CbirError` line naming it and its reason."""
+    for path in paths:
+        try:
+            width, height = header_size(path)
+            if width * height > max_pixels:
+                raise ImageError(path, "too_large", f"{width}x{height} = {width * height} pixels > max_pixels "
+                                                    f"{max_pixels}")
+            check_shape(str(path), (width, height), max_pixels, resize_side)
+        except ImageError as exc:
+            raise CbirError(f"{exc}: the manifest lists an image that curation drops; rerun the curate stage "
+                            "(or remove that row), then extract") from None

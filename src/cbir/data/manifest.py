@@ -8,6 +8,7 @@ string: a class named ``NA``, ``null`` or ``None`` stays that string), ``split``
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -74,6 +75,32 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if manifest.empty:
         raise CbirError(f"{path} has no images: check curation.json beside it for why they were dropped")
     return manifest
+
+
+def column_digests(manifest: pd.DataFrame) -> dict[str, str]:
+    """sha256 of each manifest column (:data:`MANIFEST_COLUMNS`), its values as text, one a line, in row order."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise CbirError(f"manifest lacks column(s) {', '.join(missing)}; run the curate stage again")
+    return {column: hashlib.sha256("".join(f"{value}\n" for value in manifest[column].tolist()).encode("utf-8"))
+            .hexdigest() for column in MANIFEST_COLUMNS}
+
+
+def manifest_digest(manifest: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
+    """sha256 of every column a stage reads (ids, paths, labels, splits, sizes, file hashes, protocol), in
+    row order: the one hash of a manifest that outputs record and every reader checks (``columns``: its
+    :func:`column_digests`, when already computed)."""
+    columns = columns if columns is not None else column_digests(manifest)
+    return hashlib.sha256("".join(f"{c}\t{columns[c]}\n" for c in MANIFEST_COLUMNS).encode("ascii")).hexdigest()
+
+
+def changed_columns(recorded: dict, manifest: pd.DataFrame) -> list[str]:
+    """The columns of ``manifest`` whose digests differ from ``recorded`` (:func:`column_digests` of the
+    manifest an output was computed from); every column when ``recorded`` is not such a mapping."""
+    now = column_digests(manifest)
+    if not isinstance(recorded, dict):
+        return list(MANIFEST_COLUMNS)
+    return [c for c in MANIFEST_COLUMNS if recorded.get(c) != now[c]]
 
 
 def split_indices(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from cbir.data.local import TUXPAINT_PACKAGE, TUXPAINT_ROOT, debian_version
+from cbir.data.local import TUXPAINT_PACKAGE, debian_version
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, write_json
 from cbir.settings import need
@@ -170,7 +170,7 @@ def fetch_neardup(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
 
     cfg = settings(dataset_cfg)
     name = need(dataset_cfg, "name", "dataset")
-    root = Path(dataset_cfg.get("root") or TUXPAINT_ROOT)
+    root = Path(str(need(dataset_cfg, "root", "dataset")))
     if not root.is_dir():
         raise CbirError(f"Tux Paint stamps not found at {root}: install the Debian package {TUXPAINT_PACKAGE} or "
                         "set dataset.root= to a copy of the stamps folder")

@@ -12,8 +12,12 @@ Labels are not decided here but at curation (:mod:`cbir.data.curate`):
 * ``corel1k``   Corel-1K / Wang (``image.orig/0.jpg … 999.jpg``) from ``folder``, ``archive``
   or ``urls`` (tried in that order); label = ``int(stem) // 100``.
 * ``fashion_mnist`` the four idx ``*-ubyte.gz`` files, copied unchanged; curation decodes them.
-* ``folder``    any folder with one sub-folder per class (all non-hidden files under the
-  class folders are copied so that curation reports what it could not use).
+* ``folder``    any folder with one sub-folder per class: its regular image files (by extension) are
+  copied; every other entry is listed in ``_source.json`` ``skipped`` so that curation reports it.
+
+Local copies are bounded (:mod:`cbir.data.local`): ``limits`` (``download.max_bytes`` and
+``download.min_free_bytes``, :class:`~cbir.data.local.CopyLimits`) is checked before and while copying, and
+a folder on a virtual file system, holding the repository or inside its outputs is refused.
 * ``synthetic`` generated images (:mod:`cbir.data.synthetic`).
 * ``neardup`` (:mod:`cbir.data.neardup`); the standard benchmarks: :mod:`cbir.data.benchmarks`.
 """
@@ -33,14 +37,16 @@ from cbir.data.download import fetch_first, safe_extract
 from cbir.data.images import IMAGE_EXTENSIONS
 from cbir.data.local import (
     TUXPAINT_PACKAGE,
-    TUXPAINT_ROOT,
     VECTOR_EXTENSIONS,
+    CopyLimits,
+    check_source_folder,
     copy_tree,
     debian_version,
     display_name,
     existing_folder,
     list_files,
     scan_tree,
+    shown,
 )
 from cbir.data.neardup import fetch_neardup
 from cbir.data.synthetic import fetch_synthetic
@@ -51,7 +57,6 @@ from cbir.settings import need
 log = logging.getLogger("cbir")
 
 PROVENANCE_FILE = "_source.json"
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -103,9 +108,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 # ---------------------------------------------------------------- sources
 
-def fetch_tuxpaint(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
+def fetch_tuxpaint(dataset_cfg: dict, raw_dir: str | os.PathLike, limits: CopyLimits | None = None) -> dict:
     """Copy the image files of the Tux Paint stamps tree (``root``) into ``raw_dir``."""
-    root = Path(dataset_cfg.get("root") or TUXPAINT_ROOT)
+    root = Path(str(need(dataset_cfg, "root", "dataset")))
     if not root.is_dir():
         raise CbirError(f"Tux Paint stamps not found at {root}: install the Debian package {TUXPAINT_PACKAGE} "
                         f"(`make setup` or `sudo apt-get install {TUXPAINT_PACKAGE}`) or set dataset.root= to a "
@@ -114,9 +119,10 @@ def fetch_tuxpaint(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
     if not files:
         raise CbirError(f"no image files under {root}; reinstall {TUXPAINT_PACKAGE} or fix dataset.root")
     name = need(dataset_cfg, "name", "dataset")
+    check_source_folder(root, raw_dir, "dataset.root")
     log.info("copying %d image files from %s", len(files), root)
     with atomic_dir(raw_dir) as tmp:
-        n_bytes = copy_tree(root, tmp, files)
+        n_bytes = copy_tree(root, tmp, files, limits=limits, what=f"dataset.root={shown(root)}")
         return _finish(tmp, {
             "source": "tuxpaint", "name": name, "root": str(root),
             "debian_package": TUXPAINT_PACKAGE, "package_version": debian_version(TUXPAINT_PACKAGE),
@@ -124,30 +130,35 @@ def fetch_tuxpaint(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
         })
 
 
-def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
-    """Copy a folder with one sub-folder per class (``folder``) into ``raw_dir``, never reading outside it.
+def fetch_folder(dataset_cfg: dict, raw_dir: str | os.PathLike, limits: CopyLimits | None = None) -> dict:
+    """Copy the image files of a folder with one sub-folder per class (``folder``) into ``raw_dir``, never
+    reading outside it, within ``limits``.
 
     Entries that are not copied are listed in the provenance's ``skipped`` (path, reason, detail;
-    see :func:`scan_tree`; files directly in ``folder`` are ``no_class_folder``); curation counts them.
+    see :func:`scan_tree`; files directly in ``folder`` are ``no_class_folder``, files whose extension is
+    not a raster image's ``unsupported_extension``); curation counts them.
     """
     folder = dataset_cfg.get("folder")
     if not folder:
         raise CbirError("dataset.source=folder needs dataset.folder=/path/to/images (one sub-folder per class)")
     folder = existing_folder(folder, "dataset.folder", "set dataset.folder= to a folder with one sub-folder "
                               "per class")
+    check_source_folder(folder, raw_dir, "dataset.folder")
     scan = scan_tree(folder, empty_folders=True)
     files = [f for f in scan.files if "/" in f]
     ignored = [f for f in scan.files if "/" not in f]
     for rel in ignored:
         scan.skip(rel, "no_class_folder", "file is not inside a class folder")
+    for rel in [f for f in files if Path(f).suffix.lower() not in IMAGE_EXTENSIONS]:
+        scan.skip(rel, "unsupported_extension", f"extension {Path(rel).suffix or '(none)'!r} is not a raster image")
+        files.remove(rel)
     if not files:
-        raise CbirError(f"no files inside class sub-folders of {display_name(str(folder))}; "
+        raise CbirError(f"no image files inside class sub-folders of {shown(folder)}; "
                         "expected <folder>/<class>/<image>")
     name = need(dataset_cfg, "name", "dataset")
-    log.info("copying %d files from %s (%d entries skipped)", len(files), display_name(str(folder)),
-             len(scan.skipped))
+    log.info("copying %d files from %s (%d entries skipped)", len(files), shown(folder), len(scan.skipped))
     with atomic_dir(raw_dir) as tmp:
-        n_bytes = copy_tree(folder, tmp, files, scan)
+        n_bytes = copy_tree(folder, tmp, files, scan, limits=limits, what=f"dataset.folder={shown(folder)}")
         return _finish(tmp, {
             "source": "folder", "name": name, "folder": display_name(folder.name),
             "n_files": len(files), "bytes": n_bytes, "ignored_top_level_files": [display_name(f) for f in ignored],
@@ -181,7 +192,8 @@ def _corel_input(dataset_cfg: dict) -> tuple[Path | None, Path | None]:
     return None, archive
 
 
-def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
+def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                  limits: CopyLimits | None = None) -> dict:
     """Corel-1K from ``folder``, else ``archive``, else the first working URL of ``urls`` (sha256-checked)."""
     pinned = (dataset_cfg.get("sha256") or "").lower().strip() or None
     folder, archive = _corel_input(dataset_cfg)
@@ -189,10 +201,11 @@ def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str 
     provenance: dict = {"source": "corel1k", "name": name, "labels": list(COREL1K_LABELS)}
     raw_dir = Path(raw_dir)
     if folder:
+        check_source_folder(folder, raw_dir, "dataset.folder")
         scan = scan_tree(folder)
         with atomic_dir(raw_dir) as tmp:
-            provenance.update(folder=display_name(folder.name), bytes=copy_tree(folder, tmp, scan.files, scan),
-                              n_files=len(scan.files))
+            copied = copy_tree(folder, tmp, scan.files, scan, limits=limits, what=f"dataset.folder={shown(folder)}")
+            provenance.update(folder=display_name(folder.name), bytes=copied, n_files=len(scan.files))
             provenance["skipped"] = sorted(scan.skipped, key=lambda d: (d["path"], d["reason"]))
             provenance["n_images"] = _corel_check(tmp, str(folder))
             return _finish(tmp, provenance)
@@ -228,9 +241,9 @@ def fetch_corel1k(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str 
         return _finish(tmp, provenance)
 
 
-def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
+def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike, limits: CopyLimits | None = None) -> dict:
     """Copy the four Fashion-MNIST idx files (Debian ``dataset-fashion-mnist``) into ``raw_dir``."""
-    root = Path(dataset_cfg.get("root") or FASHION_MNIST_ROOT)
+    root = Path(str(need(dataset_cfg, "root", "dataset")))
     names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
@@ -238,8 +251,9 @@ def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
                         f"{FASHION_MNIST_PACKAGE} (`make setup` or `sudo apt-get install {FASHION_MNIST_PACKAGE}`) "
                         "or set dataset.root= to a folder holding the *-ubyte.gz files")
     name = need(dataset_cfg, "name", "dataset")
+    check_source_folder(root, raw_dir, "dataset.root")
     with atomic_dir(raw_dir) as tmp:
-        n_bytes = copy_tree(root, tmp, names)
+        n_bytes = copy_tree(root, tmp, names, limits=limits, what=f"dataset.root={shown(root)}")
         return _finish(tmp, {
             "source": "fashion_mnist", "name": name, "root": str(root),
             "debian_package": FASHION_MNIST_PACKAGE, "package_version": debian_version(FASHION_MNIST_PACKAGE),
@@ -251,17 +265,20 @@ def fetch_fashion_mnist(dataset_cfg: dict, raw_dir: str | os.PathLike) -> dict:
 SOURCES = ("tuxpaint", "corel1k", "fashion_mnist", "folder", "synthetic", "neardup", *FETCHED_SOURCES)
 
 
-def fetch(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict:
-    """Fill ``raw_dir`` from the source named by ``dataset_cfg["source"]``; return the provenance."""
+def fetch(dataset_cfg: dict, raw_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+          limits: CopyLimits | None = None) -> dict:
+    """Fill ``raw_dir`` from the source named by ``dataset_cfg["source"]``; return the provenance.
+
+    ``limits`` (:meth:`CopyLimits.from_params`: ``download.*``) bounds what a local source copies."""
     source = dataset_cfg.get("source")
     if source == "tuxpaint":
-        return fetch_tuxpaint(dataset_cfg, raw_dir)
+        return fetch_tuxpaint(dataset_cfg, raw_dir, limits)
     if source == "corel1k":
-        return fetch_corel1k(dataset_cfg, raw_dir, cache_dir=cache_dir)
+        return fetch_corel1k(dataset_cfg, raw_dir, cache_dir=cache_dir, limits=limits)
     if source == "fashion_mnist":
-        return fetch_fashion_mnist(dataset_cfg, raw_dir)
+        return fetch_fashion_mnist(dataset_cfg, raw_dir, limits)
     if source == "folder":
-        return fetch_folder(dataset_cfg, raw_dir)
+        return fetch_folder(dataset_cfg, raw_dir, limits)
     if source == "synthetic":
         return fetch_synthetic(dataset_cfg, raw_dir)
     if source == "neardup":

@@ -99,9 +99,10 @@ def synthetic_image(class_index: int, n_classes: int, size: int, rng: np.random.
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def generate(out_dir: str | os.PathLike, n_classes: int = 10, per_class: int = 20, size: int = 64, seed: int = 0,
-             fmt: str = "png", quality: int = 90) -> list[str]:
-    """Write ``n_classes * per_class`` images as ``<out_dir>/<class>/<i>.<ext>``; return their relative paths."""
+def generate(out_dir: str | os.PathLike, *, n_classes: int, per_class: int, size: int, seed: int, fmt: str,
+             quality: int) -> list[str]:
+    """Write ``n_classes * per_class`` images as ``<out_dir>/<class>/<i>.<ext>``; return their relative paths
+    (every setting named: conf/dataset/synthetic.yaml holds the pipeline's values)."""
     if n_classes < 1 or per_class < 1 or size < 8:
         raise CbirError(f"synthetic dataset needs n_classes >= 1, per_class >= 1 and size >= 8 "
                         f"(got {n_classes}, {per_class}, {size}); fix dataset.* in params")

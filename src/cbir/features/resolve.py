@@ -62,6 +62,6 @@ def instantiate_node(node: Mapping, what: str, partial: bool = False) -> Any:
         return instantiate(dict(node), _partial_=partial, _convert_="all")
     except Exception as exc:  # instantiate wraps every failure (arguments, the call itself)
         cause = exc.__cause__ or exc
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        first = " ".join(str(cause).split()) if str(cause).strip() else type(cause).__name__
         raise CbirError(f"{what}: {target!r} failed ({first}): fix its arguments in params.yaml (conf/method/)") \
             from None

@@ -1,16 +1,20 @@
 """Reading a features file: ``[N, D]`` float32 rows aligned with the manifest, finite, memory-mapped,
 and verified on every read against the hashes its ``.json`` sidecar recorded when it was extracted.
 
-``<method>.json`` records ``manifest_sha256`` (the manifest rows the features were computed from: image
-ids and content hashes, in order, :func:`manifest_digest`) and ``features_sha256`` (the ``.npy`` file
-itself).  :func:`read_features`, the one reader (retrieve, evaluate, figures, ``query`` and ``serve``),
-refuses features whose rows were permuted or edited, or whose manifest changed since, in one line
-naming the file and the stage to rerun.
+``<method>.json`` records ``manifest_sha256`` (every column of the manifest the features were computed
+from, in row order: ids, paths, labels, splits, sizes, file hashes, protocol;
+:func:`cbir.data.manifest.manifest_digest`), ``manifest_columns`` (each column's own digest, so a refusal
+names what changed) and ``features_sha256`` (the ``.npy`` file itself).  :func:`read_features`, the one
+reader (retrieve, evaluate, figures, ``query`` and ``serve``), refuses features whose rows were permuted
+or edited, or whose manifest changed since (a row moved from the database to the queries, a label or a
+path edited), in one line naming the file, the changed columns and the stage to rerun.
+
+The extract stage writes the ``.npy`` and its ``.json`` together (:func:`cbir.fileio.atomic_group`), so a
+failure between the two renames leaves the old pair.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cbir.data.manifest import changed_columns, column_digests, manifest_digest  # noqa: F401 (re-exported)
 from cbir.errors import CbirError
 from cbir.fileio import sha256_file
 
@@ -32,21 +37,18 @@ def info_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def manifest_digest(manifest: pd.DataFrame) -> str:
-    """sha256 of the manifest rows features are computed from: ``image_id<TAB>sha256`` per row, in order."""
-    rows = zip(map(str, manifest["image_id"].tolist()), map(str, manifest["sha256"].tolist()))
-    return hashlib.sha256(("\n".join(map("\t".join, rows)) + "\n").encode("utf-8")).hexdigest()
-
-
 def extract_stage(path: Path, method: str) -> str:
-    """The DVC stage that writes the features file ``path`` (``data/features/<ds>/<method>.npy``)."""
-    return f"extract@{Path(path).parent.name}-{method}"
+    """The DVC stage that writes the features file ``path`` (``data/features/<ds>/<method>.npy``: every method of
+    the dataset is one stage, ``extract@<ds>``)."""
+    return f"extract@{Path(path).parent.name}"
 
 
 def integrity_record(path: Path, manifest: pd.DataFrame) -> dict:
-    """``{manifest_sha256, features_sha256}`` of the features file at ``path``, computed from ``manifest``
-    (what the extract stage adds to the sidecar)."""
-    return {"manifest_sha256": manifest_digest(manifest), "features_sha256": sha256_file(path)}
+    """``{manifest_sha256, manifest_columns, features_sha256}`` of the features file at ``path``, computed
+    from ``manifest`` (what the extract stage adds to the sidecar)."""
+    columns = column_digests(manifest)
+    return {"manifest_sha256": manifest_digest(manifest, columns), "manifest_columns": columns,
+            "features_sha256": sha256_file(path)}
 
 
 def recorded_hashes(path: Path, method: str) -> dict:
@@ -61,7 +63,7 @@ def recorded_hashes(path: Path, method: str) -> dict:
         raise CbirError(f"cannot read {info} ({type(exc).__name__}): {rerun}") from None
     if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in HASH_KEYS):
         raise CbirError(f"{info} records no integrity hashes (written by an older extract): {rerun}")
-    return {k: record[k] for k in HASH_KEYS}
+    return {**{k: record[k] for k in HASH_KEYS}, "manifest_columns": record.get("manifest_columns")}
 
 
 def verify_features(path: Path, method: str, manifest: pd.DataFrame) -> str:
@@ -70,8 +72,10 @@ def verify_features(path: Path, method: str, manifest: pd.DataFrame) -> str:
     recorded = recorded_hashes(path, method)
     rerun = f"run `dvc repro {extract_stage(path, method)}` (add -f -s if DVC sees no change)"
     if manifest_digest(manifest) != recorded["manifest_sha256"]:
-        raise CbirError(f"{path} was computed from other manifest rows than the manifest now holds (lines "
-                        f"swapped, added or edited since extract): {rerun}")
+        changed = changed_columns(recorded["manifest_columns"], manifest)
+        raise CbirError(f"{path} was computed from another manifest than the one now there (column(s) "
+                        f"{', '.join(changed) or 'order'} changed since extract: lines swapped, moved between "
+                        f"splits or edited): {rerun}")
     actual = sha256_file(path)
     if actual != recorded["features_sha256"]:
         raise CbirError(f"{path} does not match {info_path(path).name} (rows permuted or edited): {rerun}")

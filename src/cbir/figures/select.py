@@ -12,7 +12,7 @@ import pandas as pd
 
 from cbir.errors import CbirError
 from cbir.figures.style import MIN_TSNE_POINTS
-from cbir.statistics import bootstrap_ci
+from cbir.scoring.statistics import bootstrap_ci
 
 
 def pick_queries(query_ids: list[str], n: int, seed: int) -> list[str]:
@@ -45,18 +45,20 @@ def rank_methods(metrics: Mapping[str, Mapping], key: str = "map") -> list[str]:
     return sorted(metrics, key=lambda m: -score(m))
 
 
-def compared_methods(metrics: Mapping[str, Mapping], baseline: str | None) -> tuple[str, str | None, str]:
-    """``(baseline, other, role)``: the baseline against the best method by mAP.
+def compared_methods(metrics: Mapping[str, Mapping], baseline: str | None,
+                     ranked: Sequence[str] | None = None) -> tuple[str, str | None, str]:
+    """``(baseline, other, role)``: the baseline against the best method (by ``ranked``, best first; default
+    by mAP).
 
     When the baseline is itself the best, ``other`` is the runner-up (role ``"runner-up"``);
     with a single method ``other`` is ``None``.  A missing baseline means the first method.
     """
     methods = list(metrics)
     if not methods:
-        raise CbirError("the metrics file lists no method: run the summarize stage first")
+        raise CbirError("the metrics file lists no method: run `dvc repro evaluate@<dataset>` first")
     if baseline not in metrics:
         baseline = methods[0]
-    ranked = rank_methods(metrics)
+    ranked = list(ranked) if ranked is not None else rank_methods(metrics)
     if ranked[0] != baseline:
         return baseline, ranked[0], "best"
     others = [m for m in ranked if m != baseline]

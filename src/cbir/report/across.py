@@ -16,19 +16,17 @@ import logging
 from pathlib import Path
 from typing import Mapping
 
+import pandas as pd
+
 from cbir.config import dataset_names, select_dataset
 from cbir.data.manifest import read_manifest, split_indices
 from cbir.errors import CbirError
 from cbir.fileio import read_json, write_text
 from cbir.layout import Layout, across_files
+from cbir.report.tables import to_latex
+from cbir.report.headline import METRICS  # the columns of a dataset, by its kind (None: class labels)
 
 log = logging.getLogger("cbir")
-#: the columns of a dataset, by its benchmark kind (``None``: class labels); ``(compact key, header)``
-METRICS = {None: (("p@10", "P@10"), ("map", "mAP")),
-           "pairs": (("micro_ap", "µAP"), ("recall@p0.9", "R@P90"), ("map", "mAP")),
-           "revisitop": (("m_map", "mAP M"), ("h_map", "mAP H")),
-           "ukbench": (("ns", "N-S"), ("map", "mAP")),
-           "groups": (("map", "mAP"),)}
 #: written by the curate stage beside a benchmark's manifest (:mod:`cbir.data.benchmarks`)
 JUDGEMENTS = "judgements.json"
 
@@ -77,7 +75,7 @@ def collect(root: Path, params: Mapping) -> dict[str, dict]:
     for ds in dataset_names(params):
         paths = Layout(root, select_dataset(params, ds))
         if not paths.compact_metrics.is_file():
-            raise CbirError(f"{paths.compact_metrics} not found: run `dvc repro summarize@{ds}` first")
+            raise CbirError(f"{paths.compact_metrics} not found: run `dvc repro evaluate@{ds}` first")
         if not paths.manifest.is_file():
             raise CbirError(f"{paths.manifest} not found: run `dvc repro curate@{ds}` first")
         found[ds] = {"metrics": read_json(paths.compact_metrics), **protocol_of(paths.manifest)}
@@ -150,27 +148,31 @@ def _tex(text: str) -> str:
 
 
 def latex(found: Mapping[str, dict]) -> str:
+    """``reports/datasets.tex``: each dataset a column group, its metrics' means with the interval on a second
+    line; wider than ``\\textwidth`` by the width model (:func:`cbir.report.tables.to_latex`): one block of
+    whole dataset groups after another."""
     datasets = list(found)
-    widths = [len(columns(found[ds])) for ds in datasets]
-    labels = [label.replace("µ", r"$\mu$") for ds in datasets for _, label in columns(found[ds])]
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "c" * sum(widths) + "}",
-             r"\toprule",
-             " & " + " & ".join(rf"\multicolumn{{{w}}}{{c}}{{{_tex(ds)}}}" for ds, w in zip(datasets, widths)) + r" \\",
-             "Method & " + " & ".join(labels) + r" \\", r"\midrule"]
-    for method in _methods(found):
-        cells = [interval(found[ds]["metrics"].get(method) or {}, key) for ds in datasets
-                 for key, _ in columns(found[ds])]
-        lines.append(_tex(method) + " & " + " & ".join(cells) + r" \\")
-    protocols = ". ".join(_tex(protocol_line(ds, found[ds]).replace("`", "")).replace("µ", r"$\mu$")
-                          for ds in datasets)
-    lines += [r"\bottomrule", r"\end{tabular}",
-              rf"\caption{{Each dataset's metrics per method, mean [95\% bootstrap interval]. {protocols}.}}",
-              r"\label{tab:across-datasets}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    display = pd.DataFrame({"Method": _methods(found)})
+    headers, groups = ["Method"], [None]
+    for ds in datasets:
+        for key, label in columns(found[ds]):
+            cells = []
+            for method in display["Method"]:
+                entry = found[ds]["metrics"].get(method) or {}
+                lo, hi = entry.get(f"{key}_lo"), entry.get(f"{key}_hi")
+                text = _number(entry.get(key))
+                cells.append(text + (f"\n[{_number(lo)}, {_number(hi)}]" if lo is not None and hi is not None
+                                     and entry.get(key) is not None else ""))
+            display[f"{ds}\t{key}"] = cells
+            headers.append(label.replace("µ", r"$\mu$"))
+            groups.append(_tex(ds))
+    protocols = ". ".join(_tex(protocol_line(ds, found[ds]).replace("`", "")) for ds in datasets)
+    caption = f"Each dataset's metrics per method, mean with its 95\\% bootstrap interval below. {protocols}."
+    return to_latex(display, caption, "tab:across-datasets", headers=headers, groups=groups)
 
 
-def run(params: dict, root: str | Path) -> None:
-    """Stage ``across``: ``reports/datasets.{md,csv,tex}`` for the experiment's datasets."""
+def write_across(params: dict, root: str | Path) -> None:
+    """``reports/datasets.{md,csv,tex}`` for the experiment's datasets (stage ``across``)."""
     root = Path(root)
     found = collect(root, params)
     files = across_files(root)

@@ -2,12 +2,12 @@
 
 * ROxford5k / RParis6k: Medium and Hard mAP side by side (``ROxf M``, ``ROxf H``, ``RPar M``, ``RPar H``;
   :func:`revisitop_frame` takes one or both datasets), Easy beside them in the CSV;
-* Holidays: mAP; UKBench: N-S (0–4) and mAP;
+* Holidays: mAP (INRIA's trapezoidal AP) and the plain mAP; UKBench: N-S (0–4) and mAP;
 * copy detection (Copydays, neardup): µAP and recall at precision 0.9, then µAP per transformation family
   (``benchmark_families``).
 
 Numbers are percentages (one decimal) as the papers print them, except N-S (two decimals). Each table is
-CSV (the numbers), Markdown and LaTeX (booktabs, the best value per column in bold, set to fit
+CSV (the numbers at that printed precision), Markdown and LaTeX (booktabs, the best value per column in bold, set to fit
 ``\\textwidth`` with :func:`cbir.report.tables.to_latex`'s width model). :func:`report_section` is the
 benchmark's section of ``reports/<ds>/report.md``: the same tables, copy detection's with 95% intervals and
 per family µAP, recall at precision 0.9 and mAP.
@@ -67,8 +67,10 @@ def benchmark_frames(dataset: str, metrics: Mapping[str, Mapping]) -> dict[str, 
                               f"{name}: mAP (\\%) under the Medium (M), Hard (H) and Easy (E) protocols, "
                               "revisitop's trapezoidal AP, queries cropped to their box.")}
     if kind == "groups":
-        frame = pd.DataFrame([{"method": m, "Holidays mAP": 100 * _get(metrics[m], "map")} for m in benches])
-        return {"benchmark": (frame, f"{name}: mAP (\\%), the query itself ignored.")}
+        frame = pd.DataFrame([{"method": m, "mAP": 100 * _get(b, "map") if "map" in b else 100 * _get(metrics[m], "map"),
+                               "plain mAP": 100 * _get(b, "plain_map")} for m, b in benches.items()])
+        return {"benchmark": (frame, f"{name}: mAP (\\%) as INRIA's holidays\\_map.py scores it (trapezoidal AP), "
+                                     "the query itself ignored; plain (non-interpolated) mAP beside it.")}
     if kind == "ukbench":
         frame = pd.DataFrame([{"method": m, "N-S": _get(b, "ns"), "mAP": 100 * _get(metrics[m], "map")}
                               for m, b in benches.items()])
@@ -85,16 +87,26 @@ def benchmark_frames(dataset: str, metrics: Mapping[str, Mapping]) -> dict[str, 
             "benchmark_families": (per_family, f"{name}: µAP (\\%) per transformation family.")}
 
 
+def digits(column: str) -> int:
+    """Printed decimals of a benchmark column: two for N-S (0–4), one for the percentages."""
+    return 2 if column == "N-S" else 1
+
+
+def printed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The numbers at their printed precision (what the CSV holds: ``18.7``, never ``18.736900000000002``)."""
+    return frame.round({c: digits(c) for c in frame.columns[1:]})
+
+
 def display(frame: pd.DataFrame, bold=None) -> pd.DataFrame:
     """Text cells: one decimal (two for N-S); the best value per column through ``bold``; NaN as an en dash."""
     out = frame.copy().astype(object)
     for column in frame.columns[1:]:
-        values = pd.to_numeric(frame[column], errors="coerce")
+        places = digits(column)
+        values = pd.to_numeric(frame[column], errors="coerce").round(places)  # ties at the printed precision
         best = values.max() if values.notna().any() else None
-        digits = 2 if column == "N-S" else 1
         cells = []
         for v in values:
-            text = "–" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+            text = "–" if v is None or math.isnan(v) else f"{v:.{places}f}"
             if bold is not None and best is not None and not math.isnan(v) and v == best and len(values) > 1:
                 text = bold(text)
             cells.append(text)
@@ -116,7 +128,7 @@ def write_benchmark_tables(folder: Path, dataset: str, metrics: Mapping[str, Map
     written = []
     for key, (frame, caption) in benchmark_frames(dataset, metrics).items():
         with atomic_path(folder / f"{key}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+            printed(frame).to_csv(tmp, index=False)
         write_text(folder / f"{key}.md", to_markdown(frame, caption))
         latex = display(frame, lambda t: rf"\textbf{{{t}}}")
         write_text(folder / f"{key}.tex", to_latex(latex, caption.replace("µ", r"$\mu$"), f"tab:{dataset}-{key}"))

@@ -222,7 +222,7 @@ def render_plots_html(root: Path, out_dir: Path | None = None, template: Path | 
     page = out_dir / "index.html"
     if proc.returncode != 0 or not page.is_file():
         lines = (proc.stderr + proc.stdout).strip().splitlines() or ["no output"]
-        raise CbirError(f"`dvc plots show` failed in {root} ({lines[-1]}): run `dvc repro summarize` first")
+        raise CbirError(f"`dvc plots show` failed in {root} ({lines[-1]}): run `dvc repro` first")
     if "DVC failed to load some plots" in proc.stderr + proc.stdout:
         raise CbirError(f"`dvc plots show` could not load every plot in {root}: run `dvc repro` first, "
                         "or `dvc plots show -v` for details")

@@ -2,12 +2,9 @@
 (numbers, for pandas) and LaTeX (booktabs; the best value per column in bold, 95% intervals below the
 means).
 
-Every LaTeX table fits an ``article`` page: :func:`text_width` models the width pdflatex sets a cell
-at (Computer Modern 10 pt: ``CMR10_WIDTHS``; bold and ``\\scriptsize`` scaled), and a table wider
-than ``TEXTWIDTH_PT`` is set as several ``tabular`` blocks, each repeating the first column. On the
-tables of the default experiment before this layout, the model gave 641.7, 362.8 and 80.8 pt of
-overflow where pdflatex reported 641, 362 and 80 pt. Columns with one value in every row (queries,
-database size, baseline) go to the caption. Needs ``\\usepackage{booktabs}``.
+Every LaTeX table fits an ``article`` page: :func:`cbir.report.latex.to_latex` lays it out by its width model
+(re-exported here with the rest of :mod:`cbir.report.latex`). A benchmark's tables show its own metrics
+(:func:`shown_metrics`) and no per-class tables.
 
 p-values have one format everywhere (:func:`format_p`): 3 significant digits, ``< 1e-4`` below
 1e-4 and ``< 1e-3`` (etc.) at the resolution of the permutation test (``1 / (n_permutations + 1)``),
@@ -25,6 +22,9 @@ import pandas as pd
 
 from cbir.fileio import atomic_path, write_text
 from cbir.report.benchmark_tables import write_benchmark_tables
+from cbir.report.headline import SHOWN, flat, kind_of, label
+from cbir.report.latex import CAPTION_COLUMNS, constants_to_caption, to_latex
+from cbir.report.latex import CMR10_WIDTHS, TEXTWIDTH_PT, ascii_tex, text_width  # noqa: F401 (the API, re-exported)
 
 DECIMALS = 3
 #: p-values below this print as ``< 1e-4``
@@ -32,7 +32,11 @@ P_FLOOR = 1e-4
 
 
 def column_header(key: str) -> str:
-    """``p@10`` → ``P@10``, ``map`` → ``mAP``, ``map@10`` → ``mAP@10``."""
+    """``p@10`` → ``P@10``, ``map`` → ``mAP``, ``map@10`` → ``mAP@10``; a benchmark's keys by their name
+    (``micro_ap`` → ``µAP``, ``m_map`` → ``mAP M``)."""
+    named = label(key)
+    if named != key:
+        return named
     return "mAP" + key[3:] if key.startswith("map") else key.upper()
 
 
@@ -66,13 +70,28 @@ def number_text(value) -> str:
     return f"{float(value):.{DECIMALS}f}"
 
 
-def main_frame(metrics: Mapping[str, Mapping], kinds: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per method: ``method, kind``, then for each metric its mean, ``_lo`` and ``_hi`` (95% CI),
-    then ``queries, database``."""
+def shown_metrics(metrics: Mapping[str, Mapping]) -> tuple[dict, list[str]]:
+    """The metrics a dataset's tables show and their keys: class labels' as they are (:func:`table_columns`);
+    a benchmark's own (:func:`cbir.report.headline.flat`: µAP and R@P90, E/M/H mAP and mP@10, N-S, …) with
+    each method's ``kind``, ``n_queries`` and ``n_database``."""
+    kind = kind_of(metrics)
+    if kind is None:
+        return dict(metrics), table_columns(metrics)
+    values = flat(metrics, kind)
+    out = {m: {**values[m], **{k: e.get(k) for k in ("kind", "n_queries", "n_database", "n_queries_without_relevant")
+                               if k in e}} for m, e in metrics.items()}
+    return out, [key for key, _, _ in SHOWN[kind]]
+
+
+def main_frame(metrics: Mapping[str, Mapping], kinds: Mapping[str, str] | None = None,
+               keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per method: ``method, kind``, then for each metric (``keys``, default :func:`table_columns`)
+    its mean, ``_lo`` and ``_hi`` (95% CI), then ``queries, database``."""
     rows = []
+    keys = list(keys) if keys is not None else table_columns(metrics)
     for method, entry in metrics.items():
         row = {"method": method, "kind": (kinds or {}).get(method) or entry.get("kind") or ""}
-        for key in table_columns(metrics):
+        for key in keys:
             lo, hi = (entry.get("ci95") or {}).get(key) or (None, None)
             row.update({key: entry.get(key), f"{key}_lo": lo, f"{key}_hi": hi})
         row.update(queries=entry.get("n_queries"), database=entry.get("n_database"))
@@ -137,162 +156,6 @@ def tests_display(frame: pd.DataFrame, n_permutations: int | None) -> pd.DataFra
     return out.astype(str)
 
 
-LATEX_HEADERS = {"mean_diff_ap": r"$\Delta$AP", "p_permutation": "perm.", "p_wilcoxon": "Wilcoxon",
-                 "p_holm": "Holm", "n": "$n$"}
-#: columns set under one spanning header
-LATEX_GROUPS = {"p_permutation": "$p$", "p_wilcoxon": "$p$", "p_holm": "$p$"}
-LATEX_HEADERS.update({"µAP": r"$\mu$AP"})  # copy detection (cbir.report.benchmark_tables)
-
-#: ``\textwidth`` of LaTeX's ``article`` class at 10 pt (letter and A4 paper alike), and ``\tabcolsep``
-TEXTWIDTH_PT = 345.0
-TABCOLSEP_PT = 6.0
-#: advance widths of the printable ASCII characters ``!``..``~`` in Computer Modern Roman 10 pt
-#: (cmr10's font metrics, in 1/1000 em; the codes where OT1 puts another glyph are never emitted bare)
-CMR10_WIDTHS = dict(zip(range(33, 127), map(float, """
-277.778 500 833.333 500 833.333 777.778 277.778 388.889 388.889 500 777.778 277.778 333.333 277.778 500 500 500
-500 500 500 500 500 500 500 500 277.778 277.778 277.778 777.778 472.222 472.222 777.778 750 708.333 722.222
-763.889 680.556 652.778 784.722 750 361.111 513.889 777.778 625 916.667 750 777.778 680.556 777.778 736.111
-555.556 722.222 750 750 1027.78 750 750 611.111 277.778 500 277.778 500 277.778 277.778 500 555.556 444.444
-555.556 444.444 305.556 500 555.556 277.778 305.556 527.778 277.778 833.333 555.556 500 555.556 527.778 391.667
-394.444 388.889 555.556 527.778 722.222 527.778 527.778 444.444 500 1000 500 500""".split())))
-SPACE_PT = 3.33333
-#: bold extended (cmbx10) and ``\scriptsize`` (cmr7 at 7 pt) relative to cmr10, rounded up
-BOLD_SCALE, SCRIPTSIZE_SCALE = 1.15, 0.8
-#: the widths (pt at 10 pt) of the macros the tables emit
-_MACROS = {r"\_": 3.6, r"\%": 8.33333, r"\&": 7.77778, r"\#": 8.33333, r"\$": 5.0, "$<$": 7.77778,
-           "$-$": 7.77778, r"$\Delta$": 8.33333, r"$\mu$": 6.02, "$p$": 5.03, "$n$": 6.0, "--": 5.0,
-           r"\textbackslash{}": 5.0, r"\textasciitilde{}": 5.0, r"\textasciicircum{}": 5.0, r"\{": 5.0, r"\}": 5.0}
-_SCOPES = ((r"\textbf{", BOLD_SCALE), (r"{\scriptsize ", SCRIPTSIZE_SCALE))
-
-
-def text_width(tex: str, scale: float = 1.0) -> float:
-    """Width in pt at which LaTeX sets ``tex`` (a table cell: text, the macros in ``_MACROS``,
-    ``\\textbf{…}`` and ``{\\scriptsize …}``) in Computer Modern 10 pt; unknown characters count 1 em."""
-    total, i = 0.0, 0
-    while i < len(tex):
-        for opening, factor in _SCOPES:
-            if tex.startswith(opening, i):
-                depth, j = 1, i + len(opening)
-                while j < len(tex) and depth:
-                    depth += {"{": 1, "}": -1}.get(tex[j], 0) if tex[j - 1] != "\\" else 0
-                    j += 1
-                total += text_width(tex[i + len(opening):j - 1], scale * factor)
-                i = j
-                break
-        else:
-            for macro, width in _MACROS.items():
-                if tex.startswith(macro, i):
-                    total += width * scale
-                    i += len(macro)
-                    break
-            else:
-                char = tex[i]
-                total += scale * (SPACE_PT if char == " " else CMR10_WIDTHS.get(ord(char), 1000.0) / 100.0)
-                i += 1
-    return total
-
-
-def _blocks(first: float, widths: Sequence[float], limit: float) -> list[list[int]]:
-    """Column indices (after the first) per ``tabular``: as few blocks as fit ``limit``, each led by the
-    first column, filled in order and then evened out."""
-    blocks: list[list[int]] = [[]]
-    used = first
-    for j, w in enumerate(widths):
-        if blocks[-1] and used + w > limit:
-            blocks.append([])
-            used = first
-        blocks[-1].append(j)
-        used += w
-    if len(blocks) > 1:  # same column count per block where that still fits
-        per = -(-len(widths) // len(blocks))
-        even = [list(range(a, min(a + per, len(widths)))) for a in range(0, len(widths), per)]
-        if len(even) == len(blocks) and all(first + sum(widths[j] for j in b) <= limit for b in even):
-            blocks = even
-    return blocks
-
-
-def to_latex(display: pd.DataFrame, caption: str, label: str, textwidth: float = TEXTWIDTH_PT) -> str:
-    """A booktabs ``table`` of text cells (already formatted; ``\\textbf`` kept, names escaped).
-
-    A cell ``"a\\nb"`` sets ``b`` on a second row in ``\\scriptsize`` (the interval under a mean). Columns
-    of ``LATEX_GROUPS`` share a spanning header. Wider than ``textwidth``: several ``tabular`` blocks,
-    each led by the first column (see :func:`text_width`).
-    """
-    columns = list(display.columns)
-    cells = []
-    for j, column in enumerate(columns):
-        values = [str(v) for v in display[column]]
-        if j == 0 or all("\\textbf" not in v for v in values):
-            values = [_escape(v) for v in values]
-        cells.append([v.replace("–", "--") for v in values])
-    headers = [LATEX_HEADERS.get(c, _escape(str(c))) for c in columns]
-    lines_of = [[v.split("\n") for v in col] for col in cells]
-    widths = []
-    for j, col in enumerate(lines_of):
-        lines = [text_width(headers[j])]
-        for parts in col:
-            lines += [text_width(parts[0])] + [text_width(p, SCRIPTSIZE_SCALE) for p in parts[1:]]
-        widths.append(max(lines) + 2 * TABCOLSEP_PT)
-    blocks = _blocks(widths[0], widths[1:], textwidth)
-    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}"]
-    for b, block in enumerate(blocks):
-        picked = [0] + [j + 1 for j in block]
-        if b:
-            out += [r"\par\medskip"]
-        out += [rf"\begin{{tabular}}{{l{'r' * (len(picked) - 1)}}}", r"\toprule"]
-        groups = [LATEX_GROUPS.get(columns[j]) for j in picked]
-        if any(groups):
-            spans, rules, j = [], [], 0
-            while j < len(picked):
-                n = 1
-                while groups[j] and j + n < len(picked) and groups[j + n] == groups[j]:
-                    n += 1
-                spans.append(rf"\multicolumn{{{n}}}{{c}}{{{groups[j]}}}" if groups[j] else "")
-                if groups[j]:
-                    rules.append(rf"\cmidrule(lr){{{j + 1}-{j + n}}}")
-                j += n
-            out += [" & ".join(spans) + r" \\", " ".join(rules)]
-        out += [" & ".join(headers[j] for j in picked) + r" \\", r"\midrule"]
-        for i in range(len(display)):
-            parts = [lines_of[j][i] for j in picked]
-            out.append(" & ".join(p[0] for p in parts) + r" \\")
-            if any(len(p) > 1 for p in parts):
-                out.append(" & ".join(r"{\scriptsize " + p[1] + "}" if len(p) > 1 else "" for p in parts) + r" \\")
-        out += [r"\bottomrule", r"\end{tabular}"]
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
-
-
-#: constant columns moved from a LaTeX table into its caption, with their wording
-CAPTION_COLUMNS = {"queries": "{} queries", "database": "{} database images", "baseline": "baseline {}",
-                   "n": "{} paired queries"}
-
-
-def constants_to_caption(display: pd.DataFrame,
-                         wording: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, str]:
-    """``display`` without the columns of ``wording`` (default ``CAPTION_COLUMNS``) that hold one value
-    in every row, and the caption text naming those values (``"60 queries, 679 database images."``)."""
-    wording = CAPTION_COLUMNS if wording is None else wording
-    notes, keep = [], []
-    for column in display.columns:
-        values = set(display[column].astype(str)) if column in wording else set()
-        if len(values) == 1 and len(display) > 1:
-            notes.append(wording[column].format(_escape(values.pop())))
-        else:
-            keep.append(column)
-    text = ", ".join(notes)
-    return display[keep], (text[:1].upper() + text[1:] + "." if notes else "")
-
-
-def _escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                       ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"),
-                       ("^", r"\textasciicircum{}")):
-        if char in text and not (char in "{}\\" and "\\textbf" in text):
-            text = text.replace(char, repl)
-    return text.replace("<", "$<$")
-
-
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
@@ -312,10 +175,11 @@ def write_tables(folder: Path, dataset: str, metrics: Mapping[str, Mapping], per
     name = dataset.replace("_", r"\_")
     variants = sorted({str(e.get("ap")) for e in metrics.values() if isinstance(e, Mapping) and e.get("ap")})
     ap_note = f" mAP: {' / '.join(variants)} AP." if variants else ""
-    tables = {"main": (main_frame(metrics, kinds), lambda f: main_display(f, bold, sep="\n"),
+    shown, keys = shown_metrics(metrics)
+    tables = {"main": (main_frame(shown, kinds, keys), lambda f: main_display(f, bold, sep="\n"),
                        f"Retrieval quality on {name}: mean over queries, 95\\% bootstrap CI below; best in bold."
                        + ap_note)}
-    for value in ("p@10", "p@20"):
+    for value in ("p@10", "p@20") if kind_of(metrics) is None else ():  # a benchmark's labels are not classes
         frame = per_class_frame(per_class, value, list(metrics))
         if not frame.empty and frame.drop(columns=["class", "queries"]).notna().any().any():
             tables[f"per_class_{value.replace('@', '')}"] = (

@@ -67,7 +67,7 @@ def load_index(folder: Path, method: str, settings: Mapping, features_file: Path
     features file (``features_sha256`` when the caller has verified it already), search settings and
     database ids, and ``index.faiss`` against its recorded hash; anything stale or damaged is one clear error."""
     folder = Path(folder)
-    rebuild = (f"rebuild it with `dvc repro retrieve@{folder.parent.name}-{method}` "
+    rebuild = (f"rebuild it with `dvc repro evaluate@{folder.parent.name}` "
                "(add -f -s if DVC sees no change)")
     if not (folder / INFO).is_file():
         raise CbirError(f"no saved index for {method!r} at {folder}: {rebuild}")

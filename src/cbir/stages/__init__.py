@@ -1,2 +1,7 @@
-"""One thin shell per dvc.yaml stage: read params and inputs, call library functions, write outputs
-atomically, log what was read and written.  Stages never import each other."""
+"""One module per ``dvc.yaml`` stage, each a thin shell whose ``run`` reads params and inputs, calls the
+libraries and writes the stage's outputs atomically.  Stages never import each other; what they share lives in
+the library packages (``data``, ``features``, ``search``, ``scoring``, ``figures``, ``report``)."""
+
+#: the ``dvc.yaml`` stages: ``python -m cbir <stage>`` calls ``cbir.stages.<stage>.run`` (names, not module
+#: strings, so this table imports nothing and a stage's import closure holds only its own module)
+STAGES = ("download", "weights", "curate", "extract", "evaluate", "across")

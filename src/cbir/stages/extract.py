@@ -1,4 +1,5 @@
-"""Stage ``extract``: one method's descriptors for every manifest row, L2-normalised float32 ``[N, D]``.
+"""Stage ``extract`` (one per dataset): every method's descriptors for every manifest row, L2-normalised float32
+``[N, D]``; a method whose inputs are unchanged since its last run keeps its files (:func:`run`).
 
 Writes ``data/features/<ds>/<method>.npy`` (streamed into a memmap whose blocks are allocated first, so a
 full disk is one error at the start, never a bus error; renamed into place when complete) and
@@ -10,21 +11,26 @@ projection is saved beside them for queries.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from cbir.codegraph import SRC, modules_digest, stage_closure
+from cbir.data.images import check_images
 from cbir.data.manifest import read_manifest
+from cbir.features.handcrafted import DESCRIPTORS
 from cbir.features.methods import build
 from cbir.features.store import integrity_record
 from cbir.features.whitening import apply_whitening, fit_whitening, save_whitening
-from cbir.fileio import atomic_path, write_json
+from cbir.fileio import atomic_group, atomic_path, read_json, sha256_bytes, sha256_file
 from cbir.layout import Layout
-from cbir.settings import Extract, MethodRun
+from cbir.settings import Extract, MethodRun, need
 
 log = logging.getLogger("cbir")
 
@@ -58,8 +64,87 @@ def preallocated_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
     return np.lib.format.open_memmap(path, mode="r+")
 
 
-def run(params: dict, name: str, root: str | Path) -> None:
-    """Extract method ``name`` for every manifest row."""
+def method_code(run: MethodRun, src: Path = SRC) -> str:
+    """Digest of the code ``run`` executes: the stage's code without the built-in descriptors it does not use
+    (a traditional method uses those its ``_target_`` or fusion members name) and, unless it is deep, without the
+    CNN package, so an edit to one descriptor redoes only the methods that use it."""
+    builtins = {target.partition(":")[0]: name for name, target in DESCRIPTORS.items()}
+    node = run.method.descriptor or {}
+    target = str(node.get("_target_", ""))
+    used = {m for m in builtins if target == m or target.startswith(m + ".")}
+    used |= {m for m, name in builtins.items() if name in (node.get("members") or {})}
+    modules = stage_closure("extract", src) - (set(builtins) - used)
+    if run.method.kind != "deep":
+        modules = {m for m in modules if not m.startswith("cbir.features.cnn")}
+    return modules_digest(modules, src)
+
+
+def inputs_key(run: MethodRun, manifest_file: Path, code: str, root: Path) -> str:
+    """sha256 of everything method ``run`` computes its features from: the manifest's bytes, its typed settings
+    (its own config and the sections it reads: a traditional method reads no ``extract`` or ``device``), the
+    files it names (``requires``: weights, your own code) and its code (:func:`method_code`)."""
+    named = [(run.method.raw.get("requires") or {}).get(key) for key in ("code", "data")]
+    named = sorted({str(p) for item in named if item for p in ([item] if isinstance(item, str) else item)})
+    files = {}
+    for name in named:  # a file, or every file under a folder
+        path = root / name
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file() and "__pycache__" not in file.parts:
+                files[file.relative_to(root).as_posix()] = sha256_file(file)
+    record = {"manifest": sha256_file(manifest_file), "settings": asdict(run), "code": code, "files": files}
+    return sha256_bytes(json.dumps(record, sort_keys=True, default=str).encode())
+
+
+def up_to_date(paths: Layout, name: str, key: str) -> bool:
+    """Whether ``name``'s features and sidecar are in place, were computed from inputs ``key`` and still hold
+    the bytes the sidecar recorded (a damaged file is computed again)."""
+    info = paths.features_info(name)
+    if not (info.is_file() and paths.features(name).is_file()):
+        return False
+    try:
+        record = read_json(info)
+    except (OSError, ValueError):
+        return False
+    return record.get("inputs_sha256") == key and record.get("features_sha256") == sha256_file(paths.features(name))
+
+
+def run(params: dict, root: str | Path, method: str | None = None) -> None:
+    """Every method of ``params`` (or only ``method``) for the dataset: a method is extracted again only when
+    :func:`inputs_key` changed, so one method's change redoes that method's work alone.  Files of methods no
+    longer in ``params`` are removed (the folder is this stage's DVC output)."""
+    root = Path(root)
+    paths = Layout(root, params)
+    names = [method] if method else list(need(params, "methods"))
+    read_manifest(paths.manifest)  # a missing or damaged manifest is one clear line before any work
+    start = time.perf_counter()
+    done = []
+    for name in names:
+        config = MethodRun.from_params(params, name)
+        key = inputs_key(config, paths.manifest, method_code(config), root)
+        if up_to_date(paths, name, key):
+            log.info("extract %s: up to date (inputs %s)", name, key[:12])
+            continue
+        extract_method(params, name, root, key)
+        done.append(name)
+    if method is None:
+        stale = remove_stale(paths.features_dir, names)
+        if stale:
+            log.info("extract: removed %s (methods no longer in params)", ", ".join(stale))
+    log.info("extract %s: %d of %d methods computed in %.1fs", paths.dataset, len(done), len(names),
+             time.perf_counter() - start)
+
+
+def remove_stale(folder: Path, names: list[str]) -> list[str]:
+    """Delete the files in ``folder`` that belong to no method of ``names``; their names."""
+    keep = {f"{n}{suffix}" for n in names for suffix in (".npy", ".json", ".whitening.npz")}
+    stale = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in keep) if folder.is_dir() else []
+    for name in stale:
+        (folder / name).unlink()
+    return stale
+
+
+def extract_method(params: dict, name: str, root: str | Path, key: str) -> None:
+    """Extract method ``name`` for every manifest row; its sidecar records ``key`` (:func:`inputs_key`)."""
     root = Path(root)
     paths = Layout(root, params)
     config = MethodRun.from_params(params, name)  # the method's own config, and the sections it reads
@@ -69,7 +154,10 @@ def run(params: dict, name: str, root: str | Path) -> None:
     target = paths.features(name)
     start = time.perf_counter()
     method = build(config, root, lambda: paths.manifest, n_images=len(images))
-    with atomic_path(target) as tmp:
+    if method.kind != "precomputed":  # what curation drops, a hand-made manifest cannot bring back
+        check_images(images, config.max_pixels, getattr(method, "image_size", None))
+    outputs = [target, paths.features_info(name)] + ([paths.whitening(name)] if config.method.whiten else [])
+    with atomic_group(outputs) as (tmp, info_tmp, *whitening_tmp):  # replaced together, or not at all
         out = preallocated_memmap(tmp, (len(images), method.dim))
         if settings.engine == "ray":
             from cbir.features.ray_engine import (
@@ -81,15 +169,15 @@ def run(params: dict, name: str, root: str | Path) -> None:
             info = method.extract(images, out, num_workers=settings.num_workers)
         out.flush()
         del out
-    dim = method.dim
-    whitening = None
-    if config.method.whiten:
-        is_database = (manifest["split"] == "database").to_numpy()
-        dim = whiten_file(target, is_database, config.method.whiten, paths.whitening(name))
-        whitening = paths.whitening(name).name
-    write_json(paths.features_info(name), {"method": name, "n": len(images), "dim": dim, **info,
-                                           "whitening": whitening, "config": dict(config.method.raw),
-                                           **integrity_record(target, manifest)})
+        dim = method.dim
+        whitening = None
+        if config.method.whiten:
+            is_database = (manifest["split"] == "database").to_numpy()
+            dim = whiten_file(tmp, is_database, config.method.whiten, whitening_tmp[0])
+            whitening = paths.whitening(name).name
+        record = {"method": name, "n": len(images), "dim": dim, **info, "whitening": whitening,
+                  "config": dict(config.method.raw), "inputs_sha256": key, **integrity_record(tmp, manifest)}
+        info_tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     seconds = time.perf_counter() - start
     log.info("extract %s: read %s (%d images), wrote %s [%d x %d] in %.1fs (%.1f images/s, %s)", name,
              paths.manifest, len(images), target, len(images), dim, seconds, len(images) / max(seconds, 1e-9),

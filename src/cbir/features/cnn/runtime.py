@@ -164,7 +164,9 @@ def embed_batches(
     batches = _reraise_worker_errors(loader)
     if not loader.num_workers:
         batches = prefetched(batches)
-    for batch in tqdm(batches, desc="extract", unit="batch", disable=not progress, total=len(loader)):
+    # `disable` is passed only to turn the bar off: an explicit value would override TQDM_DISABLE (`-q`)
+    quiet = {} if progress else {"disable": True}
+    for batch in tqdm(batches, desc="extract", unit="batch", total=len(loader), **quiet):
         n = batch.shape[0]
         if compile and full and n < full:
             batch = torch.cat([batch, batch.new_zeros((full - n, *batch.shape[1:]))])

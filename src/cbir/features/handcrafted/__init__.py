@@ -261,7 +261,8 @@ def describe_files(node: Mapping | Descriptor, paths: Sequence[Path], out: np.nd
     # a fork server (a clean, single-threaded process) makes the workers: a plain fork of a process whose
     # other threads hold a lock (OpenMP, OpenVINO, a test runner) can leave a worker waiting forever
     workers = int(workers) if "forkserver" in multiprocessing.get_all_start_methods() else 0
-    bar = tqdm(total=len(jobs), desc=label, unit="img", disable=not progress)
+    # `disable` is passed only to turn the bar off: an explicit value would override TQDM_DISABLE (`-q`)
+    bar = tqdm(total=len(jobs), desc=label, unit="img", **({} if progress else {"disable": True}))
     if workers > 1:
         with multiprocessing.get_context("forkserver").Pool(workers, die_with_parent, (os.getpid(),)) as pool:
             results = pool.imap(describe_file, jobs, chunksize=16)

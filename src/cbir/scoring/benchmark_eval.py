@@ -2,16 +2,22 @@
 
 :func:`load_judgements` maps the file's image ids onto the database rows of one prepared method and
 returns a :class:`Benchmark`; :func:`score` ranks the whole database exactly (the same search as the
-class-level path), runs the pure evaluator (:func:`cbir.evaluation.evaluate`) with the benchmark's AP
-variant, and adds the benchmark's official scores (:mod:`cbir.benchmark_metrics`):
+class-level path), runs the pure evaluator (:func:`cbir.scoring.evaluation.evaluate`) with the benchmark's AP
+variant, and adds the benchmark's official scores (:mod:`cbir.scoring.benchmark_metrics`):
 
 * ``revisitop`` (ROxford5k / RParis6k): E/M/H mAP (trapezoidal AP) and mP@1,5,10, with 95% bootstrap
   intervals of each mAP; the main ``map`` is the Medium protocol's;
-* ``groups`` (Holidays): mAP, the query itself ignored;
+* ``groups`` (Holidays): mAP as INRIA's ``holidays_map.py`` scores it (trapezoidal AP, the query itself
+  ignored; the judgements file names the variant) and, beside it as ``plain_map``, the non-interpolated mAP;
 * ``ukbench``: the N-S score (0–4, the query counted as one of its 4) beside mAP;
 * ``pairs`` (Copydays, neardup): µAP over all (query, top-k) pairs and recall at precision 0.9, overall (each
   with a 95% bootstrap interval over queries: the pairs of the resampled queries pooled again) and per
   transformation family, with mAP per family; queries without a reference contribute false pairs.
+
+The scores that depend on the top k only (µAP, recall at precision 0.9, N-S) are computed from the rankings
+and scores the retrieve stage saved (``data/retrieval/<ds>/<method>.csv``, read by :func:`read_saved_topk`),
+so anyone can recompute them from that file and ``judgements.json``; the mAPs need the whole ranking, which
+:func:`cbir.search.exact.full_ranking` gives with the same search and tie rule (score, then database row).
 """
 
 from __future__ import annotations
@@ -25,13 +31,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cbir import benchmark_metrics as bm
-from cbir import evaluation as ev
+from cbir.scoring import benchmark_metrics as bm
+from cbir.scoring import evaluation as ev
 from cbir.errors import CbirError
 from cbir.fileio import read_json
-from cbir.judgements import Judgement, Judgements
-from cbir.search.exact import full_ranking
-from cbir.statistics import bootstrap_ci
+from cbir.scoring.judgements import Judgement, Judgements
+from cbir.search.exact import exact_topk, full_ranking
+from cbir.scoring.statistics import bootstrap_ci
 
 KINDS = ("revisitop", "groups", "ukbench", "pairs")
 PRECISION = 0.9
@@ -98,6 +104,37 @@ def load_judgements(path: str | Path, manifest: pd.DataFrame, query_rows: np.nda
                      judgements, gnd, families, ns)
 
 
+def read_saved_topk(path: str | Path, query_ids: Sequence, database_ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """The saved rankings ``query_id, rank, image_id, score`` as ``(rows [Q, k], scores [Q, k])`` in the order
+    of ``query_ids`` (database rows index ``database_ids``; an empty slot is row -1, score NaN)."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype={"query_id": str, "image_id": str}, keep_default_na=False,
+                            usecols=["query_id", "rank", "image_id", "score"])
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise CbirError(f"{path} is not a saved ranking (query_id, rank, image_id, score: "
+                        f"{type(exc).__name__}); run the retrieve stage again") from None
+    q_pos = {str(q): i for i, q in enumerate(query_ids)}
+    db_pos = {str(d): i for i, d in enumerate(database_ids)}
+    qi = frame["query_id"].map(q_pos)
+    di = frame["image_id"].map(db_pos)
+    if qi.isna().any() or di.isna().any():
+        bad = frame.loc[qi.isna(), "query_id"].tolist() or frame.loc[di.isna(), "image_id"].tolist()
+        raise CbirError(f"{path} names {bad[0]}, which is not in this method's queries or database; "
+                        "run the retrieve stage again")
+    missing = sorted(set(q_pos) - set(frame["query_id"]))
+    if missing:
+        raise CbirError(f"{path} has no ranking for query {missing[0]} ({len(missing)} missing); "
+                        "run the retrieve stage again")
+    ranks = frame["rank"].to_numpy(dtype=np.int64)
+    k = int(ranks.max()) if len(ranks) else 0
+    rows = np.full((len(q_pos), k), -1, dtype=np.int64)
+    scores = np.full((len(q_pos), k), np.nan)
+    rows[qi.to_numpy(dtype=np.int64), ranks - 1] = di.to_numpy(dtype=np.int64)
+    scores[qi.to_numpy(dtype=np.int64), ranks - 1] = frame["score"].to_numpy(dtype=np.float64)
+    return rows, scores
+
+
 def _pair_scores(rows: np.ndarray, scores: np.ndarray, judgements: Judgements) -> dict:
     out = bm.copy_detection_scores(rows, scores, judgements, PRECISION)
     return {"micro_ap": _num(out["micro_ap"]), f"recall@p{PRECISION:g}": _num(out[f"recall@p{PRECISION:g}"]),
@@ -137,11 +174,32 @@ def pair_compact(overall: Mapping) -> dict:
     return out
 
 
+def _mean_ap(blocks, judgements: Judgements, ap: str) -> float:
+    """mAP of full rankings under the AP variant ``ap`` (queries without a positive left out)."""
+    n_rel = judgements.n_relevant()
+    aps = [ev.relevance_metrics(ev.judged_relevance(rows, judgements, blk.start), (), 0, n_rel[blk], ap=ap)[0]["ap"]
+           for blk, rows in blocks]
+    aps = np.concatenate(aps) if aps else np.zeros(0)
+    return float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan")
+
+
+def _top(queries, database, k: int, exclude, block_size: int, saved) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k rows and scores: the saved ones when given, else the retrieve stage's exact search."""
+    if saved is not None:
+        rows, scores = saved
+        return np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+    rows, scores = exact_topk(queries, database, k, block_size=block_size, exclude=exclude)
+    return rows.astype(np.int64), scores.astype(np.float64)
+
+
 def score(bench: Benchmark, queries: np.ndarray, database: np.ndarray, ks: Sequence[int], curve_k: int,
           query_ids: Sequence, labels: Sequence, exclude=None, block_size: int = 1024, top_k: int = 10,
-          n_bootstrap: int = 1000, seed: int = 0) -> tuple[ev.RankingStats, dict]:
+          n_bootstrap: int = 1000, seed: int = 0,
+          saved: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[ev.RankingStats, dict]:
     """The evaluator's statistics and the benchmark's official scores (``{"name", "kind", "ap", ...,
-    "compact": {...}}``) of one method's prepared features."""
+    "compact": {...}}``) of one method's prepared features. ``saved``: the retrieve stage's ``(rows, scores)``
+    (:func:`read_saved_topk`), which the top-k scores (µAP, recall at precision 0.9, N-S) are computed from;
+    without it they come from the same exact search, run here."""
     blocks = [(blk, rows) for blk, rows in full_ranking(queries, database, exclude=exclude, block_size=block_size)]
     result = ev.evaluate(blocks, bench.judgements, ks, curve_k, bench.ap, query_ids, labels)
     official: dict = {"name": bench.name, "kind": bench.kind, "ap": bench.ap}
@@ -154,14 +212,13 @@ def score(bench: Benchmark, queries: np.ndarray, database: np.ndarray, ks: Seque
                                   "n_queries": entry["n_queries"]}
         official["compact"] = {f"{p[0]}_map": official[p]["map"] for p in ("easy", "medium", "hard")}
     elif bench.kind == "ukbench":
-        official["ns"] = _num(bm.ns_score(blocks, bench.ns_judgements, 4))
+        top_rows = None if saved is None else np.asarray(saved[0], dtype=np.int64)[:, :4]
+        usable = top_rows is not None and top_rows.shape[1] == 4 and bool((top_rows >= 0).all())
+        official["ns"] = _num(bm.ns_score(top_rows if usable else blocks, bench.ns_judgements, 4))
         official["compact"] = {"ns": official["ns"]}
     elif bench.kind == "pairs":
-        k = min(int(top_k), bench.judgements.n_database)
-        rows = np.concatenate([r[:, :k] for _, r in blocks]) if blocks else np.zeros((0, k), np.int64)
-        q = np.asarray(queries, dtype=np.float32)
-        db = np.asarray(database, dtype=np.float32)
-        sims = np.einsum("qd,qkd->qk", q, db[rows]) if len(rows) else np.zeros((0, k))
+        rows, sims = _top(queries, database, int(top_k), exclude, block_size, saved)
+        k = int(rows.shape[1])
         overall = _pair_scores(rows, sims, bench.judgements)
         ci = _micro_ci(rows, sims, bench.judgements, min(n_bootstrap, 1000), seed)
         overall["micro_ap_ci95"], overall[f"recall@p{PRECISION:g}_ci95"] = ci
@@ -182,6 +239,10 @@ def score(bench: Benchmark, queries: np.ndarray, database: np.ndarray, ks: Seque
             per_family[family] = entry
         official["families"] = per_family
         official["compact"] = pair_compact(overall)
+    elif bench.kind == "groups":  # INRIA's holidays_map.py: trapezoidal AP; the plain AP beside it
+        official["map"] = _num(_mean_ap(blocks, bench.judgements, "trapezoidal"))
+        official["plain_map"] = _num(_mean_ap(blocks, bench.judgements, "non-interpolated"))
+        official["compact"] = {"plain_map": official["plain_map"]}
     else:
         official["compact"] = {}
     return result, official

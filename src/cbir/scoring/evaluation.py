@@ -1,4 +1,4 @@
-"""Retrieval metrics of rankings against relevance judgements (:mod:`cbir.judgements`).
+"""Retrieval metrics of rankings against relevance judgements (:mod:`cbir.scoring.judgements`).
 
 One pure evaluator, :func:`evaluate`, takes rankings (database rows in rank order) and one
 judgement per query; it knows nothing of features or search. :func:`ranking_statistics` is
@@ -28,7 +28,7 @@ A query with no relevant item (R = 0) has ``P@k = 0`` (well defined), while ``R@
 and left out of every mean (mAP is the mean over queries that have a relevant item, as
 in Radenović et al.'s ``compute_map``); ``summarize`` reports how many such queries
 there were as ``n_queries_without_relevant``. The benchmarks' own scores (revisitop's
-E/M/H mAP and mP@k, UKBench's N-S, DISC21's µAP) are in :mod:`cbir.benchmark_metrics`.
+E/M/H mAP and mP@k, UKBench's N-S, DISC21's µAP) are in :mod:`cbir.scoring.benchmark_metrics`.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ import numpy as np
 import pandas as pd
 
 from cbir.errors import CbirError
-from cbir.judgements import JUNK, POSITIVE, Judgements
+from cbir.scoring.judgements import JUNK, POSITIVE, Judgements
 from cbir.search.exact import full_ranking
-from cbir.statistics import bootstrap_ci
+from cbir.scoring.statistics import bootstrap_ci
 
 RECALL_LEVELS = np.round(np.linspace(0.0, 1.0, 11), 1)
 
@@ -183,7 +183,7 @@ def evaluate(rankings, judgements: Judgements, ks: Sequence[int] = (1, 5, 10, 20
         rankings: database rows in rank order, ``[Q, L]`` int (the whole ranking, or a top-L: the
             positives it misses count as missed), or an iterable of ``(query slice, rows [B, L])``
             blocks in query order.
-        judgements: one per query (:class:`cbir.judgements.Judgements`).
+        judgements: one per query (:class:`cbir.scoring.judgements.Judgements`).
         ks: cut-offs of ``p@k`` and ``r@k``; ``curve_k`` (default ``max(ks)``) the last k of the P@k curve.
         ap: the AP variant (``AP_VARIANTS``).
         query_ids, labels: columns of the per-query table (default ``0..Q-1``; no label column).
@@ -226,7 +226,7 @@ def ranking_statistics(queries: np.ndarray, database: np.ndarray, query_labels: 
                        ap: str = DEFAULT_AP) -> RankingStats:
     """Class-label metrics from features: the exact cosine ranking of the whole database
     (:func:`~cbir.search.exact.full_ranking`, ``exclude`` = leave-one-out) scored by :func:`evaluate`
-    against :meth:`Judgements.from_labels <cbir.judgements.Judgements.from_labels>`."""
+    against :meth:`Judgements.from_labels <cbir.scoring.judgements.Judgements.from_labels>`."""
     query_labels = np.asarray(query_labels, dtype=object)
     if len(query_labels) != len(queries) or len(database_labels) != len(database):
         raise ValueError("labels do not line up with the feature rows")

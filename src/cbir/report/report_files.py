@@ -32,7 +32,7 @@ def run(params: dict, root: str | Path) -> None:
     start = time.perf_counter()
     metrics_file = paths.metrics
     if not metrics_file.exists():
-        raise CbirError(f"{metrics_file} not found: run the summarize stage first")
+        raise CbirError(f"{metrics_file} not found: run `dvc repro evaluate@<dataset>` first")
     metrics = read_json(metrics_file)
     significance = _optional_csv(paths.plot("significance"))
     per_class = _optional_csv(paths.plot("per_class"))

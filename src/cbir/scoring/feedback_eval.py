@@ -10,10 +10,10 @@ Protocol (per query, for one method's features and one feedback method of
 * **residual collection**: round ``r`` is scored on the database minus every image shown in rounds
   ``0 .. r-1`` (for round 0 that is the whole database), so images the user has already seen are
   not counted again. ``P@10`` and ``AP`` (over the relevant images left in the residual collection,
-  :func:`cbir.evaluation.relevance_metrics`) are computed on that ranking, with 95% bootstrap
-  intervals over queries (:func:`cbir.statistics.bootstrap_ci`);
+  :func:`cbir.scoring.evaluation.relevance_metrics`) are computed on that ranking, with 95% bootstrap
+  intervals over queries (:func:`cbir.scoring.statistics.bootstrap_ci`);
 * the same residual collection also scores the round-0 ranking (``initial_*``: no feedback, the
-  shown images removed), and a paired test (:func:`cbir.statistics.paired_test`) compares the last
+  shown images removed), and a paired test (:func:`cbir.scoring.statistics.paired_test`) compares the last
   round with it, query by query: the gain of feedback on equal footing. Holm over all tests.
 
 Pure: arrays and frames in, frames and dicts out (the stage writes them).
@@ -27,8 +27,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cbir import evaluation as ev
-from cbir import statistics as st
+from cbir.scoring import evaluation as ev
+from cbir.scoring import statistics as st
 from cbir.report.tables import format_p
 from cbir.search.feedback import FeedbackSettings, Marks, rank
 

@@ -1,8 +1,9 @@
-"""Stage ``retrieve``: a method's cosine top-k for every query, ``data/retrieval/<ds>/<method>.csv``
+"""A method's cosine top-k for every query, ``data/retrieval/<ds>/<method>.csv``
 (``query_id, rank, image_id, score``) and ``.json`` (settings; with FAISS, recall@k against exact search)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from cbir.settings import need
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.features.store import recorded_hashes
-from cbir.fileio import atomic_path, write_json
+from cbir.fileio import atomic_group
 from cbir.layout import Layout
 from cbir.search.exact import exact_topk, ranking_frame, recall_at_k
 from cbir.search.prepared import approximate_search, build_index, load_prepared
@@ -58,9 +59,9 @@ def run(params: dict, method: str, root: str | Path) -> None:
     ids = manifest["image_id"].to_numpy()
     frame = ranking_frame(ids[data["query_rows"]], ids[data["database_rows"]], indices, scores)
     out = paths.retrieval(method)
-    with atomic_path(out) as tmp:
+    with atomic_group([out, paths.retrieval_info(method)]) as (tmp, info_tmp):  # replaced together
         frame.to_csv(tmp, index=False)
-    write_json(paths.retrieval_info(method), info)
+        info_tmp.write_text(json.dumps(info, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     save_index(paths.index_dir(method), method, settings, paths.features(method), ids[data["database_rows"]],
                index, features_sha256=recorded_hashes(paths.features(method), method)["features_sha256"])
     log.info("retrieve %s: wrote %s (%d rows), %s and %s in %.2fs", method, out, len(frame),

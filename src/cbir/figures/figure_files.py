@@ -12,7 +12,8 @@ only its own figures; :func:`combine` draws the charts that compare methods and 
   query (by AP), each beside its top-k with rank, cosine similarity and label (blue frame and a dot: same
   class as the query, vermillion frame and a cross: another class); the seeded queries are the same for every method;
 * ``trials_baseline_vs_best``: the same seeded queries under the baseline (the paper's) method and
-  the best method by mAP (the runner-up when the baseline is best);
+  the best method by the dataset's headline metric (P@10 for class labels, as the README; the runner-up when
+  the baseline is best);
 * ``pk_curves`` / ``pr_curves``: P@k and interpolated precision-recall of every method on one
   axis, with the evaluate stage's 95% bootstrap bands over queries;
 * ``per_class_p10``: P@10 heat map, methods x classes;
@@ -21,6 +22,12 @@ only its own figures; :func:`combine` draws the charts that compare methods and 
   the best method's features, coloured by class;
 * ``confusions_<method>``: the most confused (query class, retrieved class) pairs in the top-k,
   with example thumbnails.
+
+That is the class-level set. A benchmark (``data/curated/<ds>/judgements.json``) gets its own, chosen by its
+judgements' kind (:mod:`cbir.figures.benchmark_summary`, listed in docs/benchmarks.md): its metrics as bars,
+copy detection's pooled precision-recall, µAP per family, distractor scores and ``misses_<method>`` in place
+of ``confusions_<method>``, UKBench's N-S distribution; trials marked by the judgements; the best method by
+the benchmark's headline metric; t-SNE coloured by role.
 
 Figures are deterministic: seeded choices, stable sorting, one-thread t-SNE, no timestamps.
 """
@@ -41,14 +48,18 @@ import pandas as pd
 from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.features.store import recorded_hashes
+from cbir.data.benchmarks import JUDGEMENTS_FILE
+from cbir.figures.benchmark_summary import LEGEND, PER_METHOD, draw_misses, title_of
 from cbir.figures.charts import confusion_gallery
+from cbir.figures.judged import judged_statuses, read_judged
 from cbir.figures.select import compared_methods, confused_pairs, confusion_examples, pick_queries, trial_rows
 from cbir.figures.style import FIGURES_INDEX, FigureWriter, figure_settings, safe_name
-from cbir.figures.summary import draw_summary
+from cbir.figures.summary import draw_summary, trial_extras
 from cbir.figures.thumbnails import Thumbnails
-from cbir.figures.trials import build_trials, sample_trials_figure
+from cbir.figures.trials import boxed_queries, build_trials, sample_trials_figure
 from cbir.fileio import atomic_dir, atomic_group, read_json, sha256_bytes, temp_home, write_json
-from cbir.layout import METHOD_FIGURES, SUMMARY_FIGURES, Layout
+from cbir.layout import Layout
+from cbir.report.headline import best
 from cbir.settings import need
 
 log = logging.getLogger("cbir")
@@ -73,15 +84,21 @@ def _context(params: dict, root: Path) -> dict:
     cfg = figure_settings(params)
     manifest = read_manifest(paths.manifest)
     manifest["image_id"] = manifest["image_id"].astype(str)
-    return {"root": root, "paths": paths, "ds": paths.dataset, "cfg": cfg, "methods": cfg["methods"],
-            "manifest": manifest, "labels": dict(zip(manifest["image_id"], manifest["label"].astype(str))),
-            "k": int(need(need(params, "retrieval"), "k", "retrieval")),
-            "thumbs": Thumbnails(manifest, root, cfg["thumb_size"])}
+    judged = read_judged(paths.curated_dir / JUDGEMENTS_FILE)  # a benchmark's judgements: its own figures
+    thumbs = Thumbnails(manifest, root, cfg["thumb_size"])
+    ctx = {"root": root, "paths": paths, "ds": paths.dataset, "cfg": cfg, "methods": cfg["methods"],
+           "manifest": manifest, "labels": dict(zip(manifest["image_id"], manifest["label"].astype(str))),
+           "k": int(need(need(params, "retrieval"), "k", "retrieval")), "thumbs": thumbs,
+           "judged": judged, "kind": judged["kind"] if judged else None,
+           "statuses": judged_statuses(judged) if judged else None}
+    if ctx["kind"] == "revisitop":
+        ctx["boxed"] = lambda ids: boxed_queries(ids, judged, manifest, thumbs, cfg["thumb_size"])
+    return ctx
 
 
 def _ranking(ctx: dict, method: str) -> pd.DataFrame:
     paths = ctx["paths"]
-    return _read_csv(paths.retrieval(method), f"retrieve@{paths.dataset}-{method}",
+    return _read_csv(paths.retrieval(method), f"evaluate@{paths.dataset}",
                      {"query_id", "rank", "image_id", "score"})
 
 
@@ -96,20 +113,22 @@ def _summary_inputs(params: dict, ctx: dict) -> dict:
     paths = ctx["paths"]
     metrics_file = paths.metrics
     if not metrics_file.exists():
-        raise CbirError(f"{metrics_file} not found: run the summarize stage first")
+        raise CbirError(f"{metrics_file} not found: run `dvc repro evaluate@<dataset>` first")
     metrics = read_json(metrics_file)
     methods = ctx["methods"]
     missing = [m for m in methods if m not in metrics]
     if missing:
-        raise CbirError(f"{metrics_file} has no entry for {', '.join(missing)}: re-run `dvc repro summarize`")
+        raise CbirError(f"{metrics_file} has no entry for {', '.join(missing)}: re-run `dvc repro evaluate@<dataset>`")
     metrics = {m: metrics[m] for m in methods}
-    per_query = _read_csv(paths.plot("per_query"), "summarize", {"method", "query_id", "ap"})
+    per_query = _read_csv(paths.plot("per_query"), f"evaluate@{paths.dataset}", {"method", "query_id", "ap"})
     inputs = {"metrics": metrics,
-              "pk": _read_csv(paths.plot("pk"), "summarize", {"method", "k", "precision"}),
-              "pr": _read_csv(paths.plot("pr"), "summarize", {"method", "recall", "precision", "lo", "hi"}),
-              "per_class": _read_csv(paths.plot("per_class"), "summarize", {"method", "label", "p@10"})}
-    baseline, other, role = compared_methods(metrics, (params.get("evaluation") or {}).get("baseline"))
-    inputs.update(baseline=baseline, other=other, role=role, rankings={}, ap={})
+              "pk": _read_csv(paths.plot("pk"), f"evaluate@{paths.dataset}", {"method", "k", "precision"}),
+              "pr": _read_csv(paths.plot("pr"), f"evaluate@{paths.dataset}", {"method", "recall", "precision", "lo", "hi"}),
+              "per_class": _read_csv(paths.plot("per_class"), f"evaluate@{paths.dataset}", {"method", "label", "p@10"})}
+    baseline, other, role = compared_methods(metrics, (params.get("evaluation") or {}).get("baseline"),
+                                             ranked=best(metrics, ctx["kind"]))  # by the headline metric
+    inputs.update(baseline=baseline, other=other, role=role, rankings={}, ap={},
+                  ranking_of=lambda method: _ranking(ctx, method))
     for method in (baseline, other):
         if method is not None:
             inputs["rankings"][method] = _ranking(ctx, method)
@@ -122,7 +141,7 @@ def _summary_inputs(params: dict, ctx: dict) -> dict:
 def _method_ap(ctx: dict, method: str) -> dict:
     """Per-query AP of ``method`` (its evaluate stage's ``per_query.csv``): the best and worst query."""
     paths = ctx["paths"]
-    part = _read_csv(paths.evaluation_file(method, "per_query.csv"), f"evaluate@{paths.dataset}-{method}",
+    part = _read_csv(paths.evaluation_file(method, "per_query.csv"), f"evaluate@{paths.dataset}",
                      {"query_id", "ap"})
     return dict(zip(part["query_id"], part["ap"].astype(float)))
 
@@ -140,16 +159,34 @@ def _emitter(ctx: dict, writer: FigureWriter, out_dir: Path):
 
 
 def _draw_trials(ctx: dict, emit, index: list, method: str, ranking: pd.DataFrame, ap: dict) -> None:
-    cfg, k, ds = ctx["cfg"], ctx["k"], ctx["ds"]
+    cfg, k, ds, kind = ctx["cfg"], ctx["k"], ctx["ds"], ctx["kind"]
     query_ids, seeded = _seeded(ctx, ranking)
     order, row_labels = trial_rows(query_ids, seeded, ap)
-    trials = build_trials(ranking, ctx["manifest"], order, ctx["root"], k, cfg["thumb_size"], ctx["thumbs"])
+    trials = build_trials(ranking, ctx["manifest"], order, ctx["root"], k, cfg["thumb_size"], ctx["thumbs"],
+                          **trial_extras(ctx, order))
+    if kind is None:
+        title = f"{ds}: {method}, cosine top-{k} (blue, dot: same class as the query; vermillion, cross: another class)"
+        extra = ""
+    else:
+        title = f"{title_of(ds, kind)}: {method}, cosine top-{k}"
+        extra = (" The reference's thumbnail beside the query gives its rank and score in the top-k."
+                 if kind == "pairs" else " Each query is shown whole with its box (black) where it was cropped."
+                 if kind == "revisitop" else "")
+        extra = f" Marks: {LEGEND[kind]}.{extra}"
     emit(index, f"trials_{safe_name(method)}", f"Sample trials: {method}",
          f"Query (black frame) beside its top-{k} under `{method}`, each with rank, cosine similarity and "
          f"label; {len(seeded)} seeded queries (seed {cfg['seed']}, the same for every method) and the "
-         f"method's best and worst query by AP.",
-         sample_trials_figure, trials, row_labels=row_labels,
-         title=f"{ds}: {method}, cosine top-{k} (blue, dot: same class as the query; vermillion, cross: another class)")
+         f"method's best and worst query by AP.{extra}",
+         sample_trials_figure, trials, row_labels=row_labels, title=title)
+
+
+def _draw_second(ctx: dict, emit, index: list, method: str, ranking: pd.DataFrame) -> None:
+    """A method's second figure: ``confusions_<m>`` (class labels), ``misses_<m>`` (copy detection), none else."""
+    second = PER_METHOD.get(ctx["kind"], PER_METHOD[None])[1:]
+    if "confusions" in second:
+        _draw_confusions(ctx, emit, index, method, ranking)
+    elif "misses" in second:
+        draw_misses(ctx, emit, index, method, ranking, f"misses_{safe_name(method)}")
 
 
 def _draw_confusions(ctx: dict, emit, index: list, method: str, ranking: pd.DataFrame) -> None:
@@ -182,6 +219,8 @@ def _map_files(ctx: dict, methods) -> dict[str, Path]:
     for method in methods:
         record = {"features": recorded_hashes(paths.features(method), method)["features_sha256"],
                   "rows": len(ctx["manifest"]), **settings}
+        if ctx["kind"] is not None:  # a benchmark's map samples its images by role, not by label
+            record["sample"] = "roles"
         key = sha256_bytes(json.dumps(record, sort_keys=True).encode())[:16]
         files[method] = paths.embeddings_dir / f"{safe_name(method)}-{key}.npy"
     return files
@@ -221,7 +260,7 @@ def run_method(params: dict, method: str, root: str | Path) -> None:
         with FigureWriter(workers=1) as writer:  # two figures: drawn here, a worker pool costs more to start
             emit = _emitter(ctx, writer, stage)
             _draw_trials(ctx, emit, index, method, ranking, ap)
-            _draw_confusions(ctx, emit, index, method, ranking)
+            _draw_second(ctx, emit, index, method, ranking)
         index = _resolved(index)
         write_json(stage / "index.json", index)
         files = {stage / "index.json": paths.figure_index(method)}
@@ -247,7 +286,7 @@ def combine(params: dict, root: str | Path) -> None:
     for method in ctx["methods"]:
         file = paths.figure_index(method)
         if not file.is_file():
-            raise CbirError(f"{file} not found: run `dvc repro evaluate@{paths.dataset}-{method}` first")
+            raise CbirError(f"{file} not found: run `dvc repro evaluate@{paths.dataset}` first")
         method_entries[method] = {e["name"].split("_", 1)[0]: e for e in read_json(file)}
     files = _map_files(ctx, [m for m in (inputs["baseline"], inputs["other"]) if m is not None])
     made = {m: np.load(f) for m, f in files.items() if f.is_file()}
@@ -258,7 +297,8 @@ def combine(params: dict, root: str | Path) -> None:
             before, after, maps = draw_summary(params, ctx, inputs, writer, _emitter(ctx, writer, stage), made)
         before, after = _resolved(before), _resolved(after)
         figures = (before + [method_entries[m]["trials"] for m in ctx["methods"]] + after
-                   + [method_entries[m]["confusions"] for m in ctx["methods"]])
+                   + [method_entries[m][p] for m in ctx["methods"] for p in ("confusions", "misses")
+                      if p in method_entries[m]])
         write_json(stage / FIGURES_INDEX, figures)
         files_out = {stage / FIGURES_INDEX: paths.figures_dir / FIGURES_INDEX}
         for entry in before + after:
@@ -294,15 +334,16 @@ def run(params: dict, root: str | Path) -> None:
         before, after, _ = draw_summary(params, ctx, inputs, writer, emit)
         for method, (ranking, ap) in per_method.items():
             _draw_trials(ctx, emit, own[method], method, ranking, ap)
-            _draw_confusions(ctx, emit, own[method], method, ranking)
+            _draw_second(ctx, emit, own[method], method, ranking)
         writer.close()
         before, after = _resolved(before), _resolved(after)
         own = {m: _resolved(entries) for m, entries in own.items()}
-        write_json(tmp / FIGURES_INDEX, before + [own[m][0] for m in methods] + after + [own[m][1] for m in methods])
+        write_json(tmp / FIGURES_INDEX, before + [own[m][0] for m in methods] + after
+                   + [e for m in methods for e in own[m][1:]])
         for path in (tmp, *tmp.iterdir()):  # temporary files are private; published ones are not
             path.chmod(0o755 if path.is_dir() else 0o644)
     for method in methods:
         write_json(paths.figure_index(method), own[method])
     log.info("figures: read %s, %d retrieval files and %s; wrote %d figures (PNG + PDF) to %s in %.1fs",
-             paths.manifest, len(methods), paths.plots_dir, len(methods) * len(METHOD_FIGURES) + len(SUMMARY_FIGURES),
+             paths.manifest, len(methods), paths.plots_dir, len(before) + len(after) + sum(map(len, own.values())),
              paths.figures_dir, time.perf_counter() - start)

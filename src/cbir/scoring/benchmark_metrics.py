@@ -6,7 +6,7 @@
 * :func:`micro_ap` and :func:`recall_at_precision`: copy detection's micro-AP over all
   query–reference pairs pooled across queries (DISC21's µAP) and its recall at precision 0.9.
 
-All take rankings (database rows in rank order) and :class:`~cbir.judgements.Judgements`, or
+All take rankings (database rows in rank order) and :class:`~cbir.scoring.judgements.Judgements`, or
 arrays of pair scores; none knows about features or search.
 """
 
@@ -17,8 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from cbir.evaluation import judged_relevance, ranking_blocks, relevance_metrics
-from cbir.judgements import JUNK, POSITIVE, PROTOCOLS, Judgements
+from cbir.scoring.evaluation import judged_relevance, ranking_blocks, relevance_metrics
+from cbir.scoring.judgements import JUNK, POSITIVE, PROTOCOLS, Judgements
 
 
 def revisitop_precision(relevance: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> np.ndarray:

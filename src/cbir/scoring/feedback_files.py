@@ -1,5 +1,5 @@
 """Stage ``feedback`` (one per dataset x method): relevance feedback measured with a simulated user
-(:mod:`cbir.feedback_eval`).
+(:mod:`cbir.scoring.feedback_eval`).
 
 For one method and every feedback method of ``feedback.methods``: P@10 and mAP per round on the
 residual collection with 95% bootstrap intervals, and a paired test of the last round against the
@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from cbir import feedback_eval as fe
-from cbir.evaluation import read_table
+from cbir.scoring import feedback_eval as fe
+from cbir.scoring.evaluation import read_table
 from cbir.config import method_config, section
 from cbir.settings import need, statistics_settings
 from cbir.data.manifest import read_manifest
@@ -51,7 +51,7 @@ def _shared(params: dict) -> tuple[list[str], dict, dict]:
 
 
 def run_method(params: dict, method: str, root: str | Path) -> None:
-    """Simulate the user for ``method`` (see :mod:`cbir.feedback_eval` for the protocol): its results per
+    """Simulate the user for ``method`` (see :mod:`cbir.scoring.feedback_eval` for the protocol): its results per
     feedback method (no Holm yet) and the shown top-k into ``data/feedback/<ds>/methods/<method>/``."""
     root = Path(root)
     paths = Layout(root, params)
@@ -95,10 +95,10 @@ def combine(params: dict, root: str | Path) -> None:
     for method in methods:
         folder = paths.feedback_method_dir(method)
         if not (folder / "results.json").is_file():
-            raise CbirError(f"{folder / 'results.json'} not found: run `dvc repro evaluate@{paths.dataset}-{method}` "
+            raise CbirError(f"{folder / 'results.json'} not found: run `dvc repro evaluate@{paths.dataset}` "
                             "first")
         results[method] = read_json(folder / "results.json")
-        traces.append(read_table(folder / "rankings.csv", f"evaluate@{paths.dataset}-{method}"))
+        traces.append(read_table(folder / "rankings.csv", f"evaluate@{paths.dataset}"))
     fe.add_holm(results)
     frame = fe.table(results)
     tests = fe.tests_table(results)

@@ -1,0 +1,1 @@
+"""The metric domain: judgements, evaluation, statistics, benchmark metrics and the feedback simulation."""
