@@ -76,7 +76,7 @@ HANDCRAFTED = {"hsv_hist": {"descriptor": descriptor_node("hsv_histogram", {"bin
 
 def images(folder: Path, n: int, size: int) -> list[Path]:
     per_class = -(-n // 10)
-    rel = generate(folder, n_classes=10, per_class=per_class, size=size, seed=0, fmt="jpeg")
+    rel = generate(folder, n_classes=10, per_class=per_class, size=size, seed=0, fmt="jpeg", quality=90)
     return [folder / p for p in sorted(rel)[:n]]
 
 

@@ -49,7 +49,10 @@ from cbir.fileio import sha256_file  # noqa: E402
 def manifest_of(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     digests = [bytes(row).hex() for row in rng.integers(0, 256, (n, 32), dtype=np.uint8)]
-    return pd.DataFrame({"image_id": [f"train/{i:05d}" for i in range(n)], "sha256": digests})
+    ids = [f"train/{i:05d}" for i in range(n)]
+    return pd.DataFrame({"image_id": ids, "path": [f"data/raw/x/{i}.png" for i in ids],
+                         "label": [str(i % 10) for i in range(n)], "split": "database", "width": 28, "height": 28,
+                         "sha256": digests, "protocol": "predefined"})
 
 
 def read_unverified(path: Path, n_rows: int) -> np.ndarray:

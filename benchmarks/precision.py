@@ -1,6 +1,7 @@
 """The metric cost of each precision: the default experiment's deep methods in fp32, bf16 and int8.
 
-    .venv/bin/python benchmarks/precision.py        # after `make repro` (reads the curated manifest and weights)
+    .venv/bin/python benchmarks/precision.py [--dataset NAME]   # after `make repro` (reads the curated manifest
+                                                                 # and the weights)
 
 For every deep method of ``params.yaml`` and each precision, on the default dataset's real images: the
 extraction speed of the stage's code path (images/second over the whole manifest, conversion or
@@ -22,13 +23,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cbir.scoring import statistics as st  # noqa: E402
+from cbir.config import load_params, select_dataset  # noqa: E402
 from cbir.data.manifest import read_manifest  # noqa: E402
+from cbir.errors import CbirError  # noqa: E402
+from cbir.scoring import statistics as st  # noqa: E402
 from cbir.scoring.evaluation import per_query_metrics, summarize  # noqa: E402
 from cbir.machine import cpu_isa, isa_class  # noqa: E402
 from cbir.features.methods import build_method  # noqa: E402
@@ -38,12 +40,12 @@ from cbir.report.tables import format_p  # noqa: E402
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
-def extract(params: dict, name: str, precision: str, paths: list[Path]) -> tuple[np.ndarray, float, dict]:
+def extract(params: dict, name: str, precision: str, paths: list[Path], root: Path) -> tuple[np.ndarray, float, dict]:
     """``(features, images/s, run info)`` of method ``name`` at ``precision`` (the model is built and
     warmed first, so its conversion or quantisation is not timed)."""
     settings = copy.deepcopy(params)
     settings["extract"]["precision"] = precision
-    method = build_method(name, settings, REPO, n_images=len(paths))
+    method = build_method(name, settings, root, n_images=len(paths))
     warm = np.empty((min(8, len(paths)), method.dim), dtype=np.float32)
     method.extract(paths[:len(warm)], warm, progress=False)  # conversion / quantisation / compile
     out = np.empty((len(paths), method.dim), dtype=np.float32)
@@ -59,21 +61,28 @@ def scores(features: np.ndarray, manifest, ks=(10,)) -> "object":
                              query_ids=manifest["image_id"][is_query].tolist())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=REPO, help="the project (default: this repository)")
+    parser.add_argument("--dataset", default=None, help="one of params.yaml's datasets (default: the only one)")
     parser.add_argument("--methods", nargs="*", help="deep methods (default: every deep method in params.yaml)")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / f"precision-{isa_class()}.json")
-    args = parser.parse_args()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    manifest = read_manifest(Layout(REPO, params).manifest)
-    paths = [REPO / p for p in manifest["path"]]
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    try:
+        params = select_dataset(load_params(root), args.dataset)
+        manifest = read_manifest(Layout(root, params).manifest)
+    except CbirError as exc:
+        print(f"precision benchmark not run: {exc}")
+        return 1
+    paths = [root / p for p in manifest["path"]]
     names = args.methods or [m for m, cfg in params["methods"].items() if cfg.get("kind") == "deep"]
     rows = []
     for name in names:
         fp32_features, fp32_ap = None, None
         for precision in PRECISIONS:
-            features, ips, info = extract(params, name, precision, paths)
+            features, ips, info = extract(params, name, precision, paths, root)
             per_query = scores(features, manifest)
             summary = summarize(per_query, int((manifest["split"] == "database").sum()), args.n_bootstrap)
             if fp32_features is None:
@@ -104,7 +113,8 @@ def main() -> None:
         test = "—" if r["requested"] == "fp32" else f"{r['map_diff']:+.4f} ({format_p(r['p_permutation'], 10000)})"
         print(f"| {r['method']} | {r['precision']} | {r['ips']} | {r['cosine_min']:.4f} / {r['cosine_mean']:.4f} "
               f"| {r['p@10']:.3f} [{p_lo:.3f}, {p_hi:.3f}] | {r['map']:.3f} [{m_lo:.3f}, {m_hi:.3f}] | {test} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

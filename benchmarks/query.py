@@ -1,6 +1,7 @@
 """One query end to end (decode, embed, search) on the CPU: median and p95 latency over many queries.
 
-    python benchmarks/query.py [--root .] [--method mobilenet_v2-gap] [--n 100] [--threads T] [--out PATH]
+    python benchmarks/query.py [--root .] [--dataset NAME] [--method mobilenet_v2-gap] [--n 100] [--threads T]
+                               [--out PATH]
 
 Needs the pipeline outputs (``make repro``): the manifest, the method's features and its
 weights. The model is loaded once before timing (its load time is reported, not counted).
@@ -63,6 +64,7 @@ def time_queries(engine, paths: list[Path], k: int) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--dataset", default=None, help="one of params.yaml's datasets (default: the only one)")
     parser.add_argument("--method", default="mobilenet_v2-gap")
     parser.add_argument("--n", type=int, default=100, help="timed queries (default 100)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed queries first (default 5)")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cbir.config import load_params
+    from cbir.config import load_params, select_dataset
     from cbir.errors import CbirError
     from cbir.layout import Layout
     from cbir.fileio import write_json
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     root = args.root.resolve()
     try:
-        params = load_params(root)
+        params = select_dataset(load_params(root), args.dataset)
         needed = [Layout(root, params).manifest, Layout(root, params).features(args.method)]
     except (CbirError, KeyError) as exc:
         print(f"query benchmark not run: {exc}")

@@ -89,7 +89,7 @@ def child(root: Path, method: str) -> None:
 
     params = select_dataset(load_params(root), "thin")
     start = time.perf_counter()
-    extract.run(params, method, root)
+    extract.run(params, root, method)
     seconds = time.perf_counter() - start
     print(json.dumps({"peak_bytes": vm_hwm(), "seconds": round(seconds, 2)}))
 

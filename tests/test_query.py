@@ -298,18 +298,18 @@ def test_search_and_records_by_hand():
 
     rows = database_rows(manifest)
     db = Database("m", manifest, feats, rows, feats[rows])
-    idx, scores = search(db, np.array([[0.0, 1.0]], np.float32), k=2)
+    idx, scores = search(db, np.array([[0.0, 1.0]], np.float32), k=2, block_size=1024)
     # c and d tie at 0.8: the lower image id (c) first; b is a query row, never returned
     assert idx.tolist() == [[2, 3]]
     np.testing.assert_allclose(scores, [[0.8, 0.8]], atol=1e-6)
     records = result_records(db, idx[0], scores[0], query_label="x")
     assert [(r["rank"], r["image_id"], r["label"], r["path"], r["relevant"]) for r in records] == [
         (1, "c", "x", "p/c", True), (2, "d", "y", "p/d", False)]
-    idx, _ = search(db, np.array([[1.0, 0.0]], np.float32), k=10)
+    idx, _ = search(db, np.array([[1.0, 0.0]], np.float32), k=10, block_size=1024)
     assert idx.tolist() == [[0, 2, 3]]  # k larger than the database: all three database rows
     assert db.row_of_sha256("3") == 2 and db.row_of_sha256("zzz") is None
     with pytest.raises(CbirError, match="query has 3 dimensions but the m features have 2"):
-        search(db, np.ones((1, 3), np.float32), k=2)
+        search(db, np.ones((1, 3), np.float32), k=2, block_size=1024)
     with pytest.raises(CbirError, match="image id 'zz' is not in the manifest"):
         db.row_of("zz")
     text = format_table({"method": "m", "k": 2, "query": {"image_id": None, "label": None, "source": "q.png"},

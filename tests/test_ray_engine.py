@@ -9,11 +9,10 @@ import json
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from methods_helpers import with_defaults, extract_rows
-from PIL import Image
+from methods_helpers import extract_rows
+from ray_helpers import DEEP, HOG, make_workspace
 
 from cbir.errors import CbirError
 from cbir.features.methods import unit_rows
@@ -21,28 +20,25 @@ from cbir.features.ray_engine import (
     collect,
     describe_dataset,
     extract_with_ray,
+    image_items,
     import_ray,
+    runtime_env,
     plan_actors,
     run_pipeline,
     user_error,
+    weights_bytes,
 )
-from cbir.fileio import sha256_file
+from cbir.settings import MethodRun
 from cbir.stages.extract import run as run_extract
-from cbir.stages.weights import run as run_weights
-from cbir.features.handcrafted import descriptor_node
 
 # Ray Data's own configuration warns about its deprecated options on first use.
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*:DeprecationWarning")
-
-DEEP = {"kind": "deep", "backbone": "mobilenet_v2", "pooling": "gem", "pooling_params": {"p": 3.0}}
-HOG = {"kind": "handcrafted", "descriptor": descriptor_node("hog_descriptor", {"size": 32, "pixels_per_cell": 8})}
-
 
 @pytest.fixture(scope="module")
 def ray_local():
     ray = import_ray()  # the engine's own import: a clear error when Ray is missing
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, runtime_env=runtime_env())
     yield ray
     ray.shutdown()
 
@@ -50,36 +46,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, random_mobilenet_file):
     """Eleven generated images of several sizes and modes, a manifest and the weights stage's output."""
-    root = tmp_path_factory.mktemp("ray")
-    rng = np.random.default_rng(3)
-    folder = root / "data" / "raw" / "toy"
-    folder.mkdir(parents=True)
-    rows = []
-    for i in range(11):
-        h, w = 36 + 7 * i, 90 - 4 * i
-        pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-        pixels[: h // 2] //= 1 + i % 3  # some structure, so descriptors differ
-        image = Image.fromarray(pixels).convert("L" if i % 4 == 0 else "RGB")
-        path = folder / f"{i:02d}.png"
-        image.save(path)
-        rows.append({"image_id": f"{i:02d}", "path": path.relative_to(root).as_posix(), "label": str(i % 2),
-                     "split": "query" if i < 2 else "database", "width": w, "height": h,
-                     "sha256": sha256_file(path), "protocol": "holdout"})
-    curated = root / "data" / "curated" / "toy"
-    curated.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(curated / "manifest.csv", index=False)
-    params = with_defaults({
-        "device": "cpu",
-        "dataset": {"name": "toy"},
-        "curate": {"max_pixels": 1_000_000},
-        "backbones": {"mobilenet_v2": {"arch": "mobilenet_v2", "source": "file", "format": "torch", "file": str(random_mobilenet_file),
-                                       "allow_unverified": True,  # a random network: nothing to verify
-                                       "image_size": 64, "batch_size": 4}},
-        "methods": {"mnv2-gem": DEEP, "hog": HOG},
-        "extract": {"engine": "ray", "compile": False, "ray": {"num_actors": None, "batch_size": 3}},
-    })
-    run_weights(params, "mobilenet_v2", root)
-    return root, params, [root / r["path"] for r in rows]
+    return make_workspace(tmp_path_factory.mktemp("ray"), random_mobilenet_file)
 
 
 # ---------------------------------------------------------------- pure parts
@@ -168,7 +135,9 @@ def test_deep_features_equal_the_local_engine(ray_local, workspace):
     # the GPU layout (decoding in separate tasks, then the model actors) gives the same rows
     plan = {"num_actors": 1, "num_gpus": 0, "num_cpus": 1, "device": "cpu", "decode_tasks": True}
     split = np.full_like(local, np.nan)
-    run_pipeline(ray_local, describe_dataset(ray_local, paths, params, "mnv2-gem", root, plan, 4), split)
+    run = MethodRun.from_params(params, "mnv2-gem")
+    weights = ray_local.put(weights_bytes(run, root))
+    run_pipeline(ray_local, describe_dataset(ray_local, image_items(paths, root, None), run, plan, 4, weights), split)
     np.testing.assert_allclose(split, local, atol=1e-5)
 
 

@@ -132,7 +132,7 @@ EXTRACT = {"engine": one_of("local", "ray"), "num_workers": integer(0, 256).or_n
            "runtime": one_of("auto", "torch", "openvino"), "precision": one_of("auto", "fp32", "bf16", "int8"),
            "calibration": {"size": integer(1, 100_000), "seed": SEED},
            "ray": {"num_actors": POSITIVE.or_null, "batch_size": POSITIVE, "object_store_memory": POSITIVE.or_null,
-                   "address": STRING.or_null}}
+                   "address": STRING.or_null, "images_url": STRING.or_null}}
 BACKBONE = {"arch": STRING, "source": STRING, "package": STRING.or_null, "version": STRING.or_null,
             "member": STRING.or_null, "sha256": SHA256.or_null, "file": STRING.or_null, "url": STRING.or_null,
             "image_size": integer(16, 4096), "batch_size": integer(1, 4096), "allow_unverified": BOOL,

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.app.decode import DEFAULT_MAX_PIXELS, check_shape, decode_image_bytes, open_query_image
+from cbir.app.decode import check_shape, decode_image_bytes, open_query_image
 from cbir.data.curate import pixel_hash
 from cbir.data.manifest import database_rows, read_manifest
 from cbir.errors import CbirError
@@ -34,11 +34,10 @@ from cbir.fileio import sha256_bytes, sha256_file
 from cbir.layout import Layout
 from cbir.search.exact import exact_topk, l2_normalize
 from cbir.search.faiss_index import search_built_index
-from cbir.search.prepared import refine_factor, search_settings
+from cbir.search.prepared import database_vectors, refine_factor, release_pages, search_settings
 from cbir.search.rerank import alpha_query_expansion, database_augmentation
 from cbir.search.saved import load_index
-
-DEFAULT_K = 10
+from cbir.settings import mapping, need
 
 
 def default_method(params: dict) -> str:
@@ -50,12 +49,11 @@ def default_method(params: dict) -> str:
 
 
 def query_settings(params: dict) -> dict:
-    """``k``, ``block_size`` and ``max_pixels`` for queries, from ``retrieval`` and ``curate`` in params."""
-    retrieval = params.get("retrieval") or {}
-    curate = params.get("curate") or {}
-    return {"k": int(retrieval.get("k") or DEFAULT_K),
-            "block_size": int(retrieval.get("block_size") or 1024),
-            "max_pixels": int(curate.get("max_pixels") or DEFAULT_MAX_PIXELS)}
+    """``k``, ``block_size`` and ``max_pixels`` for queries, from ``retrieval`` and ``curate`` in params
+    (conf/ sets them: a missing one is one line)."""
+    retrieval, curate = mapping(params, "retrieval"), mapping(params, "curate")
+    return {"k": int(need(retrieval, "k", "retrieval")), "block_size": int(need(retrieval, "block_size", "retrieval")),
+            "max_pixels": int(need(curate, "max_pixels", "curate"))}
 
 
 @dataclass
@@ -156,18 +154,19 @@ def load_database(params: dict, method: str, root: Path) -> Database:
     sources = source_signatures([paths.manifest, paths.features(method), paths.index_dir(method)])
     manifest = read_manifest(paths.manifest).reset_index(drop=True)
     path = paths.features(method)
-    features = np.ascontiguousarray(read_features(path, method, manifest))  # verified against its hashes
+    features = read_features(path, method, manifest)  # memory-mapped, verified against its hashes
     rows = database_rows(manifest)
-    vectors = l2_normalize(np.ascontiguousarray(features[rows]))
     rerank = settings["rerank"]
+    vectors = database_vectors(features, rows)
     if rerank and "dba" in rerank["kind"]:
         vectors = database_augmentation(vectors, rerank["n"], rerank["alpha"],
-                                        block_size=int((params.get("retrieval") or {}).get("block_size") or 1024))
+                                        block_size=query_settings(params)["block_size"])
     index = None
     if settings["index"] != "exact":
         index = load_index(paths.index_dir(method), method, settings, path,
                            manifest["image_id"].astype(str).to_numpy()[rows],
                            features_sha256=recorded_hashes(path, method)["features_sha256"])
+    release_pages(features)  # the checks above read every page: a search pages in only what it reads
     return Database(method=method, manifest=manifest, features=features, rows=rows, vectors=vectors,
                     search=settings, index=index, dataset=paths.dataset, sources=sources)
 
@@ -183,7 +182,7 @@ def query_vectors(db: Database, vectors: np.ndarray, k: int) -> np.ndarray:
     return vectors
 
 
-def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024,
+def search(db: Database, vectors: np.ndarray, k: int, block_size: int,
            exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of each query vector among the database rows, as the retrieve stage ranks: the
     method's query expansion, then exact cosine search or its saved FAISS index.
@@ -213,14 +212,14 @@ def search(db: Database, vectors: np.ndarray, k: int, block_size: int = 1024,
 def result_records(db: Database, rows: np.ndarray, scores: np.ndarray, query_label: str | None = None) -> list[dict]:
     """One dict per hit, best first: ``rank`` (1-based), ``image_id``, ``label``, ``score``, ``path``,
     ``relevant`` (same label as the query; ``None`` when the query's label is unknown)."""
-    manifest = db.manifest
-    records = []
-    for rank, (row, score) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(scores).tolist()), start=1):
-        label = str(manifest.at[row, "label"])
-        records.append({"rank": rank, "image_id": str(manifest.at[row, "image_id"]), "label": label,
-                        "score": float(score), "path": str(manifest.at[row, "path"]),
-                        "relevant": None if query_label is None else label == query_label})
-    return records
+    manifest, rows = db.manifest, np.asarray(rows, dtype=np.int64).tolist()
+    # positional cell lookups: label lookups (.at) or a take on a million-row column cost more than the search
+    ids, labels, paths = ([str(manifest.iat[row, manifest.columns.get_loc(column)]) for row in rows]
+                          for column in ("image_id", "label", "path"))
+    return [{"rank": rank, "image_id": image_id, "label": label, "score": float(score), "path": path,
+             "relevant": None if query_label is None else label == query_label}
+            for rank, (image_id, label, path, score) in enumerate(zip(ids, labels, paths,
+                                                                      np.asarray(scores).tolist()), start=1)]
 
 
 class QueryEmbedder:
@@ -251,8 +250,7 @@ class QueryEmbedder:
 class QueryEngine:
     """A method's model and database, loaded once; answers queries (thread-safe, one at a time)."""
 
-    def __init__(self, db: Database, embedder, k: int = DEFAULT_K, block_size: int = 1024,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, root: Path | None = None):
+    def __init__(self, db: Database, embedder, k: int, block_size: int, max_pixels: int, root: Path | None = None):
         self.db, self.embedder, self.root = db, embedder, root
         self.k, self.block_size, self.max_pixels = int(k), int(block_size), int(max_pixels)
         self._lock = threading.Lock()

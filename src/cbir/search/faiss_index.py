@@ -183,9 +183,10 @@ def rescore(queries: np.ndarray, database: np.ndarray, indices: np.ndarray, k: i
             block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine scores of candidate lists ``indices`` ``[Q, c]`` (``-1`` = none); the best
     ``min(k, c)`` of each row by exact score, ties by lower row. Rows run in query blocks so the
-    gathered candidates stay small."""
+    gathered candidates stay small; only the candidates' rows of ``database`` are read (and normalised), so a
+    memory-mapped database is never read whole."""
     q = l2_normalize(queries)
-    db = l2_normalize(database)
+    db = database
     indices = np.asarray(indices, dtype=np.int64)
     kk = min(k, indices.shape[1])
     out_idx = np.empty((len(indices), kk), dtype=np.int64)
@@ -195,7 +196,8 @@ def rescore(queries: np.ndarray, database: np.ndarray, indices: np.ndarray, k: i
         blk = slice(start, min(len(indices), start + step))
         cand = indices[blk]
         valid = cand >= 0
-        sims = np.einsum("qd,qcd->qc", q[blk], db[np.where(valid, cand, 0)]).astype(np.float32)
+        gathered = l2_normalize(np.asarray(db[np.where(valid, cand, 0).ravel()], dtype=np.float32))
+        sims = np.einsum("qd,qcd->qc", q[blk], gathered.reshape(cand.shape + (db.shape[1],))).astype(np.float32)
         sims[~valid] = -np.inf
         keyed = np.where(valid, cand, np.iinfo(np.int64).max)
         order = np.lexsort((keyed, -sims), axis=1)[:, :kk]
@@ -234,11 +236,15 @@ def search_built_index(idx, index: str, queries: np.ndarray, database: np.ndarra
     kind = canonical_index(index)
     if kind not in COMPRESSED_INDEXES:
         return search_faiss_index(idx, queries, k, exclude=exclude)
-    q, db = check_pair(queries, database)
-    exclude = check_exclude(exclude, q.shape[0], db.shape[0])
-    kk = available_k(k, db.shape[0], exclude)
+    q = l2_normalize(queries)  # the database is read only at the candidates' rows (it may be memory-mapped)
+    if q.shape[1] != database.shape[1]:
+        raise ValueError(f"queries have dimension {q.shape[1]} but the database has {database.shape[1]}")
+    if not np.isfinite(q).all():
+        raise ValueError("features contain NaN or infinite values")
+    exclude = check_exclude(exclude, q.shape[0], database.shape[0])
+    kk = available_k(k, database.shape[0], exclude)
     cand, _ = search_faiss_index(idx, q, kk * int(refine), exclude=exclude)
-    return rescore(q, db, cand, kk)
+    return rescore(q, database, cand, kk)
 
 
 def approximate_recall(queries: np.ndarray, database: np.ndarray, k: int, index: str,

@@ -9,6 +9,7 @@ Search settings are parameters of retrieve and evaluate only (changing them neve
 from __future__ import annotations
 
 import logging
+import mmap
 from pathlib import Path
 from typing import Mapping
 
@@ -21,7 +22,7 @@ from cbir.errors import CbirError
 from cbir.features.store import read_features, select_rows
 from cbir.layout import Layout
 from cbir.settings import need
-from cbir.search.exact import exact_topk, recall_at_k
+from cbir.search.exact import exact_topk, l2_normalize, recall_at_k
 from cbir.search.faiss_index import (
     FAISS_INDEXES,
     INDEX_ALIASES,
@@ -168,3 +169,34 @@ def index_summary(data: Mapping, k: int, seed: int, block_size: int) -> dict:
                               exclude=data["exclude"])
     approx_idx, _ = approximate_search(data, k, seed)
     return {"name": data["search"]["index"], f"recall@{k}": round(recall_at_k(approx_idx, exact_idx), 6)}
+
+
+def database_vectors(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` L2-normalised. Database rows that are one contiguous run (e.g. every row, or
+    the queries listed first) of stored unit rows stay a view of the memory-mapped file: a million-row
+    database is paged in where a search reads it (a compressed index's candidates), never copied whole."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+        view = np.asarray(features[int(rows[0]):int(rows[-1]) + 1], dtype=np.float32)
+        if view.flags.c_contiguous and stored_unit_rows(view):
+            return view
+    return l2_normalize(np.ascontiguousarray(features[rows]))
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped ``array`` from this process's resident memory (they stay in the
+    page cache; later reads fault in only what they touch). A plain array is left alone."""
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "_mmap", None) or getattr(base, "base", None)
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def stored_unit_rows(x: np.ndarray, block: int = 65536, atol: float = 1e-4) -> bool:
+    """Whether every non-zero row of ``x`` has unit norm (as :func:`l2_normalize` checks), a block at a time."""
+    for start in range(0, x.shape[0], block):
+        norms = np.sqrt(np.einsum("ij,ij->i", x[start:start + block], x[start:start + block], dtype=np.float64))
+        if np.any(np.abs(norms[norms > 0] - 1.0) > atol):
+            return False
+    return True
