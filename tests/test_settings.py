@@ -27,6 +27,7 @@ NOT_PARAMS = {
     "report/plots_page.py": {"meta": "a wheel's METADATA (its license field)"},
     "report/readme.py": {"entry": "a metrics.json entry (its n_queries count)"},
     "report/benchmark_tables.py": {"first": "a metrics.json benchmark entry (its per-family n_queries)"},
+    "figures/judged.py": {"spec": "a curated judgements.json (crop_queries: written for revisitop layouts only)"},
 }
 
 
@@ -97,6 +98,7 @@ NOT_DEFAULTS = {
                            "device": "a features sidecar's device, shown as '–' where it has none"},
     "data/sources.py": {"sha256": "an unpinned archive (null in conf/dataset/corel1k.yaml) read as none"},
     "data/curate.py": {"queries_per_class": "null outside the holdout protocol (conf/split/)"},
+    "app/engine.py": {"dataset": "the served dataset's name, a field of the loaded database, not params"},
 }
 
 

@@ -45,7 +45,7 @@ def boxed_queries(query_ids: Sequence[str], judged: Mapping, manifest: pd.DataFr
     """revisitop's queries as the whole image with the query box (``bbx``) drawn on it: the database image of
     the same name when the query was cropped (``query/<name>`` → ``jpg/<name>``), else the query itself."""
     rows = manifest.set_index(manifest["image_id"].astype(str))
-    cropped = bool(judged.get("crop_queries", True))
+    cropped = bool(judged["crop_queries"])  # cbir.figures.judged always sets it
     out = {}
     for qid in query_ids:
         entry = judged["queries"].get(qid) or {}
