@@ -22,8 +22,9 @@ def old_full_ranking(queries, database, exclude=None, block_size=1024):
     for blk in query_blocks(n_q, n_db, block_size):
         sims = q[blk] @ db.T
         if exclude is not None:
-            rows = np.arange(blk.stop - blk.start)
-            sims[rows, exclude[blk]] = -np.inf
+            excl = exclude[blk]
+            rows = np.flatnonzero(excl >= 0)
+            sims[rows, excl[rows]] = -np.inf
         yield blk, full_order(sims)[:, :length]
 
 
