@@ -30,7 +30,9 @@ import pandas as pd
 from cbir import evaluation as ev
 from cbir import statistics as st
 from cbir.report.tables import format_p
-from cbir.search.feedback import FeedbackSettings, Marks, rank
+from cbir.feedback_sim import round_scores, run_queries
+from cbir.judgements import Judgements
+from cbir.search.feedback import FeedbackSettings
 
 #: the cut-off of the reported precision (the paper's top-10)
 P_AT = 10
@@ -49,77 +51,59 @@ class Simulation:
     trace: pd.DataFrame
 
 
-def _relevance(order: np.ndarray, db_codes: np.ndarray, code: int, length: int) -> np.ndarray:
-    """Ranked relevance of one query's ranking (``-1`` slots dropped), padded with False to ``length``."""
-    rows = order[order >= 0]
-    rel = np.zeros(length, dtype=bool)
-    rel[:len(rows)] = db_codes[rows] == code
-    return rel
-
-
-def _scores(rel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cols, _, _ = ev.relevance_metrics(rel, ks=(P_AT,), curve_k=0)
-    p = cols[f"p@{P_AT}"] if f"p@{P_AT}" in cols else np.full(len(rel), np.nan)
-    return cols["n_relevant"], p, cols["ap"]
-
-
 def simulate(queries: np.ndarray, database: np.ndarray, query_labels: Sequence, database_labels: Sequence,
              settings: FeedbackSettings, rounds: int = 3, top_k: int = 10, query_ids: Sequence | None = None,
              database_ids: Sequence | None = None, exclude: np.ndarray | None = None,
              block_size: int = 1024) -> Simulation:
+    """:func:`simulate_judged` with relevance = the same class label (``exclude``: the query's own row, never
+    shown and not counted)."""
+    judgements = Judgements.from_labels(query_labels, database_labels, exclude)
+    return simulate_judged(queries, database, judgements, settings, rounds, top_k, query_ids, database_ids,
+                           query_labels, exclude, block_size)
+
+
+def simulate_judged(queries: np.ndarray, database: np.ndarray, judgements: Judgements, settings: FeedbackSettings,
+                    rounds: int = 3, top_k: int = 10, query_ids: Sequence | None = None,
+                    database_ids: Sequence | None = None, labels: Sequence | None = None,
+                    exclude: np.ndarray | None = None, block_size: int = 1024) -> Simulation:
     """Run the simulated user (module docstring) for ``rounds`` feedback rounds after round 0.
 
     Args:
         queries, database: unit-norm ``[Q, D]`` and ``[N, D]`` (a method's prepared vectors).
-        query_labels, database_labels: class labels (relevant = same label).
+        judgements: one per query (:mod:`cbir.judgements`): the user marks a shown positive relevant, a shown
+            negative irrelevant and junk neither; junk is left out of the residual collection.
         settings: the feedback method and its parameters.
         rounds: feedback rounds R (rounds 0..R are scored).
         top_k: results the user judges per round.
+        labels: the per-query table's ``label`` column (default: empty strings).
         exclude: int ``[Q]`` a query's own database position (leave-one-out), ``-1`` none.
     Returns:
         :class:`Simulation`: ``per_query`` (:data:`PER_QUERY_COLUMNS`, one row per round and query) and
         ``trace`` (:data:`TRACE_COLUMNS`: the ``top_k`` shown to the user in rounds 0..R-1, and round R's).
     """
-    q = np.asarray(queries, dtype=np.float32)
-    n_q, n_db = q.shape[0], len(database_labels)
+    n_q, n_db = len(judgements), judgements.n_database
     query_ids = np.arange(n_q) if query_ids is None else np.asarray(query_ids)
     database_ids = np.arange(n_db) if database_ids is None else np.asarray(database_ids)
-    codes, _ = pd.factorize(np.concatenate([np.asarray(query_labels, dtype=object),
-                                            np.asarray(database_labels, dtype=object)]))
-    q_codes, db_codes = codes[:n_q], codes[n_q:]
-    exclude = np.full(n_q, -1, np.int64) if exclude is None else np.asarray(exclude, np.int64)
-    marks = [Marks() for _ in range(n_q)]
-    initial = None
+    labels = np.full(n_q, "", dtype=object) if labels is None else np.asarray(labels, dtype=object)
+    done = run_queries(queries, database, judgements, settings, rounds, top_k, exclude, block_size)
     frames, traces = [], []
     for r in range(rounds + 1):
-        order, scores, used = rank(q, database, marks, n_db, settings, exclude=exclude, block_size=block_size)
-        if initial is None:
-            initial = order
-        length = int((order >= 0).sum(axis=1).max()) if n_q else n_db  # the residual collection's size
-        rel = np.stack([_relevance(order[i], db_codes, q_codes[i], length) for i in range(n_q)]) \
-            if n_q else np.zeros((0, n_db), bool)
-        n_rel, p, ap = _scores(rel)
-        # the round-0 ranking on the same residual collection (this round's shown images removed)
-        base = [initial[i][~np.isin(initial[i], marks[i].marked)] for i in range(n_q)]
-        base_rel = np.stack([_relevance(b, db_codes, q_codes[i], length) for i, b in enumerate(base)]) \
-            if n_q else np.zeros((0, n_db), bool)
-        _, base_p, base_ap = _scores(base_rel)
-        frames.append(pd.DataFrame({"round": r, "query_id": query_ids, "label": np.asarray(query_labels, dtype=object),
-                                    "n_shown": [len(m.marked) for m in marks], "n_relevant": n_rel,
+        length = max((one.residual[r] for one in done), default=n_db)  # the largest residual collection
+        n_rel, p, ap = round_scores(done, r, "hits", P_AT, length)
+        _, base_p, base_ap = round_scores(done, r, "base", P_AT, length)
+        frames.append(pd.DataFrame({"round": r, "query_id": query_ids, "label": labels,
+                                    "n_shown": [one.n_shown[r] for one in done], "n_relevant": n_rel,
                                     f"p@{P_AT}": p, "ap": ap, f"initial_p@{P_AT}": base_p, "initial_ap": base_ap,
-                                    "used": used}))
-        shown = order[:, :top_k]
-        valid = shown >= 0
-        which, col = np.nonzero(valid)
-        rows = shown[valid]
-        good = db_codes[rows] == q_codes[which]
-        traces.append(pd.DataFrame({"round": r, "query_id": query_ids[which], "rank": col + 1,
-                                    "image_id": database_ids[rows], "score": scores[:, :top_k][valid],
-                                    "relevant": good}))
-        if r < rounds:
-            for i in range(n_q):
-                mine = which == i
-                marks[i] = marks[i].add(rows[mine & good].tolist(), rows[mine & ~good].tolist())
+                                    "used": [one.used[r] for one in done]}))
+        tops = [one.top[r] for one in done]
+        count = np.fromiter((t.size for t in tops), dtype=np.int64, count=n_q)
+        rows = np.concatenate(tops) if n_q else np.zeros(0, np.int64)
+        traces.append(pd.DataFrame({
+            "round": r, "query_id": query_ids[np.repeat(np.arange(n_q), count)],
+            "rank": np.concatenate([np.arange(1, c + 1, dtype=np.int64) for c in count]) if n_q else [],
+            "image_id": database_ids[rows],
+            "score": np.concatenate([one.scores[r] for one in done]) if n_q else np.zeros(0, np.float32),
+            "relevant": np.concatenate([one.relevant[r] for one in done]) if n_q else np.zeros(0, bool)}))
     per_query = pd.concat(frames, ignore_index=True)[list(PER_QUERY_COLUMNS)]
     trace = pd.concat(traces, ignore_index=True) if traces else pd.DataFrame(columns=list(TRACE_COLUMNS))
     return Simulation(per_query, trace[list(TRACE_COLUMNS)])

@@ -1,0 +1,130 @@
+"""The simulated user of :mod:`cbir.feedback_eval`, query block by query block, in bounded memory.
+
+Every query is independent of the others, so a block of queries runs all its rounds before the next block
+starts: nothing of size ``Q x N`` ever exists. Per query and round the direction of
+:func:`cbir.search.feedback.direction` is scored against the database by the same one-query product as
+:func:`cbir.search.feedback.rank` (so the shown lists and scores are the query tool's, bit for bit), the user
+sees the best ``top_k`` of the rows not yet shown, and the round is scored on the residual collection from the
+ranks of the judged rows alone (:func:`cbir.ranks.ranks_of`: one sort of the score row, exact ties by row).
+
+Memory: the database, plus two ``[B, N]`` float32 arrays of the block's round-0 scores (sorted and not;
+``B * N <= MAX_BLOCK_ELEMENTS``, 64 MiB together), plus one query's ``[N]`` rows, plus the results
+(``rounds + 1`` rows per query, ``top_k`` trace rows per query and round).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from cbir.evaluation import hit_metrics
+from cbir.judgements import Judgements
+from cbir.ranks import ranks_of
+from cbir.search.exact import MAX_BLOCK_ELEMENTS, _topk_rows, l2_normalize
+from cbir.search.feedback import FeedbackSettings, Marks, direction
+
+
+@dataclass
+class QueryRounds:
+    """One query's rounds: per round the residual ``hits`` (sorted 0-based ranks), the initial ranking's
+    ``base`` hits on the same residual collection, the residual size, the marks shown so far, and the
+    shown ``top`` rows, their ``scores`` and relevance; ``used`` the method that ranked each round."""
+
+    hits: list
+    base: list
+    residual: list
+    n_shown: list
+    top: list
+    scores: list
+    relevant: list
+    used: list
+
+
+def removed_ranks(scores: np.ndarray, ascending: np.ndarray, positives: np.ndarray, removed: np.ndarray,
+                  ) -> np.ndarray:
+    """Sorted 0-based ranks of ``positives`` (none of them in ``removed``) once the ``removed`` rows are taken
+    out of the ranking (score descending, row ascending): the ranks after a removed row move up."""
+    ranks = np.sort(ranks_of(scores, ascending, positives))
+    if removed.size:
+        ranks = ranks - np.searchsorted(np.sort(ranks_of(scores, ascending, removed)), ranks)
+    return ranks
+
+
+def shown_top(scores: np.ndarray, hidden: np.ndarray, top_k: int) -> np.ndarray:
+    """The best ``top_k`` rows (score descending, row ascending) that are not ``hidden``: :func:`rank`'s list."""
+    want = min(scores.size, top_k + hidden.size)
+    if want == 0:
+        return np.zeros(0, np.int64)
+    top = _topk_rows(scores[None], want)[0]
+    return top[~np.isin(top, hidden)][:top_k]
+
+
+def one_query(q: np.ndarray, db: np.ndarray, s0: np.ndarray, asc0: np.ndarray, positives: np.ndarray,
+              junk: np.ndarray, exclude: int, settings: FeedbackSettings, rounds: int, top_k: int) -> QueryRounds:
+    """Rounds 0..``rounds`` of one query (``positives``: the counted ones; ``s0``/``asc0`` its round-0 scores
+    and their ascending sort)."""
+    marks = Marks()
+    out = QueryRounds([], [], [], [], [], [], [], [])
+    for r in range(rounds + 1):
+        d = direction(q, db, marks, settings)
+        if r == 0:
+            s, asc = s0, asc0  # no marks: the query itself, the same product
+        else:
+            s = (l2_normalize(d.vector[None]) @ db.T)[0]  # rank()'s product for one query
+            asc = np.sort(s)
+        hidden = np.unique(np.asarray(marks.marked + ((exclude,) if exclude >= 0 else ()), dtype=np.int64))
+        removed = np.union1d(hidden, junk)
+        left = positives[~np.isin(positives, removed)] if removed.size else positives
+        out.hits.append(removed_ranks(s, asc, left, removed))
+        out.base.append(removed_ranks(s0, asc0, left, removed))
+        out.residual.append(s.size - hidden.size)
+        out.n_shown.append(len(marks.marked))
+        out.used.append(d.used)
+        top = shown_top(s, hidden, top_k)
+        good = np.isin(top, positives)
+        out.top.append(top)
+        out.scores.append((d.scale * s[top].astype(np.float64) + d.offset).astype(np.float32))
+        out.relevant.append(good)
+        if r < rounds:
+            bad = ~good & ~np.isin(top, junk)  # junk shown is neither relevant nor irrelevant
+            marks = marks.add(top[good].tolist(), top[bad].tolist())
+    return out
+
+
+def run_queries(queries: np.ndarray, database: np.ndarray, judgements: Judgements, settings: FeedbackSettings,
+                rounds: int, top_k: int, exclude: np.ndarray | None = None,
+                block_size: int = 1024) -> list[QueryRounds]:
+    """:func:`one_query` for every query, the round-0 products one block of queries at a time (module
+    docstring for the memory)."""
+    db = l2_normalize(database)
+    q = l2_normalize(queries)
+    n_q, n_db = q.shape[0], db.shape[0]
+    if len(judgements) != n_q or judgements.n_database != n_db:
+        raise ValueError(f"{len(judgements)} judgements over {judgements.n_database} rows for {n_q} queries "
+                         f"and {n_db} database rows")
+    exclude = np.full(n_q, -1, np.int64) if exclude is None else np.asarray(exclude, np.int64).reshape(n_q)
+    step = max(1, min(block_size, MAX_BLOCK_ELEMENTS // max(1, n_db)))
+    out = []
+    for lo in range(0, n_q, step):
+        hi = min(n_q, lo + step)
+        # one query at a time, as rank() scores it: a query's scores do not depend on its batch
+        s0 = np.stack([(q[i:i + 1] @ db.T)[0] for i in range(lo, hi)]) if n_db else np.zeros((hi - lo, 0), np.float32)
+        asc0 = np.sort(s0, axis=1)
+        for i in range(lo, hi):
+            item = judgements.items[i]
+            out.append(one_query(q[i], db, s0[i - lo], asc0[i - lo], item.counted, item.junk, int(exclude[i]),
+                                 settings, rounds, top_k))
+    return out
+
+
+def round_scores(per_query: Sequence[QueryRounds], r: int, which: str, p_at: int, length: int):
+    """``(n_relevant, p@p_at, ap)`` of round ``r`` over the queries from the residual hits (``which``:
+    ``hits`` or ``base``), as :func:`cbir.evaluation.relevance_metrics` on rankings padded to ``length``."""
+    parts = [getattr(one, which)[r] for one in per_query]
+    rows = np.repeat(np.arange(len(parts), dtype=np.int64), [p.size for p in parts])
+    cols = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    columns, _, _ = hit_metrics(rows, cols, len(parts), length, ks=(p_at,), curve_k=0)
+    p = columns[f"p@{p_at}"] if f"p@{p_at}" in columns else np.full(len(parts), np.nan)
+    return columns["n_relevant"], p, columns["ap"]
