@@ -59,3 +59,43 @@ def test_judgements_drive_the_user_and_junk_is_ignored():
     assert shown[shown["round"] == 0]["image_id"].tolist() == ["a", "b"]
     assert shown[shown["round"] == 0]["relevant"].tolist() == [False, True]
     assert shown[shown["round"] == 1]["image_id"].tolist() == ["a", "c"]  # junk is shown again: never marked
+
+
+def prepared(q, db, ql, dl, exclude=None):
+    """A :func:`cbir.search.prepared.load_prepared`-like dict over a manifest of the database then the queries."""
+    n_q, n_db = len(q), len(db)
+    manifest = pd.DataFrame({"image_id": [f"d{i:03d}" for i in range(n_db)] + [f"q{i:03d}" for i in range(n_q)],
+                             "label": list(dl) + list(ql)})
+    return {"manifest": manifest, "queries": q, "database": db, "query_rows": np.arange(n_db, n_db + n_q),
+            "database_rows": np.arange(n_db), "exclude": exclude}
+
+
+def test_one_relevant_image_per_query_cannot_be_simulated():
+    q, db, _, _, _ = case(**CASES["holdout"])
+    data = prepared(q, db, ["x"] * len(q), ["y"] * len(db))
+    one_each = Judgements(tuple(Judgement([i] if i % 2 else []) for i in range(len(q))), len(db))
+    settings = FeedbackSettings("rocchio", 1.0, 0.75, 0.15, 1.0, 0)
+    entry, sim = fe.evaluate_method(data, settings, 2, 3, 20, 20, 0, judgements=one_each)
+    assert sim is None and entry == {"unavailable": fe.NO_SECOND_RELEVANT}
+    assert fe.NO_SECOND_RELEVANT.startswith("no query has more than one relevant image")
+    results = {"m": {"rocchio": entry}}
+    fe.add_holm(results)
+    assert fe.table(results).empty and fe.tests_table(results).empty
+    two = Judgements(one_each.items[:-1] + (Judgement([0, 1]),), len(db))
+    assert fe.unavailable(two) is None and fe.unavailable(Judgements((), len(db))) == fe.NO_SECOND_RELEVANT
+
+
+def test_a_seeded_query_sample_above_max_queries():
+    q, db, ql, dl, _ = case(**CASES["holdout"])
+    data = prepared(q, db, ql, dl)
+    settings = FeedbackSettings("rocchio", 1.0, 0.75, 0.15, 1.0, 0)
+    entry, sim = fe.evaluate_method(data, settings, 2, 3, 50, 50, 7, max_queries=4)
+    pick = np.sort(np.random.default_rng(7).choice(len(q), 4, replace=False))
+    assert entry["queries"] == {"simulated": 4, "of": len(q), "seed": 7,
+                                "sample": "seeded, without replacement; intervals are over the simulated queries"}
+    alone = fe.simulate(q[pick], db, ql[pick], dl, settings, rounds=2, top_k=3,
+                        query_ids=[f"q{i:03d}" for i in pick], database_ids=[f"d{i:03d}" for i in range(len(db))])
+    pd.testing.assert_frame_equal(sim.per_query, alone.per_query, check_exact=True)
+    assert entry["rounds"] == fe.summarize_rounds(alone.per_query, 50, 7)
+    everyone, _ = fe.evaluate_method(data, settings, 2, 3, 50, 50, 7, max_queries=len(q))
+    assert "queries" not in everyone and everyone["rounds"][0]["n_queries"] == len(q)

@@ -4,8 +4,10 @@ Protocol (per query, for one method's features and one feedback method of
 :mod:`cbir.search.feedback`):
 
 * round 0 is the method's own ranking (the retrieve stage's exact cosine ranking);
-* after round ``r`` the user is shown its top ``top_k`` results and marks each one relevant when it
-  has the query's label, irrelevant otherwise; marks accumulate over the rounds;
+* after round ``r`` the user is shown its top ``top_k`` results and marks each one by the dataset's
+  judgements (:mod:`cbir.judgements`; class labels: the same label): a positive relevant, a negative
+  irrelevant, junk neither (junk is also left out of every residual collection, as the evaluator
+  removes it); marks accumulate over the rounds;
 * round ``r + 1`` re-ranks with every mark so far; marked images are never returned again;
 * **residual collection**: round ``r`` is scored on the database minus every image shown in rounds
   ``0 .. r-1`` (for round 0 that is the whole database), so images the user has already seen are
@@ -15,6 +17,11 @@ Protocol (per query, for one method's features and one feedback method of
 * the same residual collection also scores the round-0 ranking (``initial_*``: no feedback, the
   shown images removed), and a paired test (:func:`cbir.statistics.paired_test`) compares the last
   round with it, query by query: the gain of feedback on equal footing. Holm over all tests.
+
+Where no query has a second relevant image (copy detection: one reference per query) there is nothing
+to measure, and the results say so (:data:`NO_SECOND_RELEVANT`). At scale, the simulation runs one
+block of queries at a time (:mod:`cbir.feedback_sim`, memory bounded there) and, above
+``feedback.max_queries`` queries, on a seeded sample of that many (stated in the results).
 
 Pure: arrays and frames in, frames and dicts out (the stage writes them).
 """
@@ -146,18 +153,54 @@ def last_round_test(per_query: pd.DataFrame, n_permutations: int = 10000, seed: 
             f"p_p@{P_AT}": ev._number(p10["p_permutation"])}
 
 
+#: why feedback cannot be measured when no query has a second relevant image (results' ``unavailable``)
+NO_SECOND_RELEVANT = ("no query has more than one relevant image, so once the user has marked the one there is "
+                      "nothing left to find: relevance feedback cannot be simulated on these judgements")
+
+
+def unavailable(judgements: Judgements) -> str | None:
+    """Why feedback cannot be simulated on ``judgements`` (:data:`NO_SECOND_RELEVANT`), or None when it can."""
+    return None if len(judgements) and int(judgements.n_relevant().max()) > 1 else NO_SECOND_RELEVANT
+
+
+def query_subset(n_queries: int, max_queries: int | None, seed: int) -> np.ndarray | None:
+    """A seeded, sorted sample of ``max_queries`` query positions, or None when every query is simulated."""
+    if max_queries is None or n_queries <= max_queries:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_queries, int(max_queries), replace=False))
+
+
 def evaluate_method(data: Mapping, settings: FeedbackSettings, rounds: int, top_k: int, n_bootstrap: int,
-                    n_permutations: int, seed: int, block_size: int = 1024) -> tuple[dict, Simulation]:
-    """:func:`simulate` + :func:`summarize_rounds` + :func:`last_round_test` on one method's prepared data
-    (:func:`cbir.search.prepared.load_prepared`'s dict)."""
+                    n_permutations: int, seed: int, block_size: int = 1024, judgements: Judgements | None = None,
+                    max_queries: int | None = None) -> tuple[dict, Simulation | None]:
+    """:func:`simulate_judged` + :func:`summarize_rounds` + :func:`last_round_test` on one method's prepared data
+    (:func:`cbir.search.prepared.load_prepared`'s dict).
+
+    ``judgements``: the dataset's (default: the same class label). More than ``max_queries`` queries: a seeded
+    sample of that many is simulated (``entry["queries"]`` says so; the intervals are over the sample). No
+    query with a second relevant image: ``({"unavailable": reason}, None)``.
+    """
     manifest = data["manifest"]
     labels = manifest["label"].to_numpy()
     ids = manifest["image_id"].astype(str).to_numpy()
-    sim = simulate(data["queries"], data["database"], labels[data["query_rows"]], labels[data["database_rows"]],
-                   settings, rounds, top_k, query_ids=ids[data["query_rows"]], database_ids=ids[data["database_rows"]],
-                   exclude=data["exclude"], block_size=block_size)
+    q_rows, db_rows, exclude = data["query_rows"], data["database_rows"], data["exclude"]
+    if judgements is None:
+        judgements = Judgements.from_labels(labels[q_rows], labels[db_rows], exclude)
+    reason = unavailable(judgements)
+    if reason:
+        return {"unavailable": reason}, None
+    pick = query_subset(len(q_rows), max_queries, seed)
+    chosen = slice(None) if pick is None else pick
+    if pick is not None:
+        judgements = Judgements(tuple(judgements.items[i] for i in pick), judgements.n_database)
+    sim = simulate_judged(np.asarray(data["queries"])[chosen], data["database"], judgements, settings, rounds, top_k,
+                          query_ids=ids[q_rows][chosen], database_ids=ids[db_rows], labels=labels[q_rows][chosen],
+                          exclude=None if exclude is None else np.asarray(exclude)[chosen], block_size=block_size)
     entry = {"rounds": summarize_rounds(sim.per_query, n_bootstrap, seed),
              "test": last_round_test(sim.per_query, n_permutations, seed)}
+    if pick is not None:
+        entry["queries"] = {"simulated": int(pick.size), "of": int(len(q_rows)), "seed": int(seed),
+                            "sample": "seeded, without replacement; intervals are over the simulated queries"}
     return entry, sim
 
 
@@ -168,7 +211,7 @@ def settings_for(cfg: Mapping, method: str) -> FeedbackSettings:
 
 def add_holm(results: Mapping[str, Mapping[str, dict]]) -> None:
     """Holm-adjust every last-round test's AP p-value in place (``p_holm``), over all methods x feedback."""
-    tests = [entry["test"] for by_fb in results.values() for entry in by_fb.values()]
+    tests = [entry["test"] for by_fb in results.values() for entry in by_fb.values() if "test" in entry]
     adjusted = st.holm([np.nan if t["p_ap"] is None else t["p_ap"] for t in tests])
     for test, p in zip(tests, adjusted):
         test["p_holm"] = ev._number(p)
@@ -179,14 +222,14 @@ def table(results: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
     rows = []
     for method, by_fb in results.items():
         for fb, entry in by_fb.items():
-            for row in entry["rounds"]:
+            for row in (entry["rounds"] if "rounds" in entry else ()):  # none where it was unavailable
                 rows.append({"method": method, "feedback": fb, **row})
     return pd.DataFrame(rows)
 
 
 def tests_table(results: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
     return pd.DataFrame([{"method": m, "feedback": fb, **entry["test"]}
-                         for m, by_fb in results.items() for fb, entry in by_fb.items()])
+                         for m, by_fb in results.items() for fb, entry in by_fb.items() if "test" in entry])
 
 
 def _interval(value, lo, hi) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from cbir.evaluation import hit_metrics
 from cbir.judgements import Judgements
 from cbir.ranks import ranks_of
-from cbir.search.exact import MAX_BLOCK_ELEMENTS, _topk_rows, l2_normalize
+from cbir.search.exact import MAX_BLOCK_ELEMENTS, l2_normalize
 from cbir.search.feedback import FeedbackSettings, Marks, direction
 
 
@@ -52,13 +52,23 @@ def removed_ranks(scores: np.ndarray, ascending: np.ndarray, positives: np.ndarr
     return ranks
 
 
-def shown_top(scores: np.ndarray, hidden: np.ndarray, top_k: int) -> np.ndarray:
-    """The best ``top_k`` rows (score descending, row ascending) that are not ``hidden``: :func:`rank`'s list."""
+def member(rows: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of ``rows`` are in ``sorted_set`` (sorted int64)."""
+    if sorted_set.size == 0:
+        return np.zeros(rows.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, rows), sorted_set.size - 1)
+    return sorted_set[at] == rows
+
+
+def shown_top(scores: np.ndarray, ascending: np.ndarray, hidden: np.ndarray, top_k: int) -> np.ndarray:
+    """The best ``top_k`` rows (score descending, row ascending) that are not ``hidden`` (sorted): the list
+    :func:`cbir.search.feedback.rank` returns. ``ascending``: ``scores`` sorted."""
     want = min(scores.size, top_k + hidden.size)
     if want == 0:
         return np.zeros(0, np.int64)
-    top = _topk_rows(scores[None], want)[0]
-    return top[~np.isin(top, hidden)][:top_k]
+    rows = np.flatnonzero(scores >= ascending[scores.size - want])  # the best ``want`` and rows tied with the last
+    top = rows[np.lexsort((rows, -scores[rows]))][:want]
+    return top[~member(top, hidden)][:top_k]
 
 
 def one_query(q: np.ndarray, db: np.ndarray, s0: np.ndarray, asc0: np.ndarray, positives: np.ndarray,
@@ -76,19 +86,19 @@ def one_query(q: np.ndarray, db: np.ndarray, s0: np.ndarray, asc0: np.ndarray, p
             asc = np.sort(s)
         hidden = np.unique(np.asarray(marks.marked + ((exclude,) if exclude >= 0 else ()), dtype=np.int64))
         removed = np.union1d(hidden, junk)
-        left = positives[~np.isin(positives, removed)] if removed.size else positives
+        left = positives[~member(positives, removed)]
         out.hits.append(removed_ranks(s, asc, left, removed))
         out.base.append(removed_ranks(s0, asc0, left, removed))
         out.residual.append(s.size - hidden.size)
         out.n_shown.append(len(marks.marked))
         out.used.append(d.used)
-        top = shown_top(s, hidden, top_k)
-        good = np.isin(top, positives)
+        top = shown_top(s, asc, hidden, top_k)
+        good = member(top, positives)
         out.top.append(top)
         out.scores.append((d.scale * s[top].astype(np.float64) + d.offset).astype(np.float32))
         out.relevant.append(good)
         if r < rounds:
-            bad = ~good & ~np.isin(top, junk)  # junk shown is neither relevant nor irrelevant
+            bad = ~good & ~member(top, junk)  # junk shown is neither relevant nor irrelevant
             marks = marks.add(top[good].tolist(), top[bad].tolist())
     return out
 
