@@ -106,3 +106,35 @@ def old_paired_permutation(d: np.ndarray, n_permutations: int, seed: int) -> flo
         count += int(np.sum(np.abs(signs @ d) / n >= observed - tol))
         done += size
     return float((count + 1) / (n_permutations + 1))
+
+
+def old_bootstrap_ci(values, n_bootstrap=1000, seed=0, level=0.95):
+    """The old bootstrap: ``scipy.stats.bootstrap`` itself, percentile method."""
+    import warnings
+
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    n, m = values.shape
+    nan = np.full(m, np.nan)
+    if n_bootstrap < 1 or n < 2:
+        return nan, nan.copy()
+
+    def nanmean(x, axis):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(x, axis=axis)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.bootstrap((values,), nanmean, n_resamples=int(n_bootstrap), axis=0, vectorized=True,
+                              method="percentile", confidence_level=level,
+                              batch=max(1, (1 << 22) // max(1, n * m)), rng=np.random.default_rng(seed))
+    lo = np.atleast_1d(np.asarray(res.confidence_interval.low, dtype=np.float64))
+    hi = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=np.float64))
+    few = np.isfinite(values).sum(axis=0) < 2
+    lo[few] = np.nan
+    hi[few] = np.nan
+    return lo, hi
