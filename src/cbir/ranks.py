@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -68,11 +67,6 @@ def _workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-@lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="cbir-ranks")
-
-
 def judged_hits(queries: np.ndarray, database: np.ndarray, judgements: Judgements,
                 exclude: np.ndarray | None = None,
                 block_size: int = 1024) -> Iterator[tuple[slice, np.ndarray, np.ndarray, int]]:
@@ -89,24 +83,29 @@ def judged_hits(queries: np.ndarray, database: np.ndarray, judgements: Judgement
                          f"and {n_db} database rows")
     exclude = check_exclude(exclude, n_q, n_db)
     length = n_db - (1 if exclude is not None else 0)
-    for blk in query_blocks(n_q, n_db, block_size):
-        n_b = blk.stop - blk.start
-        if length == 0:
-            yield blk, np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-            continue
-        sims = q[blk] @ db.T
-        if exclude is not None:
-            mine = np.flatnonzero(exclude[blk] >= 0)
-            sims[mine, exclude[blk][mine]] = -np.inf
-        items = judgements.items[blk]
+    with ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="cbir-ranks") as pool:  # per call: fork-safe
+        for blk in query_blocks(n_q, n_db, block_size):
+            yield _block_hits(q, db, blk, judgements, exclude, length, pool)
 
-        def part(lo: int, hi: int) -> list[np.ndarray]:
-            ascending = np.sort(sims[lo:hi], axis=1)
-            return [hit_ranks(sims[i], ascending[i - lo], items[i].positives, items[i].junk, length)
-                    for i in range(lo, hi)]
 
-        cuts = np.linspace(0, n_b, min(n_b, _workers()) + 1).astype(int)
-        parts = [r for chunk in _pool().map(part, cuts[:-1], cuts[1:]) for r in chunk]
-        counts = np.fromiter((p.size for p in parts), dtype=np.int64, count=n_b)
-        cols = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        yield blk, np.repeat(np.arange(n_b, dtype=np.int64), counts), cols, length
+def _block_hits(q: np.ndarray, db: np.ndarray, blk: slice, judgements: Judgements, exclude: np.ndarray | None,
+                length: int, pool: ThreadPoolExecutor) -> tuple[slice, np.ndarray, np.ndarray, int]:
+    n_b = blk.stop - blk.start
+    if length == 0:
+        return blk, np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    sims = q[blk] @ db.T  # full_ranking's product: the same scores bit for bit
+    if exclude is not None:
+        mine = np.flatnonzero(exclude[blk] >= 0)
+        sims[mine, exclude[blk][mine]] = -np.inf
+    items = judgements.items[blk]
+
+    def part(lo: int, hi: int) -> list[np.ndarray]:
+        ascending = np.sort(sims[lo:hi], axis=1)
+        return [hit_ranks(sims[i], ascending[i - lo], items[i].positives, items[i].junk, length)
+                for i in range(lo, hi)]
+
+    cuts = np.linspace(0, n_b, min(n_b, _workers()) + 1).astype(int)
+    parts = [r for chunk in pool.map(part, cuts[:-1], cuts[1:]) for r in chunk]
+    counts = np.fromiter((p.size for p in parts), dtype=np.int64, count=n_b)
+    cols = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return blk, np.repeat(np.arange(n_b, dtype=np.int64), counts), cols, length
