@@ -23,7 +23,9 @@ peak RSS (``VmHWM``) is its own; it includes the generated features. Measured:
   (a bound on the full simulation's cost per query).
 
 Results go to ``benchmarks/results/evaluation-<isa>.json`` (``--small`` writes nowhere unless ``--out``),
-with the CPU model; timings are wall seconds of the measured call only (data generation excluded).
+with the CPU model; timings are wall seconds (``seconds``) and CPU seconds of all the process's threads
+(``cpu_seconds``: what a shared machine's load does not inflate) of the measured call only (data generation
+excluded).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 N_CLASSES = 10
 KS = (1, 5, 10, 20, 50)
+PARTS = ("evaluate", "bootstrap", "pairs", "feedback")
 
 
 def features(n: int, dim: int, seed: int, labels: np.ndarray) -> np.ndarray:
@@ -83,16 +86,17 @@ def child_evaluate(which: str, n_q: int, n_db: int, dim: int, out: str) -> dict:
     from cbir.search.exact import full_ranking
 
     q, db, ql, dl = dataset(n_q, n_db, dim)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if which == "before":
         judgements = Judgements.from_labels(ql, dl)
         stats = ev.evaluate(full_ranking(q, db), judgements, KS, None, ev.DEFAULT_AP, None, ql)
     else:
         stats = ev.ranking_statistics(q, db, ql, dl, ks=KS)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     np.savez(out, per_query=stats.per_query[ev.metric_columns(stats.per_query) + ["n_relevant"]].to_numpy(),
              precision_at=stats.precision_at, interpolated=stats.interpolated)
-    return {"seconds": seconds, "peak_mb": peak_mb(), "map": float(np.nanmean(stats.per_query["ap"]))}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak_mb(),
+            "map": float(np.nanmean(stats.per_query["ap"]))}
 
 
 def child_bootstrap(which: str, n_q: int, n_db: int, dim: int, out: str) -> dict:
@@ -104,15 +108,15 @@ def child_bootstrap(which: str, n_q: int, n_db: int, dim: int, out: str) -> dict
     if which == "before":
         st.bootstrap_ci = scipy_bootstrap_ci
         ev.bootstrap_ci = scipy_bootstrap_ci
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     summary = ev.summarize(stats.per_query, n_db, 1000, 0)
     pk = ev.pk_curve(stats.precision_at, 1000, 0)
     pr = ev.pr_curve(stats.interpolated, 1000, 0)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     np.savez(out, bounds=np.concatenate([np.asarray([v for pair in summary["ci95"].values() for v in pair],
                                                     dtype=float), pk[["lo", "hi"]].to_numpy().ravel(),
                                          pr[["lo", "hi"]].to_numpy().ravel()]))
-    return {"seconds": seconds, "peak_mb": peak_mb()}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak_mb()}
 
 
 def scipy_bootstrap_ci(values, n_bootstrap=1000, seed=0, level=0.95):
@@ -151,7 +155,7 @@ def child_pairs(which: str, n_q: int, n_methods: int, out: str) -> dict:
     index = [f"q{i}" for i in range(n_q)]
     ap = {f"m{j}": pd.Series(np.clip(rng.normal(0.5 + 0.005 * j, 0.2, n_q), 0, 1), index=index)
           for j in range(n_methods)}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if which == "before":
         names = list(ap)
         tests = [st.paired_tests([(ap[a].to_numpy(), ap[b].to_numpy())], 10000, 0)[0]
@@ -160,9 +164,9 @@ def child_pairs(which: str, n_q: int, n_methods: int, out: str) -> dict:
     else:
         frame = st.all_pairs_tests(ap, 10000, 0)
         p = np.concatenate([frame["p_permutation"].to_numpy(), frame["p_wilcoxon"].to_numpy()])
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     np.savez(out, p=p)
-    return {"seconds": seconds, "peak_mb": peak_mb(), "pairs": n_methods * (n_methods - 1) // 2}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak_mb(), "pairs": n_methods * (n_methods - 1) // 2}
 
 
 def child_feedback(which: str, n_q: int, n_db: int, dim: int, sample: int, rounds: int, out: str) -> dict:
@@ -179,7 +183,7 @@ def child_feedback(which: str, n_q: int, n_db: int, dim: int, sample: int, round
     result = {"queries": int(pick.size), "of": n_q}
     for method in ("rocchio", "svm"):
         settings = FeedbackSettings(method, 1.0, 0.75, 0.15, 1.0, 0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with threadpool_limits(1):  # as the stage runs it
             sim = fe.simulate_judged(q[pick], db, judgements, settings, rounds, 10, labels=ql[pick])
         result[f"{method}_seconds"] = time.perf_counter() - t0
@@ -210,6 +214,7 @@ def main() -> None:
     parser.add_argument("--feedback-all", type=int, default=0, help="also simulate this many queries (0: skip)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-before", action="store_true", help="only the new code (no before/identical)")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/evaluation-<isa>.json (nothing with --small)")
     args = parser.parse_args()
@@ -219,8 +224,13 @@ def main() -> None:
         args.queries, args.database, args.dims = 60, 400, [8]
         args.feedback_queries, args.rounds = 20, 1
     out = args.out or (None if args.small else REPO / "benchmarks" / "results" / f"evaluation-{isa_class()}.json")
+    if out and out.is_file() and not args.small:  # several partial runs add up: a rerun of a part replaces it
+        kept = [r for r in json.loads(out.read_text())["runs"]
+                if not (r["kind"] in args.parts and (r["kind"] != "evaluate" or r["dim"] in args.dims))]
+    else:
+        kept = []
     results: dict = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "isa": isa_class()},
-                     "size": {"queries": args.queries, "database": args.database, "classes": N_CLASSES}, "runs": []}
+                     "size": {"queries": args.queries, "database": args.database, "classes": N_CLASSES}, "runs": kept}
     with tempfile.TemporaryDirectory() as tmp:
         def measure(kind: str, func, *extra, dim=None) -> None:
             row: dict = {"kind": kind, "dim": dim}
@@ -234,11 +244,14 @@ def main() -> None:
                 row["speedup"] = round(row["before"]["seconds"] / row["after"]["seconds"], 2)
             results["runs"].append(row)
 
-        for dim in args.dims:
+        for dim in args.dims if "evaluate" in args.parts else []:
             measure("evaluate", child_evaluate, args.queries, args.database, dim, dim=dim)
-        measure("bootstrap", child_bootstrap, args.queries, args.database, args.dims[0], dim=args.dims[0])
-        measure("pairs", child_pairs, args.queries, 10)
-        for n in [args.feedback_queries] + ([args.feedback_all] if args.feedback_all else []):
+        if "bootstrap" in args.parts:
+            measure("bootstrap", child_bootstrap, args.queries, args.database, args.dims[0], dim=args.dims[0])
+        if "pairs" in args.parts:
+            measure("pairs", child_pairs, args.queries, 10)
+        feedback = [args.feedback_queries] + ([args.feedback_all] if args.feedback_all else [])
+        for n in feedback if "feedback" in args.parts else []:
             row = {"kind": "feedback", "dim": args.dims[0],
                    "after": in_child(child_feedback, "after", args.queries, args.database, args.dims[0], n,
                                      args.rounds, "")}

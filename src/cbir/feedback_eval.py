@@ -92,12 +92,11 @@ def simulate_judged(queries: np.ndarray, database: np.ndarray, judgements: Judge
     query_ids = np.arange(n_q) if query_ids is None else np.asarray(query_ids)
     database_ids = np.arange(n_db) if database_ids is None else np.asarray(database_ids)
     labels = np.full(n_q, "", dtype=object) if labels is None else np.asarray(labels, dtype=object)
-    done = run_queries(queries, database, judgements, settings, rounds, top_k, exclude, block_size)
+    done = run_queries(queries, database, judgements, settings, rounds, top_k, P_AT, exclude, block_size)
     frames, traces = [], []
     for r in range(rounds + 1):
         length = max((one.residual[r] for one in done), default=n_db)  # the largest residual collection
-        n_rel, p, ap = round_scores(done, r, "hits", P_AT, length)
-        _, base_p, base_ap = round_scores(done, r, "base", P_AT, length)
+        n_rel, p, ap, base_p, base_ap = round_scores(done, r, P_AT, length)
         frames.append(pd.DataFrame({"round": r, "query_id": query_ids, "label": labels,
                                     "n_shown": [one.n_shown[r] for one in done], "n_relevant": n_rel,
                                     f"p@{P_AT}": p, "ap": ap, f"initial_p@{P_AT}": base_p, "initial_ap": base_ap,

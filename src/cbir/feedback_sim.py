@@ -28,11 +28,12 @@ from cbir.search.feedback import FeedbackSettings, Marks, direction
 
 @dataclass
 class QueryRounds:
-    """One query's rounds: per round the residual ``hits`` (sorted 0-based ranks), the initial ranking's
-    ``base`` hits on the same residual collection, the residual size, the marks shown so far, and the
-    shown ``top`` rows, their ``scores`` and relevance; ``used`` the method that ranked each round."""
+    """One query's rounds: per round the residual ranking's ``scored`` ``(n_relevant, p@P_AT, AP)`` and the
+    initial ranking's ``base`` ``(p@P_AT, AP)`` on the same residual collection (P@k before the check that the
+    residual collections hold k images), the residual size, the marks shown so far, and the shown ``top``
+    rows, their ``scores`` and relevance; ``used`` the method that ranked each round."""
 
-    hits: list
+    scored: list
     base: list
     residual: list
     n_shown: list
@@ -40,6 +41,13 @@ class QueryRounds:
     scores: list
     relevant: list
     used: list
+
+
+def query_metrics(ranks: np.ndarray, p_at: int) -> tuple[int, float, float]:
+    """``(n_relevant, p@p_at, AP)`` of one residual ranking from its hits' sorted ranks (R = the hits): the
+    numbers :func:`cbir.evaluation.hit_metrics` gives this query among any others."""
+    columns, _, _ = hit_metrics(np.zeros(ranks.size, np.int64), ranks, 1, max(p_at, 1), ks=(p_at,), curve_k=0)
+    return int(columns["n_relevant"][0]), float(columns[f"p@{p_at}"][0]), float(columns["ap"][0])
 
 
 def removed_ranks(scores: np.ndarray, ascending: np.ndarray, positives: np.ndarray, removed: np.ndarray,
@@ -72,7 +80,8 @@ def shown_top(scores: np.ndarray, ascending: np.ndarray, hidden: np.ndarray, top
 
 
 def one_query(q: np.ndarray, db: np.ndarray, s0: np.ndarray, asc0: np.ndarray, positives: np.ndarray,
-              junk: np.ndarray, exclude: int, settings: FeedbackSettings, rounds: int, top_k: int) -> QueryRounds:
+              junk: np.ndarray, exclude: int, settings: FeedbackSettings, rounds: int, top_k: int,
+              p_at: int) -> QueryRounds:
     """Rounds 0..``rounds`` of one query (``positives``: the counted ones; ``s0``/``asc0`` its round-0 scores
     and their ascending sort)."""
     marks = Marks()
@@ -87,8 +96,8 @@ def one_query(q: np.ndarray, db: np.ndarray, s0: np.ndarray, asc0: np.ndarray, p
         hidden = np.unique(np.asarray(marks.marked + ((exclude,) if exclude >= 0 else ()), dtype=np.int64))
         removed = np.union1d(hidden, junk)
         left = positives[~member(positives, removed)]
-        out.hits.append(removed_ranks(s, asc, left, removed))
-        out.base.append(removed_ranks(s0, asc0, left, removed))
+        out.scored.append(query_metrics(removed_ranks(s, asc, left, removed), p_at))
+        out.base.append(query_metrics(removed_ranks(s0, asc0, left, removed), p_at)[1:])
         out.residual.append(s.size - hidden.size)
         out.n_shown.append(len(marks.marked))
         out.used.append(d.used)
@@ -104,7 +113,7 @@ def one_query(q: np.ndarray, db: np.ndarray, s0: np.ndarray, asc0: np.ndarray, p
 
 
 def run_queries(queries: np.ndarray, database: np.ndarray, judgements: Judgements, settings: FeedbackSettings,
-                rounds: int, top_k: int, exclude: np.ndarray | None = None,
+                rounds: int, top_k: int, p_at: int, exclude: np.ndarray | None = None,
                 block_size: int = 1024) -> list[QueryRounds]:
     """:func:`one_query` for every query, the round-0 products one block of queries at a time (module
     docstring for the memory)."""
@@ -125,16 +134,15 @@ def run_queries(queries: np.ndarray, database: np.ndarray, judgements: Judgement
         for i in range(lo, hi):
             item = judgements.items[i]
             out.append(one_query(q[i], db, s0[i - lo], asc0[i - lo], item.counted, item.junk, int(exclude[i]),
-                                 settings, rounds, top_k))
+                                 settings, rounds, top_k, p_at))
     return out
 
 
-def round_scores(per_query: Sequence[QueryRounds], r: int, which: str, p_at: int, length: int):
-    """``(n_relevant, p@p_at, ap)`` of round ``r`` over the queries from the residual hits (``which``:
-    ``hits`` or ``base``), as :func:`cbir.evaluation.relevance_metrics` on rankings padded to ``length``."""
-    parts = [getattr(one, which)[r] for one in per_query]
-    rows = np.repeat(np.arange(len(parts), dtype=np.int64), [p.size for p in parts])
-    cols = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    columns, _, _ = hit_metrics(rows, cols, len(parts), length, ks=(p_at,), curve_k=0)
-    p = columns[f"p@{p_at}"] if f"p@{p_at}" in columns else np.full(len(parts), np.nan)
-    return columns["n_relevant"], p, columns["ap"]
+def round_scores(per_query: Sequence[QueryRounds], r: int, p_at: int, length: int):
+    """``(n_relevant, p@p_at, ap, initial p@p_at, initial ap)`` arrays of round ``r`` over the queries; P@k is
+    NaN where the largest residual collection, ``length``, is shorter than k (as the evaluator leaves it out)."""
+    scored = np.array([one.scored[r] for one in per_query], dtype=np.float64).reshape(-1, 3)
+    base = np.array([one.base[r] for one in per_query], dtype=np.float64).reshape(-1, 2)
+    valid = p_at <= length
+    return (scored[:, 0].astype(np.int64), scored[:, 1] if valid else np.full(len(scored), np.nan), scored[:, 2],
+            base[:, 0] if valid else np.full(len(base), np.nan), base[:, 1])
