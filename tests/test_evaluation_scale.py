@@ -11,7 +11,7 @@ from evaluation_oracle import old_evaluate, old_full_ranking, old_ranking_statis
 
 from cbir.evaluation import evaluate, evaluate_hits, hit_metrics, ranking_statistics, relevance_metrics
 from cbir.judgements import Judgement, Judgements
-from cbir.ranks import judged_hits, ranks_of
+from cbir.ranks import judged_hits, ranks_of, sorted_ranks
 from cbir.search.exact import full_ranking
 
 
@@ -106,6 +106,8 @@ def test_ranks_of_by_hand_with_ties():
     assert ranks_of(scores, ascending, np.array([0, 1, 2, 3, 4, 5])).tolist() == [2, 0, 3, 5, 1, 4]
     assert ranks_of(scores, ascending, np.array([5, 3])).tolist() == [4, 5]
     assert ranks_of(scores, ascending, np.array([], dtype=np.int64)).tolist() == []
+    assert sorted_ranks(scores, ascending, np.array([0, 2, 4])).tolist() == [1, 2, 3]  # tied: by row
+    assert sorted_ranks(scores, ascending, np.array([3, 1])).tolist() == [0, 5]  # no tie: the sorted scores
 
 
 def test_judged_hits_checks_its_inputs():

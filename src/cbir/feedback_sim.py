@@ -21,7 +21,7 @@ import numpy as np
 
 from cbir.evaluation import hit_metrics
 from cbir.judgements import Judgements
-from cbir.ranks import ranks_of
+from cbir.ranks import sorted_ranks
 from cbir.search.exact import MAX_BLOCK_ELEMENTS, l2_normalize
 from cbir.search.feedback import FeedbackSettings, Marks, direction
 
@@ -54,9 +54,9 @@ def removed_ranks(scores: np.ndarray, ascending: np.ndarray, positives: np.ndarr
                   ) -> np.ndarray:
     """Sorted 0-based ranks of ``positives`` (none of them in ``removed``) once the ``removed`` rows are taken
     out of the ranking (score descending, row ascending): the ranks after a removed row move up."""
-    ranks = np.sort(ranks_of(scores, ascending, positives))
+    ranks = sorted_ranks(scores, ascending, positives)
     if removed.size:
-        ranks = ranks - np.searchsorted(np.sort(ranks_of(scores, ascending, removed)), ranks)
+        ranks = ranks - np.searchsorted(sorted_ranks(scores, ascending, removed), ranks)
     return ranks
 
 

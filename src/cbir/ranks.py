@@ -5,9 +5,9 @@ scoring), not the order of the whole database. For one query block the scores ar
 :func:`cbir.search.exact.full_ranking`'s (``q[block] @ db.T`` over the same query blocks, the excluded row at
 ``-inf``), so the ranks are those of that ranking bit for bit: a row's rank is the number of rows scoring
 higher plus the number of rows with the same score and a lower row number (ties break by score, then
-database row). Each score row is sorted once (``np.sort``, SIMD) and the judged rows' scores are looked up in
-it (``np.searchsorted``); a query whose judged rows share a score with another row is ranked exactly by a
-stable sort of its row instead. Memory: two ``[B, N]`` float32 blocks at a time (``B`` from
+database row). Each score row is sorted once (``np.sort``, SIMD, the rows of a block split over one thread
+per core) and the judged rows' scores are looked up in it (``np.searchsorted``); a judged row whose score
+another row shares gets its place among those rows by row number. Memory: two ``[B, N]`` float32 blocks at a time (``B`` from
 :func:`~cbir.search.exact.query_blocks`, at most ``MAX_BLOCK_ELEMENTS`` elements each: 64 MiB).
 """
 
@@ -49,15 +49,25 @@ def ranks_of(scores: np.ndarray, ascending: np.ndarray, rows: np.ndarray) -> np.
     return out
 
 
+def sorted_ranks(scores: np.ndarray, ascending: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """:func:`ranks_of` of a set of ``rows``, sorted ascending: without an exact tie the sorted scores give
+    them (no argsort); with one, :func:`ranks_of`."""
+    values = np.sort(scores[np.asarray(rows, dtype=np.int64)])
+    at_most = np.searchsorted(ascending, values, side="right")
+    if np.any(at_most - np.searchsorted(ascending, values, side="left") > 1):
+        return np.sort(ranks_of(scores, ascending, rows))
+    return (scores.size - at_most)[::-1].astype(np.int64)
+
+
 def hit_ranks(scores: np.ndarray, ascending: np.ndarray, positives: np.ndarray, junk: np.ndarray,
               length: int) -> np.ndarray:
     """Sorted 0-based ranks of the counted positives (not junk) within the first ``length`` places of one
     query's ranking, once the junk in those places is removed (the places after a junk row move up)."""
     counted = positives[~np.isin(positives, junk)] if junk.size else positives
-    ranks = np.sort(ranks_of(scores, ascending, counted))
+    ranks = sorted_ranks(scores, ascending, counted)
     ranks = ranks[ranks < length]
     if junk.size:
-        junk_ranks = np.sort(ranks_of(scores, ascending, junk))
+        junk_ranks = sorted_ranks(scores, ascending, junk)
         ranks = ranks - np.searchsorted(junk_ranks[junk_ranks < length], ranks)
     return ranks
 
