@@ -107,7 +107,8 @@ def test_ranks_of_by_hand_with_ties():
     assert ranks_of(scores, ascending, np.array([5, 3])).tolist() == [4, 5]
     assert ranks_of(scores, ascending, np.array([], dtype=np.int64)).tolist() == []
     assert sorted_ranks(scores, ascending, np.array([0, 2, 4])).tolist() == [1, 2, 3]  # tied: by row
-    assert sorted_ranks(scores, ascending, np.array([3, 1])).tolist() == [0, 5]  # no tie: the sorted scores
+    assert sorted_ranks(scores, ascending, np.array([3, 1])).tolist() == [0, 5]  # row 1 ties with row 4
+    assert sorted_ranks(np.float32([0.2, 0.7, 0.4]), np.float32([0.2, 0.4, 0.7]), np.array([2, 0])).tolist() == [1, 2]
 
 
 def test_judged_hits_checks_its_inputs():
