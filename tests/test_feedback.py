@@ -5,14 +5,32 @@ tie-breaking, the SVM's fallback, determinism."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from cbir.scoring import feedback_eval as fe
 from cbir.search.exact import exact_topk
 from cbir.search.feedback import FeedbackSettings, Marks, direction, rank, rank_one, rocchio
+
+
+#: the feedback settings of conf/feedback/ (the code has no defaults of its own)
+CONF = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "feedback" / "default.yaml").read_text())
+
+
+def fb(method: str = "rocchio", **changes) -> FeedbackSettings:
+    """``conf/feedback/``'s settings for ``method``, with ``changes``."""
+    return replace(FeedbackSettings.from_config(CONF, method), **changes)
+
+
+def test_settings_have_no_defaults_in_code():
+    with pytest.raises(TypeError):
+        FeedbackSettings("rocchio")  # every value comes from conf/feedback/
+    assert fb("svm") == FeedbackSettings("svm", 1.0, 0.75, 0.15, 1.0, 0)
 
 
 def unit(deg: float) -> list[float]:
@@ -35,14 +53,14 @@ def test_rocchio_moved_query_by_hand():
     moved = rocchio([1, 0], [[0, 1], [1, 0]], np.zeros((0, 2)), 1.0, 1.0, 0.5)
     np.testing.assert_allclose(moved, np.array([1.5, 0.5]) / math.sqrt(2.5), rtol=1e-6)
     # no marks: the query itself; a zero-length moved query falls back to the query
-    np.testing.assert_array_equal(rocchio([0.6, 0.8], [], []), np.float32([0.6, 0.8]))
+    np.testing.assert_array_equal(rocchio([0.6, 0.8], [], [], 1.0, 0.75, 0.15), np.float32([0.6, 0.8]))
     np.testing.assert_allclose(rocchio([1, 0], [[-1, 0]], [], alpha=1.0, beta=1.0, gamma=0.0), [1, 0])
 
 
 def test_rocchio_ranking_by_hand_and_marked_images_left_out():
     """Query at 0 degrees, row 3 (90 deg) relevant, row 4 (180 deg) irrelevant: q' = (1.15, 0.75) points at
     33.1 degrees; the unmarked rows by cosine with it: 30 (3.1 deg away), 60, 0, 270 deg."""
-    settings = FeedbackSettings("rocchio", 1.0, 0.75, 0.15)
+    settings = fb("rocchio", alpha=1.0, beta=0.75, gamma=0.15)
     idx, scores, used = rank_one(unit(0), DB, Marks(relevant=(3,), irrelevant=(4,)), k=10, settings=settings)
     assert used == "rocchio"
     assert idx.tolist() == [1, 2, 0, 5]  # 3 and 4 are marked: never returned
@@ -55,7 +73,7 @@ def test_rocchio_ranking_by_hand_and_marked_images_left_out():
 
 def test_no_marks_is_the_plain_exact_ranking():
     q = np.array([unit(10), unit(200)], dtype=np.float32)
-    idx, scores, used = rank(q, DB, [Marks(), Marks()], k=6)
+    idx, scores, used = rank(q, DB, [Marks(), Marks()], 6, fb())
     ref_idx, ref_scores = exact_topk(q, DB, 6)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_array_equal(scores, ref_scores)
@@ -65,14 +83,14 @@ def test_no_marks_is_the_plain_exact_ranking():
 def test_ties_break_by_database_row_and_exclude():
     """Rows 0 and 2 are the same vector, as are 1 and 3: equal scores keep the lower row first."""
     db = np.array([unit(0), unit(90), unit(0), unit(90), unit(45)], dtype=np.float32)
-    idx, _, _ = rank_one(unit(0), db, Marks(), k=5)
+    idx, _, _ = rank_one(unit(0), db, Marks(), 5, fb())
     assert idx.tolist() == [0, 2, 4, 1, 3]
-    idx, _, _ = rank_one(unit(0), db, Marks(irrelevant=(4,)), k=5, exclude=0)
+    idx, _, _ = rank_one(unit(0), db, Marks(irrelevant=(4,)), 5, fb(), exclude=0)
     assert idx.tolist() == [2, 1, 3]  # q' = (1, 0) - 0.15 (0.707, 0.707): 0 excluded, 4 marked
 
 
 def test_fewer_rows_left_than_k_pads_with_minus_one():
-    idx, scores, _ = rank(np.float32([unit(0)]), DB, [Marks((1, 2), (3, 4))], k=6)
+    idx, scores, _ = rank(np.float32([unit(0)]), DB, [Marks((1, 2), (3, 4))], 6, fb())
     assert idx.tolist() == [[0, 5, -1, -1, -1, -1]]
     assert np.isnan(scores[0, 2:]).all()
 
@@ -82,7 +100,7 @@ def test_svm_ranks_by_its_decision_function():
     The linear SVM's scores are w.x + b of the unmarked rows, ranked best first."""
     from sklearn.svm import SVC
 
-    settings = FeedbackSettings("svm", svm_c=1.0, seed=0)
+    settings = fb("svm", svm_c=1.0, seed=0)
     marks = Marks(relevant=(1, 2), irrelevant=(4, 5))
     idx, scores, used = rank_one(unit(0), DB, marks, k=10, settings=settings)
     assert used == "svm"
@@ -95,8 +113,8 @@ def test_svm_ranks_by_its_decision_function():
 
 
 def test_svm_falls_back_to_rocchio_with_one_kind_of_mark():
-    svm = FeedbackSettings("svm")
-    roc = FeedbackSettings("rocchio")
+    svm = fb("svm")
+    roc = fb("rocchio")
     for marks in (Marks(relevant=(3,)), Marks(irrelevant=(4,)), Marks()):
         d = direction(np.float32(unit(0)), DB, marks, svm)
         assert d.used == "rocchio" and d.note
@@ -110,9 +128,9 @@ def test_marks_are_checked():
     with pytest.raises(ValueError, match="both relevant and irrelevant"):
         Marks((1, 2), (2,))
     with pytest.raises(ValueError, match="marked database positions"):
-        rank_one(unit(0), DB, Marks((9,)), 3)
+        rank_one(unit(0), DB, Marks((9,)), 3, fb())
     with pytest.raises(ValueError, match="unknown feedback method"):
-        FeedbackSettings("knn")
+        fb("knn")
     assert Marks((1,), (2,)).add((3, 1), (4,)) == Marks((1, 3), (2, 4))
 
 
@@ -123,11 +141,11 @@ def test_deterministic_on_random_data():
     q = db[:5] + 0.1 * rng.normal(size=(5, 16)).astype(np.float32)
     marks = [Marks(tuple(range(10 + i, 14 + i)), tuple(range(50 + i, 55 + i))) for i in range(5)]
     for method in ("rocchio", "svm"):
-        first = rank(q, db, marks, 20, FeedbackSettings(method))
-        again = rank(q.copy(), db.copy(), marks, 20, FeedbackSettings(method))
+        first = rank(q, db, marks, 20, fb(method))
+        again = rank(q.copy(), db.copy(), marks, 20, fb(method))
         np.testing.assert_array_equal(first[0], again[0])
         np.testing.assert_array_equal(first[1], again[1])
-        blocked = rank(q, db, marks, 20, FeedbackSettings(method), block_size=2)  # other BLAS blocks: same order
+        blocked = rank(q, db, marks, 20, fb(method), block_size=2)  # other BLAS blocks: same order
         np.testing.assert_array_equal(first[0], blocked[0])
         np.testing.assert_allclose(first[1], blocked[1], atol=1e-6)
         for i in range(5):
@@ -152,7 +170,7 @@ def test_simulation_residual_collection_by_hand():
     Round 0 AP over 3 relevant: (1/2 + 2/3 + 3/5) / 3; round 1 AP over the 2 relevant left: (1 + 2/3) / 2.
     The initial ranking on round 1's residual collection: 1, 4, 2, 5 too (same order here)."""
     q, db, ql, dl = toy_collection()
-    sim = fe.simulate(q, db, ql, dl, FeedbackSettings("rocchio", 1.0, 1.0, 1.0), rounds=1, top_k=2,
+    sim = fe.simulate(q, db, ql, dl, fb("rocchio", alpha=1.0, beta=1.0, gamma=1.0), rounds=1, top_k=2,
                       database_ids=[f"r{i}" for i in range(6)])
     r0, r1 = sim.per_query.iloc[0], sim.per_query.iloc[1]
     assert r0["ap"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 5) / 3)
@@ -177,7 +195,7 @@ def test_simulation_gain_is_measured_against_the_same_residual_collection():
     angles = [5, 15, -20, -30, 40, 50]
     labels = ["b", "a", "b", "b", "a", "a"]
     db = np.array([unit(a) for a in angles], dtype=np.float32)
-    settings = FeedbackSettings("rocchio", 1.0, 0.75, 0.15)
+    settings = fb("rocchio", alpha=1.0, beta=0.75, gamma=0.15)
     sim = fe.simulate(np.float32([unit(0)]), db, ["a"], labels, settings, rounds=1, top_k=2)
     r1 = sim.per_query.iloc[1]
     moved = rocchio(unit(0), [unit(15)], [unit(5)], 1.0, 0.75, 0.15)
@@ -205,7 +223,7 @@ def test_simulation_matches_rank_with_the_accumulated_marks():
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     ql = labels[:4]
     for method in ("rocchio", "svm"):
-        settings = FeedbackSettings(method)
+        settings = fb(method)
         sim = fe.simulate(q, db, ql, labels, settings, rounds=3, top_k=5)
         trace = sim.trace
         for i in range(4):
@@ -224,7 +242,7 @@ def test_simulation_matches_rank_with_the_accumulated_marks():
 
 def test_summary_and_tables():
     q, db, ql, dl = toy_collection()
-    sim = fe.simulate(np.vstack([q, q]), db, ql * 2, dl, FeedbackSettings("rocchio"), rounds=2, top_k=1)
+    sim = fe.simulate(np.vstack([q, q]), db, ql * 2, dl, fb("rocchio"), rounds=2, top_k=1)
     rounds = fe.summarize_rounds(sim.per_query, n_bootstrap=50, seed=0)
     assert [r["round"] for r in rounds] == [0, 1, 2] and [r["n_shown"] for r in rounds] == [0, 1, 2]
     assert rounds[0]["map"] == pytest.approx(sim.per_query.iloc[0]["ap"], abs=1e-6)

@@ -20,7 +20,7 @@ from cbir.scoring import feedback_files as feedback_stage
 from test_query import build_pipeline_state, cli_query
 
 FEEDBACK = {"rounds": 2, "top_k": 3, "methods": ["rocchio", "svm"], "alpha": 1.0, "beta": 0.75, "gamma": 0.15,
-            "svm_c": 1.0, "seed": 0}
+            "svm_c": 1.0, "seed": 0, "max_queries": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,32 @@ def test_box_parsing_and_scaling_by_hand():
     assert crop_box(Image.new("RGB", (100, 50)), (0, 0, 100, 50)).size == (100, 50)
     with pytest.raises(CbirError, match="does not fit"):
         crop_box(small, (0, 0, 101, 10), full_size=(100, 50))
+
+
+def test_judgements_with_one_relevant_image_say_feedback_cannot_be_simulated(state, tmp_path):
+    """A benchmark whose every query has one reference (copy detection): the results and the table say why
+    there are no feedback numbers, instead of 0.0 and None."""
+    import shutil
+
+    from cbir.data.benchmarks import JUDGEMENTS_FILE
+    from cbir.data.manifest import read_manifest
+    from cbir.scoring.feedback_eval import NO_SECOND_RELEVANT
+
+    root = tmp_path / "root"
+    shutil.copytree(state["root"], root, symlinks=True)
+    params = state["params"]
+    paths = Layout(root, params)
+    manifest = read_manifest(paths.manifest)
+    database = manifest[manifest["split"] == "database"]
+    queries = [{"query_id": row.image_id, "positives": database[database["label"] == row.label]["image_id"].tolist()[:1]}
+               for row in manifest[manifest["split"] == "query"].itertuples()]
+    (paths.curated_dir / JUDGEMENTS_FILE).write_text(json.dumps({"kind": "pairs", "queries": queries}))
+    feedback_stage.run(params, root)
+    metrics = json.loads(paths.feedback_file("metrics.json").read_text())
+    assert metrics["unavailable"] == NO_SECOND_RELEVANT
+    assert metrics["methods"]["hsv_hist"] == {"rocchio": {"unavailable": NO_SECOND_RELEVANT},
+                                              "svm": {"unavailable": NO_SECOND_RELEVANT}}
+    table = paths.feedback_file("table.md").read_text()
+    assert table == f"Relevance feedback was not simulated on {paths.dataset}: {NO_SECOND_RELEVANT}.\n"
+    assert "0.0" not in table and "None" not in table
+    assert pd.read_csv(paths.feedback_rankings).empty

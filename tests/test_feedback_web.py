@@ -19,7 +19,7 @@ from cbir.app.server import create_app, load_engines, make_server
 from cbir.search.feedback import FeedbackSettings
 
 FEEDBACK = {"rounds": 3, "top_k": 10, "methods": ["rocchio", "svm"], "alpha": 1.0, "beta": 0.75, "gamma": 0.15,
-            "svm_c": 1.0, "seed": 0}
+            "svm_c": 1.0, "seed": 0, "max_queries": 1000}
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def _params() -> dict:
 
 def _digests(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".cbir-tmp" not in p.parts}
+            for p in sorted(root.rglob("*")) if p.is_file() and not {".cbir-tmp", ".cbir-runs"} & set(p.parts)}
 
 
 @pytest.fixture

@@ -123,7 +123,8 @@ FIGURES = {"n_queries": POSITIVE, "seed": SEED, "thumb_size": integer(16, 2048),
            "width": number(1, 40).or_null, "font_size": number(4, 30).or_null}  # inches; points
 FEEDBACK = {"rounds": integer(0, 100), "top_k": integer(1, 10_000),
             "methods": list_of(one_of("rocchio", "svm"), 1, True), "alpha": number(0), "beta": number(0),
-            "gamma": number(0), "svm_c": number(0, open_lo=True), "seed": SEED}
+            "gamma": number(0), "svm_c": number(0, open_lo=True), "seed": SEED,
+            "max_queries": integer(1, 10_000_000)}
 SERVE = {"max_upload_mb": number(0, 1024, open_lo=True), "thumb_size": integer(16, 2048),
          "max_query_pixels": integer(1, 2 ** 31), "max_concurrent": integer(1, 64),
          "queue_timeout_s": number(0, 600), "request_timeout_s": number(0, 3600, open_lo=True)}

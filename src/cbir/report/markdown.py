@@ -198,18 +198,20 @@ def feedback_section(ds: str, table: str | None) -> str:
     """The relevance-feedback section (simulated user, residual collection), or nothing without a table."""
     if not table:
         return ""
+    # a table and its figure, or one sentence saying why feedback could not be simulated (no figure then)
+    figure = "![P@10 against the feedback round](feedback/p10_rounds.png)\n\n" if table.lstrip().startswith("|") \
+        else ""
     return f"""## Relevance feedback (simulated user, residual collection)
 
-A simulated user marks the top results by class label each round; every round is scored after removing
+A simulated user marks the top results by the dataset's judgements (its class labels, or a benchmark's relevant
+images; junk is neither marked nor scored) each round; every round is scored after removing
 the images already shown, beside the first ranking scored on the same residual collection
 (`reports/{ds}/feedback/`: `metrics.json`, `rounds.csv`, `tests.csv`, `table.tex`; docs/feedback.md).
 ΔAP is the last round against the first ranking: paired sign-flip test, Holm-adjusted.
 
 {table.strip()}
 
-![P@10 against the feedback round](feedback/p10_rounds.png)
-
-"""
+{figure}"""
 
 
 def build_report(params: dict, metrics: dict, significance: pd.DataFrame, curation: dict,

@@ -1,9 +1,10 @@
 """Retrieval metrics of rankings against relevance judgements (:mod:`cbir.scoring.judgements`).
 
 One pure evaluator, :func:`evaluate`, takes rankings (database rows in rank order) and one
-judgement per query; it knows nothing of features or search. :func:`ranking_statistics` is
-the convenience the evaluate stage uses: the exact cosine ranking of the whole database
-(:func:`cbir.search.exact.full_ranking`) scored against class labels.
+judgement per query; it knows nothing of features or search (:func:`evaluate_hits` takes the
+hits alone). :func:`ranking_statistics` is the convenience the evaluate stage uses: the exact
+cosine ranking of the whole database (the order of :func:`cbir.search.exact.full_ranking`) scored
+against class labels, from the positives' ranks only (:mod:`cbir.scoring.ranks`), in bounded memory.
 
 Definitions. Junk rows are removed from a ranking before anything is counted (the ranks
 after them move up), as revisitop does; ``L`` is the ranking's length and ``R`` the number
@@ -44,7 +45,7 @@ import pandas as pd
 
 from cbir.errors import CbirError
 from cbir.scoring.judgements import JUNK, POSITIVE, Judgements
-from cbir.search.exact import full_ranking
+from cbir.scoring.ranks import judged_hits
 from cbir.scoring.statistics import bootstrap_ci
 
 RECALL_LEVELS = np.round(np.linspace(0.0, 1.0, 11), 1)
@@ -94,7 +95,11 @@ def hit_terms(hits: np.ndarray, rows: np.ndarray, cols: np.ndarray, ap: str = DE
     0-based rank ``cols``. See the module docstring for the two variants."""
     if ap not in AP_VARIANTS:
         raise ValueError(f"unknown AP variant {ap!r}: use one of {', '.join(AP_VARIANTS)}")
-    j = hits[rows, cols]
+    return _terms(hits[rows, cols], cols, ap)
+
+
+def _terms(j: np.ndarray, cols: np.ndarray, ap: str) -> np.ndarray:
+    """Per-hit terms from ``j`` (hits so far) and the 0-based rank ``cols``."""
     at_hit = j / (cols + 1.0)
     if ap == "non-interpolated":
         return at_hit
@@ -116,9 +121,22 @@ def relevance_metrics(relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10, 20, 
     rel = np.asarray(relevance, dtype=bool)
     if rel.ndim != 2:
         raise ValueError(f"relevance must be [Q, L], got shape {rel.shape}")
-    n_q, length = rel.shape
-    hits = np.cumsum(rel, axis=1, dtype=np.int32)  # hits in the top i
-    found = hits[:, -1].astype(np.int64) if length else np.zeros(n_q, dtype=np.int64)
+    rows, cols = np.nonzero(rel)
+    return hit_metrics(rows, cols, rel.shape[0], rel.shape[1], ks, curve_k, n_relevant, ap)
+
+
+def hit_metrics(rows: np.ndarray, cols: np.ndarray, n_queries: int, length: int,
+                ks: Sequence[int] = (1, 5, 10, 20, 50), curve_k: int = 0, n_relevant: np.ndarray | None = None,
+                ap: str = DEFAULT_AP) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """:func:`relevance_metrics` from the hits alone: hit ``h`` is query ``rows[h]`` at 0-based rank ``cols[h]``
+    of a ranking of ``length``, row-major (queries ascending, ranks ascending within a query), as
+    ``np.nonzero`` of the relevance matrix gives them. Every number is the same float, bit for bit."""
+    if ap not in AP_VARIANTS:
+        raise ValueError(f"unknown AP variant {ap!r}: use one of {', '.join(AP_VARIANTS)}")
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    n_q = int(n_queries)
+    found = np.bincount(rows, minlength=n_q).astype(np.int64)
     if n_relevant is None:
         n_rel = found
     else:
@@ -126,25 +144,27 @@ def relevance_metrics(relevance: np.ndarray, ks: Sequence[int] = (1, 5, 10, 20, 
         if n_rel.shape != (n_q,) or np.any(n_rel < found):
             raise ValueError("n_relevant must be [Q] and at least the hits in each ranking")
     has_rel = n_rel > 0
-    # each relevant item's term (row-major, so grouped by query)
-    rows, cols = np.nonzero(rel)
-    at_hits = hits[rows, cols] / (cols + 1.0)
-    terms = at_hits if ap == DEFAULT_AP else hit_terms(hits, rows, cols, ap)
+    bounds = np.searchsorted(rows, np.arange(n_q + 1))
+    j = np.arange(1, rows.size + 1, dtype=np.int64) - bounds[rows]  # hits up to and including each hit
+    at_hits = j / (cols + 1.0)
+    terms = at_hits if ap == DEFAULT_AP else _terms(j, cols, ap)
     with np.errstate(invalid="ignore", divide="ignore"):
         denom = np.where(has_rel, n_rel, np.nan)
         out: dict[str, np.ndarray] = {"n_relevant": n_rel}
-        for k in valid_ks(ks, length):
-            out[f"p@{k}"] = hits[:, k - 1] / k
-        for k in valid_ks(ks, length):
-            out[f"r@{k}"] = hits[:, k - 1] / denom
+        top_hits = {k: np.bincount(rows[cols < k], minlength=n_q) for k in valid_ks(ks, length)}
+        for k, hits in top_hits.items():
+            out[f"p@{k}"] = hits / k
+        for k, hits in top_hits.items():
+            out[f"r@{k}"] = hits / denom
         out["ap"] = np.bincount(rows, weights=terms, minlength=n_q) / denom
         top = cols < 10
         out["ap@10"] = (np.bincount(rows[top], weights=terms[top], minlength=n_q)
                         / np.minimum(denom, 10))
     curve = min(curve_k, length)
-    precision_at = hits[:, :curve] / np.arange(1, curve + 1, dtype=np.float64)
+    early = cols < curve
+    counts = np.bincount(rows[early] * curve + cols[early], minlength=n_q * curve).reshape(n_q, curve)
+    precision_at = np.cumsum(counts, axis=1) / np.arange(1, curve + 1, dtype=np.float64)
     interpolated = np.full((n_q, len(RECALL_LEVELS)), np.nan)
-    bounds = np.searchsorted(rows, np.arange(n_q + 1))
     for i in np.flatnonzero(has_rel):
         prec = at_hits[bounds[i]:bounds[i + 1]]
         n_found, total = len(prec), int(n_rel[i])
@@ -191,6 +211,19 @@ def evaluate(rankings, judgements: Judgements, ks: Sequence[int] = (1, 5, 10, 20
     Returns:
         :class:`RankingStats`.
     """
+    def hits():
+        for blk, rows in ranking_blocks(rankings):
+            rel = judged_relevance(rows, judgements, blk.start)
+            yield (blk, *np.nonzero(rel), rel.shape[1])
+
+    return evaluate_hits(hits(), judgements, ks, curve_k, ap, query_ids, labels)
+
+
+def evaluate_hits(blocks: Iterable[tuple[slice, np.ndarray, np.ndarray, int]], judgements: Judgements,
+                  ks: Sequence[int] = (1, 5, 10, 20, 50), curve_k: int | None = None, ap: str = DEFAULT_AP,
+                  query_ids: Sequence | None = None, labels: Sequence | None = None) -> RankingStats:
+    """:func:`evaluate` from the hits of each query block, ``(query slice, rows, cols, length)`` in query order
+    (:func:`hit_metrics`' ``rows`` local to the block; :func:`cbir.scoring.ranks.judged_hits` yields them)."""
     if ap not in AP_VARIANTS:
         raise ValueError(f"unknown AP variant {ap!r}: use one of {', '.join(AP_VARIANTS)}")
     n_q = len(judgements)
@@ -199,22 +232,21 @@ def evaluate(rankings, judgements: Judgements, ks: Sequence[int] = (1, 5, 10, 20
     n_rel = judgements.n_relevant()
     parts, curves, interps = [], [], []
     length, done = judgements.n_database, 0
-    for blk, rows in ranking_blocks(rankings):
+    for blk, rows, cols, length in blocks:
         if blk.start != done:
             raise ValueError(f"ranking blocks must follow the queries in order: got {blk} after {done} queries")
-        rel = judged_relevance(rows, judgements, blk.start)
-        cols, prec, interp = relevance_metrics(rel, ks, curve_k, n_rel[blk], ap)
-        length, done = rel.shape[1], blk.stop
+        done = blk.stop
+        columns, prec, interp = hit_metrics(rows, cols, blk.stop - blk.start, length, ks, curve_k, n_rel[blk], ap)
         extra = {} if labels is None else {"label": np.asarray(labels, dtype=object)[blk]}
-        parts.append(pd.DataFrame({"query_id": query_ids[blk], **extra, **cols}))
+        parts.append(pd.DataFrame({"query_id": query_ids[blk], **extra, **columns}))
         curves.append(prec)
         interps.append(interp)
     if done != n_q:
         raise ValueError(f"rankings of {done} queries but {n_q} judgements")
     if not parts:
-        cols, prec, interp = relevance_metrics(np.zeros((0, length), bool), ks, curve_k, ap=ap)
+        columns, prec, interp = relevance_metrics(np.zeros((0, length), bool), ks, curve_k, ap=ap)
         extra = {} if labels is None else {"label": []}
-        parts, curves, interps = [pd.DataFrame({"query_id": [], **extra, **cols})], [prec], [interp]
+        parts, curves, interps = [pd.DataFrame({"query_id": [], **extra, **columns})], [prec], [interp]
     per_query = pd.concat(parts, ignore_index=True)
     return RankingStats(per_query, np.concatenate(curves), np.concatenate(interps), length, ap)
 
@@ -224,15 +256,16 @@ def ranking_statistics(queries: np.ndarray, database: np.ndarray, query_labels: 
                        query_ids: Sequence | None = None, exclude: np.ndarray | None = None,
                        curve_k: int | None = None, block_size: int = 1024,
                        ap: str = DEFAULT_AP) -> RankingStats:
-    """Class-label metrics from features: the exact cosine ranking of the whole database
-    (:func:`~cbir.search.exact.full_ranking`, ``exclude`` = leave-one-out) scored by :func:`evaluate`
-    against :meth:`Judgements.from_labels <cbir.scoring.judgements.Judgements.from_labels>`."""
+    """Class-label metrics from features: the exact cosine ranking of the whole database (the order of
+    :func:`~cbir.search.exact.full_ranking`, ``exclude`` = leave-one-out) scored against
+    :meth:`Judgements.from_labels <cbir.scoring.judgements.Judgements.from_labels>`. Only the positives' ranks are
+    computed (:func:`cbir.scoring.ranks.judged_hits`); the numbers are :func:`evaluate`'s on the full rankings."""
     query_labels = np.asarray(query_labels, dtype=object)
     if len(query_labels) != len(queries) or len(database_labels) != len(database):
         raise ValueError("labels do not line up with the feature rows")
     judgements = Judgements.from_labels(query_labels, database_labels, exclude)
-    rankings = full_ranking(queries, database, exclude=exclude, block_size=block_size)
-    return evaluate(rankings, judgements, ks, curve_k, ap, query_ids, query_labels)
+    return evaluate_hits(judged_hits(queries, database, judgements, exclude, block_size), judgements, ks,
+                         curve_k, ap, query_ids, query_labels)
 
 
 def per_query_metrics(queries: np.ndarray, database: np.ndarray, query_labels: Sequence,

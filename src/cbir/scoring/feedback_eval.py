@@ -4,8 +4,10 @@ Protocol (per query, for one method's features and one feedback method of
 :mod:`cbir.search.feedback`):
 
 * round 0 is the method's own ranking (the retrieve stage's exact cosine ranking);
-* after round ``r`` the user is shown its top ``top_k`` results and marks each one relevant when it
-  has the query's label, irrelevant otherwise; marks accumulate over the rounds;
+* after round ``r`` the user is shown its top ``top_k`` results and marks each one by the dataset's
+  judgements (:mod:`cbir.scoring.judgements`; class labels: the same label): a positive relevant, a negative
+  irrelevant, junk neither (junk is also left out of every residual collection, as the evaluator
+  removes it); marks accumulate over the rounds;
 * round ``r + 1`` re-ranks with every mark so far; marked images are never returned again;
 * **residual collection**: round ``r`` is scored on the database minus every image shown in rounds
   ``0 .. r-1`` (for round 0 that is the whole database), so images the user has already seen are
@@ -15,6 +17,11 @@ Protocol (per query, for one method's features and one feedback method of
 * the same residual collection also scores the round-0 ranking (``initial_*``: no feedback, the
   shown images removed), and a paired test (:func:`cbir.scoring.statistics.paired_test`) compares the last
   round with it, query by query: the gain of feedback on equal footing. Holm over all tests.
+
+Where no query has a second relevant image (copy detection: one reference per query) there is nothing
+to measure, and the results say so (:data:`NO_SECOND_RELEVANT`). At scale, the simulation runs one
+block of queries at a time (:mod:`cbir.scoring.feedback_sim`, memory bounded there) and, above
+``feedback.max_queries`` queries, on a seeded sample of that many (stated in the results).
 
 Pure: arrays and frames in, frames and dicts out (the stage writes them).
 """
@@ -30,7 +37,9 @@ import pandas as pd
 from cbir.scoring import evaluation as ev
 from cbir.scoring import statistics as st
 from cbir.report.tables import format_p
-from cbir.search.feedback import FeedbackSettings, Marks, rank
+from cbir.scoring.feedback_sim import round_scores, run_queries
+from cbir.scoring.judgements import Judgements
+from cbir.search.feedback import FeedbackSettings
 
 #: the cut-off of the reported precision (the paper's top-10)
 P_AT = 10
@@ -49,77 +58,58 @@ class Simulation:
     trace: pd.DataFrame
 
 
-def _relevance(order: np.ndarray, db_codes: np.ndarray, code: int, length: int) -> np.ndarray:
-    """Ranked relevance of one query's ranking (``-1`` slots dropped), padded with False to ``length``."""
-    rows = order[order >= 0]
-    rel = np.zeros(length, dtype=bool)
-    rel[:len(rows)] = db_codes[rows] == code
-    return rel
-
-
-def _scores(rel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cols, _, _ = ev.relevance_metrics(rel, ks=(P_AT,), curve_k=0)
-    p = cols[f"p@{P_AT}"] if f"p@{P_AT}" in cols else np.full(len(rel), np.nan)
-    return cols["n_relevant"], p, cols["ap"]
-
-
 def simulate(queries: np.ndarray, database: np.ndarray, query_labels: Sequence, database_labels: Sequence,
              settings: FeedbackSettings, rounds: int = 3, top_k: int = 10, query_ids: Sequence | None = None,
              database_ids: Sequence | None = None, exclude: np.ndarray | None = None,
              block_size: int = 1024) -> Simulation:
+    """:func:`simulate_judged` with relevance = the same class label (``exclude``: the query's own row, never
+    shown and not counted)."""
+    judgements = Judgements.from_labels(query_labels, database_labels, exclude)
+    return simulate_judged(queries, database, judgements, settings, rounds, top_k, query_ids, database_ids,
+                           query_labels, exclude, block_size)
+
+
+def simulate_judged(queries: np.ndarray, database: np.ndarray, judgements: Judgements, settings: FeedbackSettings,
+                    rounds: int = 3, top_k: int = 10, query_ids: Sequence | None = None,
+                    database_ids: Sequence | None = None, labels: Sequence | None = None,
+                    exclude: np.ndarray | None = None, block_size: int = 1024) -> Simulation:
     """Run the simulated user (module docstring) for ``rounds`` feedback rounds after round 0.
 
     Args:
         queries, database: unit-norm ``[Q, D]`` and ``[N, D]`` (a method's prepared vectors).
-        query_labels, database_labels: class labels (relevant = same label).
+        judgements: one per query (:mod:`cbir.scoring.judgements`): the user marks a shown positive relevant, a shown
+            negative irrelevant and junk neither; junk is left out of the residual collection.
         settings: the feedback method and its parameters.
         rounds: feedback rounds R (rounds 0..R are scored).
         top_k: results the user judges per round.
+        labels: the per-query table's ``label`` column (default: empty strings).
         exclude: int ``[Q]`` a query's own database position (leave-one-out), ``-1`` none.
     Returns:
         :class:`Simulation`: ``per_query`` (:data:`PER_QUERY_COLUMNS`, one row per round and query) and
         ``trace`` (:data:`TRACE_COLUMNS`: the ``top_k`` shown to the user in rounds 0..R-1, and round R's).
     """
-    q = np.asarray(queries, dtype=np.float32)
-    n_q, n_db = q.shape[0], len(database_labels)
+    n_q, n_db = len(judgements), judgements.n_database
     query_ids = np.arange(n_q) if query_ids is None else np.asarray(query_ids)
     database_ids = np.arange(n_db) if database_ids is None else np.asarray(database_ids)
-    codes, _ = pd.factorize(np.concatenate([np.asarray(query_labels, dtype=object),
-                                            np.asarray(database_labels, dtype=object)]))
-    q_codes, db_codes = codes[:n_q], codes[n_q:]
-    exclude = np.full(n_q, -1, np.int64) if exclude is None else np.asarray(exclude, np.int64)
-    marks = [Marks() for _ in range(n_q)]
-    initial = None
+    labels = np.full(n_q, "", dtype=object) if labels is None else np.asarray(labels, dtype=object)
+    done = run_queries(queries, database, judgements, settings, rounds, top_k, P_AT, exclude, block_size)
     frames, traces = [], []
     for r in range(rounds + 1):
-        order, scores, used = rank(q, database, marks, n_db, settings, exclude=exclude, block_size=block_size)
-        if initial is None:
-            initial = order
-        length = int((order >= 0).sum(axis=1).max()) if n_q else n_db  # the residual collection's size
-        rel = np.stack([_relevance(order[i], db_codes, q_codes[i], length) for i in range(n_q)]) \
-            if n_q else np.zeros((0, n_db), bool)
-        n_rel, p, ap = _scores(rel)
-        # the round-0 ranking on the same residual collection (this round's shown images removed)
-        base = [initial[i][~np.isin(initial[i], marks[i].marked)] for i in range(n_q)]
-        base_rel = np.stack([_relevance(b, db_codes, q_codes[i], length) for i, b in enumerate(base)]) \
-            if n_q else np.zeros((0, n_db), bool)
-        _, base_p, base_ap = _scores(base_rel)
-        frames.append(pd.DataFrame({"round": r, "query_id": query_ids, "label": np.asarray(query_labels, dtype=object),
-                                    "n_shown": [len(m.marked) for m in marks], "n_relevant": n_rel,
+        length = max((one.residual[r] for one in done), default=n_db)  # the largest residual collection
+        n_rel, p, ap, base_p, base_ap = round_scores(done, r, P_AT, length)
+        frames.append(pd.DataFrame({"round": r, "query_id": query_ids, "label": labels,
+                                    "n_shown": [one.n_shown[r] for one in done], "n_relevant": n_rel,
                                     f"p@{P_AT}": p, "ap": ap, f"initial_p@{P_AT}": base_p, "initial_ap": base_ap,
-                                    "used": used}))
-        shown = order[:, :top_k]
-        valid = shown >= 0
-        which, col = np.nonzero(valid)
-        rows = shown[valid]
-        good = db_codes[rows] == q_codes[which]
-        traces.append(pd.DataFrame({"round": r, "query_id": query_ids[which], "rank": col + 1,
-                                    "image_id": database_ids[rows], "score": scores[:, :top_k][valid],
-                                    "relevant": good}))
-        if r < rounds:
-            for i in range(n_q):
-                mine = which == i
-                marks[i] = marks[i].add(rows[mine & good].tolist(), rows[mine & ~good].tolist())
+                                    "used": [one.used[r] for one in done]}))
+        tops = [one.top[r] for one in done]
+        count = np.fromiter((t.size for t in tops), dtype=np.int64, count=n_q)
+        rows = np.concatenate(tops) if n_q else np.zeros(0, np.int64)
+        traces.append(pd.DataFrame({
+            "round": r, "query_id": query_ids[np.repeat(np.arange(n_q), count)],
+            "rank": np.concatenate([np.arange(1, c + 1, dtype=np.int64) for c in count]) if n_q else [],
+            "image_id": database_ids[rows],
+            "score": np.concatenate([one.scores[r] for one in done]) if n_q else np.zeros(0, np.float32),
+            "relevant": np.concatenate([one.relevant[r] for one in done]) if n_q else np.zeros(0, bool)}))
     per_query = pd.concat(frames, ignore_index=True)[list(PER_QUERY_COLUMNS)]
     trace = pd.concat(traces, ignore_index=True) if traces else pd.DataFrame(columns=list(TRACE_COLUMNS))
     return Simulation(per_query, trace[list(TRACE_COLUMNS)])
@@ -162,18 +152,54 @@ def last_round_test(per_query: pd.DataFrame, n_permutations: int = 10000, seed: 
             f"p_p@{P_AT}": ev._number(p10["p_permutation"])}
 
 
+#: why feedback cannot be measured when no query has a second relevant image (results' ``unavailable``)
+NO_SECOND_RELEVANT = ("no query has more than one relevant image, so once the user has marked the one there is "
+                      "nothing left to find: relevance feedback cannot be simulated on these judgements")
+
+
+def unavailable(judgements: Judgements) -> str | None:
+    """Why feedback cannot be simulated on ``judgements`` (:data:`NO_SECOND_RELEVANT`), or None when it can."""
+    return None if len(judgements) and int(judgements.n_relevant().max()) > 1 else NO_SECOND_RELEVANT
+
+
+def query_subset(n_queries: int, max_queries: int | None, seed: int) -> np.ndarray | None:
+    """A seeded, sorted sample of ``max_queries`` query positions, or None when every query is simulated."""
+    if max_queries is None or n_queries <= max_queries:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_queries, int(max_queries), replace=False))
+
+
 def evaluate_method(data: Mapping, settings: FeedbackSettings, rounds: int, top_k: int, n_bootstrap: int,
-                    n_permutations: int, seed: int, block_size: int = 1024) -> tuple[dict, Simulation]:
-    """:func:`simulate` + :func:`summarize_rounds` + :func:`last_round_test` on one method's prepared data
-    (:func:`cbir.search.prepared.load_prepared`'s dict)."""
+                    n_permutations: int, seed: int, block_size: int = 1024, judgements: Judgements | None = None,
+                    max_queries: int | None = None) -> tuple[dict, Simulation | None]:
+    """:func:`simulate_judged` + :func:`summarize_rounds` + :func:`last_round_test` on one method's prepared data
+    (:func:`cbir.search.prepared.load_prepared`'s dict).
+
+    ``judgements``: the dataset's (default: the same class label). More than ``max_queries`` queries: a seeded
+    sample of that many is simulated (``entry["queries"]`` says so; the intervals are over the sample). No
+    query with a second relevant image: ``({"unavailable": reason}, None)``.
+    """
     manifest = data["manifest"]
     labels = manifest["label"].to_numpy()
     ids = manifest["image_id"].astype(str).to_numpy()
-    sim = simulate(data["queries"], data["database"], labels[data["query_rows"]], labels[data["database_rows"]],
-                   settings, rounds, top_k, query_ids=ids[data["query_rows"]], database_ids=ids[data["database_rows"]],
-                   exclude=data["exclude"], block_size=block_size)
+    q_rows, db_rows, exclude = data["query_rows"], data["database_rows"], data["exclude"]
+    if judgements is None:
+        judgements = Judgements.from_labels(labels[q_rows], labels[db_rows], exclude)
+    reason = unavailable(judgements)
+    if reason:
+        return {"unavailable": reason}, None
+    pick = query_subset(len(q_rows), max_queries, seed)
+    chosen = slice(None) if pick is None else pick
+    if pick is not None:
+        judgements = Judgements(tuple(judgements.items[i] for i in pick), judgements.n_database)
+    sim = simulate_judged(np.asarray(data["queries"])[chosen], data["database"], judgements, settings, rounds, top_k,
+                          query_ids=ids[q_rows][chosen], database_ids=ids[db_rows], labels=labels[q_rows][chosen],
+                          exclude=None if exclude is None else np.asarray(exclude)[chosen], block_size=block_size)
     entry = {"rounds": summarize_rounds(sim.per_query, n_bootstrap, seed),
              "test": last_round_test(sim.per_query, n_permutations, seed)}
+    if pick is not None:
+        entry["queries"] = {"simulated": int(pick.size), "of": int(len(q_rows)), "seed": int(seed),
+                            "sample": "seeded, without replacement; intervals are over the simulated queries"}
     return entry, sim
 
 
@@ -184,7 +210,7 @@ def settings_for(cfg: Mapping, method: str) -> FeedbackSettings:
 
 def add_holm(results: Mapping[str, Mapping[str, dict]]) -> None:
     """Holm-adjust every last-round test's AP p-value in place (``p_holm``), over all methods x feedback."""
-    tests = [entry["test"] for by_fb in results.values() for entry in by_fb.values()]
+    tests = [entry["test"] for by_fb in results.values() for entry in by_fb.values() if "test" in entry]
     adjusted = st.holm([np.nan if t["p_ap"] is None else t["p_ap"] for t in tests])
     for test, p in zip(tests, adjusted):
         test["p_holm"] = ev._number(p)
@@ -195,14 +221,14 @@ def table(results: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
     rows = []
     for method, by_fb in results.items():
         for fb, entry in by_fb.items():
-            for row in entry["rounds"]:
+            for row in (entry["rounds"] if "rounds" in entry else ()):  # none where it was unavailable
                 rows.append({"method": method, "feedback": fb, **row})
     return pd.DataFrame(rows)
 
 
 def tests_table(results: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
     return pd.DataFrame([{"method": m, "feedback": fb, **entry["test"]}
-                         for m, by_fb in results.items() for fb, entry in by_fb.items()])
+                         for m, by_fb in results.items() for fb, entry in by_fb.items() if "test" in entry])
 
 
 def _interval(value, lo, hi) -> str:

@@ -27,6 +27,8 @@ from cbir.data.manifest import read_manifest
 from cbir.errors import CbirError
 from cbir.fileio import atomic_dir, atomic_path, read_json, write_json, write_text
 from cbir.layout import Layout
+from cbir.scoring.benchmark_eval import load_judgements
+from cbir.data.benchmarks import JUDGEMENTS_FILE
 from cbir.search.feedback import FEEDBACK_METHODS
 from cbir.search.prepared import load_prepared
 
@@ -40,7 +42,17 @@ def settings(params: dict) -> dict:
     unknown = [m for m in methods if m not in FEEDBACK_METHODS]
     if unknown:
         raise CbirError(f"feedback.methods has {unknown}; expected some of {', '.join(FEEDBACK_METHODS)}")
-    return {**cfg, "methods": methods, "rounds": int(need(cfg, "rounds", "feedback")), "top_k": int(need(cfg, "top_k", "feedback"))}
+    return {**cfg, "methods": methods, "rounds": int(need(cfg, "rounds", "feedback")),
+            "top_k": int(need(cfg, "top_k", "feedback")), "max_queries": int(need(cfg, "max_queries", "feedback"))}
+
+
+def judgements_of(paths: Layout, data: dict):
+    """The dataset's judgements over one method's rows: a benchmark's ``judgements.json`` (curated beside its
+    manifest), or None for class labels (:func:`cbir.scoring.feedback_eval.evaluate_method` uses the labels)."""
+    path = paths.curated_dir / JUDGEMENTS_FILE
+    if not path.is_file():
+        return None
+    return load_judgements(path, data["manifest"], data["query_rows"], data["database_rows"]).judgements
 
 
 def _shared(params: dict) -> tuple[list[str], dict, dict]:
@@ -58,6 +70,7 @@ def run_method(params: dict, method: str, root: str | Path) -> None:
     _, cfg, stats = _shared(params)
     method_config(params, method)  # an unknown method is one clear error, before any file is read
     data = load_prepared(params, method, root, read_manifest(paths.manifest))
+    judgements = judgements_of(paths, data)
     results, traces = {}, []
     for fb in cfg["methods"]:
         t0 = time.perf_counter()
@@ -66,14 +79,18 @@ def run_method(params: dict, method: str, root: str | Path) -> None:
         with threadpool_limits(1):
             entry, sim = fe.evaluate_method(data, fe.settings_for(cfg, fb), cfg["rounds"], cfg["top_k"],
                                             stats["n_bootstrap"], stats["n_permutations"], stats["seed"],
-                                            stats["block_size"])
+                                            stats["block_size"], judgements, cfg["max_queries"])
         results[fb] = entry
+        if sim is None:
+            log.info("feedback %s %s: not simulated: %s", method, fb, entry["unavailable"])
+            continue
         traces.append(sim.trace.assign(method=method, feedback=fb))
         first, last = entry["rounds"][0], entry["rounds"][-1]
         log.info("feedback %s %s: P@10 %s -> %s (initial on the same residual collection %s), mAP %s -> %s "
-                 "(%.2fs)", method, fb, first["p@10"], last["p@10"], last["initial_p@10"], first["map"],
-                 last["map"], time.perf_counter() - t0)
-    trace = pd.concat(traces, ignore_index=True)[["method", "feedback", *fe.TRACE_COLUMNS]]
+                 "over %d queries (%.2fs)", method, fb, first["p@10"], last["p@10"], last["initial_p@10"],
+                 first["map"], last["map"], first["n_queries"], time.perf_counter() - t0)
+    columns = ["method", "feedback", *fe.TRACE_COLUMNS]
+    trace = pd.concat(traces, ignore_index=True)[columns] if traces else pd.DataFrame(columns=columns)
     with atomic_dir(paths.feedback_method_dir(method)) as tmp:
         write_json(tmp / "results.json", results)
         trace.to_csv(tmp / "rankings.csv", index=False)
@@ -102,21 +119,32 @@ def combine(params: dict, root: str | Path) -> None:
     fe.add_holm(results)
     frame = fe.table(results)
     tests = fe.tests_table(results)
-    shown = fe.display(frame, tests)
-    caption = (f"Relevance feedback on {paths.dataset}: a simulated user marks the top {cfg['top_k']} by class label "
+    reasons = sorted({entry["unavailable"] for by_fb in results.values() for entry in by_fb.values()
+                      if "unavailable" in entry})
+    relevance = "by class label" if not (paths.curated_dir / JUDGEMENTS_FILE).is_file() else "by the judgements"
+    caption = (f"Relevance feedback on {paths.dataset}: a simulated user marks the top {cfg['top_k']} {relevance} "
                f"for {cfg['rounds']} rounds; P@10 and mAP on the residual collection [95\\% bootstrap CI]; "
                "initial = the first ranking on the same residual collection; "
                "$\\Delta$AP = last round $-$ initial (paired permutation test, Holm).")
     protocol = {"rounds": cfg["rounds"], "top_k": cfg["top_k"], "feedback_methods": cfg["methods"],
                 **{key: float(need(cfg, key, "feedback")) for key in ("alpha", "beta", "gamma", "svm_c")},
                 "scoring": "residual collection: images shown in earlier rounds removed before scoring"}
+    summary = {"protocol": protocol, "methods": results}
+    if reasons and frame.empty:  # nothing to measure (e.g. copy detection: one reference per query)
+        summary["unavailable"] = reasons[0]
     with atomic_dir(paths.feedback_dir) as tmp:
-        write_json(tmp / "metrics.json", {"protocol": protocol, "methods": results})
+        write_json(tmp / "metrics.json", summary)
         frame.to_csv(tmp / "rounds.csv", index=False)
         tests.to_csv(tmp / "tests.csv", index=False)
-        write_text(tmp / "table.md", fe.markdown(shown))
-        write_text(tmp / "table.tex", to_latex(shown, caption, f"tab:{paths.dataset}-feedback"))
-        save_figure(fe.rounds_figure(frame, cfg["top_k"]), tmp / "p10_rounds.png")
+        if frame.empty:
+            note = f"Relevance feedback was not simulated on {paths.dataset}: {reasons[0] if reasons else 'no results'}."
+            write_text(tmp / "table.md", note + "\n")
+            write_text(tmp / "table.tex", note.replace("_", "\\_") + "\n")
+        else:
+            shown = fe.display(frame, tests)
+            write_text(tmp / "table.md", fe.markdown(shown))
+            write_text(tmp / "table.tex", to_latex(shown, caption, f"tab:{paths.dataset}-feedback"))
+            save_figure(fe.rounds_figure(frame, cfg["top_k"]), tmp / "p10_rounds.png")
     log.info("wrote %s (%s)", paths.feedback_dir, ", ".join(sorted(p.name for p in paths.feedback_dir.iterdir())))
     trace = pd.concat(traces, ignore_index=True)
     with atomic_path(paths.feedback_rankings) as tmp:

@@ -194,17 +194,14 @@ def combine(params: dict, root: str | Path) -> None:
     per_query = {m: frame.drop(columns="method") for m, frame in zip(methods, tables["per_query"])}
 
     significance = []
-    if baseline is not None:
+    if baseline is not None:  # one call: the random sign flips are drawn once and shared (p-values as if alone)
         base = per_query[baseline].set_index("query_id")["ap"]
-        for method in methods:
-            if method == baseline:
-                continue
-            other = per_query[method].set_index("query_id")["ap"].reindex(base.index)
-            test = st.paired_test(other.to_numpy(), base.to_numpy(), n_permutations, seed)
-            significance.append({"method": method, "baseline": baseline, "n": test["n"],
-                                 "mean_diff_ap": test["mean_diff"],
-                                 "p_permutation": test["p_permutation"],
-                                 "p_wilcoxon": test["p_wilcoxon"]})
+        others = [m for m in methods if m != baseline]
+        tests = st.paired_tests([(per_query[m].set_index("query_id")["ap"].reindex(base.index).to_numpy(),
+                                  base.to_numpy()) for m in others], n_permutations, seed)
+        significance = [{"method": m, "baseline": baseline, "n": t["n"], "mean_diff_ap": t["mean_diff"],
+                         "p_permutation": t["p_permutation"], "p_wilcoxon": t["p_wilcoxon"]}
+                        for m, t in zip(others, tests)]
     significance = pd.DataFrame(significance, columns=SIGNIFICANCE_COLUMNS[:-1])
     significance["p_holm"] = st.holm(significance["p_permutation"].to_numpy()) if len(significance) else []
     pairs = st.all_pairs_tests({m: f.set_index("query_id")["ap"] for m, f in per_query.items()},

@@ -37,14 +37,15 @@ FEEDBACK_METHODS = ("rocchio", "svm")
 
 @dataclass(frozen=True)
 class FeedbackSettings:
-    """``method`` (rocchio | svm), Rocchio's ``alpha, beta, gamma`` and the SVM's ``svm_c`` and ``seed``."""
+    """``method`` (rocchio | svm), Rocchio's ``alpha, beta, gamma`` and the SVM's ``svm_c`` and ``seed``: every
+    field given (their values live in ``conf/feedback/``; :meth:`from_config` reads them)."""
 
-    method: str = "rocchio"
-    alpha: float = 1.0
-    beta: float = 0.75
-    gamma: float = 0.15
-    svm_c: float = 1.0
-    seed: int = 0
+    method: str
+    alpha: float
+    beta: float
+    gamma: float
+    svm_c: float
+    seed: int
 
     def __post_init__(self):
         if self.method not in FEEDBACK_METHODS:
@@ -98,8 +99,8 @@ class Direction:
     note: str = field(default="")
 
 
-def rocchio(query: np.ndarray, relevant: np.ndarray, irrelevant: np.ndarray, alpha: float = 1.0,
-            beta: float = 0.75, gamma: float = 0.15) -> np.ndarray:
+def rocchio(query: np.ndarray, relevant: np.ndarray, irrelevant: np.ndarray, alpha: float, beta: float,
+            gamma: float) -> np.ndarray:
     """Rocchio's moved query, L2-normalised float32 ``[D]``.
 
     Args:
@@ -126,8 +127,7 @@ def rocchio(query: np.ndarray, relevant: np.ndarray, irrelevant: np.ndarray, alp
     return (moved / norm).astype(np.float32)
 
 
-def svm_hyperplane(positives: np.ndarray, negatives: np.ndarray, c: float = 1.0,
-                   seed: int = 0) -> tuple[np.ndarray, float]:
+def svm_hyperplane(positives: np.ndarray, negatives: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
     """``(w, b)`` of a linear SVM separating ``positives`` (1) from ``negatives`` (0).
 
     scikit-learn ``SVC(kernel="linear", C=c, class_weight="balanced", random_state=seed)``, given the
@@ -149,7 +149,7 @@ def svm_hyperplane(positives: np.ndarray, negatives: np.ndarray, c: float = 1.0,
 
 
 def direction(query: np.ndarray, database: np.ndarray, marks: Marks,
-              settings: FeedbackSettings = FeedbackSettings()) -> Direction:
+              settings: FeedbackSettings) -> Direction:
     """The ranking direction of one query under ``settings`` given its ``marks`` (see the module docstring)."""
     q = np.asarray(query, dtype=np.float32).reshape(-1)
     rel = database[list(marks.relevant)] if marks.relevant else np.zeros((0, q.size), np.float32)
@@ -168,7 +168,7 @@ def direction(query: np.ndarray, database: np.ndarray, marks: Marks,
 
 
 def rank(queries: np.ndarray, database: np.ndarray, marks: Sequence[Marks], k: int,
-         settings: FeedbackSettings = FeedbackSettings(), exclude: np.ndarray | None = None,
+         settings: FeedbackSettings, exclude: np.ndarray | None = None,
          block_size: int = 1024) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Top-``k`` of every query after feedback, marked images (and ``exclude``) left out.
 
@@ -220,7 +220,7 @@ def rank(queries: np.ndarray, database: np.ndarray, marks: Sequence[Marks], k: i
 
 
 def rank_one(query: np.ndarray, database: np.ndarray, marks: Marks, k: int,
-             settings: FeedbackSettings = FeedbackSettings(), exclude: int = -1,
+             settings: FeedbackSettings, exclude: int = -1,
              block_size: int = 1024) -> tuple[np.ndarray, np.ndarray, str]:
     """:func:`rank` for one query ``[D]`` or ``[1, D]``: ``(positions [k'], scores [k'], used)``, ``-1`` slots dropped."""
     idx, sc, used = rank(np.asarray(query, np.float32).reshape(1, -1), database, [marks], k, settings,
