@@ -89,6 +89,7 @@ def main() -> int:
         return 1
     stages = stage_table(lines)
     work = sum(r["work_s"] for r in stages)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=args.clone, capture_output=True, text=True).stdout
     noop_s, _, _ = timed(dvc + ["repro"], args.clone, env)
     status_s, _, _ = timed(dvc + ["status"], args.clone, env)
     forced_s, _, forced = timed(dvc + ["repro", "-f", "-s", "across"], args.clone, env)
@@ -102,6 +103,8 @@ def main() -> int:
         "per_stage": stages, "noop_repro_s": round(noop_s, 2), "status_s": round(status_s, 2),
         "forced_across_s": round(forced_s, 2), "across_work_s": across[0]["work_s"] if across else None,
         "dvc_lock_lines": len((args.clone / "dvc.lock").read_text().splitlines()),
+        # tracked files the fresh run changed (a clean clone's repro should change none: same bytes everywhere)
+        "git_status_after_repro": dirty.splitlines(),
         "targets": {"fresh_repro_s": 180, "noop_repro_s": 4, "dvc_lock_lines": 2500, "dvc_share": 0.25},
     }
     out = ROOT / "benchmarks" / "results" / f"pipeline-{isa_class()}.json"
@@ -111,7 +114,8 @@ def main() -> int:
         print(f"{row['stage']:28s} {row['work_s']:7.1f}")
     print(f"fresh dvc repro {fresh_s:.1f} s ({len(stages)} stages, work {work:.1f} s, DVC {fresh_s - work:.1f} s = "
           f"{100 * (fresh_s - work) / fresh_s:.0f}%); no-op {noop_s:.2f} s; status {status_s:.2f} s; "
-          f"forced across {forced_s:.2f} s; dvc.lock {result['dvc_lock_lines']} lines -> {out.relative_to(ROOT)}")
+          f"forced across {forced_s:.2f} s; dvc.lock {result['dvc_lock_lines']} lines; "
+          f"{len(result['git_status_after_repro'])} tracked files changed -> {out.relative_to(ROOT)}")
     if not args.keep:
         shutil.rmtree(args.clone)
     return 0
