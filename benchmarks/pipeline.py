@@ -51,8 +51,8 @@ def cpu_model() -> str:
 def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, int, list[str]]:
     """Wall seconds, return code and output lines of ``cmd``."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    return time.perf_counter() - start, proc.returncode, (proc.stdout + proc.stderr).splitlines()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return time.perf_counter() - start, proc.returncode, proc.stdout.splitlines()  # DVC's and the stages' lines in order
 
 
 def stage_table(lines: list[str]) -> list[dict]:
