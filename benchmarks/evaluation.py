@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/evaluation-<isa>.json (nothing with --small)")
     args = parser.parse_args()
-    from cbir.features.cnn.openvino_runtime import cpu_model, isa_class  # here: the measuring children skip it
+    from cbir.machine import cpu_model, isa_class  # here: the measuring children skip it
 
     if args.small:
         args.queries, args.database, args.dims = 60, 400, [8]

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/serve_million-<isa class>.json (--small: not written)")
     args = parser.parse_args(argv)
-    from cbir.features.cnn.openvino_runtime import cpu_model, isa_class  # torch: imported after parsing
+    from cbir.machine import cpu_model, isa_class  # torch: imported after parsing
 
     sizes = {key: getattr(args, key) if getattr(args, key) is not None else value
              for key, value in (SMALL if args.small else FULL).items()}

@@ -38,7 +38,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cbir.features.cnn.openvino_runtime import cpu_model, isa_class  # noqa: E402
+from cbir.machine import cpu_model, isa_class  # noqa: E402
 from cbir.fileio import sha256_file  # noqa: E402
 
 CASES = {"normal": (640, 480), "thinnest": (1600, 32), "largest_strip": (44700, 894)}

@@ -57,7 +57,8 @@ CASES = {"holidays": ("groups", _holidays_archives),
 @pytest.fixture(scope="module", params=sorted(CASES))
 def reported(request, tmp_path_factory):
     """One benchmark run through download .. report in a temporary root, with two cheap methods."""
-    from cbir.figures import figure_files as figures, report
+    from cbir.figures import figure_files as figures
+    from cbir.report import report_files as report
 
     name = request.param
     kind, archive = CASES[name]

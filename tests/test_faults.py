@@ -332,7 +332,7 @@ def test_injected_enospc_at_allocation_is_one_line_and_no_orphan(reference, tmp_
     monkeypatch.setattr(os, "posix_fallocate", full)
     with pytest.raises(WriteError, match=rf"cannot write .*/data/features/{DS}/hsv_hist\.npy: No space left on "
                                          r"device: free space on that disk and rerun"):
-        run_extract(params_for(), method="hsv_hist", method=root)
+        run_extract(params_for(), root, method="hsv_hist")
     assert (root / f"data/features/{DS}/hsv_hist.npy").read_bytes() == before and not debris(root)
 
 

@@ -162,12 +162,14 @@ def test_the_documented_way_back_from_an_experiment_that_adds_a_method_and_a_dat
     import subprocess
 
     work, env = built
-    before = md5s(work)
     commands = _way_back_commands(repo_root)
     assert commands[0].startswith("dvc exp run") and commands[2].startswith("dvc exp apply")
     link = work / ".venv"
     if not link.exists():
         os.symlink(Path(sys.executable).parent.parent, link)  # the printed `.venv/bin/python`
+    # main's committed state (an earlier test of this module went back without the clean step)
+    subprocess.run(["bash", "-c", commands[1]], cwd=work, env=env, capture_output=True, text=True, check=True)
+    before = md5s(work)
     for i, command in enumerate(commands):
         proc = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, f"{command}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
