@@ -330,6 +330,7 @@ def test_injected_enospc_at_allocation_is_one_line_and_no_orphan(reference, tmp_
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full)
+    (root / f"data/features/{DS}/hsv_hist.json").unlink()  # the method is computed again, not reused
     with pytest.raises(WriteError, match=rf"cannot write .*/data/features/{DS}/hsv_hist\.npy: No space left on "
                                          r"device: free space on that disk and rerun"):
         run_extract(params_for(), root, method="hsv_hist")
@@ -344,9 +345,10 @@ def test_injected_write_failures_are_one_line(reference, tmp_path, monkeypatch, 
     def write_text(self, *args, **kwargs):  # a write() that meets a full disk: no file name on the error
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    (root / f"data/evaluation/{DS}/hsv_hist/inputs.json").unlink()  # the method is computed again, not reused
     with monkeypatch.context() as patch:
         patch.setattr(Path, "write_text", write_text)
-        assert cli.main(["--root", str(root), "-q", "evaluate", "hsv_hist"]) == 2
+        assert cli.main(["--root", str(root), "-q", "evaluate", "--method", "hsv_hist"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device: free space on that disk" in err[0], err
     assert not debris(root)
