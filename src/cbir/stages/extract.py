@@ -116,11 +116,11 @@ def run(params: dict, root: str | Path, method: str | None = None) -> None:
     root = Path(root)
     paths = Layout(root, params)
     names = [method] if method else list(need(params, "methods"))
+    configs = {name: MethodRun.from_params(params, name) for name in names}  # an unknown method: one line, first
     read_manifest(paths.manifest)  # a missing or damaged manifest is one clear line before any work
     start = time.perf_counter()
     done = []
-    for name in names:
-        config = MethodRun.from_params(params, name)
+    for name, config in configs.items():
         key = inputs_key(config, paths.manifest, method_code(config), root)
         if up_to_date(paths, name, key):
             log.info("extract %s: up to date (inputs %s)", name, key[:12])
