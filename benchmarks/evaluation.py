@@ -38,13 +38,13 @@ import resource
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))  # the "before" bootstrap is the oracle the tests check the fast one against
 
 N_CLASSES = 10
 KS = (1, 5, 10, 20, 50)
@@ -106,8 +106,10 @@ def child_bootstrap(which: str, n_q: int, n_db: int, dim: int, out: str) -> dict
     q, db, ql, dl = dataset(n_q, n_db, dim)
     stats = ev.ranking_statistics(q, db, ql, dl, ks=KS)
     if which == "before":
-        st.bootstrap_ci = scipy_bootstrap_ci
-        ev.bootstrap_ci = scipy_bootstrap_ci
+        from evaluation_oracle import old_bootstrap_ci  # the test suite's oracle: scipy.stats.bootstrap itself
+
+        st.bootstrap_ci = old_bootstrap_ci
+        ev.bootstrap_ci = old_bootstrap_ci
     t0, c0 = time.perf_counter(), time.process_time()
     summary = ev.summarize(stats.per_query, n_db, 1000, 0)
     pk = ev.pk_curve(stats.precision_at, 1000, 0)
@@ -117,33 +119,6 @@ def child_bootstrap(which: str, n_q: int, n_db: int, dim: int, out: str) -> dict
                                                     dtype=float), pk[["lo", "hi"]].to_numpy().ravel(),
                                          pr[["lo", "hi"]].to_numpy().ravel()]))
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak_mb()}
-
-
-def scipy_bootstrap_ci(values, n_bootstrap=1000, seed=0, level=0.95):
-    """The bootstrap before: ``scipy.stats.bootstrap`` as the evaluate stage called it."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=np.float64)
-    values = values[:, None] if values.ndim == 1 else values
-    n, m = values.shape
-    if n_bootstrap < 1 or n < 2:
-        return np.full(m, np.nan), np.full(m, np.nan)
-
-    def nanmean(x, axis):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(x, axis=axis)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap((values,), nanmean, n_resamples=int(n_bootstrap), axis=0, vectorized=True,
-                              method="percentile", confidence_level=level,
-                              batch=max(1, (1 << 22) // max(1, n * m)), rng=np.random.default_rng(seed))
-    lo = np.atleast_1d(np.asarray(res.confidence_interval.low, dtype=np.float64))
-    hi = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=np.float64))
-    few = np.isfinite(values).sum(axis=0) < 2
-    lo[few], hi[few] = np.nan, np.nan
-    return lo, hi
 
 
 def child_pairs(which: str, n_q: int, n_methods: int, out: str) -> dict:

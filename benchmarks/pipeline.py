@@ -23,29 +23,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from cbir.machine import cpu_model, isa_class  # noqa: E402  (the CPU probes every benchmark names its results by)
+
 STAGE_DONE = re.compile(r"INFO stage (\w+): ([0-9.]+) s in this process")
 RUNNING = re.compile(r"Running stage '([^']+)'")
-
-
-def isa_class() -> str:
-    """``avx2``, ``avx512``, ``avx512-bf16`` or ``amx`` from the CPU flags (the machine kind, for the file name)."""
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512-bf16"
-    return "avx512" if "avx512f" in flags else "avx2"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, int, list[str]]:

@@ -152,9 +152,7 @@ def test_gpu_script(tmp_path):
 
 
 def test_evaluation_script(tmp_path):
-    """The 'scale' helper's evaluation benchmark at its own smoke size (it reaches this branch on merge)."""
-    if not (BENCHMARKS / "evaluation.py").is_file():
-        pytest.skip("benchmarks/evaluation.py comes from the 'scale' branch (issue 35 item 2)")
+    """The evaluation benchmark at its own smoke size."""
     out = tmp_path / "evaluation.json"
     passed(script("evaluation.py", "--small", "--out", out, cwd=tmp_path))
     runs = json.loads(out.read_text())["runs"]
