@@ -194,13 +194,12 @@ def figures_section(figures: Sequence) -> str:
     return "\n\n".join(blocks)
 
 
-def feedback_section(ds: str, table: str | None) -> str:
-    """The relevance-feedback section (simulated user, residual collection), or nothing without a table."""
+def feedback_section(ds: str, table: str | None, figure: bool = True) -> str:
+    """The relevance-feedback section (simulated user, residual collection), or nothing without a table;
+    ``figure``: whether the stage drew its P@10-per-round figure (not where feedback could not be simulated)."""
     if not table:
         return ""
-    # a table and its figure, or one sentence saying why feedback could not be simulated (no figure then)
-    figure = "![P@10 against the feedback round](feedback/p10_rounds.png)\n\n" if table.lstrip().startswith("|") \
-        else ""
+    figure = "![P@10 against the feedback round](feedback/p10_rounds.png)\n\n" if figure else ""
     return f"""## Relevance feedback (simulated user, residual collection)
 
 A simulated user marks the top results by the dataset's judgements (its class labels, or a benchmark's relevant
@@ -217,7 +216,8 @@ the images already shown, beside the first ranking scored on the same residual c
 def build_report(params: dict, metrics: dict, significance: pd.DataFrame, curation: dict,
                  figures: list, features_info: Mapping[str, Mapping] | None = None,
                  per_class: pd.DataFrame | None = None, pairs: pd.DataFrame | None = None,
-                 weights: Mapping[str, Mapping] | None = None, feedback: str | None = None) -> str:
+                 weights: Mapping[str, Mapping] | None = None, feedback: str | None = None,
+                 feedback_figure: bool = True) -> str:
     """The whole Markdown report; ``figures`` are ``figures.json`` entries or relative image paths;
     ``weights`` maps backbone -> ``models/<backbone>.json``; ``feedback`` is the feedback stage's
     Markdown table (``reports/<ds>/feedback/table.md``), when there is one."""
@@ -299,7 +299,7 @@ The same tests for every pair (mean difference = a − b), Holm's correction ove
 
 {significance_table(pairs, n_perm)}
 
-{per_class_sections}{feedback_section(ds, feedback)}## Tables for the paper
+{per_class_sections}{feedback_section(ds, feedback, feedback_figure)}## Tables for the paper
 
 `reports/{ds}/tables/`: {table_names}, each as
 CSV (numbers) and LaTeX (booktabs; `\\usepackage{{booktabs}}`; best value in bold).

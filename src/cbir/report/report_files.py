@@ -58,7 +58,7 @@ def run(params: dict, root: str | Path) -> None:
     feedback_table = paths.feedback_file("table.md")
     feedback = feedback_table.read_text(encoding="utf-8") if feedback_table.is_file() else None
     text = build_report(params, metrics, significance, curation, figures, features_info, per_class, pairs, weights,
-                        feedback)
+                        feedback, feedback_figure=paths.feedback_file("p10_rounds.png").is_file())
     write_text(paths.report, text)
     paths.report.chmod(0o644)
     kinds = {m: str(need(cfg, "kind", f"methods.{m}")) for m, cfg in need(params, "methods").items()}
